@@ -1,0 +1,436 @@
+//! Accounts are created by their first successful login (reference §4.1). Both IMAP and SMTP
+//! call [`Accounts::login`]; whichever protocol comes first creates the account.
+
+use crate::clock::Clock;
+use crate::config::Config;
+use crate::store::{Account, Store, StoreError};
+use std::collections::HashMap;
+use std::path::Path;
+use std::sync::{Arc, Mutex};
+
+#[derive(Debug, thiserror::Error)]
+pub enum LoginError {
+    /// Wrong password, unknown domain, or an address we would not create. Clients see one
+    /// answer for all of these so that nothing can be enumerated.
+    #[error("authentication failed")]
+    Failed,
+    /// A new account was refused for a reason about the system, not the user.
+    #[error("registration rejected: {0}")]
+    RegistrationRejected(String),
+    #[error("store: {0}")]
+    Store(#[from] StoreError),
+}
+
+/// A logged-in user.
+#[derive(Debug, Clone)]
+pub struct User {
+    pub account: Account,
+    pub created: bool,
+}
+
+/// Why creating a new account is refused right now, as a pure function of the system's state.
+#[derive(Debug, Clone, Default)]
+pub struct SystemState {
+    pub nocreate: bool,
+    pub load_1m: Option<f64>,
+    pub available_memory: Option<u64>,
+    pub free_disk: Option<u64>,
+}
+
+impl SystemState {
+    /// Reads /proc and statvfs for the data directory. Unreadable values are left out (and then
+    /// do not block registration), like the reference.
+    pub fn read(cfg: &Config) -> SystemState {
+        let load_1m = std::fs::read_to_string("/proc/loadavg")
+            .ok()
+            .and_then(|s| s.split_whitespace().next()?.parse().ok());
+        let available_memory = std::fs::read_to_string("/proc/meminfo").ok().and_then(|s| {
+            s.lines()
+                .find(|l| l.starts_with("MemAvailable:"))
+                .and_then(|l| l.split_whitespace().nth(1)?.parse::<u64>().ok())
+                .map(|kib| kib * 1024)
+        });
+        SystemState {
+            nocreate: cfg.nocreate_path().exists(),
+            load_1m,
+            available_memory,
+            free_disk: free_disk(&cfg.data_dir),
+        }
+    }
+
+    pub fn refusal(&self, cfg: &Config) -> Option<String> {
+        if self.nocreate {
+            return Some("new accounts are switched off (nocreate)".into());
+        }
+        if let Some(l) = self.load_1m {
+            if l > cfg.max_load_1m {
+                return Some(format!(
+                    "load average {l:.2} is above max_load_1m {}",
+                    cfg.max_load_1m
+                ));
+            }
+        }
+        if let Some(m) = self.available_memory {
+            if m < cfg.min_available_memory.0 {
+                return Some(format!(
+                    "available memory {} MiB is below min_available_memory {}",
+                    m >> 20,
+                    cfg.min_available_memory
+                ));
+            }
+        }
+        if let Some(d) = self.free_disk {
+            if d < cfg.min_free_disk_space.0 {
+                return Some(format!(
+                    "free disk {} MiB is below min_free_disk_space {}",
+                    d >> 20,
+                    cfg.min_free_disk_space
+                ));
+            }
+        }
+        None
+    }
+}
+
+fn free_disk(path: &Path) -> Option<u64> {
+    let st = nix::sys::statvfs::statvfs(path).ok()?;
+    Some(st.blocks_available() as u64 * st.fragment_size() as u64)
+}
+
+/// Checks an address and password against the creation rules (reference §4.1, items 2–5).
+/// Returns the lower-cased address on success.
+pub fn creation_rule(cfg: &Config, addr: &str, password: &str) -> Result<String, String> {
+    if password.chars().count() < cfg.password_min_length {
+        return Err(format!(
+            "password shorter than {} characters",
+            cfg.password_min_length
+        ));
+    }
+    let mut parts = addr.split('@');
+    let (local, domain) = match (parts.next(), parts.next(), parts.next()) {
+        (Some(l), Some(d), None) => (l, d),
+        _ => return Err("address must contain exactly one @".into()),
+    };
+    if !cfg.is_local_domain(domain) {
+        return Err("not our domain".into());
+    }
+    let n = local.len();
+    if n < cfg.username_min_length || n > cfg.username_max_length {
+        return Err(format!(
+            "local part must be {}..{} characters",
+            cfg.username_min_length, cfg.username_max_length
+        ));
+    }
+    if !local
+        .bytes()
+        .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b"._-".contains(&b))
+    {
+        return Err("local part may only contain a-z 0-9 . _ -".into());
+    }
+    Ok(format!("{local}@{}", cfg.mail_domain))
+}
+
+/// Verifies a password against a crypt(3) string. Accepts the reference's `{SHA512-CRYPT}`
+/// prefix so migrated hashes work.
+pub fn verify_hash(password: &str, stored: &str) -> bool {
+    let h = stored
+        .strip_prefix("{SHA512-CRYPT}")
+        .or_else(|| stored.strip_prefix("{SHA256-CRYPT}"))
+        .unwrap_or(stored);
+    if h.starts_with("$6$") {
+        sha_crypt::sha512_check(password, h).is_ok()
+    } else if h.starts_with("$5$") {
+        sha_crypt::sha256_check(password, h).is_ok()
+    } else {
+        false
+    }
+}
+
+/// SHA-512 crypt with the glibc default of 5000 rounds: standard, and cheap enough on a Pi.
+pub fn make_hash(password: &str) -> Result<String, String> {
+    let params = sha_crypt::Sha512Params::new(sha_crypt::ROUNDS_DEFAULT)
+        .map_err(|e| format!("{e:?}"))?;
+    sha_crypt::sha512_simple(password, &params).map_err(|e| format!("{e:?}"))
+}
+
+/// A verified (address, password) is remembered as a keyed digest, so that a reconnect storm
+/// costs one SHA-256 per login instead of 5000 rounds of SHA-512. The entry is only valid for
+/// the stored hash it was checked against.
+struct CacheEntry {
+    digest: [u8; 32],
+    stored_hash: String,
+}
+
+pub struct Accounts {
+    cfg: Arc<Config>,
+    store: Store,
+    clock: Clock,
+    cache_key: [u8; 32],
+    cache: Mutex<HashMap<String, CacheEntry>>,
+}
+
+const CACHE_MAX: usize = 100_000;
+
+impl Accounts {
+    pub fn new(cfg: Arc<Config>, store: Store, clock: Clock) -> Accounts {
+        let mut cache_key = [0u8; 32];
+        rand::Rng::fill(&mut rand::thread_rng(), &mut cache_key);
+        Accounts {
+            cfg,
+            store,
+            clock,
+            cache_key,
+            cache: Mutex::new(HashMap::new()),
+        }
+    }
+
+    fn digest(&self, addr: &str, password: &str) -> [u8; 32] {
+        let mut ctx = ring::digest::Context::new(&ring::digest::SHA256);
+        ctx.update(&self.cache_key);
+        ctx.update(addr.as_bytes());
+        ctx.update(&[0]);
+        ctx.update(password.as_bytes());
+        let mut out = [0u8; 32];
+        out.copy_from_slice(ctx.finish().as_ref());
+        out
+    }
+
+    fn cached_ok(&self, addr: &str, password: &str, stored: &str) -> bool {
+        let d = self.digest(addr, password);
+        let c = self.cache.lock().unwrap_or_else(|p| p.into_inner());
+        c.get(addr)
+            .is_some_and(|e| e.stored_hash == stored && ring::constant_time_eq(&e.digest, &d))
+    }
+
+    fn remember(&self, addr: &str, password: &str, stored: &str) {
+        let d = self.digest(addr, password);
+        let mut c = self.cache.lock().unwrap_or_else(|p| p.into_inner());
+        if c.len() >= CACHE_MAX {
+            c.clear();
+        }
+        c.insert(
+            addr.to_string(),
+            CacheEntry {
+                digest: d,
+                stored_hash: stored.to_string(),
+            },
+        );
+    }
+
+    /// Logs in, creating the account when the address is new and may be created.
+    pub async fn login(&self, user: &str, password: &str) -> Result<User, LoginError> {
+        // Dovecot lower-cases the login before lookup (auth_username_format = %Lu).
+        let addr = user.trim().to_ascii_lowercase();
+        if let Some(account) = self.store.account(&addr)? {
+            return self.check_existing(account, password, false).await;
+        }
+        let addr = match creation_rule(&self.cfg, &addr, password) {
+            Ok(a) => a,
+            Err(why) => {
+                tracing::info!(%why, "login refused for a new address");
+                return Err(LoginError::Failed);
+            }
+        };
+        if let Some(reason) = SystemState::read(&self.cfg).refusal(&self.cfg) {
+            tracing::warn!("registration rejected: {reason}");
+            return Err(LoginError::RegistrationRejected(reason));
+        }
+        let pw = password.to_string();
+        let hash = tokio::task::spawn_blocking(move || make_hash(&pw))
+            .await
+            .map_err(|_| LoginError::Failed)?
+            .map_err(|e| {
+                tracing::error!("cannot hash a password: {e}");
+                LoginError::Failed
+            })?;
+        let (account, created) = self
+            .store
+            .create_account(&addr, &hash, self.clock.now())
+            .await?;
+        if created {
+            tracing::info!("Created address: {addr}");
+            self.remember(&addr, password, &account.password_hash);
+            Ok(User {
+                account,
+                created: true,
+            })
+        } else {
+            // Someone else created it between our lookup and our insert: their hash wins.
+            self.check_existing(account, password, false).await
+        }
+    }
+
+    async fn check_existing(
+        &self,
+        account: Account,
+        password: &str,
+        created: bool,
+    ) -> Result<User, LoginError> {
+        let ok = if self.cached_ok(&account.addr, password, &account.password_hash) {
+            true
+        } else {
+            let (pw, stored) = (password.to_string(), account.password_hash.clone());
+            let ok = tokio::task::spawn_blocking(move || verify_hash(&pw, &stored))
+                .await
+                .unwrap_or(false);
+            if ok {
+                self.remember(&account.addr, password, &account.password_hash);
+            }
+            ok
+        };
+        if !ok {
+            return Err(LoginError::Failed);
+        }
+        let today = self.clock.today();
+        if account.last_login_day != today {
+            if let Err(e) = self.store.set_last_login_day(account.id, today).await {
+                tracing::warn!("cannot record last login: {e}");
+            }
+        }
+        Ok(User { account, created })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn cfg(dir: &Path) -> Arc<Config> {
+        let mut c = Config::with_domain("chat.example.org", dir).unwrap();
+        // Tests must not depend on how busy the machine is.
+        c.max_load_1m = 1e9;
+        c.min_available_memory = crate::config::ByteSize(0);
+        c.min_free_disk_space = crate::config::ByteSize(0);
+        Arc::new(c)
+    }
+
+    fn accounts(dir: &Path) -> (Accounts, Store) {
+        let store = Store::open(&dir.join("store")).unwrap();
+        (
+            Accounts::new(cfg(dir), store.clone(), Clock::system()),
+            store,
+        )
+    }
+
+    #[test]
+    fn creation_rules_follow_the_reference() {
+        let d = tempfile::tempdir().unwrap();
+        let c = cfg(d.path());
+        let ok = |a: &str, p: &str| creation_rule(&c, a, p).is_ok();
+        assert!(ok("abcdefghi@chat.example.org", "123456789"));
+        assert!(ok("abc.e-g_i@chat.example.org", "123456789"));
+        assert!(!ok("abcdefghi@chat.example.org", "admin"));
+        assert!(!ok("abcdefgh@chat.example.org", "123456789"));
+        assert!(!ok("abcdefghij@chat.example.org", "123456789"));
+        assert!(!ok("abcdefgh+@chat.example.org", "123456789"));
+        assert!(!ok("ABCDEFGHI@chat.example.org", "123456789"));
+        assert!(!ok("abcdefghi@other.org", "123456789"));
+        assert!(!ok("abc@def@hi@chat.example.org", "123456789"));
+        assert!(!ok("abcdefghi", "123456789"));
+    }
+
+    #[test]
+    fn reference_sha512_crypt_hashes_verify() {
+        // Made with `doveadm pw -s SHA512-CRYPT -p secret123` style: {SHA512-CRYPT}$6$salt$hash.
+        let h = make_hash("secret123").unwrap();
+        assert!(verify_hash("secret123", &format!("{{SHA512-CRYPT}}{h}")));
+        assert!(verify_hash("secret123", &h));
+        assert!(!verify_hash("secret124", &h));
+        // A known vector from the glibc crypt test suite.
+        assert!(verify_hash(
+            "Hello world!",
+            "$6$saltstring$svn8UoSVapNtMuq1ukKS4tPQd8iKwSMHWjl/O817G3uBnIFNjnQJuesI68u4OTLiBFdcbYEdFCoEOfaS35inz1"
+        ));
+    }
+
+    #[tokio::test]
+    async fn first_login_creates_and_wrong_password_keeps_stored_hash() {
+        let d = tempfile::tempdir().unwrap();
+        let (acc, store) = accounts(d.path());
+        let u = acc
+            .login("abcdefghi@chat.example.org", "password1")
+            .await
+            .unwrap();
+        assert!(u.created);
+        let before = store
+            .account("abcdefghi@chat.example.org")
+            .unwrap()
+            .unwrap();
+        assert!(matches!(
+            acc.login("abcdefghi@chat.example.org", "password2").await,
+            Err(LoginError::Failed)
+        ));
+        let after = store
+            .account("abcdefghi@chat.example.org")
+            .unwrap()
+            .unwrap();
+        assert_eq!(before.password_hash, after.password_hash);
+        let again = acc
+            .login("ABCDEFGHI@chat.example.org", "password1")
+            .await
+            .unwrap();
+        assert!(!again.created);
+        assert!(store.mailbox(u.account.id, "INBOX").unwrap().is_some());
+    }
+
+    #[tokio::test]
+    async fn concurrent_first_logins_store_one_hash() {
+        let d = tempfile::tempdir().unwrap();
+        let (acc, store) = accounts(d.path());
+        let acc = Arc::new(acc);
+        let mut tasks = Vec::new();
+        for i in 0..10 {
+            let acc = acc.clone();
+            tasks.push(tokio::spawn(async move {
+                acc.login("racerace1@chat.example.org", &format!("password-{i}"))
+                    .await
+                    .is_ok()
+            }));
+        }
+        let mut ok = 0;
+        for t in tasks {
+            ok += t.await.unwrap() as usize;
+        }
+        assert_eq!(ok, 1, "exactly one password must win");
+        assert_eq!(store.account_count().unwrap(), 1);
+    }
+
+    #[tokio::test]
+    async fn nocreate_blocks_new_accounts_but_not_existing_ones() {
+        let d = tempfile::tempdir().unwrap();
+        let (acc, _store) = accounts(d.path());
+        acc.login("existing1@chat.example.org", "password1")
+            .await
+            .unwrap();
+        std::fs::write(d.path().join("nocreate"), "").unwrap();
+        assert!(matches!(
+            acc.login("newperson@chat.example.org", "password1").await,
+            Err(LoginError::RegistrationRejected(_))
+        ));
+        acc.login("existing1@chat.example.org", "password1")
+            .await
+            .unwrap();
+    }
+
+    #[test]
+    fn resource_gate_names_the_reason() {
+        let d = tempfile::tempdir().unwrap();
+        let c = Config::with_domain("a.org", d.path()).unwrap();
+        let s = SystemState {
+            load_1m: Some(9.0),
+            ..Default::default()
+        };
+        assert!(s.refusal(&c).unwrap().contains("load"));
+        let s = SystemState {
+            free_disk: Some(10),
+            ..Default::default()
+        };
+        assert!(s.refusal(&c).unwrap().contains("disk"));
+        let s = SystemState {
+            available_memory: Some(10),
+            ..Default::default()
+        };
+        assert!(s.refusal(&c).unwrap().contains("memory"));
+        assert!(SystemState::default().refusal(&c).is_none());
+    }
+}

@@ -1,0 +1,504 @@
+//! The one configuration struct, parsed once at start and passed down as `Arc<Config>`.
+//!
+//! Keys and defaults follow the reference's `chatmail.ini` where they apply; relaybox adds paths and
+//! listen addresses. Unknown keys and bad values are refused with the key's name and the expected form.
+
+use serde::{de, Deserialize, Deserializer};
+use std::fmt;
+use std::net::{IpAddr, SocketAddr};
+use std::path::{Path, PathBuf};
+
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("cannot read config file {path}: {source}")]
+    Read {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("config file {path}: {message}")]
+    Parse { path: PathBuf, message: String },
+    #[error("config key `{key}`: {message}")]
+    Invalid { key: &'static str, message: String },
+}
+
+/// A byte count written as `500M`, `1G`, `200K`, `30B` or a bare number of bytes. Units are binary
+/// (K = 1024), matching the reference's `parse_size_mb`, which treats `M` as MiB.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+pub struct ByteSize(pub u64);
+
+impl ByteSize {
+    pub fn parse(s: &str) -> Result<ByteSize, String> {
+        let t = s.trim();
+        let t = t.strip_suffix(['B', 'b']).unwrap_or(t);
+        let (digits, mult) = match t.chars().last() {
+            Some('K' | 'k') => (&t[..t.len() - 1], 1u64 << 10),
+            Some('M' | 'm') => (&t[..t.len() - 1], 1u64 << 20),
+            Some('G' | 'g') => (&t[..t.len() - 1], 1u64 << 30),
+            Some('T' | 't') => (&t[..t.len() - 1], 1u64 << 40),
+            _ => (t, 1),
+        };
+        let n: u64 = digits.trim().parse().map_err(|_| {
+            format!("expected a size like \"500M\", \"1G\" or a number of bytes, got {s:?}")
+        })?;
+        n.checked_mul(mult)
+            .map(ByteSize)
+            .ok_or_else(|| format!("size {s:?} is too large"))
+    }
+}
+
+impl<'de> Deserialize<'de> for ByteSize {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct V;
+        impl de::Visitor<'_> for V {
+            type Value = ByteSize;
+            fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
+                f.write_str("a size like \"500M\", \"1G\" or a number of bytes")
+            }
+            fn visit_u64<E: de::Error>(self, v: u64) -> Result<ByteSize, E> {
+                Ok(ByteSize(v))
+            }
+            fn visit_i64<E: de::Error>(self, v: i64) -> Result<ByteSize, E> {
+                u64::try_from(v)
+                    .map(ByteSize)
+                    .map_err(|_| E::custom("a size cannot be negative"))
+            }
+            fn visit_str<E: de::Error>(self, v: &str) -> Result<ByteSize, E> {
+                ByteSize::parse(v).map_err(E::custom)
+            }
+        }
+        d.deserialize_any(V)
+    }
+}
+
+impl fmt::Display for ByteSize {
+    fn fmt(&self, f: &mut fmt::Formatter) -> fmt::Result {
+        let b = self.0;
+        if b >= 1 << 30 && b % (1 << 30) == 0 {
+            write!(f, "{}G", b >> 30)
+        } else if b >= 1 << 20 && b % (1 << 20) == 0 {
+            write!(f, "{}M", b >> 20)
+        } else {
+            write!(f, "{b}")
+        }
+    }
+}
+
+/// Where each service listens. An empty list switches that service off.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Listen {
+    /// SMTP from other relays (port 25, STARTTLS).
+    pub smtp: Vec<SocketAddr>,
+    /// Submission with implicit TLS (port 465).
+    pub submissions: Vec<SocketAddr>,
+    /// Submission with STARTTLS (port 587).
+    pub submission: Vec<SocketAddr>,
+    /// IMAP with STARTTLS (port 143).
+    pub imap: Vec<SocketAddr>,
+    /// IMAP with implicit TLS (port 993).
+    pub imaps: Vec<SocketAddr>,
+    /// Plain HTTP (port 80).
+    pub http: Vec<SocketAddr>,
+    /// HTTPS (port 443).
+    pub https: Vec<SocketAddr>,
+}
+
+impl Listen {
+    /// The standard ports on one address, each shifted by `offset`.
+    pub fn standard(ip: IpAddr, offset: u16) -> Result<Listen, ConfigError> {
+        let at = |port: u16| -> Result<Vec<SocketAddr>, ConfigError> {
+            let p = port.checked_add(offset).ok_or(ConfigError::Invalid {
+                key: "port-offset",
+                message: format!("port {port} + {offset} is above 65535"),
+            })?;
+            Ok(vec![SocketAddr::new(ip, p)])
+        };
+        Ok(Listen {
+            smtp: at(25)?,
+            submissions: at(465)?,
+            submission: at(587)?,
+            imap: at(143)?,
+            imaps: at(993)?,
+            http: at(80)?,
+            https: at(443)?,
+        })
+    }
+}
+
+impl Default for Listen {
+    fn default() -> Self {
+        Listen::standard(IpAddr::from([0, 0, 0, 0]), 0).expect("offset 0 always fits")
+    }
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Config {
+    /// The mail domain: a name (`chat.example.org`), or an IP literal (`[192.0.2.1]`). A bare IPv4
+    /// address is accepted too and turned into a literal, as the reference does.
+    pub mail_domain: String,
+    /// Where all state lives: the index database, message files, keys.
+    #[serde(default = "d_data_dir")]
+    pub data_dir: PathBuf,
+    /// PEM certificate chain and key. Unset: a self-signed certificate is made on first start and
+    /// kept in `<data_dir>/tls/`.
+    #[serde(default)]
+    pub tls_cert: Option<PathBuf>,
+    #[serde(default)]
+    pub tls_key: Option<PathBuf>,
+    #[serde(default)]
+    pub listen: Listen,
+
+    #[serde(default = "d_60")]
+    pub max_user_send_per_minute: u32,
+    #[serde(default = "d_10")]
+    pub max_user_send_burst_size: u32,
+    #[serde(default = "d_mailbox")]
+    pub max_mailbox_size: ByteSize,
+    #[serde(default = "d_msgsize")]
+    pub max_message_size: u64,
+    #[serde(default = "d_1000")]
+    pub max_smtp_recipients: usize,
+    #[serde(default = "d_20")]
+    pub delete_mails_after: u32,
+    #[serde(default = "d_7")]
+    pub delete_large_after: u32,
+    #[serde(default = "d_90")]
+    pub delete_inactive_users_after: u32,
+    #[serde(default = "d_9")]
+    pub username_min_length: usize,
+    #[serde(default = "d_9")]
+    pub username_max_length: usize,
+    #[serde(default = "d_9")]
+    pub password_min_length: usize,
+    #[serde(default = "d_load")]
+    pub max_load_1m: f64,
+    #[serde(default = "d_mem")]
+    pub min_available_memory: ByteSize,
+    #[serde(default = "d_disk")]
+    pub min_free_disk_space: ByteSize,
+    #[serde(default = "d_10000")]
+    pub max_imap_connections: usize,
+    #[serde(default = "d_1000")]
+    pub max_smtp_connections: usize,
+
+    #[serde(default)]
+    pub privacy_postal: String,
+    #[serde(default)]
+    pub privacy_mail: String,
+    #[serde(default)]
+    pub privacy_pdo: String,
+    #[serde(default)]
+    pub privacy_supervisor: String,
+}
+
+fn d_data_dir() -> PathBuf {
+    PathBuf::from("/data/relaybox")
+}
+fn d_60() -> u32 {
+    60
+}
+fn d_10() -> u32 {
+    10
+}
+fn d_20() -> u32 {
+    20
+}
+fn d_7() -> u32 {
+    7
+}
+fn d_90() -> u32 {
+    90
+}
+fn d_9() -> usize {
+    9
+}
+fn d_1000() -> usize {
+    1000
+}
+fn d_10000() -> usize {
+    10000
+}
+fn d_mailbox() -> ByteSize {
+    ByteSize(500 << 20)
+}
+fn d_msgsize() -> u64 {
+    31_457_280
+}
+fn d_load() -> f64 {
+    5.0
+}
+fn d_mem() -> ByteSize {
+    ByteSize(200 << 20)
+}
+fn d_disk() -> ByteSize {
+    ByteSize(1 << 30)
+}
+
+impl Config {
+    /// A config with every default, for `relaybox dev` and tests.
+    pub fn with_domain(mail_domain: &str, data_dir: &Path) -> Result<Config, ConfigError> {
+        let text = format!(
+            "mail_domain = {}\ndata_dir = {}\n",
+            toml_string(mail_domain),
+            toml_string(&data_dir.to_string_lossy())
+        );
+        Config::from_toml(&text, Path::new("<built-in>"))
+    }
+
+    pub fn load(path: &Path) -> Result<Config, ConfigError> {
+        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+            path: path.to_owned(),
+            source,
+        })?;
+        Config::from_toml(&text, path)
+    }
+
+    pub fn from_toml(text: &str, path: &Path) -> Result<Config, ConfigError> {
+        let mut cfg: Config = toml::from_str(text).map_err(|e| ConfigError::Parse {
+            path: path.to_owned(),
+            message: e.to_string().trim_end().to_string(),
+        })?;
+        cfg.normalize()?;
+        Ok(cfg)
+    }
+
+    fn normalize(&mut self) -> Result<(), ConfigError> {
+        let d = self.mail_domain.trim().to_ascii_lowercase();
+        self.mail_domain = if let Ok(ip) = d.parse::<IpAddr>() {
+            domain_literal(ip)
+        } else if d.starts_with('[') {
+            let inner = d
+                .trim_start_matches('[')
+                .trim_end_matches(']')
+                .trim_start_matches("ipv6:");
+            let ip: IpAddr = inner.parse().map_err(|_| ConfigError::Invalid {
+                key: "mail_domain",
+                message: format!("{d:?} is not a valid IP literal like \"[192.0.2.1]\""),
+            })?;
+            domain_literal(ip)
+        } else {
+            valid_domain_name(&d).map_err(|message| ConfigError::Invalid {
+                key: "mail_domain",
+                message,
+            })?;
+            d
+        };
+        let invalid = |key, message: String| Err(ConfigError::Invalid { key, message });
+        if self.username_min_length == 0 || self.username_min_length > self.username_max_length {
+            return invalid(
+                "username_min_length",
+                format!(
+                    "must be at least 1 and at most username_max_length ({})",
+                    self.username_max_length
+                ),
+            );
+        }
+        if self.username_max_length > 64 {
+            return invalid("username_max_length", "must be at most 64".into());
+        }
+        if self.password_min_length == 0 {
+            return invalid("password_min_length", "must be at least 1".into());
+        }
+        if self.max_message_size < 1024 {
+            return invalid(
+                "max_message_size",
+                "must be at least 1024 bytes".to_string(),
+            );
+        }
+        if self.max_smtp_recipients == 0 {
+            return invalid("max_smtp_recipients", "must be at least 1".into());
+        }
+        if self.max_user_send_per_minute == 0 || self.max_user_send_burst_size == 0 {
+            return invalid(
+                "max_user_send_per_minute",
+                "the send rate and burst size must be at least 1".into(),
+            );
+        }
+        if !(self.max_load_1m > 0.0) {
+            return invalid("max_load_1m", "must be a positive number".into());
+        }
+        match (&self.tls_cert, &self.tls_key) {
+            (Some(_), None) | (None, Some(_)) => {
+                return invalid(
+                    "tls_cert",
+                    "tls_cert and tls_key must be given together".into(),
+                )
+            }
+            _ => {}
+        }
+        Ok(())
+    }
+
+    /// True for `[a.b.c.d]` domains: no DNS, self-signed certificate, clients accept it by `ic=3`.
+    pub fn is_ip_literal(&self) -> bool {
+        self.mail_domain.starts_with('[')
+    }
+
+    /// The IP address inside an IP-literal domain.
+    pub fn literal_ip(&self) -> Option<IpAddr> {
+        let inner = self.mail_domain.strip_prefix('[')?.strip_suffix(']')?;
+        inner.strip_prefix("ipv6:").unwrap_or(inner).parse().ok()
+    }
+
+    /// Self-signed mode: IP literals and `_`-prefixed domains (reference §2).
+    pub fn is_self_signed(&self) -> bool {
+        self.tls_cert.is_none()
+    }
+
+    /// Is `domain` (from an address) ours? Compared case-insensitively.
+    pub fn is_local_domain(&self, domain: &str) -> bool {
+        domain.eq_ignore_ascii_case(&self.mail_domain)
+    }
+
+    /// The host name used in greetings and certificates.
+    pub fn hostname(&self) -> &str {
+        &self.mail_domain
+    }
+
+    pub fn nocreate_path(&self) -> PathBuf {
+        self.data_dir.join("nocreate")
+    }
+}
+
+pub fn domain_literal(ip: IpAddr) -> String {
+    match ip {
+        IpAddr::V4(v4) => format!("[{v4}]"),
+        IpAddr::V6(v6) => format!("[ipv6:{v6}]"),
+    }
+}
+
+fn valid_domain_name(d: &str) -> Result<(), String> {
+    let ok = !d.is_empty()
+        && d.len() <= 253
+        && d.split('.').all(|label| {
+            !label.is_empty()
+                && label.len() <= 63
+                && label
+                    .chars()
+                    .all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_')
+                && !label.starts_with('-')
+                && !label.ends_with('-')
+        });
+    if ok {
+        Ok(())
+    } else {
+        Err(format!(
+            "{d:?} is not a domain name (expected something like \"chat.example.org\" or \"[192.0.2.1]\")"
+        ))
+    }
+}
+
+fn toml_string(s: &str) -> String {
+    let mut out = String::from("\"");
+    for c in s.chars() {
+        match c {
+            '"' => out.push_str("\\\""),
+            '\\' => out.push_str("\\\\"),
+            c => out.push(c),
+        }
+    }
+    out.push('"');
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn parse(t: &str) -> Result<Config, ConfigError> {
+        Config::from_toml(t, Path::new("test.toml"))
+    }
+
+    #[test]
+    fn defaults_follow_the_reference() {
+        let c = parse("mail_domain = \"chat.example.org\"").unwrap();
+        assert_eq!(c.max_user_send_per_minute, 60);
+        assert_eq!(c.max_user_send_burst_size, 10);
+        assert_eq!(c.max_mailbox_size, ByteSize(500 * 1024 * 1024));
+        assert_eq!(c.max_message_size, 31_457_280);
+        assert_eq!(c.delete_mails_after, 20);
+        assert_eq!(c.delete_large_after, 7);
+        assert_eq!(c.delete_inactive_users_after, 90);
+        assert_eq!(
+            (c.username_min_length, c.username_max_length, c.password_min_length),
+            (9, 9, 9)
+        );
+        assert_eq!(c.min_free_disk_space, ByteSize(1 << 30));
+        assert_eq!(c.min_available_memory, ByteSize(200 << 20));
+        assert!(!c.is_ip_literal());
+    }
+
+    #[test]
+    fn unknown_key_is_refused_with_its_name() {
+        let e = parse("mail_domain = \"a.org\"\nmax_mailbox_sise = \"1G\"")
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("max_mailbox_sise"), "{e}");
+    }
+
+    #[test]
+    fn bad_size_names_the_key_and_the_form() {
+        let e = parse("mail_domain = \"a.org\"\nmax_mailbox_size = \"lots\"")
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("max_mailbox_size"), "{e}");
+        assert!(e.contains("500M"), "{e}");
+    }
+
+    #[test]
+    fn wrong_type_is_refused() {
+        let e = parse("mail_domain = \"a.org\"\ndelete_mails_after = \"soon\"")
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("delete_mails_after"), "{e}");
+    }
+
+    #[test]
+    fn bare_ipv4_becomes_a_literal() {
+        let c = parse("mail_domain = \"127.0.0.2\"").unwrap();
+        assert_eq!(c.mail_domain, "[127.0.0.2]");
+        assert!(c.is_ip_literal());
+        assert_eq!(c.literal_ip(), Some("127.0.0.2".parse().unwrap()));
+    }
+
+    #[test]
+    fn bad_domain_is_refused() {
+        let e = parse("mail_domain = \"not a domain\"")
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("mail_domain"), "{e}");
+        let e = parse("mail_domain = \"[300.1.1.1]\"")
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("IP literal"), "{e}");
+    }
+
+    #[test]
+    fn sizes_parse_like_the_reference() {
+        assert_eq!(ByteSize::parse("500M").unwrap(), ByteSize(500 << 20));
+        assert_eq!(ByteSize::parse("1g").unwrap(), ByteSize(1 << 30));
+        assert_eq!(ByteSize::parse("200MB").unwrap(), ByteSize(200 << 20));
+        assert_eq!(ByteSize::parse("1234").unwrap(), ByteSize(1234));
+        assert!(ByteSize::parse("-1M").is_err());
+    }
+
+    #[test]
+    fn listen_addresses_and_min_max_checks() {
+        let c = parse(
+            "mail_domain = \"a.org\"\n[listen]\nimaps = [\"127.0.0.1:1993\"]\nsmtp = []\n",
+        )
+        .unwrap();
+        assert_eq!(c.listen.imaps, vec!["127.0.0.1:1993".parse().unwrap()]);
+        assert!(c.listen.smtp.is_empty());
+        assert_eq!(c.listen.submissions[0].port(), 465);
+        let e = parse("mail_domain = \"a.org\"\nusername_min_length = 10")
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("username_min_length"), "{e}");
+        let e = parse("mail_domain = \"a.org\"\n[listen]\nimaps = [\"nowhere\"]")
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("imaps"), "{e}");
+    }
+}

@@ -1,0 +1,31 @@
+//! relaybox: a chatmail relay in one binary.
+//!
+//! Module map (arrows are "uses"): `smtp` → `policy`, `delivery`, `accounts`; `imap` → `store`,
+//! `accounts`; `delivery` → `store`, `policy`; `accounts` → `store`. `policy` is pure (bytes in,
+//! verdict out) and never touches the store or a socket.
+
+pub mod accounts;
+pub mod clock;
+pub mod config;
+pub mod delivery;
+pub mod imap;
+pub mod net;
+pub mod policy;
+pub mod server;
+pub mod smtp;
+pub mod store;
+pub mod tls;
+pub mod web;
+
+use std::sync::Arc;
+
+/// Everything a connection handler needs, built once at start and shared read-only.
+pub struct Relay {
+    pub cfg: Arc<config::Config>,
+    pub store: store::Store,
+    pub accounts: accounts::Accounts,
+    pub delivery: delivery::Delivery,
+    pub tls: tls::TlsConfigs,
+    pub clock: clock::Clock,
+    pub shutdown: net::Shutdown,
+}

@@ -1,0 +1,506 @@
+//! The message store: message bodies are plain files, metadata lives in redb.
+//!
+//! Durability rule: a body file is written under `tmp/`, fsynced and renamed into `mail/` before
+//! the index transaction that names it commits; an index entry is removed before its file is
+//! unlinked. So after a crash at any point no index entry points at a missing file, and a file
+//! without an index entry is an orphan that `open` removes (nobody was told it was accepted).
+//!
+//! Writes go through one writer thread that batches whatever is waiting into one redb transaction
+//! (group commit): under load, many deliveries share one index fsync.
+
+mod index;
+mod recover;
+mod writer;
+
+pub use index::{Account, DeviceToken, Flags, Mailbox, Message};
+
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
+use tokio::sync::watch;
+
+pub type AccountId = u64;
+pub type MailboxId = u64;
+
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    #[error("I/O error on {path}: {source}")]
+    Io {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("index database: {0}")]
+    Db(String),
+    #[error("no such mailbox")]
+    NoSuchMailbox,
+    #[error("mailbox already exists")]
+    MailboxExists,
+    #[error("INBOX cannot be deleted or renamed away")]
+    InboxProtected,
+    #[error("no such account")]
+    NoSuchAccount,
+    #[error("the store is shutting down")]
+    Closed,
+}
+
+impl StoreError {
+    /// Errors a client can do nothing about but try later (disk full, I/O).
+    pub fn is_temporary(&self) -> bool {
+        matches!(
+            self,
+            StoreError::Io { .. } | StoreError::Db(_) | StoreError::Closed
+        )
+    }
+}
+
+macro_rules! db_err {
+    ($($t:ty),*) => {$(
+        impl From<$t> for StoreError {
+            fn from(e: $t) -> Self { StoreError::Db(e.to_string()) }
+        }
+    )*};
+}
+db_err!(
+    redb::Error,
+    redb::DatabaseError,
+    redb::TransactionError,
+    redb::TableError,
+    redb::StorageError,
+    redb::CommitError
+);
+
+/// How a STORE command changes flags.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum FlagOp {
+    Replace,
+    Add,
+    Remove,
+}
+
+/// Result of a flag change.
+#[derive(Debug, Default)]
+pub struct FlagUpdate {
+    /// Messages whose flags changed (or were named), with their new flags and modseq.
+    pub updated: Vec<Message>,
+    /// UIDs not changed because their modseq was above UNCHANGEDSINCE (RFC 7162 MODIFIED).
+    pub modified: Vec<u32>,
+}
+
+/// Where a copied or moved message went: (source uid, destination uid).
+#[derive(Debug, Default)]
+pub struct CopyResult {
+    pub uidvalidity: u32,
+    pub pairs: Vec<(u32, u32)>,
+}
+
+/// Names a failpoint in the delivery write sequence; used by crash-consistency tests to stop
+/// the sequence after a step, as a power cut would.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum CrashPoint {
+    /// After the body is written to tmp/ (not yet fsynced/renamed).
+    AfterTmpWrite,
+    /// After the body file is renamed into mail/ but before the index commit.
+    AfterRename,
+    /// After the index commit but before the caller is told.
+    AfterCommit,
+    /// Expunge: after the index commit, before the files are unlinked.
+    ExpungeAfterCommit,
+}
+
+struct Inner {
+    dir: PathBuf,
+    db: redb::Database,
+    writer: writer::Writer,
+    watchers: Mutex<HashMap<MailboxId, watch::Sender<u64>>>,
+    next_body: std::sync::atomic::AtomicU64,
+    crash_at: Mutex<Option<CrashPoint>>,
+}
+
+/// Cheap to clone; every clone is the same store.
+#[derive(Clone)]
+pub struct Store {
+    inner: Arc<Inner>,
+}
+
+/// Normalizes a mailbox name: INBOX is case-insensitive (RFC 3501 §5.1).
+pub fn normalize_mailbox_name(name: &str) -> String {
+    if name.eq_ignore_ascii_case("INBOX") {
+        "INBOX".to_string()
+    } else {
+        name.to_string()
+    }
+}
+
+impl Store {
+    /// Opens (or creates) the store in `dir`, repairing whatever a crash left: orphan body files
+    /// and leftovers in tmp/ are removed, index entries without a body are dropped.
+    pub fn open(dir: &Path) -> Result<Store, StoreError> {
+        recover::open(dir)
+    }
+
+    pub fn dir(&self) -> &Path {
+        &self.inner.dir
+    }
+
+    /// Test hook: make the next write sequence stop after `point`, leaving disk as a crash would.
+    pub fn crash_at(&self, point: Option<CrashPoint>) {
+        if let Ok(mut c) = self.inner.crash_at.lock() {
+            *c = point;
+        }
+    }
+
+    // ---- accounts ------------------------------------------------------------------------
+
+    pub fn account(&self, addr: &str) -> Result<Option<Account>, StoreError> {
+        index::get_account(&self.inner.db, addr)
+    }
+
+    pub fn account_by_id(&self, id: AccountId) -> Result<Option<Account>, StoreError> {
+        index::get_account_by_id(&self.inner.db, id)
+    }
+
+    pub fn account_count(&self) -> Result<u64, StoreError> {
+        index::account_count(&self.inner.db)
+    }
+
+    /// Creates the account with its INBOX unless it exists. Returns the stored account and
+    /// whether this call created it; concurrent callers for one address get one stored hash.
+    pub async fn create_account(
+        &self,
+        addr: &str,
+        password_hash: &str,
+        now: i64,
+    ) -> Result<(Account, bool), StoreError> {
+        self.write(writer::Op::CreateAccount {
+            addr: addr.to_string(),
+            hash: password_hash.to_string(),
+            now,
+        })
+        .await
+        .map(|r| match r {
+            writer::Reply::Account(a, created) => (a, created),
+            _ => unreachable!("writer answers CreateAccount with Account"),
+        })
+    }
+
+    /// Records the UTC day of the last login (only written when it changes).
+    pub async fn set_last_login_day(&self, id: AccountId, day: i64) -> Result<(), StoreError> {
+        self.write(writer::Op::LastLogin { id, day }).await.map(|_| ())
+    }
+
+    /// Adds (or refreshes) a push device token; tokens accumulate.
+    pub async fn add_device_token(
+        &self,
+        id: AccountId,
+        token: &str,
+        now: i64,
+    ) -> Result<(), StoreError> {
+        self.write(writer::Op::AddToken {
+            id,
+            token: token.to_string(),
+            now,
+        })
+        .await
+        .map(|_| ())
+    }
+
+    // ---- mailboxes -----------------------------------------------------------------------
+
+    pub fn mailboxes(&self, account: AccountId) -> Result<Vec<Mailbox>, StoreError> {
+        index::mailboxes(&self.inner.db, account)
+    }
+
+    pub fn mailbox(&self, account: AccountId, name: &str) -> Result<Option<Mailbox>, StoreError> {
+        index::mailbox(&self.inner.db, account, &normalize_mailbox_name(name))
+    }
+
+    pub fn mailbox_by_id(&self, id: MailboxId) -> Result<Option<Mailbox>, StoreError> {
+        index::mailbox_by_id(&self.inner.db, id)
+    }
+
+    pub async fn create_mailbox(
+        &self,
+        account: AccountId,
+        name: &str,
+    ) -> Result<Mailbox, StoreError> {
+        match self
+            .write(writer::Op::CreateMailbox {
+                account,
+                name: normalize_mailbox_name(name),
+            })
+            .await?
+        {
+            writer::Reply::Mailbox(m) => Ok(m),
+            _ => unreachable!("writer answers CreateMailbox with Mailbox"),
+        }
+    }
+
+    /// Deletes a mailbox and its messages.
+    pub async fn delete_mailbox(&self, account: AccountId, name: &str) -> Result<(), StoreError> {
+        self.write(writer::Op::DeleteMailbox {
+            account,
+            name: normalize_mailbox_name(name),
+        })
+        .await
+        .map(|_| ())
+    }
+
+    /// Renames a mailbox. Renaming INBOX moves its messages to the new mailbox and leaves INBOX
+    /// empty (RFC 3501 §6.3.5).
+    pub async fn rename_mailbox(
+        &self,
+        account: AccountId,
+        from: &str,
+        to: &str,
+    ) -> Result<(), StoreError> {
+        self.write(writer::Op::RenameMailbox {
+            account,
+            from: normalize_mailbox_name(from),
+            to: normalize_mailbox_name(to),
+        })
+        .await
+        .map(|_| ())
+    }
+
+    pub async fn set_subscribed(
+        &self,
+        account: AccountId,
+        name: &str,
+        subscribed: bool,
+    ) -> Result<(), StoreError> {
+        self.write(writer::Op::Subscribe {
+            account,
+            name: normalize_mailbox_name(name),
+            subscribed,
+        })
+        .await
+        .map(|_| ())
+    }
+
+    // ---- messages ------------------------------------------------------------------------
+
+    /// All messages of a mailbox, by ascending UID.
+    pub fn messages(&self, mailbox: MailboxId) -> Result<Vec<Message>, StoreError> {
+        index::messages(&self.inner.db, mailbox)
+    }
+
+    pub fn message(&self, mailbox: MailboxId, uid: u32) -> Result<Option<Message>, StoreError> {
+        index::message(&self.inner.db, mailbox, uid)
+    }
+
+    /// The raw RFC 5322 bytes of a message.
+    pub async fn read_body(&self, body_id: u64) -> Result<Vec<u8>, StoreError> {
+        let path = self.body_path(body_id);
+        tokio::task::spawn_blocking(move || {
+            std::fs::read(&path).map_err(|source| StoreError::Io { path, source })
+        })
+        .await
+        .map_err(|_| StoreError::Closed)?
+    }
+
+    /// Bytes stored for an account, over all its mailboxes.
+    pub fn usage(&self, account: AccountId) -> Result<u64, StoreError> {
+        Ok(index::get_account_by_id(&self.inner.db, account)?
+            .map(|a| a.used_bytes)
+            .unwrap_or(0))
+    }
+
+    /// Stores one message in the INBOX of every listed account. Returns once body and index are
+    /// durable; all or nothing.
+    pub async fn deliver(&self, accounts: &[AccountId], data: Arc<[u8]>) -> Result<(), StoreError> {
+        let now = crate::clock::Clock::system().now();
+        self.deliver_at(accounts, data, now).await
+    }
+
+    /// `deliver` with an explicit internal date.
+    pub async fn deliver_at(
+        &self,
+        accounts: &[AccountId],
+        data: Arc<[u8]>,
+        internal_date: i64,
+    ) -> Result<(), StoreError> {
+        let body_id = self.write_body(&data).await?;
+        self.write(writer::Op::Deliver {
+            accounts: accounts.to_vec(),
+            body_id,
+            size: data.len() as u64,
+            internal_date,
+        })
+        .await
+        .map(|_| ())
+    }
+
+    /// APPEND: stores a message in one mailbox; returns (uidvalidity, uid).
+    pub async fn append(
+        &self,
+        mailbox: MailboxId,
+        flags: Flags,
+        internal_date: i64,
+        data: Arc<[u8]>,
+    ) -> Result<(u32, u32), StoreError> {
+        let body_id = self.write_body(&data).await?;
+        match self
+            .write(writer::Op::Append {
+                mailbox,
+                flags,
+                body_id,
+                size: data.len() as u64,
+                internal_date,
+            })
+            .await?
+        {
+            writer::Reply::Appended(v, u) => Ok((v, u)),
+            _ => unreachable!("writer answers Append with Appended"),
+        }
+    }
+
+    /// STORE: changes the flags of the named UIDs (absent ones are ignored). With
+    /// `unchanged_since`, messages whose modseq is higher are left alone and reported.
+    pub async fn store_flags(
+        &self,
+        mailbox: MailboxId,
+        uids: Vec<u32>,
+        op: FlagOp,
+        flags: Flags,
+        unchanged_since: Option<u64>,
+    ) -> Result<FlagUpdate, StoreError> {
+        match self
+            .write(writer::Op::StoreFlags {
+                mailbox,
+                uids,
+                op,
+                flags,
+                unchanged_since,
+            })
+            .await?
+        {
+            writer::Reply::Flags(f) => Ok(f),
+            _ => unreachable!("writer answers StoreFlags with Flags"),
+        }
+    }
+
+    /// Removes messages flagged `\Deleted` (only among `uids` if given); returns the removed UIDs.
+    pub async fn expunge(
+        &self,
+        mailbox: MailboxId,
+        uids: Option<Vec<u32>>,
+    ) -> Result<Vec<u32>, StoreError> {
+        match self.write(writer::Op::Expunge { mailbox, uids }).await? {
+            writer::Reply::Uids(u) => Ok(u),
+            _ => unreachable!("writer answers Expunge with Uids"),
+        }
+    }
+
+    /// Removes the named messages whatever their flags (used by expiry and quota cleanup).
+    pub async fn remove_messages(
+        &self,
+        mailbox: MailboxId,
+        uids: Vec<u32>,
+    ) -> Result<Vec<u32>, StoreError> {
+        match self.write(writer::Op::Remove { mailbox, uids }).await? {
+            writer::Reply::Uids(u) => Ok(u),
+            _ => unreachable!("writer answers Remove with Uids"),
+        }
+    }
+
+    pub async fn copy(
+        &self,
+        src: MailboxId,
+        uids: Vec<u32>,
+        dst: MailboxId,
+    ) -> Result<CopyResult, StoreError> {
+        match self
+            .write(writer::Op::Copy {
+                src,
+                uids,
+                dst,
+                remove: false,
+            })
+            .await?
+        {
+            writer::Reply::Copied(c) => Ok(c),
+            _ => unreachable!("writer answers Copy with Copied"),
+        }
+    }
+
+    /// MOVE: like copy, then the source messages are removed in the same transaction.
+    pub async fn move_messages(
+        &self,
+        src: MailboxId,
+        uids: Vec<u32>,
+        dst: MailboxId,
+    ) -> Result<CopyResult, StoreError> {
+        match self
+            .write(writer::Op::Copy {
+                src,
+                uids,
+                dst,
+                remove: true,
+            })
+            .await?
+        {
+            writer::Reply::Copied(c) => Ok(c),
+            _ => unreachable!("writer answers Copy with Copied"),
+        }
+    }
+
+    /// A receiver that changes whenever the mailbox changes (new mail, flags, expunge). IMAP
+    /// sessions wait on it in IDLE; the value is a change counter, not a modseq.
+    pub fn watch(&self, mailbox: MailboxId) -> watch::Receiver<u64> {
+        let mut w = self
+            .inner
+            .watchers
+            .lock()
+            .unwrap_or_else(|p| p.into_inner());
+        w.entry(mailbox)
+            .or_insert_with(|| watch::channel(0).0)
+            .subscribe()
+    }
+
+    // ---- internals -----------------------------------------------------------------------
+
+    fn body_path(&self, body_id: u64) -> PathBuf {
+        recover::body_path(&self.inner.dir, body_id)
+    }
+
+    fn notify(&self, mailboxes: &[MailboxId]) {
+        let mut w = self
+            .inner
+            .watchers
+            .lock()
+            .unwrap_or_else(|p| p.into_inner());
+        for m in mailboxes {
+            if let Some(tx) = w.get(m) {
+                if tx.receiver_count() == 0 {
+                    w.remove(m);
+                } else {
+                    tx.send_modify(|v| *v += 1);
+                }
+            }
+        }
+    }
+
+    fn crash_point(&self) -> Option<CrashPoint> {
+        self.inner.crash_at.lock().ok().and_then(|c| *c)
+    }
+
+    async fn write_body(&self, data: &Arc<[u8]>) -> Result<u64, StoreError> {
+        let id = self
+            .inner
+            .next_body
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        let dir = self.inner.dir.clone();
+        let data = data.clone();
+        let crash = self.crash_point();
+        tokio::task::spawn_blocking(move || recover::write_body(&dir, id, &data, crash))
+            .await
+            .map_err(|_| StoreError::Closed)??;
+        Ok(id)
+    }
+
+    async fn write(&self, op: writer::Op) -> Result<writer::Reply, StoreError> {
+        let (reply, touched) = self.inner.writer.submit(op).await?;
+        self.notify(&touched);
+        Ok(reply)
+    }
+}
