@@ -148,8 +148,8 @@ pub fn verify_hash(password: &str, stored: &str) -> bool {
 
 /// SHA-512 crypt with the glibc default of 5000 rounds: standard, and cheap enough on a Pi.
 pub fn make_hash(password: &str) -> Result<String, String> {
-    let params = sha_crypt::Sha512Params::new(sha_crypt::ROUNDS_DEFAULT)
-        .map_err(|e| format!("{e:?}"))?;
+    let params =
+        sha_crypt::Sha512Params::new(sha_crypt::ROUNDS_DEFAULT).map_err(|e| format!("{e:?}"))?;
     sha_crypt::sha512_simple(password, &params).map_err(|e| format!("{e:?}"))
 }
 
@@ -170,6 +170,10 @@ pub struct Accounts {
 }
 
 const CACHE_MAX: usize = 100_000;
+
+fn constant_time_eq(a: &[u8; 32], b: &[u8; 32]) -> bool {
+    a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
+}
 
 impl Accounts {
     pub fn new(cfg: Arc<Config>, store: Store, clock: Clock) -> Accounts {
@@ -199,7 +203,7 @@ impl Accounts {
         let d = self.digest(addr, password);
         let c = self.cache.lock().unwrap_or_else(|p| p.into_inner());
         c.get(addr)
-            .is_some_and(|e| e.stored_hash == stored && ring::constant_time_eq(&e.digest, &d))
+            .is_some_and(|e| e.stored_hash == stored && constant_time_eq(&e.digest, &d))
     }
 
     fn remember(&self, addr: &str, password: &str, stored: &str) {

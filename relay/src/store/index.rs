@@ -2,7 +2,7 @@
 //! so that the hot queries (a mailbox's messages by UID, an account by address) are range scans.
 
 use super::{AccountId, MailboxId, StoreError};
-use redb::{ReadableDatabase, ReadableTable, ReadableTableMetadata, TableDefinition};
+use redb::{ReadableDatabase, ReadableTableMetadata, TableDefinition};
 use serde::{Deserialize, Serialize};
 
 /// address → account record
@@ -10,8 +10,7 @@ pub(super) const ACCOUNTS: TableDefinition<&str, &[u8]> = TableDefinition::new("
 /// account id → address
 pub(super) const ACCOUNT_IDS: TableDefinition<u64, &str> = TableDefinition::new("account_ids");
 /// (account id, mailbox name) → mailbox record
-pub(super) const MAILBOXES: TableDefinition<(u64, &str), &[u8]> =
-    TableDefinition::new("mailboxes");
+pub(super) const MAILBOXES: TableDefinition<(u64, &str), &[u8]> = TableDefinition::new("mailboxes");
 /// mailbox id → (account id, name)
 pub(super) const MAILBOX_IDS: TableDefinition<u64, (u64, &str)> =
     TableDefinition::new("mailbox_ids");
@@ -233,7 +232,10 @@ pub(super) fn mailbox_by_id(
     mailbox(db, key.0, &key.1)
 }
 
-pub(super) fn messages(db: &redb::Database, mailbox: MailboxId) -> Result<Vec<Message>, StoreError> {
+pub(super) fn messages(
+    db: &redb::Database,
+    mailbox: MailboxId,
+) -> Result<Vec<Message>, StoreError> {
     let tx = db.begin_read()?;
     let t = match tx.open_table(MESSAGES) {
         Ok(t) => t,

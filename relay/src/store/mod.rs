@@ -109,11 +109,11 @@ pub enum CrashPoint {
 
 struct Inner {
     dir: PathBuf,
-    db: redb::Database,
+    db: Arc<redb::Database>,
     writer: writer::Writer,
     watchers: Mutex<HashMap<MailboxId, watch::Sender<u64>>>,
     next_body: std::sync::atomic::AtomicU64,
-    crash_at: Mutex<Option<CrashPoint>>,
+    crash_at: Arc<Mutex<Option<CrashPoint>>>,
 }
 
 /// Cheap to clone; every clone is the same store.
@@ -185,7 +185,9 @@ impl Store {
 
     /// Records the UTC day of the last login (only written when it changes).
     pub async fn set_last_login_day(&self, id: AccountId, day: i64) -> Result<(), StoreError> {
-        self.write(writer::Op::LastLogin { id, day }).await.map(|_| ())
+        self.write(writer::Op::LastLogin { id, day })
+            .await
+            .map(|_| ())
     }
 
     /// Adds (or refreshes) a push device token; tokens accumulate.

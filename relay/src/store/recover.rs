@@ -1,0 +1,244 @@
+//! Body files on disk, and the repair that runs when the store opens.
+
+use super::index::{BODY_REFS, COUNTERS, MAILBOXES, MAILBOX_IDS, MESSAGES};
+use super::{index, CrashPoint, Inner, Store, StoreError};
+use redb::ReadableTable;
+use std::collections::{BTreeSet, HashMap};
+use std::io::Write;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::AtomicU64;
+use std::sync::{Arc, Mutex};
+
+fn io_err(path: &Path) -> impl FnOnce(std::io::Error) -> StoreError + '_ {
+    move |source| StoreError::Io {
+        path: path.to_owned(),
+        source,
+    }
+}
+
+/// `mail/<low byte>/<id>`: 256 directories keep each one small enough to list quickly.
+pub(super) fn body_path(dir: &Path, id: u64) -> PathBuf {
+    dir.join("mail")
+        .join(format!("{:02x}", id & 0xff))
+        .join(format!("{id:016x}"))
+}
+
+fn tmp_path(dir: &Path, id: u64) -> PathBuf {
+    dir.join("tmp").join(format!("{id:016x}"))
+}
+
+pub(super) fn fsync_dir(dir: &Path) -> std::io::Result<()> {
+    std::fs::File::open(dir)?.sync_all()
+}
+
+/// Writes a body under tmp/, fsyncs it and renames it into place. The directory fsync that makes
+/// the rename durable is done by the writer, once per batch.
+pub(super) fn write_body(
+    dir: &Path,
+    id: u64,
+    data: &[u8],
+    crash: Option<CrashPoint>,
+) -> Result<(), StoreError> {
+    let tmp = tmp_path(dir, id);
+    let mut f = std::fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .open(&tmp)
+        .map_err(io_err(&tmp))?;
+    if let Err(e) = f.write_all(data) {
+        drop(f);
+        let _ = std::fs::remove_file(&tmp);
+        return Err(io_err(&tmp)(e));
+    }
+    if crash == Some(CrashPoint::AfterTmpWrite) {
+        return Err(StoreError::Closed);
+    }
+    if let Err(e) = f.sync_data() {
+        drop(f);
+        let _ = std::fs::remove_file(&tmp);
+        return Err(io_err(&tmp)(e));
+    }
+    drop(f);
+    let dst = body_path(dir, id);
+    if let Err(e) = std::fs::rename(&tmp, &dst) {
+        let _ = std::fs::remove_file(&tmp);
+        return Err(io_err(&dst)(e));
+    }
+    if crash == Some(CrashPoint::AfterRename) {
+        return Err(StoreError::Closed);
+    }
+    Ok(())
+}
+
+pub(super) fn unlink_body(dir: &Path, id: u64) {
+    let p = body_path(dir, id);
+    if let Err(e) = std::fs::remove_file(&p) {
+        if e.kind() != std::io::ErrorKind::NotFound {
+            tracing::warn!(path = %p.display(), "cannot remove a message file: {e}");
+        }
+    }
+}
+
+/// Body ids of every file under mail/.
+fn scan_bodies(dir: &Path) -> Result<BTreeSet<u64>, StoreError> {
+    let mut out = BTreeSet::new();
+    let mail = dir.join("mail");
+    for sub in std::fs::read_dir(&mail).map_err(io_err(&mail))? {
+        let sub = sub.map_err(io_err(&mail))?.path();
+        if !sub.is_dir() {
+            continue;
+        }
+        for f in std::fs::read_dir(&sub).map_err(io_err(&sub))? {
+            let f = f.map_err(io_err(&sub))?;
+            if let Some(id) = f
+                .file_name()
+                .to_str()
+                .and_then(|n| u64::from_str_radix(n, 16).ok())
+            {
+                out.insert(id);
+            }
+        }
+    }
+    Ok(out)
+}
+
+pub(super) fn open(dir: &Path) -> Result<Store, StoreError> {
+    for sub in ["mail", "tmp"] {
+        let p = dir.join(sub);
+        std::fs::create_dir_all(&p).map_err(io_err(&p))?;
+    }
+    for i in 0..256u32 {
+        let p = dir.join("mail").join(format!("{i:02x}"));
+        if !p.exists() {
+            std::fs::create_dir(&p).map_err(io_err(&p))?;
+        }
+    }
+    // Whatever is in tmp/ was never renamed into place, so it was never accepted.
+    let tmp = dir.join("tmp");
+    for f in std::fs::read_dir(&tmp).map_err(io_err(&tmp))? {
+        let f = f.map_err(io_err(&tmp))?;
+        let _ = std::fs::remove_file(f.path());
+    }
+
+    let db_path = dir.join("index.redb");
+    let db = redb::Database::create(&db_path)?;
+    {
+        let txn = db.begin_write()?;
+        // Create every table so that readers never see "table does not exist".
+        txn.open_table(index::ACCOUNTS)?;
+        txn.open_table(index::ACCOUNT_IDS)?;
+        txn.open_table(MAILBOXES)?;
+        txn.open_table(MAILBOX_IDS)?;
+        txn.open_table(MESSAGES)?;
+        txn.open_table(BODY_REFS)?;
+        txn.open_table(COUNTERS)?;
+        txn.commit()?;
+    }
+    let max_id = repair(&db, dir)?;
+
+    let db = Arc::new(db);
+    let crash_at = Arc::new(Mutex::new(None));
+    let writer = super::writer::Writer::start(db.clone(), dir.to_owned(), crash_at.clone());
+    Ok(Store {
+        inner: Arc::new(Inner {
+            dir: dir.to_owned(),
+            db,
+            writer,
+            watchers: Mutex::new(HashMap::new()),
+            next_body: AtomicU64::new(max_id + 1),
+            crash_at,
+        }),
+    })
+}
+
+/// Makes files and index agree; returns the highest body id seen, so new ids never collide.
+fn repair(db: &redb::Database, dir: &Path) -> Result<u64, StoreError> {
+    let files = scan_bodies(dir)?;
+    let referenced: BTreeSet<u64> = {
+        let txn = redb::ReadableDatabase::begin_read(db)?;
+        let t = txn.open_table(BODY_REFS)?;
+        let mut s = BTreeSet::new();
+        for r in t.iter()? {
+            s.insert(r?.0.value());
+        }
+        s
+    };
+    let max_id = files
+        .iter()
+        .chain(referenced.iter())
+        .max()
+        .copied()
+        .unwrap_or(0);
+
+    let orphans: Vec<u64> = files.difference(&referenced).copied().collect();
+    for id in &orphans {
+        unlink_body(dir, *id);
+    }
+    if !orphans.is_empty() {
+        tracing::info!(
+            count = orphans.len(),
+            "removed message files nobody was told were accepted"
+        );
+    }
+
+    let missing: BTreeSet<u64> = referenced.difference(&files).copied().collect();
+    if !missing.is_empty() {
+        tracing::warn!(
+            count = missing.len(),
+            "index entries name missing message files; dropping them"
+        );
+        drop_missing(db, &missing)?;
+    }
+    Ok(max_id)
+}
+
+/// Removes index entries whose body file is gone (a lost file must not break FETCH forever) and
+/// fixes the mailbox and account counters they contributed to.
+fn drop_missing(db: &redb::Database, missing: &BTreeSet<u64>) -> Result<(), StoreError> {
+    let txn = db.begin_write()?;
+    let mut gone: Vec<((u64, u32), index::Message)> = Vec::new();
+    {
+        let t = txn.open_table(MESSAGES)?;
+        for r in t.iter()? {
+            let (k, v) = r?;
+            let m: index::Message = index::decode(v.value())?;
+            if missing.contains(&m.body_id) {
+                gone.push((k.value(), m));
+            }
+        }
+    }
+    for ((mailbox, uid), m) in gone {
+        txn.open_table(MESSAGES)?.remove((mailbox, uid))?;
+        let key = {
+            let ids = txn.open_table(MAILBOX_IDS)?;
+            let r = ids.get(mailbox)?;
+            r.map(|v| {
+                let (a, n) = v.value();
+                (a, n.to_string())
+            })
+        };
+        if let Some((account, name)) = key {
+            let mut mbt = txn.open_table(MAILBOXES)?;
+            let mb = mbt
+                .get((account, name.as_str()))?
+                .map(|v| index::decode::<index::Mailbox>(v.value()));
+            if let Some(mb) = mb {
+                let mut mb = mb?;
+                mb.exists = mb.exists.saturating_sub(1);
+                if !m.flags.has(index::SEEN) {
+                    mb.unseen = mb.unseen.saturating_sub(1);
+                }
+                mb.highest_modseq += 1;
+                mbt.insert((account, name.as_str()), index::encode(&mb)?.as_slice())?;
+            }
+        }
+    }
+    {
+        let mut refs = txn.open_table(BODY_REFS)?;
+        for id in missing {
+            refs.remove(*id)?;
+        }
+    }
+    txn.commit()?;
+    Ok(())
+}
