@@ -153,6 +153,48 @@ pub fn make_hash(password: &str) -> Result<String, String> {
     sha_crypt::sha512_simple(password, &params).map_err(|e| format!("{e:?}"))
 }
 
+/// Random credentials in the shape `/new` hands out (reference §4.2): a local part of
+/// `username_max_length` characters from [a-z0-9] and a password of `password_min_length + 3`
+/// characters that includes punctuation.
+pub fn random_credentials(cfg: &Config) -> (String, String) {
+    use rand::Rng;
+    const LOCAL: &[u8] = b"abcdefghijklmnopqrstuvwxyz0123456789";
+    const PASS: &[u8] =
+        b"abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789!#$%&()*+,-./:;<=>?@[]^_{|}~";
+    let mut rng = rand::thread_rng();
+    let local: String = (0..cfg.username_max_length)
+        .map(|_| LOCAL[rng.gen_range(0..LOCAL.len())] as char)
+        .collect();
+    let password: String = (0..cfg.password_min_length + 3)
+        .map(|_| PASS[rng.gen_range(0..PASS.len())] as char)
+        .collect();
+    (format!("{local}@{}", cfg.mail_domain), password)
+}
+
+/// A `dclogin:` URL (reference §4.3) with explicit hosts and ports and `ic=3`, since the
+/// certificate is self-signed.
+pub fn dclogin_url(
+    addr: &str,
+    password: &str,
+    host: &str,
+    imap_port: u16,
+    smtp_port: u16,
+) -> String {
+    use percent_encoding::{utf8_percent_encode, AsciiSet, NON_ALPHANUMERIC};
+    const ADDR: &AsciiSet = &NON_ALPHANUMERIC
+        .remove(b'@')
+        .remove(b'[')
+        .remove(b']')
+        .remove(b'.')
+        .remove(b'-')
+        .remove(b'_');
+    format!(
+        "dclogin:{}?p={}&v=1&ih={host}&ip={imap_port}&is=ssl&sh={host}&sp={smtp_port}&ss=ssl&ic=3",
+        utf8_percent_encode(addr, ADDR),
+        utf8_percent_encode(password, NON_ALPHANUMERIC),
+    )
+}
+
 /// A verified (address, password) is remembered as a keyed digest, so that a reconnect storm
 /// costs one SHA-256 per login instead of 5000 rounds of SHA-512. The entry is only valid for
 /// the stored hash it was checked against.
@@ -414,6 +456,19 @@ mod tests {
         acc.login("existing1@chat.example.org", "password1")
             .await
             .unwrap();
+    }
+
+    #[test]
+    fn random_credentials_pass_the_creation_rule() {
+        let d = tempfile::tempdir().unwrap();
+        let c = Config::with_domain("[127.0.0.1]", d.path()).unwrap();
+        for _ in 0..100 {
+            let (a, p) = random_credentials(&c);
+            assert_eq!(creation_rule(&c, &a, &p).unwrap(), a);
+            let url = dclogin_url(&a, &p, "127.0.0.1", 993, 465);
+            assert!(url.starts_with(&format!("dclogin:{a}?p=")), "{url}");
+            assert!(url.ends_with("&ic=3"));
+        }
     }
 
     #[test]

@@ -421,7 +421,11 @@ mod tests {
         assert_eq!(c.delete_large_after, 7);
         assert_eq!(c.delete_inactive_users_after, 90);
         assert_eq!(
-            (c.username_min_length, c.username_max_length, c.password_min_length),
+            (
+                c.username_min_length,
+                c.username_max_length,
+                c.password_min_length
+            ),
             (9, 9, 9)
         );
         assert_eq!(c.min_free_disk_space, ByteSize(1 << 30));
@@ -485,10 +489,9 @@ mod tests {
 
     #[test]
     fn listen_addresses_and_min_max_checks() {
-        let c = parse(
-            "mail_domain = \"a.org\"\n[listen]\nimaps = [\"127.0.0.1:1993\"]\nsmtp = []\n",
-        )
-        .unwrap();
+        let c =
+            parse("mail_domain = \"a.org\"\n[listen]\nimaps = [\"127.0.0.1:1993\"]\nsmtp = []\n")
+                .unwrap();
         assert_eq!(c.listen.imaps, vec!["127.0.0.1:1993".parse().unwrap()]);
         assert!(c.listen.smtp.is_empty());
         assert_eq!(c.listen.submissions[0].port(), 465);

@@ -51,7 +51,10 @@ impl Delivery {
         }
         match self.store.account(&rcpt) {
             Ok(Some(a)) => Ok(Target::Local(a.id)),
-            Ok(None) => Err(Reply::new(550, "5.1.1 Recipient address rejected: no such user")),
+            Ok(None) => Err(Reply::new(
+                550,
+                "5.1.1 Recipient address rejected: no such user",
+            )),
             Err(e) => {
                 tracing::error!("recipient lookup failed: {e}");
                 Err(Reply::new(451, "4.3.0 Temporary lookup failure"))
@@ -98,7 +101,10 @@ impl Delivery {
             }
             Err(e) => {
                 tracing::error!("local delivery failed: {e}");
-                Reply::new(451, "4.3.0 Local error while storing the message, try again later")
+                Reply::new(
+                    451,
+                    "4.3.0 Local error while storing the message, try again later",
+                )
             }
         }
     }

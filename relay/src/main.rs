@@ -1,1 +1,107 @@
-fn main(){}
+//! The `relaybox` binary: command-line parsing and logging set-up; everything else is in the lib.
+
+use anyhow::Context;
+use clap::{Parser, Subcommand};
+use relaybox::config::{self, Config, Listen};
+use std::net::IpAddr;
+use std::path::PathBuf;
+
+#[derive(Parser)]
+#[command(name = "relaybox", version, about = "A chatmail relay in one binary")]
+struct Cli {
+    #[command(subcommand)]
+    cmd: Cmd,
+}
+
+#[derive(Subcommand)]
+enum Cmd {
+    /// Run on an IP-literal domain with a self-signed certificate, for trying relaybox out.
+    Dev {
+        /// The address to serve; the mail domain becomes `[ADDR]`.
+        #[arg(long, default_value = "127.0.0.1")]
+        ip: IpAddr,
+        /// Where all state is kept.
+        #[arg(long, default_value = "relaybox-data")]
+        data: PathBuf,
+        /// Shift every port by N (e.g. 10000: IMAPS on 10993), for users without root.
+        #[arg(long, default_value_t = 0)]
+        port_offset: u16,
+    },
+    /// Run in production from a TOML config file.
+    Serve {
+        #[arg(long)]
+        config: PathBuf,
+    },
+}
+
+fn init_logging() {
+    use tracing_subscriber::prelude::*;
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    // Under systemd, stderr would land in the journal a second time; log to journald directly.
+    let journald = std::env::var_os("JOURNAL_STREAM").and_then(|_| tracing_journald::layer().ok());
+    let registry = tracing_subscriber::registry().with(filter);
+    match journald {
+        Some(j) => registry.with(j).init(),
+        None => registry
+            .with(tracing_subscriber::fmt::layer().with_writer(std::io::stderr))
+            .init(),
+    }
+}
+
+fn main() -> anyhow::Result<()> {
+    let cli = Cli::parse();
+    init_logging();
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .context("cannot start the async runtime")?;
+    match cli.cmd {
+        Cmd::Dev {
+            ip,
+            data,
+            port_offset,
+        } => {
+            let mut cfg = Config::with_domain(&config::domain_literal(ip), &data)?;
+            cfg.listen = Listen::standard(ip, port_offset)?;
+            let relay = relaybox::server::build(cfg)?;
+            print_invite(&relay.cfg, ip, port_offset);
+            rt.block_on(relaybox::server::run(relay))
+        }
+        Cmd::Serve { config } => {
+            let cfg = Config::load(&config)?;
+            let relay = relaybox::server::build(cfg)?;
+            rt.block_on(relaybox::server::run(relay))
+        }
+    }
+}
+
+/// Prints a fresh random account as a `dclogin:` URL and a terminal QR code. Nothing is created
+/// until the client logs in with it.
+fn print_invite(cfg: &Config, ip: IpAddr, offset: u16) {
+    let (addr, password) = relaybox::accounts::random_credentials(cfg);
+    let url = relaybox::accounts::dclogin_url(
+        &addr,
+        &password,
+        &ip.to_string(),
+        993u16.saturating_add(offset),
+        465u16.saturating_add(offset),
+    );
+    println!(
+        "relaybox dev: {} (data in {})",
+        cfg.mail_domain,
+        cfg.data_dir.display()
+    );
+    println!("A new account (created at its first login):");
+    println!("  address:  {addr}");
+    println!("  password: {password}");
+    println!("Scan with Delta Chat (\"Add account\" > \"Scan QR code\"), or paste:");
+    println!("{url}");
+    if let Ok(qr) = qrcode::QrCode::new(url.as_bytes()) {
+        let art = qr
+            .render::<qrcode::render::unicode::Dense1x2>()
+            .quiet_zone(true)
+            .build();
+        println!("{art}");
+    }
+}

@@ -168,7 +168,10 @@ mod tests {
         ));
         match check_outgoing(&env("mallory@x.org"), m) {
             Verdict::Reject(r) => {
-                assert_eq!(r.to_string(), "500 Invalid FROM <alice@x.org> for <mallory@x.org>")
+                assert_eq!(
+                    r.to_string(),
+                    "500 Invalid FROM <alice@x.org> for <mallory@x.org>"
+                )
             }
             v => panic!("{v:?}"),
         }

@@ -1,1 +1,135 @@
-//! start-up
+//! Start-up and shutdown: open the store, bind every listener, tell systemd we are ready, keep the
+//! watchdog fed, and stop everything on SIGTERM/SIGINT through the one shutdown signal.
+
+use crate::{accounts, clock, config, delivery, imap, net, smtp, store, tls, web, Relay};
+use anyhow::Context;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+use tokio::net::TcpListener;
+
+/// Builds the shared state from a config: opens (and repairs) the store, loads or makes the
+/// certificate.
+pub fn build(cfg: config::Config) -> anyhow::Result<Arc<Relay>> {
+    std::fs::create_dir_all(&cfg.data_dir)
+        .with_context(|| format!("cannot create data directory {}", cfg.data_dir.display()))?;
+    let cfg = Arc::new(cfg);
+    let store = store::Store::open(&cfg.data_dir.join("store"))
+        .with_context(|| format!("cannot open the store in {}", cfg.data_dir.display()))?;
+    let tls = tls::TlsConfigs::load(&cfg).context("cannot set up TLS")?;
+    let clock = clock::Clock::system();
+    Ok(Arc::new(Relay {
+        accounts: accounts::Accounts::new(cfg.clone(), store.clone(), clock.clone()),
+        delivery: delivery::Delivery::new(cfg.clone(), store.clone()),
+        cfg,
+        store,
+        tls,
+        clock,
+        shutdown: net::Shutdown::new(),
+    }))
+}
+
+async fn bind(addr: SocketAddr, what: &str) -> anyhow::Result<TcpListener> {
+    TcpListener::bind(addr).await.map_err(|e| {
+        let hint = if e.kind() == std::io::ErrorKind::PermissionDenied && addr.port() < 1024 {
+            " (ports below 1024 need root or CAP_NET_BIND_SERVICE; `relaybox dev --port-offset 10000` avoids them)"
+        } else if e.kind() == std::io::ErrorKind::AddrInUse {
+            " (another program, or another relaybox, already listens there)"
+        } else if e.kind() == std::io::ErrorKind::AddrNotAvailable {
+            " (this machine has no such address)"
+        } else {
+            ""
+        };
+        anyhow::anyhow!("cannot listen on {addr} for {what}: {e}{hint}")
+    })
+}
+
+/// Binds every configured listener, then serves until SIGTERM/SIGINT.
+pub async fn run(relay: Arc<Relay>) -> anyhow::Result<()> {
+    let l = relay.cfg.listen.clone();
+    let mut tasks = tokio::task::JoinSet::new();
+    let mut bound = Vec::new();
+    for (addrs, kind) in [
+        (&l.smtp, smtp::Kind::Mx),
+        (&l.submission, smtp::Kind::Submission),
+        (&l.submissions, smtp::Kind::Submissions),
+    ] {
+        for a in addrs {
+            let listener = bind(*a, &format!("SMTP ({kind:?})")).await?;
+            bound.push(format!("smtp/{kind:?}={a}"));
+            tasks.spawn(smtp::serve(relay.clone(), listener, kind));
+        }
+    }
+    for (addrs, implicit) in [(&l.imap, false), (&l.imaps, true)] {
+        for a in addrs {
+            let what = if implicit { "IMAPS" } else { "IMAP" };
+            let listener = bind(*a, what).await?;
+            bound.push(format!("{}={a}", what.to_lowercase()));
+            tasks.spawn(imap::serve(relay.clone(), listener, implicit));
+        }
+    }
+    for (addrs, https) in [(&l.http, false), (&l.https, true)] {
+        for a in addrs {
+            let what = if https { "HTTPS" } else { "HTTP" };
+            let listener = bind(*a, what).await?;
+            bound.push(format!("{}={a}", what.to_lowercase()));
+            tasks.spawn(web::serve(relay.clone(), listener, https));
+        }
+    }
+    tracing::info!(
+        domain = %relay.cfg.mail_domain,
+        listeners = %bound.join(" "),
+        "all listeners up"
+    );
+    let _ = sd_notify::notify(false, &[sd_notify::NotifyState::Ready]);
+    spawn_watchdog(&relay);
+
+    wait_for_signal().await;
+    tracing::info!("shutting down");
+    let _ = sd_notify::notify(false, &[sd_notify::NotifyState::Stopping]);
+    relay.shutdown.trigger();
+    // Sessions finish their current command; anything still running after this is cut off, which
+    // is safe because nothing is acknowledged before it is durable.
+    let _ = tokio::time::timeout(Duration::from_secs(5), async {
+        while tasks.join_next().await.is_some() {}
+    })
+    .await;
+    Ok(())
+}
+
+/// Pings systemd's watchdog from inside the runtime, so a wedged runtime gets restarted.
+fn spawn_watchdog(relay: &Arc<Relay>) {
+    let mut usec = 0u64;
+    if !sd_notify::watchdog_enabled(false, &mut usec) || usec == 0 {
+        return;
+    }
+    let period = Duration::from_micros(usec / 2);
+    let shutdown = relay.shutdown.clone();
+    tokio::spawn(async move {
+        let mut tick = tokio::time::interval(period);
+        loop {
+            tokio::select! {
+                _ = tick.tick() => {
+                    let _ = sd_notify::notify(false, &[sd_notify::NotifyState::Watchdog]);
+                }
+                _ = shutdown.wait() => break,
+            }
+        }
+    });
+}
+
+async fn wait_for_signal() {
+    use tokio::signal::unix::{signal, SignalKind};
+    let mut term = match signal(SignalKind::terminate()) {
+        Ok(s) => s,
+        Err(e) => {
+            tracing::error!("cannot watch SIGTERM: {e}");
+            let _ = tokio::signal::ctrl_c().await;
+            return;
+        }
+    };
+    tokio::select! {
+        _ = term.recv() => {}
+        _ = tokio::signal::ctrl_c() => {}
+    }
+}

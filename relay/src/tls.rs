@@ -147,9 +147,7 @@ pub fn make_self_signed(cfg: &Config) -> Result<(String, String), TlsError> {
     let mut names: Vec<String> = Vec::new();
     let mut params = rcgen::CertificateParams::default();
     if let Some(ip) = cfg.literal_ip() {
-        params
-            .subject_alt_names
-            .push(rcgen::SanType::IpAddress(ip));
+        params.subject_alt_names.push(rcgen::SanType::IpAddress(ip));
     } else {
         let d = &cfg.mail_domain;
         for n in [

@@ -506,3 +506,6 @@ impl Store {
         Ok(reply)
     }
 }
+
+#[cfg(test)]
+mod tests;

@@ -242,3 +242,8 @@ fn drop_missing(db: &redb::Database, missing: &BTreeSet<u64>) -> Result<(), Stor
     txn.commit()?;
     Ok(())
 }
+
+#[cfg(test)]
+pub(super) fn scan_bodies_for_test(dir: &Path) -> BTreeSet<u64> {
+    scan_bodies(dir).unwrap_or_default()
+}

@@ -111,6 +111,20 @@ struct Job {
 
 pub(super) struct Writer {
     tx: Mutex<Option<mpsc::Sender<Job>>>,
+    thread: Mutex<Option<std::thread::JoinHandle<()>>>,
+}
+
+impl Drop for Writer {
+    /// Waits for the writer thread so that the database is closed when the store is dropped;
+    /// reopening the same directory right after (tests, restore) then works.
+    fn drop(&mut self) {
+        if let Ok(mut tx) = self.tx.lock() {
+            tx.take();
+        }
+        if let Some(t) = self.thread.lock().ok().and_then(|mut t| t.take()) {
+            let _ = t.join();
+        }
+    }
 }
 
 /// What one op did, beyond its reply: mailboxes to wake, body files to unlink after commit.
@@ -129,13 +143,14 @@ impl Writer {
         crash_at: Arc<Mutex<Option<CrashPoint>>>,
     ) -> Writer {
         let (tx, rx) = mpsc::channel::<Job>();
-        std::thread::Builder::new()
+        let thread = std::thread::Builder::new()
             .name("store-writer".into())
             .spawn(move || run(db, dir, rx, crash_at))
-            .map(|_| ())
-            .unwrap_or_else(|e| tracing::error!("cannot start the store writer: {e}"));
+            .map_err(|e| tracing::error!("cannot start the store writer: {e}"))
+            .ok();
         Writer {
             tx: Mutex::new(Some(tx)),
+            thread: Mutex::new(thread),
         }
     }
 
@@ -209,26 +224,27 @@ fn commit_batch(
         Result<(Reply, Effects), StoreError>,
         Option<u64>,
     )> = Vec::with_capacity(batch.len());
-    for job in batch {
+    let mut jobs = batch.into_iter();
+    while let Some(job) = jobs.next() {
         let body = job.op.new_body();
         let r = apply(&txn, job.op);
         if let Err(e) = &r {
             if !is_logical(e) {
                 // The transaction may hold part of this op: give up the whole batch.
-                drop(txn);
-                let mut rest: Vec<Job> = Vec::new();
                 let err = e.to_string();
+                tracing::error!("index write failed: {err}");
+                drop(txn);
+                results.push((job.reply, Err(StoreError::Db(err.clone())), body));
+                for j in jobs {
+                    let b = j.op.new_body();
+                    results.push((j.reply, Err(StoreError::Closed), b));
+                }
                 for (reply, _, b) in results {
                     if let Some(b) = b {
                         recover::unlink_body(dir, b);
                     }
                     let _ = reply.send(Err(StoreError::Db(err.clone())));
                 }
-                if let Some(b) = body {
-                    recover::unlink_body(dir, b);
-                }
-                let _ = job.reply.send(Err(StoreError::Db(err.clone())));
-                rest.clear();
                 return;
             }
         }

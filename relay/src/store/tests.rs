@@ -1,0 +1,255 @@
+use super::*;
+use std::sync::Arc;
+
+async fn store_with_account(dir: &Path) -> (Store, AccountId, MailboxId) {
+    let s = Store::open(dir).unwrap();
+    let (a, created) = s
+        .create_account("alice0001@x.org", "$6$x$y", 0)
+        .await
+        .unwrap();
+    assert!(created);
+    let inbox = s.mailbox(a.id, "inbox").unwrap().unwrap();
+    (s, a.id, inbox.id)
+}
+
+fn body(n: usize) -> Arc<[u8]> {
+    format!("From: a@x.org\r\nSubject: {n}\r\n\r\nbody {n}\r\n")
+        .into_bytes()
+        .into()
+}
+
+/// Every index entry names an existing file and every file is named by an entry.
+fn assert_consistent(s: &Store, mailboxes: &[MailboxId]) {
+    let files = recover::scan_bodies_for_test(s.dir());
+    let mut named = std::collections::BTreeSet::new();
+    for m in mailboxes {
+        for msg in s.messages(*m).unwrap() {
+            assert!(
+                files.contains(&msg.body_id),
+                "uid {} names missing body {}",
+                msg.uid,
+                msg.body_id
+            );
+            named.insert(msg.body_id);
+        }
+    }
+    assert_eq!(files, named, "orphan files left behind");
+    assert_eq!(
+        std::fs::read_dir(s.dir().join("tmp")).unwrap().count(),
+        0,
+        "tmp/ not cleaned"
+    );
+}
+
+#[tokio::test]
+async fn delivered_message_survives_reopen() {
+    let d = tempfile::tempdir().unwrap();
+    let (s, acc, inbox) = store_with_account(d.path()).await;
+    s.deliver(&[acc], body(1)).await.unwrap();
+    drop(s);
+    let s = Store::open(d.path()).unwrap();
+    let msgs = s.messages(inbox).unwrap();
+    assert_eq!(msgs.len(), 1);
+    assert_eq!(msgs[0].uid, 1);
+    assert_eq!(
+        s.read_body(msgs[0].body_id).await.unwrap(),
+        body(1).to_vec()
+    );
+    let mb = s.mailbox_by_id(inbox).unwrap().unwrap();
+    assert_eq!((mb.exists, mb.unseen, mb.uidnext), (1, 1, 2));
+    assert_eq!(s.usage(acc).unwrap(), body(1).len() as u64);
+    assert_consistent(&s, &[inbox]);
+}
+
+#[tokio::test]
+async fn crash_at_each_delivery_step_reopens_consistent() {
+    for point in [
+        CrashPoint::AfterTmpWrite,
+        CrashPoint::AfterRename,
+        CrashPoint::AfterCommit,
+    ] {
+        let d = tempfile::tempdir().unwrap();
+        let (s, acc, inbox) = store_with_account(d.path()).await;
+        s.deliver(&[acc], body(1)).await.unwrap();
+        s.crash_at(Some(point));
+        let r = s.deliver(&[acc], body(2)).await;
+        assert!(r.is_err(), "{point:?}: the sender must not hear 250");
+        drop(s);
+        let s = Store::open(d.path()).unwrap();
+        assert_consistent(&s, &[inbox]);
+        let n = s.messages(inbox).unwrap().len();
+        // A message committed but not acknowledged may stay (at-least-once); an uncommitted one
+        // must be gone.
+        let expected = if point == CrashPoint::AfterCommit {
+            2
+        } else {
+            1
+        };
+        assert_eq!(n, expected, "{point:?}");
+        // The store keeps working and never reuses a body id.
+        s.deliver(&[acc], body(3)).await.unwrap();
+        assert_consistent(&s, &[inbox]);
+    }
+}
+
+#[tokio::test]
+async fn crash_after_expunge_commit_removes_the_orphan_file() {
+    let d = tempfile::tempdir().unwrap();
+    let (s, acc, inbox) = store_with_account(d.path()).await;
+    s.deliver(&[acc], body(1)).await.unwrap();
+    s.store_flags(
+        inbox,
+        vec![1],
+        FlagOp::Add,
+        Flags::from_names(["\\Deleted"]),
+        None,
+    )
+    .await
+    .unwrap();
+    s.crash_at(Some(CrashPoint::ExpungeAfterCommit));
+    assert_eq!(s.expunge(inbox, None).await.unwrap(), vec![1]);
+    assert_eq!(recover::scan_bodies_for_test(s.dir()).len(), 1);
+    drop(s);
+    let s = Store::open(d.path()).unwrap();
+    assert!(s.messages(inbox).unwrap().is_empty());
+    assert_consistent(&s, &[inbox]);
+    assert_eq!(s.usage(acc).unwrap(), 0);
+}
+
+#[tokio::test]
+async fn lost_body_file_drops_its_index_entry() {
+    let d = tempfile::tempdir().unwrap();
+    let (s, acc, inbox) = store_with_account(d.path()).await;
+    s.deliver(&[acc], body(1)).await.unwrap();
+    s.deliver(&[acc], body(2)).await.unwrap();
+    let victim = s.messages(inbox).unwrap()[0].body_id;
+    drop(s);
+    std::fs::remove_file(recover::body_path(d.path(), victim)).unwrap();
+    let s = Store::open(d.path()).unwrap();
+    let msgs = s.messages(inbox).unwrap();
+    assert_eq!(msgs.len(), 1);
+    assert_eq!(msgs[0].uid, 2);
+    assert_eq!(s.mailbox_by_id(inbox).unwrap().unwrap().exists, 1);
+    assert_consistent(&s, &[inbox]);
+}
+
+#[tokio::test]
+async fn concurrent_deliveries_share_commits_and_get_distinct_uids() {
+    let d = tempfile::tempdir().unwrap();
+    let (s, acc, inbox) = store_with_account(d.path()).await;
+    let mut tasks = Vec::new();
+    for i in 0..200 {
+        let s = s.clone();
+        tasks.push(tokio::spawn(
+            async move { s.deliver(&[acc], body(i)).await },
+        ));
+    }
+    for t in tasks {
+        t.await.unwrap().unwrap();
+    }
+    let uids: Vec<u32> = s.messages(inbox).unwrap().iter().map(|m| m.uid).collect();
+    assert_eq!(uids, (1..=200).collect::<Vec<u32>>());
+    assert_consistent(&s, &[inbox]);
+}
+
+#[tokio::test]
+async fn copy_shares_the_body_and_expunging_one_keeps_the_other() {
+    let d = tempfile::tempdir().unwrap();
+    let (s, acc, inbox) = store_with_account(d.path()).await;
+    let other = s.create_mailbox(acc, "Archive").await.unwrap();
+    s.deliver(&[acc], body(1)).await.unwrap();
+    let c = s.copy(inbox, vec![1, 99], other.id).await.unwrap();
+    assert_eq!(c.pairs, vec![(1, 1)]);
+    assert_eq!(c.uidvalidity, other.uidvalidity);
+    s.store_flags(
+        inbox,
+        vec![1],
+        FlagOp::Add,
+        Flags::from_names(["\\Deleted"]),
+        None,
+    )
+    .await
+    .unwrap();
+    s.expunge(inbox, None).await.unwrap();
+    let m = s.messages(other.id).unwrap();
+    assert_eq!(s.read_body(m[0].body_id).await.unwrap(), body(1).to_vec());
+    let mv = s.move_messages(other.id, vec![1], inbox).await.unwrap();
+    assert_eq!(mv.pairs, vec![(1, 2)]);
+    assert!(s.messages(other.id).unwrap().is_empty());
+    assert_consistent(&s, &[inbox, other.id]);
+}
+
+#[tokio::test]
+async fn recreated_mailbox_gets_a_new_uidvalidity() {
+    let d = tempfile::tempdir().unwrap();
+    let (s, acc, _) = store_with_account(d.path()).await;
+    let a = s.create_mailbox(acc, "Trash").await.unwrap();
+    assert!(matches!(
+        s.create_mailbox(acc, "Trash").await,
+        Err(StoreError::MailboxExists)
+    ));
+    s.delete_mailbox(acc, "Trash").await.unwrap();
+    let b = s.create_mailbox(acc, "Trash").await.unwrap();
+    assert!(b.uidvalidity > a.uidvalidity);
+    assert!(matches!(
+        s.delete_mailbox(acc, "INBOX").await,
+        Err(StoreError::InboxProtected)
+    ));
+}
+
+#[tokio::test]
+async fn unchanged_since_protects_newer_changes() {
+    let d = tempfile::tempdir().unwrap();
+    let (s, acc, inbox) = store_with_account(d.path()).await;
+    s.deliver(&[acc], body(1)).await.unwrap();
+    let m0 = s.message(inbox, 1).unwrap().unwrap();
+    let u = s
+        .store_flags(
+            inbox,
+            vec![1],
+            FlagOp::Add,
+            Flags::from_names(["\\Seen"]),
+            Some(m0.modseq),
+        )
+        .await
+        .unwrap();
+    assert_eq!(u.updated.len(), 1);
+    assert!(u.updated[0].modseq > m0.modseq);
+    let u2 = s
+        .store_flags(
+            inbox,
+            vec![1],
+            FlagOp::Add,
+            Flags::from_names(["\\Flagged"]),
+            Some(m0.modseq),
+        )
+        .await
+        .unwrap();
+    assert_eq!(u2.modified, vec![1]);
+    assert_eq!(s.mailbox_by_id(inbox).unwrap().unwrap().unseen, 0);
+}
+
+#[tokio::test]
+async fn watchers_hear_new_mail() {
+    let d = tempfile::tempdir().unwrap();
+    let (s, acc, inbox) = store_with_account(d.path()).await;
+    let mut w = s.watch(inbox);
+    s.deliver(&[acc], body(1)).await.unwrap();
+    tokio::time::timeout(std::time::Duration::from_secs(5), w.changed())
+        .await
+        .unwrap()
+        .unwrap();
+}
+
+#[tokio::test]
+async fn device_tokens_accumulate_without_duplicates() {
+    let d = tempfile::tempdir().unwrap();
+    let (s, acc, _) = store_with_account(d.path()).await;
+    s.add_device_token(acc, "1111", 10).await.unwrap();
+    s.add_device_token(acc, "2222", 11).await.unwrap();
+    s.add_device_token(acc, "1111", 12).await.unwrap();
+    let a = s.account_by_id(acc).unwrap().unwrap();
+    let t: Vec<_> = a.device_tokens.iter().map(|t| t.token.as_str()).collect();
+    assert_eq!(t, vec!["1111", "2222"]);
+    assert_eq!(a.device_tokens[0].last_set, 12);
+}
