@@ -3,6 +3,8 @@
 //! submission, local delivery, MX, `/mxdeliv`) asks it before anything is stored or queued. It
 //! does no I/O and knows nothing of the store or any protocol session.
 
+pub mod gate;
+
 use std::fmt;
 
 /// An SMTP reply: code plus the text after it (which may carry an enhanced status code).
