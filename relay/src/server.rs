@@ -84,7 +84,19 @@ pub async fn run(relay: Arc<Relay>) -> anyhow::Result<()> {
     let _ = sd_notify::notify(false, &[sd_notify::NotifyState::Ready]);
     spawn_watchdog(&relay);
 
-    wait_for_signal().await;
+    // A listener task only ends on shutdown; if one dies earlier (a bug), stop the whole relay so
+    // that systemd restarts it instead of leaving a port silently dead.
+    let failure = tokio::select! {
+        _ = wait_for_signal() => None,
+        r = tasks.join_next() => Some(match r {
+            Some(Err(e)) if e.is_panic() => "a listener panicked".to_string(),
+            Some(Err(e)) => format!("a listener failed: {e}"),
+            _ => "a listener stopped".to_string(),
+        }),
+    };
+    if let Some(f) = &failure {
+        tracing::error!("{f}; shutting down");
+    }
     tracing::info!("shutting down");
     let _ = sd_notify::notify(false, &[sd_notify::NotifyState::Stopping]);
     relay.shutdown.trigger();
@@ -94,7 +106,10 @@ pub async fn run(relay: Arc<Relay>) -> anyhow::Result<()> {
         while tasks.join_next().await.is_some() {}
     })
     .await;
-    Ok(())
+    match failure {
+        Some(f) => Err(anyhow::anyhow!(f)),
+        None => Ok(()),
+    }
 }
 
 /// Pings systemd's watchdog from inside the runtime, so a wedged runtime gets restarted.
