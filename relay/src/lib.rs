@@ -8,6 +8,7 @@ pub mod accounts;
 pub mod clock;
 pub mod config;
 pub mod delivery;
+pub mod expiry;
 pub mod imap;
 pub mod net;
 pub mod policy;

@@ -178,6 +178,20 @@ pub(super) fn account_count(db: &redb::Database) -> Result<u64, StoreError> {
     }
 }
 
+pub(super) fn all_accounts(db: &redb::Database) -> Result<Vec<Account>, StoreError> {
+    let tx = db.begin_read()?;
+    let t = match tx.open_table(ACCOUNTS) {
+        Ok(t) => t,
+        Err(e) => return missing_table(e).map(|_: Option<()>| Vec::new()),
+    };
+    let mut out = Vec::new();
+    for r in redb::ReadableTable::iter(&t)? {
+        let (_, v) = r?;
+        out.push(decode(v.value())?);
+    }
+    Ok(out)
+}
+
 pub(super) fn mailboxes(
     db: &redb::Database,
     account: AccountId,

@@ -13,6 +13,8 @@ mod recover;
 mod writer;
 
 pub use index::{Account, DeviceToken, Flags, Mailbox, Message};
+pub use index::{ANSWERED, DELETED, DRAFT, FLAGGED, SEEN};
+
 
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
@@ -161,6 +163,18 @@ impl Store {
 
     pub fn account_count(&self) -> Result<u64, StoreError> {
         index::account_count(&self.inner.db)
+    }
+
+    /// Every account (expiry and metrics walk them; a relay has thousands, not millions).
+    pub fn accounts(&self) -> Result<Vec<Account>, StoreError> {
+        index::all_accounts(&self.inner.db)
+    }
+
+    /// Deletes an account with all its mailboxes, messages and device tokens.
+    pub async fn delete_account(&self, id: AccountId) -> Result<(), StoreError> {
+        self.write(writer::Op::DeleteAccount { id })
+            .await
+            .map(|_| ())
     }
 
     /// Creates the account with its INBOX unless it exists. Returns the stored account and

@@ -23,6 +23,9 @@ pub(super) enum Op {
         id: AccountId,
         day: i64,
     },
+    DeleteAccount {
+        id: AccountId,
+    },
     AddToken {
         id: AccountId,
         token: String,
@@ -528,6 +531,30 @@ fn apply(txn: &WriteTransaction, op: Op) -> Result<(Reply, Effects), StoreError>
                 a.last_login_day = day;
                 put_account(txn, &a)?;
             }
+            Reply::Done
+        }
+        Op::DeleteAccount { id } => {
+            let a = get_account_w(txn, id)?;
+            let boxes: Vec<(String, MailboxId)> = {
+                let t = txn.open_table(MAILBOXES)?;
+                let mut v = Vec::new();
+                for r in t.range((id, "")..(id + 1, ""))? {
+                    let (k, val) = r?;
+                    let mb: Mailbox = decode(val.value())?;
+                    v.push((k.value().1.to_string(), mb.id));
+                }
+                v
+            };
+            for (name, mbid) in boxes {
+                let mut mb = get_mailbox_by_id_w(txn, mbid)?;
+                let uids: Vec<u32> = all_messages(txn, mbid)?.iter().map(|m| m.uid).collect();
+                remove_uids(txn, &mut mb, &uids, &mut eff)?;
+                txn.open_table(MAILBOXES)?.remove((id, name.as_str()))?;
+                txn.open_table(MAILBOX_IDS)?.remove(mbid)?;
+                eff.touched.push(mbid);
+            }
+            txn.open_table(ACCOUNTS)?.remove(a.addr.as_str())?;
+            txn.open_table(ACCOUNT_IDS)?.remove(id)?;
             Reply::Done
         }
         Op::AddToken { id, token, now } => {
