@@ -1,8 +1,29 @@
 //! SMTP: submission (465 implicit TLS, 587 STARTTLS) and MX (25, STARTTLS).
+//!
+//! `serve` accepts connections and runs each in its own task; `session` answers the commands;
+//! `stream` frames lines (CRLF only) and queues replies; `data` decodes the DATA section. The
+//! session never sees a socket, only a stream, and hands STARTTLS back here for the handshake.
 
+mod data;
+mod path;
+#[cfg(test)]
+mod rcpt_tests;
+mod session;
+mod stream;
+#[cfg(test)]
+mod tests;
+#[cfg(test)]
+mod tls_tests;
+
+use crate::net::{next_conn_id, Conn};
 use crate::Relay;
+use session::{Limits, Outcome, Session};
 use std::sync::Arc;
-use tokio::net::TcpListener;
+use std::time::Duration;
+use stream::SmtpStream;
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::Semaphore;
+use tracing::Instrument;
 
 /// Which SMTP service a listener provides.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -15,7 +36,126 @@ pub enum Kind {
     Submissions,
 }
 
+/// How long we wait for each command and each read or write within DATA (RFC 5321 §4.5.3.2
+/// asks for at least 5 minutes).
+const COMMAND_TIMEOUT: Duration = Duration::from_secs(5 * 60);
+/// How long a TLS handshake may take.
+const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(60);
+/// On shutdown, how long we wait for sessions that are in the middle of a message.
+const DRAIN_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// Accepts connections until shutdown, then waits (a bounded time) for open sessions to end.
+/// Idle sessions are told `421` at once; a session in DATA finishes its message first.
 pub async fn serve(relay: Arc<Relay>, listener: TcpListener, kind: Kind) {
-    let _ = (relay, listener, kind);
-    todo!("smtp::serve")
+    let max = relay.cfg.max_smtp_connections.clamp(1, u32::MAX as usize);
+    let permits = Arc::new(Semaphore::new(max));
+    match listener.local_addr() {
+        Ok(addr) => tracing::info!(%addr, ?kind, "SMTP listening"),
+        Err(e) => tracing::warn!(?kind, "SMTP listening on an unknown address: {e}"),
+    }
+    loop {
+        let accepted = tokio::select! {
+            _ = relay.shutdown.wait() => break,
+            r = listener.accept() => r,
+        };
+        let (tcp, peer) = match accepted {
+            Ok(x) => x,
+            Err(e) => {
+                // Out of file descriptors and the like: do not spin.
+                tracing::warn!("SMTP accept failed: {e}");
+                tokio::time::sleep(Duration::from_millis(100)).await;
+                continue;
+            }
+        };
+        let _ = tcp.set_nodelay(true);
+        let span = tracing::info_span!("smtp", conn = next_conn_id(), %peer, ?kind);
+        let permit = permits.clone().try_acquire_owned();
+        let relay = relay.clone();
+        tokio::spawn(
+            async move {
+                match permit {
+                    Ok(permit) => {
+                        tracing::debug!("connected");
+                        handle(relay, tcp, kind, Limits::default()).await;
+                        drop(permit);
+                    }
+                    Err(_) => refuse_busy(&relay, tcp, kind).await,
+                }
+            }
+            .instrument(span),
+        );
+    }
+    tracing::info!(?kind, "SMTP listener stopped");
+    let _ = tokio::time::timeout(DRAIN_TIMEOUT, permits.acquire_many(max as u32)).await;
+}
+
+/// Over the connection limit: say so on plain-text ports and hang up; on 465 we cannot speak
+/// before a handshake we do not want to pay for, so just close.
+async fn refuse_busy(relay: &Relay, tcp: TcpStream, kind: Kind) {
+    tracing::warn!("too many SMTP connections, refusing one");
+    if kind == Kind::Submissions {
+        return;
+    }
+    let mut io = SmtpStream::new(tcp, Duration::from_secs(10));
+    io.reply(
+        421,
+        &format!(
+            "4.7.0 {} Too many connections, try again later",
+            relay.cfg.hostname()
+        ),
+    );
+    io.shutdown().await;
+}
+
+/// One connection from accept to close.
+async fn handle(relay: Arc<Relay>, tcp: TcpStream, kind: Kind, limits: Limits) {
+    let (conn, tls) = if kind == Kind::Submissions {
+        match tls_accept(&relay, tcp, kind).await {
+            Some(c) => (c, true),
+            None => return,
+        }
+    } else {
+        (Conn::Plain(tcp), false)
+    };
+    let mut session = Session::new(relay.clone(), kind, tls, limits);
+    let mut io = SmtpStream::new(conn, COMMAND_TIMEOUT);
+    session.greet(&mut io);
+    loop {
+        match session.run(&mut io).await {
+            Outcome::Closed => break,
+            Outcome::StartTls => {
+                // Unread input is dropped with the old stream (see `SmtpStream::into_inner`).
+                let Conn::Plain(tcp) = io.into_inner() else {
+                    tracing::error!("STARTTLS on a TLS stream");
+                    return;
+                };
+                let Some(conn) = tls_accept(&relay, tcp, kind).await else {
+                    return;
+                };
+                io = SmtpStream::new(conn, COMMAND_TIMEOUT);
+                session.tls_started();
+            }
+        }
+    }
+    io.shutdown().await;
+    tracing::debug!("closed");
+}
+
+/// The TLS handshake: TLS 1.3 only for clients, 1.2 and up for other MTAs on port 25.
+async fn tls_accept(relay: &Relay, tcp: TcpStream, kind: Kind) -> Option<Conn> {
+    let acceptor = match kind {
+        Kind::Mx => &relay.tls.mx,
+        Kind::Submission | Kind::Submissions => &relay.tls.client,
+    };
+    match tokio::time::timeout(HANDSHAKE_TIMEOUT, acceptor.accept(tcp)).await {
+        Ok(Ok(s)) => Some(Conn::Tls(Box::new(s))),
+        Ok(Err(e)) => {
+            tracing::info!("TLS handshake failed: {e}");
+            None
+        }
+        Err(_) => {
+            tracing::info!("TLS handshake timed out");
+            None
+        }
+    }
 }

@@ -1,0 +1,94 @@
+//! Recipients: the limit, what delivery answers per address, and port 25.
+
+use super::tests::{inbox, message, relay, started, RCPT, USER};
+use super::Kind;
+
+#[tokio::test]
+async fn recipient_limit_refuses_the_1001st() {
+    let d = tempfile::tempdir().unwrap();
+    let r = relay(d.path()).await;
+    let mut c = started(&r, Kind::Submissions, true).await;
+    c.login().await;
+    c.cmd(&format!("MAIL FROM:<{USER}>")).await;
+    // Pipelined, like a client that read PIPELINING.
+    c.send(format!("RCPT TO:<{RCPT}>\r\n").repeat(1001).as_bytes())
+        .await;
+    for i in 0..1000 {
+        assert_eq!(c.reply().await.unwrap(), "250 2.1.5 Ok", "rcpt {i}");
+    }
+    assert_eq!(c.reply().await.unwrap(), "452 4.5.3 Too many recipients");
+    c.cmd("DATA").await;
+    c.send(message(USER, "many\r\n").as_bytes()).await;
+    assert_eq!(c.cmd(".").await, "250 2.0.0 OK");
+    assert_eq!(inbox(&r, RCPT).await.len(), 1);
+}
+
+#[tokio::test]
+async fn recipients_are_checked_by_delivery() {
+    let d = tempfile::tempdir().unwrap();
+    let r = relay(d.path()).await;
+    let mut c = started(&r, Kind::Submissions, true).await;
+    c.login().await;
+    c.cmd(&format!("MAIL FROM:<{USER}>")).await;
+    assert_eq!(
+        c.cmd("RCPT TO:<someone@example.org>").await.get(..10),
+        Some("451 4.4.0 ")
+    );
+    assert_eq!(
+        c.cmd("RCPT TO:<nosuchusr@[127.0.0.1]>").await,
+        "550 5.1.1 Recipient address rejected: no such user"
+    );
+    // SMTPUTF8 addresses parse.
+    assert_eq!(
+        c.cmd("RCPT TO:<用户@例子.广告>").await.get(..4),
+        Some("451 ")
+    );
+    assert_eq!(c.cmd("DATA").await, "554 5.5.1 Error: no valid recipients");
+}
+
+#[tokio::test]
+async fn mx_requires_starttls_and_takes_mail_for_local_users_only() {
+    let d = tempfile::tempdir().unwrap();
+    let r = relay(d.path()).await;
+    let mut c = started(&r, Kind::Mx, false).await;
+    let ehlo = c.cmd("EHLO mx.example.org").await;
+    assert!(
+        ehlo.contains("STARTTLS") && !ehlo.contains("AUTH"),
+        "{ehlo}"
+    );
+    assert_eq!(
+        c.cmd("MAIL FROM:<someone@example.org>").await,
+        "530 5.7.0 Must issue a STARTTLS command first"
+    );
+
+    let mut c = started(&r, Kind::Mx, true).await;
+    let ehlo = c.cmd("EHLO mx.example.org").await;
+    assert!(
+        !ehlo.contains("STARTTLS") && !ehlo.contains("AUTH"),
+        "{ehlo}"
+    );
+    assert_eq!(
+        c.cmd("AUTH PLAIN =").await,
+        "503 5.5.1 Error: authentication not enabled"
+    );
+    assert_eq!(
+        c.cmd("MAIL FROM:<someone@example.org>").await,
+        "250 2.1.0 Ok"
+    );
+    assert_eq!(
+        c.cmd("RCPT TO:<other@example.net>").await,
+        "554 5.7.1 Relay access denied"
+    );
+    assert_eq!(
+        c.cmd("RCPT TO:<nosuchusr@[127.0.0.1]>").await,
+        "550 5.1.1 Recipient address rejected: no such user"
+    );
+    assert_eq!(c.cmd(&format!("RCPT TO:<{RCPT}>")).await, "250 2.1.5 Ok");
+    c.cmd("DATA").await;
+    let body = "From: <someone@example.org>\r\nSubject: x\r\n\r\nhi\r\n";
+    c.send(body.as_bytes()).await;
+    assert_eq!(c.cmd(".").await, "250 2.0.0 OK");
+    assert_eq!(inbox(&r, RCPT).await, vec![body.as_bytes().to_vec()]);
+    // The null sender is fine on port 25.
+    assert_eq!(c.cmd("MAIL FROM:<>").await, "250 2.1.0 Ok");
+}

@@ -1,0 +1,512 @@
+//! One SMTP session, one function per command. Generic over the stream, so tests drive it over
+//! `tokio::io::duplex` without sockets or TLS; the listener in `mod.rs` does the TLS upgrade.
+
+use super::data::{DataDecoder, DataError};
+mod auth;
+
+use super::path;
+use super::stream::{LineError, SmtpStream};
+use super::Kind;
+use crate::delivery::Target;
+use crate::policy::{Direction, Envelope};
+use crate::Relay;
+use smtp_proto::{Error as ParseError, MailFrom, RcptTo, Request};
+use std::sync::Arc;
+use std::time::Duration;
+use tokio::io::{AsyncRead, AsyncWrite};
+
+/// Longest command line (without CRLF). RFC 5321 says 512; AUTH lines with long passwords and
+/// SMTPUTF8 addresses need more, and the bound is what matters.
+pub const MAX_LINE: usize = 4096;
+/// Protocol errors (unknown commands, bad syntax, wrong order, failed logins) before we hang up.
+const MAX_ERRORS: u32 = 20;
+/// Bytes of an oversize message we read and throw away, as a multiple of the size limit, so that
+/// the client sees our 552 instead of a reset; past this we close.
+const DISCARD_FACTOR: u64 = 8;
+
+/// Why [`Session::run`] returned.
+#[derive(Debug, PartialEq, Eq)]
+pub enum Outcome {
+    /// The session is over; close the connection.
+    Closed,
+    /// `220` to STARTTLS was queued: do the handshake, then call [`Session::tls_started`] and
+    /// run again.
+    StartTls,
+}
+
+/// What the command loop does after a command.
+enum Flow {
+    Continue,
+    Close,
+    StartTls,
+}
+
+/// Knobs that tests shorten.
+#[derive(Debug, Clone)]
+pub struct Limits {
+    /// Pause after a failed login, to slow down password guessing.
+    pub auth_fail_delay: Duration,
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        Limits {
+            auth_fail_delay: Duration::from_secs(1),
+        }
+    }
+}
+
+/// MAIL FROM and what followed it.
+struct Transaction {
+    mail_from: String,
+    rcpt_to: Vec<String>,
+    targets: Vec<Target>,
+}
+
+pub struct Session {
+    relay: Arc<Relay>,
+    kind: Kind,
+    tls: bool,
+    limits: Limits,
+    helo: Option<String>,
+    /// The login address after AUTH (submission only).
+    user: Option<String>,
+    tx: Option<Transaction>,
+    errors: u32,
+}
+
+impl Session {
+    pub fn new(relay: Arc<Relay>, kind: Kind, tls: bool, limits: Limits) -> Session {
+        Session {
+            relay,
+            kind,
+            tls,
+            limits,
+            helo: None,
+            user: None,
+            tx: None,
+            errors: 0,
+        }
+    }
+
+    /// After the STARTTLS handshake everything learnt before it is forgotten (RFC 3207 §4.2).
+    pub fn tls_started(&mut self) {
+        self.tls = true;
+        self.helo = None;
+        self.user = None;
+        self.tx = None;
+    }
+
+    pub fn greet<S: AsyncRead + AsyncWrite + Unpin>(&self, io: &mut SmtpStream<S>) {
+        io.reply(
+            220,
+            &format!("{} ESMTP relaybox", self.relay.cfg.hostname()),
+        );
+    }
+
+    /// Reads and answers commands until the session ends or STARTTLS is accepted.
+    pub async fn run<S: AsyncRead + AsyncWrite + Unpin>(
+        &mut self,
+        io: &mut SmtpStream<S>,
+    ) -> Outcome {
+        let shutdown = self.relay.shutdown.clone();
+        loop {
+            let line = tokio::select! {
+                r = io.read_line(MAX_LINE) => Some(r),
+                _ = shutdown.wait() => None,
+            };
+            let flow = match line {
+                None => {
+                    io.reply(
+                        421,
+                        "4.3.2 Service shutting down, closing transmission channel",
+                    );
+                    Flow::Close
+                }
+                Some(Err(e)) => {
+                    self.line_error(io, e);
+                    Flow::Close
+                }
+                Some(Ok(line)) => self.command(io, &line).await,
+            };
+            let flow = if self.errors >= MAX_ERRORS && matches!(flow, Flow::Continue) {
+                tracing::info!("too many errors, closing");
+                io.reply(421, "4.7.0 Too many errors, closing transmission channel");
+                Flow::Close
+            } else {
+                flow
+            };
+            match flow {
+                Flow::Continue => {}
+                Flow::Close => {
+                    let _ = io.flush().await;
+                    return Outcome::Closed;
+                }
+                Flow::StartTls => {
+                    if io.flush().await.is_err() {
+                        return Outcome::Closed;
+                    }
+                    return Outcome::StartTls;
+                }
+            }
+        }
+    }
+
+    /// Answers a framing error if the peer can still hear us; the caller closes.
+    fn line_error<S: AsyncRead + AsyncWrite + Unpin>(&self, io: &mut SmtpStream<S>, e: LineError) {
+        match e {
+            LineError::Eof | LineError::Io(_) => tracing::debug!("connection ended: {e}"),
+            LineError::Timeout => {
+                tracing::info!("idle timeout");
+                io.reply(421, "4.4.2 Timeout exceeded, closing transmission channel");
+            }
+            LineError::TooLong(_) => {
+                tracing::info!("closing: {e}");
+                io.reply(500, "5.5.2 Line too long");
+            }
+            LineError::BareLf => {
+                tracing::info!("closing: {e}");
+                io.reply(500, "5.5.2 Bare LF not allowed, lines must end with CRLF");
+            }
+            LineError::BareCr => {
+                tracing::info!("closing: {e}");
+                io.reply(500, "5.5.2 Bare CR not allowed, lines must end with CRLF");
+            }
+        }
+    }
+
+    /// A protocol error: counts toward [`MAX_ERRORS`].
+    fn fail<S: AsyncRead + AsyncWrite + Unpin>(
+        &mut self,
+        io: &mut SmtpStream<S>,
+        code: u16,
+        text: &str,
+    ) -> Flow {
+        self.errors += 1;
+        io.reply(code, text);
+        Flow::Continue
+    }
+
+    fn direction(&self) -> Direction {
+        match self.kind {
+            Kind::Mx => Direction::Incoming,
+            Kind::Submission | Kind::Submissions => Direction::Outgoing,
+        }
+    }
+
+    async fn command<S: AsyncRead + AsyncWrite + Unpin>(
+        &mut self,
+        io: &mut SmtpStream<S>,
+        line: &[u8],
+    ) -> Flow {
+        let Ok(text) = std::str::from_utf8(line) else {
+            return self.fail(io, 500, "5.5.2 Command line is not valid UTF-8");
+        };
+        let (verb, args) = text.split_once(' ').unwrap_or((text, ""));
+        let verb = verb.to_ascii_uppercase();
+        // Only the verb is logged: AUTH arguments carry passwords.
+        tracing::trace!(command = %verb);
+        // Commands whose arguments we do not need smtp-proto for, or that it would refuse with
+        // a syntax error where we want a fixed answer.
+        match verb.as_str() {
+            "AUTH" => return self.auth(io, args).await,
+            "MAIL" => {
+                return match path::parse_mail(args) {
+                    Ok(from) => self.mail(io, from),
+                    Err(r) => self.fail(io, r.code, &r.text),
+                }
+            }
+            "RCPT" => {
+                return match path::parse_rcpt(args) {
+                    Ok(to) => self.rcpt(io, to),
+                    Err(r) => self.fail(io, r.code, &r.text),
+                }
+            }
+            "VRFY" => return self.vrfy(io),
+            "EXPN" => return self.fail(io, 502, "5.5.1 EXPN not available"),
+            "BDAT" | "ETRN" | "ATRN" | "BURL" | "TURN" => {
+                return self.fail(io, 502, "5.5.1 Command not implemented")
+            }
+            _ => {}
+        }
+        let mut framed = Vec::with_capacity(line.len() + 2);
+        framed.extend_from_slice(line);
+        framed.extend_from_slice(b"\r\n");
+        match Request::parse(&mut framed.iter()) {
+            Ok(Request::Ehlo { host }) => self.ehlo(io, &host, true),
+            Ok(Request::Helo { host }) => self.ehlo(io, &host, false),
+            Ok(Request::Data) => self.data(io).await,
+            Ok(Request::Rset) => self.rset(io),
+            Ok(Request::Noop { .. }) => {
+                io.reply(250, "2.0.0 Ok");
+                Flow::Continue
+            }
+            Ok(Request::Help { .. }) => self.help(io),
+            Ok(Request::Quit) => {
+                io.reply(221, "2.0.0 Bye");
+                Flow::Close
+            }
+            Ok(Request::StartTls) => self.starttls(io),
+            Ok(_) => self.fail(io, 500, "5.5.2 Command not recognized"),
+            Err(e) => self.parse_error(io, e),
+        }
+    }
+
+    fn parse_error<S: AsyncRead + AsyncWrite + Unpin>(
+        &mut self,
+        io: &mut SmtpStream<S>,
+        e: ParseError,
+    ) -> Flow {
+        match e {
+            ParseError::UnknownCommand => self.fail(io, 500, "5.5.2 Command not recognized"),
+            ParseError::SyntaxError { syntax } => {
+                self.fail(io, 501, &format!("5.5.4 Syntax: {syntax}"))
+            }
+            ParseError::InvalidSenderAddress => {
+                self.fail(io, 501, "5.1.7 Bad sender address syntax")
+            }
+            ParseError::InvalidRecipientAddress => {
+                self.fail(io, 501, "5.1.3 Bad recipient address syntax")
+            }
+            // A SIZE too large to be a number is too large a message.
+            ParseError::InvalidParameter { param: "SIZE" } => self.fail(
+                io,
+                552,
+                "5.3.4 Message size exceeds fixed maximum message size",
+            ),
+            ParseError::InvalidParameter { param } => {
+                self.fail(io, 501, &format!("5.5.4 Invalid parameter {param}"))
+            }
+            ParseError::UnsupportedParameter { param } => {
+                self.fail(io, 555, &format!("5.5.4 Unsupported option: {param}"))
+            }
+            _ => self.fail(io, 501, "5.5.2 Syntax error"),
+        }
+    }
+
+    fn ehlo<S: AsyncRead + AsyncWrite + Unpin>(
+        &mut self,
+        io: &mut SmtpStream<S>,
+        host: &str,
+        extended: bool,
+    ) -> Flow {
+        self.helo = Some(host.to_string());
+        self.tx = None;
+        let me = self.relay.cfg.hostname().to_string();
+        if !extended {
+            io.reply(250, &me);
+            return Flow::Continue;
+        }
+        let mut lines = vec![
+            me,
+            "PIPELINING".to_string(),
+            format!("SIZE {}", self.relay.cfg.max_message_size),
+        ];
+        if !self.tls {
+            lines.push("STARTTLS".into());
+        } else if self.kind != Kind::Mx {
+            lines.push("AUTH PLAIN LOGIN".into());
+        }
+        lines.extend(["ENHANCEDSTATUSCODES", "8BITMIME", "SMTPUTF8"].map(String::from));
+        io.reply_lines(250, &lines);
+        Flow::Continue
+    }
+
+    fn starttls<S: AsyncRead + AsyncWrite + Unpin>(&mut self, io: &mut SmtpStream<S>) -> Flow {
+        if self.tls {
+            return self.fail(io, 503, "5.5.1 Error: TLS already active");
+        }
+        // Anything pipelined after STARTTLS was sent in clear text and must not be read as if it
+        // came over TLS (CVE-2011-0411).
+        let dropped = io.discard_buffered();
+        if dropped > 0 {
+            tracing::info!(bytes = dropped, "discarded input sent after STARTTLS");
+        }
+        io.reply(220, "2.0.0 Ready to start TLS");
+        Flow::StartTls
+    }
+
+    fn mail<S: AsyncRead + AsyncWrite + Unpin>(
+        &mut self,
+        io: &mut SmtpStream<S>,
+        from: MailFrom<String>,
+    ) -> Flow {
+        if self.helo.is_none() {
+            return self.fail(io, 503, "5.5.1 Error: send HELO/EHLO first");
+        }
+        if !self.tls {
+            return self.fail(io, 530, "5.7.0 Must issue a STARTTLS command first");
+        }
+        let login = match (self.kind, &self.user) {
+            (Kind::Mx, _) => None,
+            (_, Some(u)) => Some(u.clone()),
+            (_, None) => return self.fail(io, 530, "5.7.0 Authentication required"),
+        };
+        if self.tx.is_some() {
+            return self.fail(io, 503, "5.5.1 Error: nested MAIL command");
+        }
+        if from.size as u64 > self.relay.cfg.max_message_size {
+            return self.fail(
+                io,
+                552,
+                "5.3.4 Message size exceeds fixed maximum message size",
+            );
+        }
+        let addr = from.address.trim();
+        let mail_from = match login {
+            Some(login) => {
+                if !addr.eq_ignore_ascii_case(&login) {
+                    tracing::info!(sender = %addr, %login, "sender not owned by login");
+                    return self.fail(
+                        io,
+                        553,
+                        &format!(
+                            "5.7.1 <{addr}>: Sender address rejected: not owned by user {login}"
+                        ),
+                    );
+                }
+                login
+            }
+            None => addr.to_ascii_lowercase(),
+        };
+        self.tx = Some(Transaction {
+            mail_from,
+            rcpt_to: Vec::new(),
+            targets: Vec::new(),
+        });
+        io.reply(250, "2.1.0 Ok");
+        Flow::Continue
+    }
+
+    fn rcpt<S: AsyncRead + AsyncWrite + Unpin>(
+        &mut self,
+        io: &mut SmtpStream<S>,
+        to: RcptTo<String>,
+    ) -> Flow {
+        let dir = self.direction();
+        let max = self.relay.cfg.max_smtp_recipients;
+        let Some(tx) = self.tx.as_mut() else {
+            return self.fail(io, 503, "5.5.1 Error: need MAIL command");
+        };
+        if tx.rcpt_to.len() >= max {
+            io.reply(452, "4.5.3 Too many recipients");
+            return Flow::Continue;
+        }
+        let addr = if to.address.eq_ignore_ascii_case("postmaster") {
+            format!("postmaster@{}", self.relay.cfg.mail_domain)
+        } else {
+            to.address
+        };
+        match self.relay.delivery.check_rcpt(&addr, dir) {
+            Ok(target) => {
+                tx.rcpt_to.push(addr.to_ascii_lowercase());
+                tx.targets.push(target);
+                io.reply(250, "2.1.5 Ok");
+            }
+            Err(reply) => {
+                tracing::debug!(rcpt = %addr, %reply, "recipient refused");
+                io.reply(reply.code, &reply.text);
+            }
+        }
+        Flow::Continue
+    }
+
+    async fn data<S: AsyncRead + AsyncWrite + Unpin>(&mut self, io: &mut SmtpStream<S>) -> Flow {
+        match &self.tx {
+            None => return self.fail(io, 503, "5.5.1 Error: need MAIL command"),
+            Some(tx) if tx.targets.is_empty() => {
+                return self.fail(io, 554, "5.5.1 Error: no valid recipients")
+            }
+            Some(_) => {}
+        }
+        io.reply(354, "End data with <CR><LF>.<CR><LF>");
+        let limit = self.relay.cfg.max_message_size;
+        let mut dec = DataDecoder::new(usize::try_from(limit).unwrap_or(usize::MAX));
+        while !dec.is_done() {
+            let used = dec.feed(io.buffered());
+            io.consume(used);
+            if dec.is_done() {
+                break;
+            }
+            if dec.total() > limit.saturating_mul(DISCARD_FACTOR) {
+                tracing::info!(
+                    bytes = dec.total(),
+                    "message far over the size limit, closing"
+                );
+                io.reply(552, "5.3.4 Message size exceeds fixed maximum message size");
+                return Flow::Close;
+            }
+            match io.fill().await {
+                Ok(0) => {
+                    tracing::info!("connection closed during DATA");
+                    return Flow::Close;
+                }
+                Ok(_) => {}
+                Err(e) => {
+                    self.line_error(io, e);
+                    return Flow::Close;
+                }
+            }
+        }
+        let Some(tx) = self.tx.take() else {
+            return Flow::Close;
+        };
+        let size = dec.total();
+        let body = match dec.finish() {
+            Ok(b) => b,
+            Err(DataError::TooBig) => {
+                tracing::info!(size, "message refused: too big");
+                io.reply(552, "5.3.4 Message size exceeds fixed maximum message size");
+                return Flow::Continue;
+            }
+            Err(DataError::BareNewline) => {
+                tracing::info!(size, "message refused: bare CR or LF");
+                return self.fail(
+                    io,
+                    554,
+                    "5.6.0 Bare CR or LF in message data not allowed, lines must end with CRLF",
+                );
+            }
+        };
+        let env = Envelope {
+            mail_from: tx.mail_from,
+            rcpt_to: tx.rcpt_to,
+        };
+        let reply = self
+            .relay
+            .delivery
+            .submit(&env, &tx.targets, body, self.direction())
+            .await;
+        tracing::info!(
+            size,
+            rcpts = env.rcpt_to.len(),
+            code = reply.code,
+            "message"
+        );
+        io.reply(reply.code, &reply.text);
+        Flow::Continue
+    }
+
+    fn rset<S: AsyncRead + AsyncWrite + Unpin>(&mut self, io: &mut SmtpStream<S>) -> Flow {
+        self.tx = None;
+        io.reply(250, "2.0.0 Ok");
+        Flow::Continue
+    }
+
+    /// Postfix answers VRFY like this for every argument: no user enumeration.
+    fn vrfy<S: AsyncRead + AsyncWrite + Unpin>(&mut self, io: &mut SmtpStream<S>) -> Flow {
+        io.reply(
+            252,
+            "2.0.0 Cannot VRFY user, but will accept message and attempt delivery",
+        );
+        Flow::Continue
+    }
+
+    fn help<S: AsyncRead + AsyncWrite + Unpin>(&mut self, io: &mut SmtpStream<S>) -> Flow {
+        io.reply(
+            214,
+            "2.0.0 Commands: EHLO HELO STARTTLS AUTH MAIL RCPT DATA RSET NOOP VRFY HELP QUIT",
+        );
+        Flow::Continue
+    }
+}
