@@ -1,0 +1,80 @@
+# shellcheck shell=bash
+# Helpers shared by scripts/dev.sh and scripts/test.sh. Source it; it changes nothing by itself.
+#
+# Everything here installs only what is missing: on a machine that already has cargo (our
+# developer and CI machines have the Rust toolchain from rustup) it leaves the toolchain alone.
+
+# Run a command as root: directly when we are root, else through sudo.
+as_root() {
+    if [ "$(id -u)" -eq 0 ]; then
+        "$@"
+    elif command -v sudo >/dev/null 2>&1; then
+        sudo "$@"
+    else
+        echo "error: need root to run: $*  (no sudo here)" >&2
+        return 1
+    fi
+}
+
+_RELAYBOX_APT_UPDATED=0
+
+# apt_install PKG...: install Debian packages (apt-get update once per run). No-op without args.
+apt_install() {
+    [ "$#" -gt 0 ] || return 0
+    if ! command -v apt-get >/dev/null 2>&1; then
+        echo "error: these packages are missing and there is no apt-get: $*" >&2
+        return 1
+    fi
+    echo "installing Debian packages: $*"
+    if [ "$_RELAYBOX_APT_UPDATED" = 0 ]; then
+        as_root env DEBIAN_FRONTEND=noninteractive apt-get update -q
+        _RELAYBOX_APT_UPDATED=1
+    fi
+    as_root env DEBIAN_FRONTEND=noninteractive apt-get install -y -q --no-install-recommends "$@" </dev/null
+}
+
+have() { command -v "$1" >/dev/null 2>&1; }
+
+# What building relaybox needs: a C compiler and make (ring builds C/asm), pkg-config,
+# CA certificates and curl (for rustup, only if cargo is missing).
+ensure_build_packages() {
+    local need=()
+    { have cc && have make; } || need+=(build-essential)
+    have pkg-config || need+=(pkg-config)
+    [ -s /etc/ssl/certs/ca-certificates.crt ] || need+=(ca-certificates)
+    have curl || need+=(curl)
+    apt_install "${need[@]}"
+}
+
+# Make `cargo` available: use the one on PATH or in ~/.cargo; install Rust via rustup only if
+# there is none at all.
+ensure_cargo() {
+    if ! have cargo && [ -f "${CARGO_HOME:-$HOME/.cargo}/env" ]; then
+        # shellcheck disable=SC1091
+        . "${CARGO_HOME:-$HOME/.cargo}/env"
+    fi
+    if have cargo; then
+        return 0
+    fi
+    echo "cargo not found: installing the Rust toolchain with rustup (profile minimal + rustfmt, clippy)"
+    ensure_build_packages
+    curl --proto '=https' --tlsv1.2 -sSf https://sh.rustup.rs |
+        sh -s -- -y --no-modify-path --profile minimal -c rustfmt -c clippy
+    # shellcheck disable=SC1091
+    . "${CARGO_HOME:-$HOME/.cargo}/env"
+    have cargo
+}
+
+# rustfmt and clippy for the checks; added through rustup only when missing.
+ensure_cargo_components() {
+    local missing=()
+    cargo fmt --version >/dev/null 2>&1 || missing+=(rustfmt)
+    cargo clippy --version >/dev/null 2>&1 || missing+=(clippy)
+    [ "${#missing[@]}" -eq 0 ] && return 0
+    if have rustup; then
+        rustup component add "${missing[@]}"
+    else
+        echo "error: cargo lacks ${missing[*]} and there is no rustup to add them" >&2
+        return 1
+    fi
+}

@@ -1,0 +1,231 @@
+#!/usr/bin/env bash
+# scripts/test.sh [STAGE...]: every check relaybox has; CI runs exactly this (.ci/run).
+#
+# Stages, in order (all by default; name some to run only those):
+#   setup     Debian packages (only if missing), cargo/rustfmt/clippy, tests/.venv with the
+#             pinned packages of tests/requirements.txt (Delta Chat core + client, pytest)
+#   fmt       cargo fmt --all -- --check
+#   clippy    cargo clippy --all-targets -- -D warnings
+#   build     cargo build --release -p relaybox  (the one binary every later stage uses)
+#   unit      cargo nextest run (+ doctests), or cargo test when nextest is not installed
+#   e2e       pytest tests/ against target/release/relaybox (IMAP/SMTP + real Delta Chat core)
+#
+# Environment: PYTEST_ADDOPTS (extra pytest options, e.g. "-k securejoin -x"),
+# RELAYBOX_TEST_MAIL=encrypted (build test mails in the encrypted shape, see tests/mailhelpers.py).
+# Logs and measurements (relay logs of failed modules, idle_latency.txt, junit xml) go to
+# test-artifacts/. Exit status is non-zero if any stage failed.
+#
+# To add a stage (federation, fuzz smoke, image test...): write a stage_NAME function below, and
+# add NAME to ALL_STAGES.
+# shellcheck disable=SC2317  # stage functions are called indirectly through run_stage
+set -euo pipefail
+
+ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
+cd "$ROOT"
+# shellcheck source=scripts/lib.sh
+. "$ROOT/scripts/lib.sh"
+
+ALL_STAGES=(setup fmt clippy build unit e2e)
+
+VENV="$ROOT/tests/.venv"
+ARTIFACTS="$ROOT/test-artifacts"
+RELAYBOX_BIN="$ROOT/target/release/relaybox"
+export RELAYBOX_BIN RELAYBOX_ARTIFACTS="$ARTIFACTS"
+export DEBIAN_FRONTEND=noninteractive PIP_DISABLE_PIP_VERSION_CHECK=1 PIP_NO_INPUT=1
+if [ "${CI:-}" = "true" ]; then
+    # a clean clone gains nothing from incremental compilation
+    export CARGO_INCREMENTAL=0
+fi
+
+# ------------------------------------------------------------------------------------------------
+# stage runner
+# ------------------------------------------------------------------------------------------------
+
+RESULTS=()
+FAILED=0
+T_ALL=$SECONDS
+
+fmt_secs() { printf '%dm%02ds' $(($1 / 60)) $(($1 % 60)); }
+
+banner() {
+    printf '\n'
+    printf '=%.0s' {1..100}
+    printf '\n== %s\n' "$*"
+    printf '=%.0s' {1..100}
+    printf '\n'
+}
+
+# run_stage NAME CMD...: run CMD (a command or a shell function) with `set -e` in a subshell,
+# time it, record PASS/FAIL. A failing stage does not stop the run; the final exit status does.
+run_stage() {
+    local name=$1 start rc
+    shift
+    banner "stage $name: $*  [$(date -u +%H:%M:%S) UTC]"
+    start=$SECONDS
+    set +e
+    (
+        set -euo pipefail
+        "$@"
+    )
+    rc=$?
+    set -e
+    local took=$((SECONDS - start))
+    if [ "$rc" -eq 0 ]; then
+        RESULTS+=("PASS  $(fmt_secs "$took")  $name")
+        printf '\n== stage %s: PASS in %s\n' "$name" "$(fmt_secs "$took")"
+    else
+        RESULTS+=("FAIL  $(fmt_secs "$took")  $name (exit $rc)")
+        printf '\n== stage %s: FAIL (exit %d) after %s\n' "$name" "$rc" "$(fmt_secs "$took")"
+        FAILED=1
+    fi
+    return "$rc"
+}
+
+skip_stage() {
+    RESULTS+=("SKIP  -      $1 ($2)")
+    printf '\n== stage %s: SKIPPED (%s)\n' "$1" "$2"
+    FAILED=1
+}
+
+summary() {
+    banner "summary (total $(fmt_secs $((SECONDS - T_ALL))))"
+    local r
+    for r in "${RESULTS[@]}"; do
+        printf '  %s\n' "$r"
+    done
+    if [ -f "$ARTIFACTS/idle_latency.txt" ]; then
+        printf '\n'
+        sed 's/^/  /' "$ARTIFACTS/idle_latency.txt"
+    fi
+    if [ "$FAILED" -ne 0 ]; then
+        printf '\nRESULT: FAILED (artifacts, if any, in %s)\n' "$ARTIFACTS"
+    else
+        printf '\nRESULT: all stages passed\n'
+    fi
+}
+
+# ------------------------------------------------------------------------------------------------
+# stages
+# ------------------------------------------------------------------------------------------------
+
+stage_setup() {
+    ensure_build_packages
+    ensure_cargo
+    ensure_cargo_components
+    cargo --version
+    # Python 3 with venv (Debian splits venv/ensurepip into python3-venv)
+    if ! have python3; then
+        apt_install python3 python3-venv
+    elif ! python3 -c 'import venv, ensurepip' >/dev/null 2>&1; then
+        apt_install python3-venv
+    fi
+    if [ -d "$VENV" ] && ! "$VENV/bin/python" -c 'import sys' >/dev/null 2>&1; then
+        echo "tests/.venv is broken: recreating it"
+        rm -rf "$VENV"
+    fi
+    if [ ! -x "$VENV/bin/python" ]; then
+        python3 -m venv "$VENV"
+    fi
+    local want have_stamp=""
+    want="$(sha256sum tests/requirements.txt | cut -d' ' -f1)"
+    [ -f "$VENV/.requirements.sha256" ] && have_stamp="$(cat "$VENV/.requirements.sha256")"
+    if [ "$want" != "$have_stamp" ]; then
+        "$VENV/bin/python" -m pip install -q -r tests/requirements.txt
+        echo "$want" >"$VENV/.requirements.sha256"
+    else
+        echo "tests/.venv is up to date with tests/requirements.txt"
+    fi
+    "$VENV/bin/python" --version
+    echo "deltachat-rpc-server $("$VENV/bin/deltachat-rpc-server" --version 2>&1)"
+    "$VENV/bin/python" -c 'import deltachat_rpc_client, pytest, pytest_timeout; print("pytest", pytest.__version__)'
+}
+
+stage_fmt() {
+    cargo fmt --all -- --check
+}
+
+stage_clippy() {
+    cargo clippy --all-targets -- -D warnings
+}
+
+stage_build() {
+    cargo build --release -p relaybox
+    test -x "$RELAYBOX_BIN"
+    ls -l "$RELAYBOX_BIN"
+}
+
+stage_unit() {
+    if cargo nextest --version >/dev/null 2>&1; then
+        cargo nextest run --workspace --no-fail-fast
+        # nextest does not run doctests
+        cargo test --workspace --doc
+    else
+        echo "(cargo-nextest not installed: using cargo test)"
+        cargo test --workspace --no-fail-fast
+    fi
+}
+
+stage_e2e() {
+    if [ ! -x "$RELAYBOX_BIN" ]; then
+        echo "error: $RELAYBOX_BIN missing (stage build failed or was not run)" >&2
+        return 1
+    fi
+    mkdir -p "$ARTIFACTS"
+    rm -f "$ARTIFACTS/idle_latency.txt"
+    local rc=0
+    "$VENV/bin/python" -m pytest tests -v --durations=15 \
+        --junitxml="$ARTIFACTS/pytest-junit.xml" || rc=$?
+    if [ "$rc" -eq 5 ]; then
+        echo "error: pytest collected no tests (exit 5): counted as a failure" >&2
+    fi
+    return "$rc"
+}
+
+# ------------------------------------------------------------------------------------------------
+# main
+# ------------------------------------------------------------------------------------------------
+
+if [ "$#" -gt 0 ]; then
+    STAGES=("$@")
+else
+    STAGES=("${ALL_STAGES[@]}")
+fi
+for s in "${STAGES[@]}"; do
+    if ! declare -F "stage_$s" >/dev/null; then
+        echo "unknown stage '$s'; stages: ${ALL_STAGES[*]}" >&2
+        exit 2
+    fi
+done
+
+# cargo/venv must be usable by later stages even when `setup` is not among the named ones
+if ! have cargo && [ -f "${CARGO_HOME:-$HOME/.cargo}/env" ]; then
+    # shellcheck disable=SC1091
+    . "${CARGO_HOME:-$HOME/.cargo}/env"
+fi
+
+echo "relaybox test run: $(date -u '+%Y-%m-%d %H:%M:%S UTC'), $(nproc) cores, commit $(git rev-parse --short HEAD 2>/dev/null || echo '?'), stages: ${STAGES[*]}"
+
+for s in "${STAGES[@]}"; do
+    case "$s" in
+    setup)
+        # nothing else can run without the toolchain and the venv
+        run_stage setup stage_setup || {
+            summary
+            exit 1
+        }
+        ;;
+    e2e)
+        if [ -x "$RELAYBOX_BIN" ] && ! printf '%s\n' "${RESULTS[@]}" | grep -q '^FAIL .* build'; then
+            run_stage e2e stage_e2e || true
+        else
+            skip_stage e2e "no relaybox binary: build failed"
+        fi
+        ;;
+    *)
+        run_stage "$s" "stage_$s" || true
+        ;;
+    esac
+done
+
+summary
+exit "$FAILED"

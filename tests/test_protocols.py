@@ -1,0 +1,385 @@
+"""IMAP and SMTP wire behaviour of `relaybox dev`, checked with Python's imaplib/smtplib.
+
+The expectations follow the chatmail relay (Dovecot + Postfix + filtermail) and what Delta Chat
+core needs (see shared/reference/chatmail-relay.md §3-5 and deltachat-core.md).
+"""
+
+from __future__ import annotations
+
+import imaplib
+import smtplib
+import socket
+import ssl
+
+import pytest
+
+from mailhelpers import (
+    REQUIRE_ENCRYPTION,
+    body_of,
+    build_message,
+    create_account,
+    fetch_inbox,
+    imap_login,
+    imap_quote,
+    imaps,
+    insecure_context,
+    random_localpart,
+    random_password,
+    send_raw,
+    smtp_login,
+    smtps,
+)
+
+# What Delta Chat and the chatmail test-suite look for, plus the extensions relaybox promises.
+REQUIRED_IMAP_CAPS = [
+    "IMAP4REV1",
+    "XCHATMAIL",
+    "XDELTAPUSH",
+    "IDLE",
+    "METADATA",
+    "QUOTA",
+    "MOVE",
+    "UIDPLUS",
+    "CONDSTORE",
+    "ENABLE",
+    "ID",
+    "NAMESPACE",
+    "LITERAL+",
+    "UNSELECT",
+    "SPECIAL-USE",
+]
+
+DEFAULT_MAX_MESSAGE_SIZE = 31457280
+
+
+def caps_of(conn: imaplib.IMAP4) -> set[str]:
+    return {c.upper() for c in conn.capabilities}
+
+
+def fresh_caps(conn: imaplib.IMAP4) -> set[str]:
+    typ, data = conn.capability()
+    assert typ == "OK", f"CAPABILITY -> {typ} {data}"
+    return {c.upper() for c in data[0].decode().split()}
+
+
+# ----------------------------------------------------------------------------------------------
+# IMAP
+# ----------------------------------------------------------------------------------------------
+
+
+def test_imap_capabilities_before_login(relay):
+    conn = imaps(relay)
+    try:
+        caps = fresh_caps(conn)
+        missing = [c for c in REQUIRED_IMAP_CAPS if c not in caps]
+        assert not missing, f"missing before login: {missing}; advertised: {sorted(caps)}"
+        assert "LOGINDISABLED" not in caps, "LOGINDISABLED must not be advertised on implicit TLS"
+    finally:
+        conn.shutdown()
+
+
+def test_imap_capabilities_after_login(relay):
+    """Delta Chat reads the capabilities after LOGIN (deltachat-core.md item 1)."""
+    addr, pw = relay.new_credentials()
+    conn = imap_login(relay, addr, pw)
+    try:
+        caps = fresh_caps(conn)
+        for c in ["IDLE", "MOVE", "QUOTA", "METADATA", "XDELTAPUSH", "XCHATMAIL", "ID"]:
+            assert c in caps, f"{c} missing after login; advertised: {sorted(caps)}"
+    finally:
+        conn.logout()
+
+
+def test_imap_plain_port_requires_starttls(relay):
+    conn = imaplib.IMAP4(relay.ip, relay.port("imap"), timeout=30)
+    try:
+        caps = caps_of(conn)
+        assert "STARTTLS" in caps, f"143 must offer STARTTLS; advertised: {sorted(caps)}"
+        assert "LOGINDISABLED" in caps, f"143 must advertise LOGINDISABLED before TLS; advertised: {sorted(caps)}"
+        addr, pw = relay.new_credentials()
+        with pytest.raises(imaplib.IMAP4.error):
+            conn.login(imap_quote(addr), pw)
+        conn.starttls(ssl_context=insecure_context())
+        caps = fresh_caps(conn)
+        assert "LOGINDISABLED" not in caps, f"LOGINDISABLED still advertised after STARTTLS: {sorted(caps)}"
+        assert "STARTTLS" not in caps, f"STARTTLS advertised again after STARTTLS: {sorted(caps)}"
+        typ, _ = conn.login(imap_quote(addr), pw)
+        assert typ == "OK"
+        typ, data = conn.select("INBOX")
+        assert typ == "OK", f"SELECT INBOX -> {typ} {data}"
+    finally:
+        try:
+            conn.logout()
+        except Exception:
+            conn.shutdown()
+
+
+def test_login_creates_account_and_second_login_works(relay):
+    addr, pw = relay.new_credentials()
+    create_account(relay, addr, pw)
+    conn = imap_login(relay, addr, pw)
+    typ, data = conn.select("INBOX")
+    assert typ == "OK", f"SELECT INBOX -> {typ} {data}"
+    conn.logout()
+    # the same account also works for SMTP submission
+    smtp_login(relay, addr, pw).quit()
+
+
+def test_password_with_quotes_and_backslashes(relay):
+    """/new passwords contain punctuation; LOGIN gets them as quoted strings with escapes."""
+    addr = relay.addr(random_localpart())
+    pw = 'q"uo\\te' + random_password(8) + "!#$%&'()*+,-./:;<=>?@[]^_`{|}~"
+    create_account(relay, addr, pw)
+    imap_login(relay, addr, pw).logout()
+    smtp_login(relay, addr, pw).quit()
+
+
+def test_login_with_unquoted_astring_username(relay):
+    """`user@[127.0.0.X]` is a valid IMAP astring ('[' is an atom char, ']' an astring char)."""
+    addr, pw = relay.new_credentials()
+    create_account(relay, addr, pw)
+    conn = imaps(relay)
+    try:
+        typ, _ = conn.login(addr, pw)  # imaplib sends the user name as is
+        assert typ == "OK"
+    finally:
+        conn.logout()
+
+
+def test_smtp_first_login_creates_account(relay):
+    """Account creation must work on whichever protocol logs in first."""
+    addr, pw = relay.new_credentials()
+    smtp_login(relay, addr, pw).quit()
+    imap_login(relay, addr, pw).logout()
+
+
+@pytest.mark.parametrize("case", ["password-9-chars", "dot-dash-underscore"])
+def test_login_rules_accept(relay, case):
+    if case == "password-9-chars":
+        addr, pw = relay.addr(random_localpart()), random_password(9)
+    else:
+        addr, pw = relay.addr("a.b-c_" + random_localpart(3)), random_password()
+    create_account(relay, addr, pw)
+    imap_login(relay, addr, pw).logout()
+
+
+@pytest.mark.parametrize(
+    "case",
+    [
+        "localpart-8-chars",
+        "localpart-10-chars",
+        "uppercase",
+        "plus-sign",
+        "password-admin",
+        "password-8-chars",
+        "foreign-domain-name",
+        "foreign-ip-literal",
+        "no-domain",
+    ],
+)
+def test_login_rules_refuse(relay, case):
+    local = random_localpart()
+    pw = random_password()
+    other_ip = "127.0.0.1" if relay.ip != "127.0.0.1" else "127.0.0.254"
+    addr = {
+        "localpart-8-chars": relay.addr(local[:8]),
+        "localpart-10-chars": relay.addr(local + "x"),
+        "uppercase": relay.addr(local[:4] + "ABCDE"),
+        "plus-sign": relay.addr(local[:8] + "+"),
+        "password-admin": relay.addr(local),
+        "password-8-chars": relay.addr(local),
+        "foreign-domain-name": f"{local}@example.org",
+        "foreign-ip-literal": f"{local}@[{other_ip}]",
+        "no-domain": local,
+    }[case]
+    if case == "password-admin":
+        pw = "admin"
+    elif case == "password-8-chars":
+        pw = random_password(8)
+    with pytest.raises(imaplib.IMAP4.error):
+        imap_login(relay, addr, pw).logout()
+    with pytest.raises(smtplib.SMTPAuthenticationError):
+        smtp_login(relay, addr, pw).quit()
+
+
+def test_wrong_password_fails_and_right_one_still_works(relay):
+    addr, pw = create_account(relay)
+    with pytest.raises(imaplib.IMAP4.error) as exc:
+        imap_login(relay, addr, pw + "x")
+    assert "AUTHENTICATIONFAILED" in str(exc.value).upper(), f"IMAP NO reply should carry [AUTHENTICATIONFAILED]: {exc.value}"
+    with pytest.raises(smtplib.SMTPAuthenticationError) as sexc:
+        smtp_login(relay, addr, "wrong-" + pw)
+    assert sexc.value.smtp_code == 535, f"SMTP wrong password -> {sexc.value.smtp_code} {sexc.value.smtp_error!r}"
+    # the stored password was not replaced by the wrong one
+    imap_login(relay, addr, pw).logout()
+    smtp_login(relay, addr, pw).quit()
+    with pytest.raises(imaplib.IMAP4.error):
+        imap_login(relay, addr, pw + "x")
+
+
+# ----------------------------------------------------------------------------------------------
+# SMTP
+# ----------------------------------------------------------------------------------------------
+
+
+def test_smtps_is_tls13(relay):
+    with socket.create_connection((relay.ip, relay.port("submissions")), timeout=30) as raw:
+        with insecure_context().wrap_socket(raw) as tls:
+            assert tls.version() == "TLSv1.3", f"465 negotiated {tls.version()}"
+            greeting = tls.recv(512)
+            assert greeting.startswith(b"220"), greeting
+
+
+def test_ehlo_advertises_size_and_auth(relay):
+    with smtps(relay) as s:
+        assert s.has_extn("size"), f"EHLO on 465 lacks SIZE: {s.esmtp_features}"
+        assert s.esmtp_features["size"].strip() == str(DEFAULT_MAX_MESSAGE_SIZE), s.esmtp_features
+        assert "PLAIN" in s.esmtp_features.get("auth", "").upper().split(), s.esmtp_features
+
+
+def test_submission_587_requires_starttls_for_auth(relay):
+    addr, pw = relay.new_credentials()
+    with smtplib.SMTP(relay.ip, relay.port("submission"), timeout=30) as s:
+        s.ehlo("relaybox-test")
+        assert s.has_extn("starttls"), f"587 must offer STARTTLS: {s.esmtp_features}"
+        code, text = s.docmd("AUTH", "PLAIN AGVtAGVt")
+        assert code >= 500, f"AUTH before STARTTLS on 587 must be refused, got {code} {text!r}"
+        s.starttls(context=insecure_context())
+        s.ehlo("relaybox-test")
+        s.login(addr, pw)
+
+
+def test_smtp_port_25_offers_starttls(relay):
+    with smtplib.SMTP(relay.ip, relay.port("smtp"), timeout=30) as s:
+        code, _ = s.ehlo("relay.example")
+        assert code == 250
+        assert s.has_extn("starttls"), f"25 must offer STARTTLS: {s.esmtp_features}"
+        s.starttls(context=insecure_context())
+        code, _ = s.ehlo("relay.example")
+        assert code == 250
+
+
+def test_vrfy_is_252(relay):
+    addr, pw = create_account(relay)
+    with smtp_login(relay, addr, pw) as s:
+        for who in (addr, relay.addr("nosuchusr"), "postmaster"):
+            code, text = s.verify(who)
+            assert code == 252, f"VRFY {who} -> {code} {text!r}"
+
+
+def test_mail_from_someone_else_is_553(relay):
+    addr, pw = create_account(relay)
+    other = relay.addr(random_localpart())
+    with smtp_login(relay, addr, pw) as s:
+        code, text = s.mail(other)
+        assert code == 553, f"MAIL FROM:<{other}> as {addr} -> {code} {text!r}"
+
+
+def test_from_header_must_match_envelope(relay):
+    sender, spw = create_account(relay)
+    rcpt, _ = create_account(relay)
+    forged = relay.addr(random_localpart())
+    raw = build_message(sender, rcpt, header_from=forged)
+    code, text = send_raw(relay, sender, spw, rcpt, raw)
+    assert code == 500, f"forged From -> {code} {text!r}"
+    assert b"Invalid FROM" in text, f"reply text should say 'Invalid FROM': {text!r}"
+
+
+def test_size_above_limit_is_552(relay):
+    addr, pw = create_account(relay)
+    with smtp_login(relay, addr, pw) as s:
+        code, text = s.mail(addr, ["SIZE=40000000"])
+        assert code == 552, f"MAIL FROM SIZE=40000000 (limit {DEFAULT_MAX_MESSAGE_SIZE}) -> {code} {text!r}"
+    with smtp_login(relay, addr, pw) as s:
+        code, text = s.mail(addr, ["SIZE=1000"])
+        assert code == 250, f"MAIL FROM SIZE=1000 -> {code} {text!r}"
+
+
+def test_local_delivery_arrives_in_inbox(relay):
+    sender, spw = create_account(relay)
+    rcpt, rpw = create_account(relay)
+    raw = build_message(sender, rcpt, body="local delivery works\r\nsecond line", subject="local")
+    code, text = send_raw(relay, sender, spw, rcpt, raw)
+    assert code == 250, f"DATA -> {code} {text!r}"
+    [got] = fetch_inbox(relay, rcpt, rpw, want=1)
+    assert body_of(got) == body_of(raw), f"body changed in transit:\nsent {body_of(raw)[:300]!r}\ngot  {body_of(got)[:300]!r}"
+    assert f"{sender}".encode() in got.split(b"\r\n\r\n", 1)[0], "From header lost"
+
+
+def test_delivery_to_two_local_recipients(relay):
+    sender, spw = create_account(relay)
+    r1, p1 = create_account(relay)
+    r2, p2 = create_account(relay)
+    raw = build_message(sender, [r1, r2], body="to both")
+    code, text = send_raw(relay, sender, spw, [r1, r2], raw)
+    assert code == 250, f"DATA -> {code} {text!r}"
+    for r, p in ((r1, p1), (r2, p2)):
+        [got] = fetch_inbox(relay, r, p, want=1)
+        assert body_of(got) == body_of(raw)
+
+
+def test_dot_body_survives(relay):
+    """A message whose body is a single '.' (dot-stuffed to '..' on the wire) arrives as '.'."""
+    sender, spw = create_account(relay)
+    rcpt, rpw = create_account(relay)
+    raw = build_message(sender, rcpt, body=".")
+    code, text = send_raw(relay, sender, spw, rcpt, raw)
+    assert code == 250, f"DATA -> {code} {text!r}"
+    [got] = fetch_inbox(relay, rcpt, rpw, want=1)
+    assert body_of(got) == body_of(raw), f"sent body {body_of(raw)[:80]!r}, got {body_of(got)[:80]!r}"
+    if not REQUIRE_ENCRYPTION:
+        assert body_of(got) == b".\r\n"
+
+
+def test_dot_lines_inside_body_survive(relay):
+    sender, spw = create_account(relay)
+    rcpt, rpw = create_account(relay)
+    body = "first\r\n.\r\n..\r\n.leading dot\r\nlast"
+    raw = build_message(sender, rcpt, body=body)
+    code, text = send_raw(relay, sender, spw, rcpt, raw)
+    assert code == 250, f"DATA -> {code} {text!r}"
+    [got] = fetch_inbox(relay, rcpt, rpw, want=1)
+    assert body_of(got) == body_of(raw)
+
+
+def test_encrypted_shaped_message_is_accepted(relay):
+    """The shape every message will need once the encryption policy is on (filtermail rule)."""
+    sender, spw = create_account(relay)
+    rcpt, rpw = create_account(relay)
+    raw = build_message(sender, rcpt, body="preamble", encrypted=True)
+    code, text = send_raw(relay, sender, spw, rcpt, raw)
+    assert code == 250, f"DATA -> {code} {text!r}"
+    [got] = fetch_inbox(relay, rcpt, rpw, want=1)
+    assert body_of(got) == body_of(raw)
+
+
+@pytest.mark.skipif(not REQUIRE_ENCRYPTION, reason="encryption policy not enabled yet (RELAYBOX_TEST_MAIL=encrypted)")
+def test_unencrypted_mail_is_rejected(relay):
+    sender, spw = create_account(relay)
+    rcpt, _ = create_account(relay)
+    raw = build_message(sender, rcpt, body="cleartext", encrypted=False)
+    with smtp_login(relay, sender, spw) as s:
+        s.mail(sender)
+        code, text = s.rcpt(rcpt)
+        if code in (250, 251):
+            code, text = s.data(raw)
+    assert code == 523, f"unencrypted mail -> {code} {text!r}"
+
+
+def test_unauthenticated_submission_is_refused(relay):
+    rcpt, _ = create_account(relay)
+    with smtps(relay) as s:
+        code, text = s.mail(rcpt)
+        if code == 250:
+            code, text = s.rcpt(rcpt)
+        assert code >= 500, f"submission without AUTH must be refused, got {code} {text!r}"
+
+
+def test_smtps_refuses_tls12(relay):
+    """465 is implicit TLS 1.3 only (as the reference's Postfix smtps)."""
+    ctx = insecure_context()
+    ctx.maximum_version = ssl.TLSVersion.TLSv1_2
+    with socket.create_connection((relay.ip, relay.port("submissions")), timeout=30) as raw:
+        with pytest.raises((ssl.SSLError, ConnectionResetError, OSError)):
+            with ctx.wrap_socket(raw) as tls:
+                tls.recv(100)
