@@ -73,9 +73,9 @@ impl<'de> Deserialize<'de> for ByteSize {
 impl fmt::Display for ByteSize {
     fn fmt(&self, f: &mut fmt::Formatter) -> fmt::Result {
         let b = self.0;
-        if b >= 1 << 30 && b % (1 << 30) == 0 {
+        if b >= 1 << 30 && b.is_multiple_of(1 << 30) {
             write!(f, "{}G", b >> 30)
-        } else if b >= 1 << 20 && b % (1 << 20) == 0 {
+        } else if b >= 1 << 20 && b.is_multiple_of(1 << 20) {
             write!(f, "{}M", b >> 20)
         } else {
             write!(f, "{b}")
@@ -315,7 +315,7 @@ impl Config {
                 "the send rate and burst size must be at least 1".into(),
             );
         }
-        if !(self.max_load_1m > 0.0) {
+        if self.max_load_1m.is_nan() || self.max_load_1m <= 0.0 {
             return invalid("max_load_1m", "must be a positive number".into());
         }
         match (&self.tls_cert, &self.tls_key) {

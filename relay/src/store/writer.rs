@@ -107,6 +107,13 @@ pub(super) enum Reply {
 
 type Answer = Result<(Reply, Vec<MailboxId>), StoreError>;
 
+/// A job's reply channel, what applying its op gave, and the new body it brought (if any).
+type Outcome = (
+    oneshot::Sender<Answer>,
+    Result<(Reply, Effects), StoreError>,
+    Option<u64>,
+);
+
 struct Job {
     op: Op,
     reply: oneshot::Sender<Answer>,
@@ -222,11 +229,7 @@ fn commit_batch(
         Ok(t) => t,
         Err(e) => return fail_all(dir, batch, e.into()),
     };
-    let mut results: Vec<(
-        oneshot::Sender<Answer>,
-        Result<(Reply, Effects), StoreError>,
-        Option<u64>,
-    )> = Vec::with_capacity(batch.len());
+    let mut results: Vec<Outcome> = Vec::with_capacity(batch.len());
     let mut jobs = batch.into_iter();
     while let Some(job) = jobs.next() {
         let body = job.op.new_body();
