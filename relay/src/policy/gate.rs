@@ -61,7 +61,10 @@ pub fn is_encrypted(msg: &Message, dir: Direction) -> bool {
 }
 
 fn trim(b: &[u8]) -> &[u8] {
-    let s = b.iter().position(|c| !c.is_ascii_whitespace()).unwrap_or(b.len());
+    let s = b
+        .iter()
+        .position(|c| !c.is_ascii_whitespace())
+        .unwrap_or(b.len());
     let e = b
         .iter()
         .rposition(|c| !c.is_ascii_whitespace())
@@ -256,11 +259,19 @@ mod tests {
         let se = new_hdr(18, 300);
         assert!(is_valid_packet_sequence(&se));
         assert!(is_valid_packet_sequence(&[pk.clone(), se.clone()].concat()));
-        assert!(is_valid_packet_sequence(&[pk.clone(), sk.clone(), se.clone()].concat()));
+        assert!(is_valid_packet_sequence(
+            &[pk.clone(), sk.clone(), se.clone()].concat()
+        ));
         assert!(!is_valid_packet_sequence(&pk));
-        assert!(!is_valid_packet_sequence(&[se.clone(), pk.clone()].concat()));
-        assert!(!is_valid_packet_sequence(&[pk.clone(), new_hdr(11, 5)].concat()));
-        assert!(!is_valid_packet_sequence(&[pk.clone(), new_hdr(20, 50)].concat()));
+        assert!(!is_valid_packet_sequence(
+            &[se.clone(), pk.clone()].concat()
+        ));
+        assert!(!is_valid_packet_sequence(
+            &[pk.clone(), new_hdr(11, 5)].concat()
+        ));
+        assert!(!is_valid_packet_sequence(
+            &[pk.clone(), new_hdr(20, 50)].concat()
+        ));
         assert!(!is_valid_packet_sequence(&se[..se.len() - 1]));
         assert!(!is_valid_packet_sequence(&[se.clone(), vec![0]].concat()));
         assert!(!is_valid_packet_sequence(&[]));

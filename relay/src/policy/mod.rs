@@ -4,6 +4,7 @@
 //! does no I/O and knows nothing of the store or any protocol session.
 
 pub mod gate;
+pub mod ratelimit;
 
 use std::fmt;
 
