@@ -1,10 +1,142 @@
-//! IMAP (143 STARTTLS, 993 implicit TLS).
+//! IMAP (143 STARTTLS, 993 implicit TLS) for Delta Chat clients.
+//!
+//! `serve` accepts connections and runs each in its own task; the TLS layer (implicit or after
+//! STARTTLS) lives here, and everything else in a [`session::Session`] that works over any byte
+//! stream, so tests drive it over an in-memory pipe.
+//!
+//! Files: `io` frames commands and literals; `session` runs the command loop; `auth` logs in;
+//! `selected` keeps the selected mailbox in step with the store; `mailbox`, `fetch`, `search`,
+//! `idle` and `meta` hold the commands; `mime` computes ENVELOPE, BODYSTRUCTURE and sections;
+//! `sequence` resolves sequence sets.
 
+mod auth;
+mod fetch;
+mod idle;
+mod io;
+mod mailbox;
+mod meta;
+mod mime;
+mod search;
+mod selected;
+mod sequence;
+mod session;
+
+#[cfg(test)]
+mod test_util;
+#[cfg(test)]
+mod tests;
+#[cfg(test)]
+mod tests_fetch;
+#[cfg(test)]
+mod tests_net;
+
+use crate::net::{next_conn_id, Conn};
 use crate::Relay;
+use session::{bye, Exit, Session};
 use std::sync::Arc;
-use tokio::net::TcpListener;
+use std::time::Duration;
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::Semaphore;
+use tracing::Instrument;
 
+/// A TLS handshake that takes longer than this is abandoned.
+const TLS_HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// Accepts connections until shutdown. With `implicit_tls` (993) TLS starts right away; otherwise
+/// (143) the client must use STARTTLS before it may log in.
 pub async fn serve(relay: Arc<Relay>, listener: TcpListener, implicit_tls: bool) {
-    let _ = (relay, listener, implicit_tls);
-    todo!("imap::serve")
+    let limit = Arc::new(Semaphore::new(relay.cfg.max_imap_connections.max(1)));
+    loop {
+        let (tcp, peer) = tokio::select! {
+            r = listener.accept() => match r {
+                Ok(c) => c,
+                Err(e) => {
+                    // Usually EMFILE; back off instead of spinning.
+                    tracing::warn!("IMAP accept failed: {e}");
+                    tokio::time::sleep(Duration::from_millis(100)).await;
+                    continue;
+                }
+            },
+            _ = relay.shutdown.wait() => return,
+        };
+        let id = next_conn_id();
+        let span = tracing::info_span!(
+            "imap",
+            conn = id,
+            peer = %peer,
+            user = tracing::field::Empty
+        );
+        let relay = relay.clone();
+        let permit = limit.clone().try_acquire_owned();
+        tokio::spawn(
+            async move {
+                let Ok(_permit) = permit else {
+                    tracing::warn!("too many IMAP connections");
+                    refuse(tcp, implicit_tls, &relay).await;
+                    return;
+                };
+                tracing::debug!("connected");
+                connection(relay, tcp, implicit_tls).await;
+                tracing::debug!("disconnected");
+            }
+            .instrument(span),
+        );
+    }
+}
+
+/// Tells a client over the limit to go away (over TLS on 993, else it would not understand).
+async fn refuse(tcp: TcpStream, implicit_tls: bool, relay: &Relay) {
+    let conn = if implicit_tls {
+        match tokio::time::timeout(TLS_HANDSHAKE_TIMEOUT, relay.tls.client.accept(tcp)).await {
+            Ok(Ok(s)) => Conn::Tls(Box::new(s)),
+            _ => return,
+        }
+    } else {
+        Conn::Plain(tcp)
+    };
+    let mut io = io::Framed::new(conn);
+    let _ = io.send(&bye("Too many connections, try again later")).await;
+    io.shutdown().await;
+}
+
+async fn connection(relay: Arc<Relay>, tcp: TcpStream, implicit_tls: bool) {
+    let _ = tcp.set_nodelay(true);
+    let conn = if implicit_tls {
+        match tokio::time::timeout(TLS_HANDSHAKE_TIMEOUT, relay.tls.client.accept(tcp)).await {
+            Ok(Ok(s)) => Conn::Tls(Box::new(s)),
+            Ok(Err(e)) => {
+                tracing::debug!("TLS handshake failed: {e}");
+                return;
+            }
+            Err(_) => return,
+        }
+    } else {
+        Conn::Plain(tcp)
+    };
+    let mut session = Session::new(relay.clone(), conn.is_tls(), !implicit_tls);
+    let mut io = io::Framed::new(conn);
+    let mut greet = true;
+    loop {
+        match session.run(&mut io, greet).await {
+            Exit::Closed => return,
+            Exit::StartTls => {
+                // Whatever the client sent after STARTTLS in plaintext is dropped with `io`.
+                let Conn::Plain(tcp) = io.into_inner() else {
+                    return;
+                };
+                let accept = relay.tls.client.accept(tcp);
+                match tokio::time::timeout(TLS_HANDSHAKE_TIMEOUT, accept).await {
+                    Ok(Ok(s)) => io = io::Framed::new(Conn::Tls(Box::new(s))),
+                    Ok(Err(e)) => {
+                        tracing::debug!("STARTTLS handshake failed: {e}");
+                        return;
+                    }
+                    Err(_) => return,
+                }
+                session.tls_started();
+                // No new greeting after STARTTLS (RFC 3501 §6.2.1).
+                greet = false;
+            }
+        }
+    }
 }

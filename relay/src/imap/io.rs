@@ -1,0 +1,284 @@
+//! Framing: IMAP input is lines, except that a line ending in `{n}` is followed by n raw bytes
+//! (a literal) and then more of the same command. This module turns the byte stream into whole
+//! commands and batches our output, with the limits that keep one client from eating memory.
+
+use imap_codec::encode::{Encoder, Fragment};
+use imap_codec::imap_types::response::Response;
+use imap_codec::ResponseCodec;
+use std::io;
+use std::time::Duration;
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
+
+/// Longest line (outside literals) we accept; real commands are far shorter.
+pub(crate) const MAX_LINE: usize = 64 * 1024;
+/// Output is written out once this much is waiting, so a big FETCH streams instead of piling up.
+const OUT_HIGH_WATER: usize = 64 * 1024;
+/// Buffers larger than this are given back after use: an idle connection should hold almost
+/// nothing.
+const KEEP_CAPACITY: usize = 4 * 1024;
+/// A client that does not take our output for this long is gone.
+const WRITE_TIMEOUT: Duration = Duration::from_secs(120);
+
+#[derive(Debug)]
+pub(crate) enum ReadError {
+    Io(io::Error),
+    Eof,
+    /// The line exceeded the limit; the rest of it is skipped.
+    TooLong,
+}
+
+impl From<io::Error> for ReadError {
+    fn from(e: io::Error) -> Self {
+        ReadError::Io(e)
+    }
+}
+
+/// What the framer made of the next command.
+#[derive(Debug)]
+pub(crate) enum Frame {
+    /// A whole command, literals included, ready for the decoder.
+    Command(Vec<u8>),
+    /// A line too long to be a command; answered with BAD.
+    TooLong(Vec<u8>),
+    /// A synchronizing literal we refuse; the client will not send it.
+    LiteralRefused(Vec<u8>),
+}
+
+pub(crate) struct Framed<S> {
+    stream: S,
+    rbuf: Vec<u8>,
+    out: Vec<u8>,
+    skipping_line: bool,
+    /// The start of the last line dropped as too long, for the tag of the BAD reply.
+    dropped_head: Vec<u8>,
+}
+
+/// `{123}` or `{123+}` at the end of a line (before CRLF): the length and whether it is
+/// synchronizing.
+pub(crate) fn literal_suffix(line: &[u8]) -> Option<(u64, bool)> {
+    let line = line.strip_suffix(b"\n").unwrap_or(line);
+    let line = line.strip_suffix(b"\r").unwrap_or(line);
+    let inner = line.strip_suffix(b"}")?;
+    let open = inner.iter().rposition(|&b| b == b'{')?;
+    let mut num = &inner[open + 1..];
+    let sync = match num.strip_suffix(b"+") {
+        Some(n) => {
+            num = n;
+            false
+        }
+        None => true,
+    };
+    // `~{n}` (literal8) is framed the same way.
+    if num.is_empty() || num.len() > 12 || !num.iter().all(u8::is_ascii_digit) {
+        return None;
+    }
+    let n = std::str::from_utf8(num).ok()?.parse().ok()?;
+    Some((n, sync))
+}
+
+impl<S: AsyncRead + AsyncWrite + Unpin> Framed<S> {
+    pub(crate) fn new(stream: S) -> Self {
+        Framed {
+            stream,
+            rbuf: Vec::new(),
+            out: Vec::new(),
+            skipping_line: false,
+            dropped_head: Vec::new(),
+        }
+    }
+
+    /// Gives the stream back. Input already read but not yet used is dropped: after STARTTLS
+    /// anything the client pipelined in plaintext must not be taken as coming over TLS.
+    pub(crate) fn into_inner(self) -> S {
+        self.stream
+    }
+
+    /// Reads more input. Cancel-safe: bytes read land in `rbuf` and stay there.
+    async fn fill(&mut self) -> Result<(), ReadError> {
+        if self.rbuf.capacity() - self.rbuf.len() < 512 {
+            // Small while idle, doubling for long lines.
+            self.rbuf.reserve(self.rbuf.len().max(1024));
+        }
+        match self.stream.read_buf(&mut self.rbuf).await? {
+            0 => Err(ReadError::Eof),
+            _ => Ok(()),
+        }
+    }
+
+    /// The next line, CRLF (or bare LF) included. Cancel-safe.
+    pub(crate) async fn read_line(&mut self) -> Result<Vec<u8>, ReadError> {
+        loop {
+            if let Some(pos) = self.rbuf.iter().position(|&b| b == b'\n') {
+                let line: Vec<u8> = self.rbuf.drain(..=pos).collect();
+                if self.skipping_line {
+                    self.skipping_line = false;
+                    continue;
+                }
+                if line.len() > MAX_LINE {
+                    self.dropped_head = line[..64].to_vec();
+                    return Err(ReadError::TooLong);
+                }
+                return Ok(line);
+            }
+            if self.rbuf.len() > MAX_LINE {
+                if !self.skipping_line {
+                    self.dropped_head = self.rbuf[..64].to_vec();
+                }
+                self.rbuf.clear();
+                if !self.skipping_line {
+                    self.skipping_line = true;
+                    return Err(ReadError::TooLong);
+                }
+            }
+            self.fill().await?;
+        }
+    }
+
+    /// Appends exactly `n` bytes of input to `dst`. Memory grows as data arrives, not as
+    /// announced, so announcing a huge literal costs a client nothing it has not sent.
+    async fn read_exact_into(&mut self, n: usize, dst: &mut Vec<u8>) -> Result<(), ReadError> {
+        let take = n.min(self.rbuf.len());
+        dst.extend(self.rbuf.drain(..take));
+        let mut left = n - take;
+        while left > 0 {
+            if dst.capacity() - dst.len() < 16 * 1024 {
+                dst.reserve(left.min(256 * 1024));
+            }
+            let got = (&mut self.stream).take(left as u64).read_buf(dst).await?;
+            if got == 0 {
+                return Err(ReadError::Eof);
+            }
+            left -= got;
+        }
+        Ok(())
+    }
+
+    /// Reads one command, answering `+` for synchronizing literals. `max_literal` bounds each
+    /// literal and the command as a whole.
+    pub(crate) async fn read_command(&mut self, max_literal: u64) -> Result<Frame, ReadError> {
+        let mut buf = Vec::new();
+        let mut literal_total: u64 = 0;
+        loop {
+            let line = match self.read_line().await {
+                Ok(l) => l,
+                Err(ReadError::TooLong) => {
+                    // Keep what identifies the command (its tag) for the BAD reply.
+                    let mut head = if buf.is_empty() {
+                        std::mem::take(&mut self.dropped_head)
+                    } else {
+                        buf
+                    };
+                    head.truncate(64);
+                    return Ok(Frame::TooLong(head));
+                }
+                Err(e) => return Err(e),
+            };
+            if buf.len() + line.len() > MAX_LINE + literal_total as usize {
+                return Ok(Frame::TooLong(buf));
+            }
+            buf.extend_from_slice(&line);
+            let Some((n, sync)) = literal_suffix(&line) else {
+                return Ok(Frame::Command(buf));
+            };
+            if n > max_literal || literal_total + n > max_literal {
+                if sync {
+                    return Ok(Frame::LiteralRefused(buf));
+                }
+                // The client sends a non-synchronizing literal without asking; there is no way
+                // to skip it short of reading it, so the connection ends (RFC 7888 §4).
+                return Err(ReadError::TooLong);
+            }
+            literal_total += n;
+            if sync {
+                self.out.extend_from_slice(b"+ Ready for literal data\r\n");
+                self.flush().await?;
+            }
+            self.read_exact_into(n as usize, &mut buf).await?;
+        }
+    }
+
+    /// Queues a response; writes out when enough is waiting.
+    pub(crate) async fn send(&mut self, r: &Response<'_>) -> io::Result<()> {
+        for fragment in ResponseCodec::default().encode(r) {
+            let data = match fragment {
+                Fragment::Line { data } | Fragment::Literal { data, .. } => data,
+            };
+            if data.len() >= OUT_HIGH_WATER {
+                // Big literals go straight out instead of being copied once more.
+                self.flush().await?;
+                self.write_timed(&data).await?;
+            } else {
+                self.out.extend_from_slice(&data);
+            }
+        }
+        if self.out.len() >= OUT_HIGH_WATER {
+            self.flush().await?;
+        }
+        Ok(())
+    }
+
+    async fn write_timed(&mut self, data: &[u8]) -> io::Result<()> {
+        for chunk in data.chunks(OUT_HIGH_WATER) {
+            match tokio::time::timeout(WRITE_TIMEOUT, self.stream.write_all(chunk)).await {
+                Ok(r) => r?,
+                Err(_) => return Err(io::Error::new(io::ErrorKind::TimedOut, "write timeout")),
+            }
+        }
+        Ok(())
+    }
+
+    pub(crate) async fn flush(&mut self) -> io::Result<()> {
+        if !self.out.is_empty() {
+            let out = std::mem::take(&mut self.out);
+            let r = self.write_timed(&out).await;
+            self.out = out;
+            self.out.clear();
+            r?;
+        }
+        match tokio::time::timeout(WRITE_TIMEOUT, self.stream.flush()).await {
+            Ok(r) => r,
+            Err(_) => Err(io::Error::new(io::ErrorKind::TimedOut, "flush timeout")),
+        }
+    }
+
+    /// Gives back buffer memory before a long wait (IDLE, between commands).
+    pub(crate) fn shrink(&mut self) {
+        if self.out.is_empty() && self.out.capacity() > KEEP_CAPACITY {
+            self.out = Vec::new();
+        }
+        if self.rbuf.is_empty() {
+            self.rbuf = Vec::new();
+        } else if self.rbuf.capacity() > KEEP_CAPACITY {
+            self.rbuf.shrink_to(self.rbuf.len().max(KEEP_CAPACITY));
+        }
+        if self.dropped_head.capacity() > 0 {
+            self.dropped_head = Vec::new();
+        }
+    }
+
+    /// Whether input is already waiting (pipelined commands).
+    pub(crate) fn has_buffered_input(&self) -> bool {
+        !self.rbuf.is_empty()
+    }
+
+    pub(crate) async fn shutdown(&mut self) {
+        let _ = self.flush().await;
+        let _ = tokio::time::timeout(Duration::from_secs(5), self.stream.shutdown()).await;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn literal_suffixes() {
+        assert_eq!(literal_suffix(b"a LOGIN {5}\r\n"), Some((5, true)));
+        assert_eq!(literal_suffix(b"a LOGIN {5+}\r\n"), Some((5, false)));
+        assert_eq!(literal_suffix(b"a APPEND x ~{7}\n"), Some((7, true)));
+        assert_eq!(literal_suffix(b"a LOGIN {}\r\n"), None);
+        assert_eq!(literal_suffix(b"a LOGIN {x}\r\n"), None);
+        assert_eq!(literal_suffix(b"a LOGIN \"{5}\" b\r\n"), None);
+        assert_eq!(literal_suffix(b"a {99999999999999}\r\n"), None);
+    }
+}

@@ -1,0 +1,129 @@
+//! `serve` over real sockets: implicit TLS on 993, STARTTLS on 143, the connection limit and
+//! shutdown.
+
+use super::test_util::*;
+use rustls::pki_types::ServerName;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+use tokio::io::{AsyncBufReadExt, AsyncRead, AsyncWrite, AsyncWriteExt, BufReader};
+use tokio::net::{TcpListener, TcpStream};
+
+async fn start(env: &Env, implicit_tls: bool) -> (SocketAddr, tokio::task::JoinHandle<()>) {
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let relay = env.relay.clone();
+    let task = tokio::spawn(super::serve(relay, listener, implicit_tls));
+    (addr, task)
+}
+
+fn connector(env: &Env) -> tokio_rustls::TlsConnector {
+    let mut roots = rustls::RootCertStore::empty();
+    roots.add(env.relay.tls.chain[0].clone()).unwrap();
+    let cfg = rustls::ClientConfig::builder_with_provider(Arc::new(
+        rustls::crypto::ring::default_provider(),
+    ))
+    .with_safe_default_protocol_versions()
+    .unwrap()
+    .with_root_certificates(roots)
+    .with_no_client_auth();
+    tokio_rustls::TlsConnector::from(Arc::new(cfg))
+}
+
+fn server_name() -> ServerName<'static> {
+    ServerName::IpAddress(std::net::IpAddr::from([127, 0, 0, 1]).into())
+}
+
+async fn line<S: AsyncRead + Unpin>(r: &mut BufReader<S>) -> String {
+    let mut l = String::new();
+    tokio::time::timeout(Duration::from_secs(10), r.read_line(&mut l))
+        .await
+        .expect("answer in time")
+        .expect("read");
+    l.trim_end().to_string()
+}
+
+async fn exchange<S: AsyncRead + AsyncWrite + Unpin>(
+    r: &mut BufReader<S>,
+    cmd: &str,
+    tag: &str,
+) -> Vec<String> {
+    r.get_mut()
+        .write_all(format!("{tag} {cmd}\r\n").as_bytes())
+        .await
+        .unwrap();
+    let mut out = Vec::new();
+    loop {
+        let l = line(r).await;
+        let done = l.starts_with(&format!("{tag} "));
+        out.push(l);
+        if done {
+            return out;
+        }
+    }
+}
+
+#[tokio::test]
+async fn implicit_tls_on_993() {
+    let env = env();
+    let (addr, _task) = start(&env, true).await;
+    let tcp = TcpStream::connect(addr).await.unwrap();
+    let tls = connector(&env).connect(server_name(), tcp).await.unwrap();
+    let mut r = BufReader::new(tls);
+    let greeting = line(&mut r).await;
+    assert!(greeting.contains("AUTH=PLAIN"), "{greeting}");
+    assert!(!greeting.contains("STARTTLS"), "{greeting}");
+    let resp = exchange(&mut r, &format!("LOGIN {USER} {PASS}"), "a").await;
+    assert!(status(&resp) == "OK", "{resp:?}");
+    let resp = exchange(&mut r, "LOGOUT", "b").await;
+    assert!(resp[0].starts_with("* BYE"), "{resp:?}");
+}
+
+#[tokio::test]
+async fn starttls_on_143_discards_pipelined_plaintext() {
+    let env = env();
+    let (addr, _task) = start(&env, false).await;
+    let tcp = TcpStream::connect(addr).await.unwrap();
+    let mut r = BufReader::new(tcp);
+    let greeting = line(&mut r).await;
+    assert!(greeting.contains("STARTTLS"), "{greeting}");
+    assert!(greeting.contains("LOGINDISABLED"), "{greeting}");
+    // A command injected after STARTTLS in plaintext must never run.
+    r.get_mut()
+        .write_all(b"a STARTTLS\r\nb LOGOUT\r\n")
+        .await
+        .unwrap();
+    let ok = line(&mut r).await;
+    assert!(ok.starts_with("a OK"), "{ok}");
+    let tcp = r.into_inner();
+    let tls = connector(&env).connect(server_name(), tcp).await.unwrap();
+    let mut r = BufReader::new(tls);
+    let resp = exchange(&mut r, "CAPABILITY", "c").await;
+    assert_eq!(resp.len(), 2, "no reply to the plaintext LOGOUT: {resp:?}");
+    assert!(resp[0].contains("AUTH=PLAIN"), "{resp:?}");
+    assert!(!resp[0].contains("STARTTLS"), "{resp:?}");
+    assert!(!resp[0].contains("LOGINDISABLED"), "{resp:?}");
+    let resp = exchange(&mut r, &format!("LOGIN {USER} {PASS}"), "d").await;
+    assert!(status(&resp) == "OK", "{resp:?}");
+    let resp = exchange(&mut r, "STARTTLS", "e").await;
+    assert!(status(&resp) == "BAD", "{resp:?}");
+}
+
+#[tokio::test]
+async fn connection_limit_and_shutdown() {
+    let env = env_with(|c| c.max_imap_connections = 1);
+    let (addr, task) = start(&env, false).await;
+    let first = TcpStream::connect(addr).await.unwrap();
+    let mut first = BufReader::new(first);
+    assert!(line(&mut first).await.starts_with("* OK"));
+    let second = TcpStream::connect(addr).await.unwrap();
+    let mut second = BufReader::new(second);
+    assert!(line(&mut second).await.starts_with("* BYE"));
+
+    env.relay.shutdown.trigger();
+    assert!(line(&mut first).await.starts_with("* BYE"));
+    tokio::time::timeout(Duration::from_secs(5), task)
+        .await
+        .expect("serve returns on shutdown")
+        .unwrap();
+}
