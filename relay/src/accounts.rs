@@ -265,12 +265,13 @@ impl Accounts {
 
     /// Logs in, creating the account when the address is new and may be created.
     pub async fn login(&self, user: &str, password: &str) -> Result<User, LoginError> {
-        // Dovecot lower-cases the login before lookup (auth_username_format = %Lu).
-        let addr = user.trim().to_ascii_lowercase();
-        if let Some(account) = self.store.account(&addr)? {
+        // Existing accounts are found case-insensitively, like Dovecot's %Lu lookup; a new
+        // account is only made from an address already in its canonical lower-case form.
+        let given = user.trim();
+        if let Some(account) = self.store.account(&given.to_ascii_lowercase())? {
             return self.check_existing(account, password, false).await;
         }
-        let addr = match creation_rule(&self.cfg, &addr, password) {
+        let addr = match creation_rule(&self.cfg, given, password) {
             Ok(a) => a,
             Err(why) => {
                 tracing::info!(%why, "login refused for a new address");
@@ -411,6 +412,10 @@ mod tests {
             .unwrap()
             .unwrap();
         assert_eq!(before.password_hash, after.password_hash);
+        assert!(matches!(
+            acc.login("BCDEFGHIJ@chat.example.org", "password1").await,
+            Err(LoginError::Failed)
+        ));
         let again = acc
             .login("ABCDEFGHI@chat.example.org", "password1")
             .await

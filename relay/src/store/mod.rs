@@ -15,7 +15,6 @@ mod writer;
 pub use index::{Account, DeviceToken, Flags, Mailbox, Message};
 pub use index::{ANSWERED, DELETED, DRAFT, FLAGGED, SEEN};
 
-
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
@@ -220,6 +219,16 @@ impl Store {
         .map(|_| ())
     }
 
+    /// Removes a push device token (the push service answered 410, or a client cleared it).
+    pub async fn remove_device_token(&self, id: AccountId, token: &str) -> Result<(), StoreError> {
+        self.write(writer::Op::RemoveToken {
+            id,
+            token: token.to_string(),
+        })
+        .await
+        .map(|_| ())
+    }
+
     // ---- mailboxes -----------------------------------------------------------------------
 
     pub fn mailboxes(&self, account: AccountId) -> Result<Vec<Mailbox>, StoreError> {
@@ -309,6 +318,50 @@ impl Store {
         let path = self.body_path(body_id);
         tokio::task::spawn_blocking(move || {
             std::fs::read(&path).map_err(|source| StoreError::Io { path, source })
+        })
+        .await
+        .map_err(|_| StoreError::Closed)?
+    }
+
+    /// The header of a message (up to and including the blank line), reading at most `max`
+    /// bytes: header fetches and searches need not read a 30 MB body.
+    pub async fn read_head(&self, body_id: u64, max: usize) -> Result<Vec<u8>, StoreError> {
+        let path = self.body_path(body_id);
+        tokio::task::spawn_blocking(move || {
+            use std::io::Read;
+            let err = |source| StoreError::Io {
+                path: path.clone(),
+                source,
+            };
+            let mut f = std::fs::File::open(&path).map_err(err)?;
+            let mut out = Vec::with_capacity(8192.min(max));
+            let mut buf = [0u8; 8192];
+            loop {
+                let n = f.read(&mut buf).map_err(err)?;
+                if n == 0 {
+                    return Ok(out);
+                }
+                let scan_from = out.len().saturating_sub(3);
+                out.extend_from_slice(&buf[..n]);
+                let tail = &out[scan_from..];
+                let end = tail
+                    .windows(4)
+                    .position(|w| w == b"\r\n\r\n")
+                    .map(|i| scan_from + i + 4)
+                    .or_else(|| {
+                        tail.windows(2)
+                            .position(|w| w == b"\n\n")
+                            .map(|i| scan_from + i + 2)
+                    });
+                if let Some(end) = end {
+                    out.truncate(end.min(max));
+                    return Ok(out);
+                }
+                if out.len() >= max {
+                    out.truncate(max);
+                    return Ok(out);
+                }
+            }
         })
         .await
         .map_err(|_| StoreError::Closed)?

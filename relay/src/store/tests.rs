@@ -252,4 +252,20 @@ async fn device_tokens_accumulate_without_duplicates() {
     let t: Vec<_> = a.device_tokens.iter().map(|t| t.token.as_str()).collect();
     assert_eq!(t, vec!["1111", "2222"]);
     assert_eq!(a.device_tokens[0].last_set, 12);
+    s.remove_device_token(acc, "1111").await.unwrap();
+    let a = s.account_by_id(acc).unwrap().unwrap();
+    assert_eq!(a.device_tokens.len(), 1);
+}
+
+#[tokio::test]
+async fn read_head_stops_at_the_blank_line() {
+    let d = tempfile::tempdir().unwrap();
+    let (s, acc, inbox) = store_with_account(d.path()).await;
+    let mut big = b"From: a@x.org\r\nSubject: s\r\n\r\n".to_vec();
+    big.extend(std::iter::repeat_n(b'x', 100_000));
+    s.deliver(&[acc], big.into()).await.unwrap();
+    let m = &s.messages(inbox).unwrap()[0];
+    let head = s.read_head(m.body_id, 1 << 20).await.unwrap();
+    assert_eq!(head, b"From: a@x.org\r\nSubject: s\r\n\r\n");
+    assert_eq!(s.read_head(m.body_id, 10).await.unwrap().len(), 10);
 }

@@ -26,6 +26,10 @@ pub(super) enum Op {
     DeleteAccount {
         id: AccountId,
     },
+    RemoveToken {
+        id: AccountId,
+        token: String,
+    },
     AddToken {
         id: AccountId,
         token: String,
@@ -558,6 +562,15 @@ fn apply(txn: &WriteTransaction, op: Op) -> Result<(Reply, Effects), StoreError>
             }
             txn.open_table(ACCOUNTS)?.remove(a.addr.as_str())?;
             txn.open_table(ACCOUNT_IDS)?.remove(id)?;
+            Reply::Done
+        }
+        Op::RemoveToken { id, token } => {
+            let mut a = get_account_w(txn, id)?;
+            let before = a.device_tokens.len();
+            a.device_tokens.retain(|t| t.token != token);
+            if a.device_tokens.len() != before {
+                put_account(txn, &a)?;
+            }
             Reply::Done
         }
         Op::AddToken { id, token, now } => {
