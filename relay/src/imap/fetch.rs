@@ -78,6 +78,27 @@ fn needs_headers(n: &MessageDataItemName<'_>) -> bool {
     )
 }
 
+/// Items answered from the message header alone, so that Delta Chat's prefetch of a few header
+/// fields does not read whole attachments from the SD card.
+fn head_only(n: &MessageDataItemName<'_>) -> bool {
+    use imap_codec::imap_types::fetch::Section as S;
+    use MessageDataItemName as N;
+    matches!(
+        n,
+        N::Envelope
+            | N::Rfc822Header
+            | N::BodyExt {
+                section: Some(
+                    S::HeaderFields(None, _) | S::HeaderFieldsNot(None, _) | S::Header(None)
+                ),
+                ..
+            }
+    )
+}
+
+/// A header longer than this is cut for head-only fetches (a real one is a few KiB).
+const MAX_HEAD: usize = 1 << 20;
+
 /// Items that set \Seen as a side effect (RFC 3501 §6.4.5).
 fn sets_seen(n: &MessageDataItemName<'_>) -> bool {
     use MessageDataItemName as N;
@@ -203,6 +224,7 @@ impl Session {
         }
 
         let body_wanted = names.iter().any(needs_body);
+        let head_wanted = names.iter().filter(|n| needs_body(n)).all(head_only);
         let full_wanted = names.iter().any(needs_full_parse);
         let headers_wanted = names.iter().any(needs_headers);
         let mut failed = false;
@@ -212,7 +234,12 @@ impl Session {
                 continue;
             };
             let body = if body_wanted {
-                match store.read_body(rec.body_id).await {
+                let read = if head_wanted {
+                    store.read_head(rec.body_id, MAX_HEAD).await
+                } else {
+                    store.read_body(rec.body_id).await
+                };
+                match read {
                     Ok(b) => Some(b),
                     Err(e) => {
                         tracing::error!("cannot read a message body: {e}");

@@ -231,7 +231,12 @@ impl Session {
         let mut highest = 0u64;
         for (seq, m) in &known {
             let raw = if need > Reads::Index {
-                match store.read_body(m.body_id).await {
+                let read = if need == Reads::Body {
+                    store.read_body(m.body_id).await
+                } else {
+                    store.read_head(m.body_id, 1 << 20).await
+                };
+                match read {
                     Ok(b) => b,
                     Err(e) => {
                         tracing::error!("cannot read a message body: {e}");
