@@ -21,6 +21,12 @@ from deltachat_rpc_client.rpc import JsonRpcError
 log = logging.getLogger("relaybox.dc")
 
 DEFAULT_TIMEOUT = 90.0
+SELF_CONTACT_ID = 1
+
+
+def self_addr(ac: Account) -> str:
+    """The profile's own address (get_config("addr") is empty on multi-transport cores)."""
+    return ac.self_contact.get_snapshot().address
 
 
 def rpc_server_path() -> str:
@@ -101,17 +107,25 @@ class Events:
     # --- common waits -------------------------------------------------------------------------
 
     def incoming_text(self, ac: Account, text: str, timeout: float = DEFAULT_TIMEOUT) -> AttrDict:
-        """Wait for an IncomingMsg whose text equals `text`; return its message snapshot."""
+        """Wait until a received message with text `text` shows up; return its snapshot.
+
+        Core emits IncomingMsg for the first message of a contact request only; later ones in
+        a not yet accepted chat come as MsgsChanged. Both count here (tests that measure
+        notification timing accept the chat first and look at IncomingMsg themselves).
+        """
         found: list[AttrDict] = []
 
         def pred(ev):
-            if ev.kind != "IncomingMsg":
+            if ev.kind not in ("IncomingMsg", "MsgsChanged") or not ev.get("msg_id"):
                 return False
             snap = ac.get_message_by_id(ev.msg_id).get_snapshot()
+            if snap.from_id == SELF_CONTACT_ID:
+                return False
             if snap.text == text:
                 found.append(snap)
                 return True
-            log.info("[%s] other incoming message %r", self.name(ac), snap.text[:80])
+            if ev.kind == "IncomingMsg":
+                log.info("[%s] other incoming message %r", self.name(ac), snap.text[:80])
             return False
 
         self.wait(ac, pred, f"incoming message {text!r}", timeout)
