@@ -2,9 +2,12 @@
 //! SMTP sessions (and later `/mxdeliv`) call [`Delivery::check_rcpt`] per recipient and
 //! [`Delivery::submit`] after DATA; the reply they get is what they send to the client.
 
+use crate::clock::Clock;
 use crate::config::Config;
+use crate::policy::ratelimit::SendLimiter;
 use crate::policy::{self, Direction, Envelope, Reply, Verdict};
 use crate::store::{AccountId, Store};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 
 /// What a recipient address resolved to.
@@ -16,6 +19,18 @@ pub enum Target {
 pub struct Delivery {
     cfg: Arc<Config>,
     store: Store,
+    clock: Clock,
+    limiter: SendLimiter,
+    rate_checks: AtomicU64,
+}
+
+/// The reply for a recipient whose mailbox cannot take the message (Dovecot's text, which the
+/// reference's tests look for).
+pub fn quota_exceeded(rcpt: &str) -> Reply {
+    Reply::new(
+        552,
+        format!("5.2.2 <{rcpt}>: Quota exceeded (mailbox for user is full)"),
+    )
 }
 
 /// Splits `local@domain`; `None` unless there is exactly one `@` and both sides are non-empty.
@@ -28,8 +43,36 @@ pub fn split_addr(addr: &str) -> Option<(&str, &str)> {
 }
 
 impl Delivery {
-    pub fn new(cfg: Arc<Config>, store: Store) -> Delivery {
-        Delivery { cfg, store }
+    pub fn new(cfg: Arc<Config>, store: Store, clock: Clock) -> Delivery {
+        let limiter = SendLimiter::new(cfg.max_user_send_per_minute, cfg.max_user_send_burst_size);
+        Delivery {
+            cfg,
+            store,
+            clock,
+            limiter,
+            rate_checks: AtomicU64::new(0),
+        }
+    }
+
+    /// Takes one message from a local sender's send allowance (checked at MAIL FROM).
+    pub fn check_send_rate(&self, sender: &str) -> Result<(), Reply> {
+        // Forget senders whose allowance is full again now and then, so the table stays small.
+        if self.rate_checks.fetch_add(1, Ordering::Relaxed) % 4096 == 4095 {
+            self.limiter.forget_idle();
+        }
+        self.limiter.check(sender).inspect_err(|r| {
+            tracing::info!(%sender, reply = %r, "send rate exceeded");
+        })
+    }
+
+    /// Is there room for `size` more bytes in this account, after the quota cleanup if needed?
+    async fn fits(&self, account: AccountId, size: u64) -> Result<bool, crate::store::StoreError> {
+        let limit = self.cfg.max_mailbox_size.0;
+        if self.store.usage(account)?.saturating_add(size) <= limit {
+            return Ok(true);
+        }
+        crate::expiry::enforce_quota(&self.store, &self.cfg, account, self.clock.now()).await?;
+        Ok(self.store.usage(account)?.saturating_add(size) <= limit)
     }
 
     /// Decides at RCPT time whether we take mail for `rcpt`.
@@ -50,6 +93,9 @@ impl Delivery {
             });
         }
         match self.store.account(&rcpt) {
+            Ok(Some(a)) if a.used_bytes >= self.cfg.max_mailbox_size.0 => {
+                Err(quota_exceeded(&rcpt))
+            }
             Ok(Some(a)) => Ok(Target::Local(a.id)),
             Ok(None) => Err(Reply::new(
                 550,
@@ -94,9 +140,30 @@ impl Delivery {
             return Reply::new(554, "5.5.1 No valid recipients");
         }
         let body: Arc<[u8]> = policy::prepare_local_delivery(&data).into();
+        for id in &local {
+            match self.fits(*id, body.len() as u64).await {
+                Ok(true) => {}
+                Ok(false) => {
+                    let addr = self
+                        .store
+                        .account_by_id(*id)
+                        .ok()
+                        .flatten()
+                        .map(|a| a.addr)
+                        .unwrap_or_default();
+                    tracing::info!(rcpt = %addr, "Quota exceeded (mailbox for user is full)");
+                    return quota_exceeded(&addr);
+                }
+                Err(e) => {
+                    tracing::error!("quota check failed: {e}");
+                    return Reply::new(451, "4.3.0 Local error, try again later");
+                }
+            }
+        }
         match self.store.deliver(&local, body).await {
             Ok(()) => {
                 tracing::info!(recipients = local.len(), "delivered");
+                self.cleanup_after_delivery(local);
                 Reply::new(250, "2.0.0 OK")
             }
             Err(e) => {
@@ -107,5 +174,26 @@ impl Delivery {
                 )
             }
         }
+    }
+
+    /// Mailboxes past 75 % of their quota are cut back to 70 % (reference §8) without making the
+    /// sender wait; IMAP clients see the EXPUNGEs.
+    fn cleanup_after_delivery(&self, accounts: Vec<AccountId>) {
+        let limit = self.cfg.max_mailbox_size.0;
+        let over: Vec<AccountId> = accounts
+            .into_iter()
+            .filter(|a| self.store.usage(*a).is_ok_and(|u| u * 100 > limit * 75))
+            .collect();
+        if over.is_empty() {
+            return;
+        }
+        let (store, cfg, now) = (self.store.clone(), self.cfg.clone(), self.clock.now());
+        tokio::spawn(async move {
+            for a in over {
+                if let Err(e) = crate::expiry::enforce_quota(&store, &cfg, a, now).await {
+                    tracing::warn!("quota cleanup failed: {e}");
+                }
+            }
+        });
     }
 }

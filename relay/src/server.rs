@@ -20,7 +20,7 @@ pub fn build(cfg: config::Config) -> anyhow::Result<Arc<Relay>> {
     let clock = clock::Clock::system();
     Ok(Arc::new(Relay {
         accounts: accounts::Accounts::new(cfg.clone(), store.clone(), clock.clone()),
-        delivery: delivery::Delivery::new(cfg.clone(), store.clone()),
+        delivery: delivery::Delivery::new(cfg.clone(), store.clone(), clock.clone()),
         cfg,
         store,
         tls,

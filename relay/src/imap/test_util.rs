@@ -40,7 +40,7 @@ pub(crate) fn env_with(tweak: impl FnOnce(&mut Config)) -> Env {
     let clock = Clock::system();
     let relay = Relay {
         accounts: Accounts::new(cfg.clone(), store.clone(), clock.clone()),
-        delivery: Delivery::new(cfg.clone(), store.clone()),
+        delivery: Delivery::new(cfg.clone(), store.clone(), Clock::system()),
         tls: TlsConfigs::load(&cfg).expect("tls"),
         cfg,
         store,

@@ -4,6 +4,7 @@
 //! does no I/O and knows nothing of the store or any protocol session.
 
 pub mod gate;
+pub mod headers;
 pub mod ratelimit;
 
 use std::fmt;
@@ -59,92 +60,178 @@ pub enum Verdict {
     Reject(Reply),
 }
 
+/// What kind of message passed (or failed) the gate; metrics count these.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum MailKind {
+    Encrypted,
+    SecureJoin,
+    SetupMessage,
+    MailerDaemon,
+    Unencrypted,
+}
+
+/// The reply every unencrypted message gets (reference §3.11), outgoing and incoming.
+pub fn encryption_needed() -> Reply {
+    Reply::new(523, "Encryption Needed: Invalid Unencrypted Mail")
+}
+
+fn parse(data: &[u8]) -> Result<mail_parser::Message<'_>, Reply> {
+    mail_parser::MessageParser::new()
+        .parse(data)
+        .ok_or_else(|| Reply::new(500, "Failed to parse message: no header"))
+}
+
 /// The first address of the From header, lower-cased; for a group, its first member.
+fn first_from(msg: &mail_parser::Message) -> Option<String> {
+    let from = msg.from()?;
+    let first = match from {
+        mail_parser::Address::List(l) => l.first(),
+        mail_parser::Address::Group(g) => g.iter().flat_map(|g| g.addresses.iter()).next(),
+    }?;
+    first.address().map(|a| a.trim().to_ascii_lowercase())
+}
+
+fn from_or_reject(msg: &mail_parser::Message) -> Result<String, Reply> {
+    match first_from(msg) {
+        Some(f) if f.contains('@') => Ok(f),
+        _ => {
+            let raw = msg.header_raw("From").unwrap_or("").trim();
+            Err(Reply::new(500, format!("Invalid FROM header: {raw}")))
+        }
+    }
+}
+
+/// The first address of the From header, lower-cased, if it has one.
 pub fn from_address(data: &[u8]) -> Result<Option<String>, Reply> {
     let msg = mail_parser::MessageParser::new()
         .parse_headers(data)
-        .ok_or_else(|| Reply::new(500, "Failed to parse message: no headers"))?;
-    let from = match msg.from() {
-        Some(f) => f,
-        None => return Ok(None),
-    };
-    let addr = from
-        .first()
-        .and_then(|a| a.address())
-        .map(|a| a.trim().to_ascii_lowercase());
-    Ok(addr)
+        .ok_or_else(|| Reply::new(500, "Failed to parse message: no header"))?;
+    Ok(first_from(&msg))
 }
 
-/// Outgoing rules (reference §3.4): the From header must name the envelope sender. The
-/// encryption gate and header cleanup plug in here.
+/// Classifies a parsed message by the gate's rules for one direction.
+pub fn classify(
+    msg: &mail_parser::Message,
+    from: &str,
+    env: &Envelope,
+    dir: Direction,
+) -> MailKind {
+    if gate::is_encrypted(msg, dir) {
+        MailKind::Encrypted
+    } else if gate::is_securejoin(msg) {
+        MailKind::SecureJoin
+    } else if dir == Direction::Outgoing
+        && gate::is_self_sent_setup_message(msg, from, &env.rcpt_to)
+    {
+        MailKind::SetupMessage
+    } else if dir == Direction::Incoming && gate::is_mailer_daemon_report(msg, from) {
+        MailKind::MailerDaemon
+    } else {
+        MailKind::Unencrypted
+    }
+}
+
+/// Outgoing rules (reference §3.4), in the reference's order: the From header must name the
+/// envelope sender; the message must be encrypted (or one of the two exceptions); then the
+/// header is cleaned as the reference's reinjection does.
 pub fn check_outgoing(env: &Envelope, data: &[u8]) -> Verdict {
-    let from = match from_address(data) {
-        Ok(Some(f)) => f,
-        Ok(None) => {
-            return Verdict::Reject(Reply::new(500, "Invalid FROM header: missing"));
-        }
-        Err(r) => return Verdict::Reject(r),
+    check_outgoing_kind(env, data).0
+}
+
+/// `check_outgoing`, also saying what kind of message it was (for metrics).
+pub fn check_outgoing_kind(env: &Envelope, data: &[u8]) -> (Verdict, MailKind) {
+    let msg = match parse(data) {
+        Ok(m) => m,
+        Err(r) => return (Verdict::Reject(r), MailKind::Unencrypted),
+    };
+    let from = match from_or_reject(&msg) {
+        Ok(f) => f,
+        Err(r) => return (Verdict::Reject(r), MailKind::Unencrypted),
     };
     if !from.eq_ignore_ascii_case(&env.mail_from) {
-        return Verdict::Reject(Reply::new(
-            500,
-            format!("Invalid FROM <{from}> for <{}>", env.mail_from),
-        ));
+        return (
+            Verdict::Reject(Reply::new(
+                500,
+                format!("Invalid FROM <{from}> for <{}>", env.mail_from),
+            )),
+            MailKind::Unencrypted,
+        );
     }
-    Verdict::Accept(data.to_vec())
+    let kind = classify(&msg, &from, env, Direction::Outgoing);
+    if kind == MailKind::Unencrypted {
+        return (Verdict::Reject(encryption_needed()), kind);
+    }
+    (Verdict::Accept(headers::clean_outgoing(data)), kind)
 }
 
-/// Incoming rules (reference §3.5).
-pub fn check_incoming(_env: &Envelope, data: &[u8]) -> Verdict {
-    match from_address(data) {
-        Ok(Some(_)) => Verdict::Accept(data.to_vec()),
-        Ok(None) => Verdict::Reject(Reply::new(500, "Invalid FROM header: missing")),
-        Err(r) => Verdict::Reject(r),
-    }
+/// Incoming rules (reference §3.5 steps 1–6): the From header must parse; the message must be
+/// encrypted, a Secure-Join request or a mailer-daemon report, since every account we create
+/// refuses unencrypted mail. DKIM (step 7) is the caller's, after this check.
+pub fn check_incoming(env: &Envelope, data: &[u8]) -> Verdict {
+    check_incoming_kind(env, data).0
 }
 
-/// Headers removed before a message lands in a local mailbox (reference §3.10).
-const LOCAL_STRIP: &[&str] = &["dkim-signature", "authentication-results", "received"];
-
-/// Removes `LOCAL_STRIP` headers (with their continuation lines) from the top-level header.
-pub fn prepare_local_delivery(data: &[u8]) -> Vec<u8> {
-    strip_headers(data, LOCAL_STRIP)
+/// `check_incoming`, also saying what kind of message it was.
+pub fn check_incoming_kind(env: &Envelope, data: &[u8]) -> (Verdict, MailKind) {
+    let msg = match parse(data) {
+        Ok(m) => m,
+        Err(r) => return (Verdict::Reject(r), MailKind::Unencrypted),
+    };
+    let from = match from_or_reject(&msg) {
+        Ok(f) => f,
+        Err(r) => return (Verdict::Reject(r), MailKind::Unencrypted),
+    };
+    let kind = classify(&msg, &from, env, Direction::Incoming);
+    if kind == MailKind::Unencrypted {
+        return (Verdict::Reject(encryption_needed()), kind);
+    }
+    (Verdict::Accept(data.to_vec()), kind)
 }
 
-/// Removes the named top-level header fields, keeping every other byte as it was.
-pub fn strip_headers(data: &[u8], names: &[&str]) -> Vec<u8> {
-    let mut out = Vec::with_capacity(data.len());
-    let mut pos = 0;
-    let mut skipping = false;
-    while pos < data.len() {
-        let end = data[pos..]
-            .iter()
-            .position(|&b| b == b'\n')
-            .map(|i| pos + i + 1)
-            .unwrap_or(data.len());
-        let line = &data[pos..end];
-        if line == b"\r\n" || line == b"\n" {
-            // End of the header: the body is copied untouched.
-            out.extend_from_slice(&data[pos..]);
-            return out;
-        }
-        let continuation = matches!(line.first(), Some(b' ' | b'\t'));
-        if !continuation {
-            skipping = line
-                .iter()
-                .position(|&b| b == b':')
-                .map(|c| {
-                    let name = String::from_utf8_lossy(&line[..c]);
-                    names.iter().any(|n| name.trim().eq_ignore_ascii_case(n))
-                })
-                .unwrap_or(false);
-        }
-        if !skipping {
-            out.extend_from_slice(line);
-        }
-        pos = end;
+pub use headers::prepare_local_delivery;
+
+/// Test messages shared by the policy tests and the protocol tests of other modules.
+#[cfg(test)]
+pub mod testmsg {
+    use base64::Engine;
+
+    fn packet(tag: u8, body: &[u8]) -> Vec<u8> {
+        let mut v = vec![0xC0 | tag, 255];
+        v.extend_from_slice(&(body.len() as u32).to_be_bytes());
+        v.extend_from_slice(body);
+        v
     }
-    out
+
+    /// An armored PKESK + SEIPD payload: the right shape, random content.
+    pub fn armored() -> String {
+        let data = [packet(1, &[3u8; 40]), packet(18, &[1u8; 200])].concat();
+        let b64 = base64::engine::general_purpose::STANDARD.encode(data);
+        let lines: Vec<&str> = b64
+            .as_bytes()
+            .chunks(76)
+            .map(|c| std::str::from_utf8(c).unwrap_or(""))
+            .collect();
+        format!(
+            "-----BEGIN PGP MESSAGE-----\r\n\r\n{}\r\n=AAAA\r\n-----END PGP MESSAGE-----\r\n",
+            lines.join("\r\n")
+        )
+    }
+
+    /// A message with the OpenPGP/MIME structure the gate accepts.
+    pub fn encrypted(from: &str, to: &str) -> Vec<u8> {
+        format!(
+            "From: <{from}>\r\nTo: <{to}>\r\nSubject: [...]\r\nMIME-Version: 1.0\r\n\
+             Content-Type: multipart/encrypted; protocol=\"application/pgp-encrypted\"; boundary=\"relaybox-7f3a9c1e5b\"\r\n\r\n\
+             --relaybox-7f3a9c1e5b\r\nContent-Type: application/pgp-encrypted\r\n\r\nVersion: 1\r\n\r\n\
+             --relaybox-7f3a9c1e5b\r\nContent-Type: application/octet-stream; name=\"encrypted.asc\"\r\n\r\n{}\r\n--relaybox-7f3a9c1e5b--\r\n",
+            armored()
+        )
+        .into_bytes()
+    }
+
+    pub fn plain(from: &str, to: &str) -> Vec<u8> {
+        format!("From: <{from}>\r\nTo: <{to}>\r\nSubject: hi\r\n\r\nhello\r\n").into_bytes()
+    }
 }
 
 #[cfg(test)]
@@ -159,17 +246,30 @@ mod tests {
     }
 
     #[test]
+    fn encrypted_mail_passes_and_is_cleaned() {
+        let m = testmsg::encrypted("alice@x.org", "b@x.org");
+        let (v, kind) = check_outgoing_kind(&env("alice@x.org"), &m);
+        assert_eq!(kind, MailKind::Encrypted);
+        match v {
+            Verdict::Accept(out) => {
+                assert!(String::from_utf8_lossy(&out).contains("Subject: [...]"))
+            }
+            v => panic!("{v:?}"),
+        }
+        assert!(matches!(
+            check_incoming(&env("x@y.org"), &m),
+            Verdict::Accept(_)
+        ));
+    }
+
+    #[test]
     fn from_must_match_envelope_sender() {
-        let m = b"From: Alice <alice@x.org>\r\nTo: b@x.org\r\n\r\nhi\r\n";
+        let m = testmsg::encrypted("alice@x.org", "b@x.org");
         assert!(matches!(
-            check_outgoing(&env("alice@x.org"), m),
+            check_outgoing(&env("ALICE@x.org"), &m),
             Verdict::Accept(_)
         ));
-        assert!(matches!(
-            check_outgoing(&env("ALICE@x.org"), m),
-            Verdict::Accept(_)
-        ));
-        match check_outgoing(&env("mallory@x.org"), m) {
+        match check_outgoing(&env("mallory@x.org"), &m) {
             Verdict::Reject(r) => {
                 assert_eq!(
                     r.to_string(),
@@ -178,6 +278,17 @@ mod tests {
             }
             v => panic!("{v:?}"),
         }
+    }
+
+    #[test]
+    fn plain_mail_is_refused_both_ways() {
+        let m = testmsg::plain("alice@x.org", "b@x.org");
+        let want = Verdict::Reject(Reply::new(
+            523,
+            "Encryption Needed: Invalid Unencrypted Mail",
+        ));
+        assert_eq!(check_outgoing(&env("alice@x.org"), &m), want);
+        assert_eq!(check_incoming(&env("alice@x.org"), &m), want);
     }
 
     #[test]

@@ -85,7 +85,7 @@ async fn mx_requires_starttls_and_takes_mail_for_local_users_only() {
     );
     assert_eq!(c.cmd(&format!("RCPT TO:<{RCPT}>")).await, "250 2.1.5 Ok");
     c.cmd("DATA").await;
-    let body = "From: <someone@example.org>\r\nSubject: x\r\n\r\nhi\r\n";
+    let body = super::tests::message("someone@example.org", "hi\r\n");
     c.send(body.as_bytes()).await;
     assert_eq!(c.cmd(".").await, "250 2.0.0 OK");
     assert_eq!(inbox(&r, RCPT).await, vec![body.as_bytes().to_vec()]);

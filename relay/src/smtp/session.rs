@@ -365,6 +365,11 @@ impl Session {
                         ),
                     );
                 }
+                if let Err(r) = self.relay.delivery.check_send_rate(&login) {
+                    // A temporary refusal: the client keeps the message and retries later.
+                    io.reply(r.code, &r.text);
+                    return Flow::Continue;
+                }
                 login
             }
             None => addr.to_ascii_lowercase(),

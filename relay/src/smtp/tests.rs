@@ -30,7 +30,7 @@ pub(super) fn relay_with(dir: &Path, tune: impl FnOnce(&mut Config)) -> Arc<Rela
     let store = Store::open(&dir.join("store")).unwrap();
     Arc::new(Relay {
         accounts: Accounts::new(cfg.clone(), store.clone(), Clock::system()),
-        delivery: Delivery::new(cfg.clone(), store.clone()),
+        delivery: Delivery::new(cfg.clone(), store.clone(), Clock::system()),
         tls: TlsConfigs::load(&cfg).unwrap(),
         clock: Clock::system(),
         shutdown: Shutdown::new(),
@@ -151,8 +151,13 @@ pub(super) async fn inbox(relay: &Relay, addr: &str) -> Vec<Vec<u8>> {
     out
 }
 
+/// A message that passes the encryption gate unchanged (its Subject is already `[...]`), with
+/// `text` in the MIME preamble, where the gate does not look: so dot-stuffing and size cases can
+/// be written as plain lines.
 pub(super) fn message(from: &str, text: &str) -> String {
-    format!("From: <{from}>\r\nTo: <{RCPT}>\r\nSubject: hi\r\n\r\n{text}")
+    let enc = String::from_utf8(crate::policy::testmsg::encrypted(from, RCPT)).unwrap_or_default();
+    let (head, body) = enc.split_once("\r\n\r\n").unwrap_or((&enc, ""));
+    format!("{head}\r\n\r\n{text}{body}")
 }
 
 #[tokio::test]

@@ -86,7 +86,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Line<S> {
         );
         assert_eq!(self.cmd(&format!("RCPT TO:<{RCPT}>")).await, "250 2.1.5 Ok");
         assert!(self.cmd("DATA").await.starts_with("354"));
-        let body = format!("From: <{from}>\r\nTo: <{RCPT}>\r\n\r\nhi\r\n.");
+        let body = format!("{}.", super::tests::message(from, "hi\r\n"));
         self.cmd(&body).await
     }
 }
