@@ -181,6 +181,9 @@ pub struct Config {
     pub max_imap_connections: usize,
     #[serde(default = "d_1000")]
     pub max_smtp_connections: usize,
+    /// When the daily expiry runs, as `HH:MM` in UTC (the reference's timer runs at 00:02).
+    #[serde(default = "d_expiry_time")]
+    pub expiry_time: String,
 
     #[serde(default)]
     pub privacy_postal: String,
@@ -192,6 +195,9 @@ pub struct Config {
     pub privacy_supervisor: String,
 }
 
+fn d_expiry_time() -> String {
+    "00:02".into()
+}
 fn d_data_dir() -> PathBuf {
     PathBuf::from("/data/relaybox")
 }
@@ -318,6 +324,15 @@ impl Config {
         if self.max_load_1m.is_nan() || self.max_load_1m <= 0.0 {
             return invalid("max_load_1m", "must be a positive number".into());
         }
+        if self.expiry_minute().is_none() {
+            return invalid(
+                "expiry_time",
+                format!(
+                    "expected a time like \"00:02\" (HH:MM, UTC), got {:?}",
+                    self.expiry_time
+                ),
+            );
+        }
         match (&self.tls_cert, &self.tls_key) {
             (Some(_), None) | (None, Some(_)) => {
                 return invalid(
@@ -354,6 +369,18 @@ impl Config {
     /// The host name used in greetings and certificates.
     pub fn hostname(&self) -> &str {
         &self.mail_domain
+    }
+
+    /// Minutes after midnight UTC at which the daily expiry runs.
+    pub fn expiry_minute(&self) -> Option<u32> {
+        let (h, m) = self.expiry_time.trim().split_once(':')?;
+        let (h, m): (u32, u32) = (h.parse().ok()?, m.parse().ok()?);
+        (h < 24 && m < 60).then_some(h * 60 + m)
+    }
+
+    /// The admin control socket (`relaybox expire` talks to a running relay through it).
+    pub fn control_socket(&self) -> PathBuf {
+        self.data_dir.join("control.sock")
     }
 
     pub fn nocreate_path(&self) -> PathBuf {
@@ -456,6 +483,16 @@ mod tests {
             .unwrap_err()
             .to_string();
         assert!(e.contains("delete_mails_after"), "{e}");
+    }
+
+    #[test]
+    fn expiry_time_is_checked() {
+        let c = parse("mail_domain = \"a.org\"\nexpiry_time = \"03:30\"").unwrap();
+        assert_eq!(c.expiry_minute(), Some(210));
+        let e = parse("mail_domain = \"a.org\"\nexpiry_time = \"25:00\"")
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("expiry_time"), "{e}");
     }
 
     #[test]

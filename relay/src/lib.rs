@@ -7,6 +7,7 @@
 pub mod accounts;
 pub mod clock;
 pub mod config;
+pub mod control;
 pub mod delivery;
 pub mod expiry;
 pub mod imap;

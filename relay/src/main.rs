@@ -32,6 +32,19 @@ enum Cmd {
         #[arg(long)]
         config: PathBuf,
     },
+    /// Delete old mail, large fetched mail and inactive accounts now (it also runs daily).
+    /// Talks to the running relay if there is one, else works on the data directory itself.
+    Expire {
+        /// The relay's config file (default: the dev data directory).
+        #[arg(long, conflicts_with = "data")]
+        config: Option<PathBuf>,
+        /// The data directory of a `relaybox dev` relay.
+        #[arg(long, default_value = "relaybox-data")]
+        data: PathBuf,
+        /// Only report what would be deleted.
+        #[arg(long)]
+        dry_run: bool,
+    },
 }
 
 fn init_logging() {
@@ -71,12 +84,51 @@ fn main() -> anyhow::Result<()> {
             print_invite(&relay.cfg, ip, port_offset);
             rt.block_on(relaybox::server::run(relay))
         }
+        Cmd::Expire {
+            config,
+            data,
+            dry_run,
+        } => {
+            let cfg = match config {
+                Some(path) => Config::load(&path)?,
+                None => Config::with_domain("[127.0.0.1]", &data)?,
+            };
+            rt.block_on(expire(cfg, dry_run))
+        }
         Cmd::Serve { config } => {
             let cfg = Config::load(&config)?;
             let relay = relaybox::server::build(cfg)?;
             rt.block_on(relaybox::server::run(relay))
         }
     }
+}
+
+async fn expire(cfg: Config, dry_run: bool) -> anyhow::Result<()> {
+    use relaybox::control::{request, Request};
+    let req = Request::Expire { dry_run };
+    match request(&cfg.control_socket(), &req).await {
+        Ok(Some(Ok(text))) => {
+            println!("{text}");
+            return Ok(());
+        }
+        Ok(Some(Err(e))) => anyhow::bail!("{e}"),
+        Ok(None) => {}
+        Err(e) => anyhow::bail!(
+            "cannot reach the relay at {}: {e}",
+            cfg.control_socket().display()
+        ),
+    }
+    // No relay running: open the data directory ourselves.
+    let store = relaybox::store::Store::open(&cfg.data_dir.join("store")).with_context(|| {
+        format!(
+            "cannot open the store in {} (is a relay running without its control socket?)",
+            cfg.data_dir.display()
+        )
+    })?;
+    let clock = relaybox::clock::Clock::system();
+    let report = relaybox::expiry::run(&store, &cfg, &clock, dry_run).await?;
+    println!("{}{report}", if dry_run { "dry run: " } else { "" });
+    Ok(())
 }
 
 /// Prints a fresh random account as a `dclogin:` URL and a terminal QR code. Nothing is created

@@ -46,6 +46,7 @@ async fn bind(addr: SocketAddr, what: &str) -> anyhow::Result<TcpListener> {
 
 /// Binds every configured listener, then serves until SIGTERM/SIGINT.
 pub async fn run(relay: Arc<Relay>) -> anyhow::Result<()> {
+    let mut signals = Signals::register();
     let l = relay.cfg.listen.clone();
     let mut tasks = tokio::task::JoinSet::new();
     let mut bound = Vec::new();
@@ -76,6 +77,18 @@ pub async fn run(relay: Arc<Relay>) -> anyhow::Result<()> {
             tasks.spawn(web::serve(relay.clone(), listener, https));
         }
     }
+    {
+        let relay = relay.clone();
+        tokio::spawn(async move {
+            if let Err(e) = crate::control::serve(relay.clone()).await {
+                tracing::error!(
+                    path = %relay.cfg.control_socket().display(),
+                    "control socket unavailable (relaybox expire will not reach this relay): {e}"
+                );
+            }
+        });
+    }
+    tokio::spawn(crate::control::expiry_schedule(relay.clone()));
     tracing::info!(
         domain = %relay.cfg.mail_domain,
         listeners = %bound.join(" "),
@@ -87,7 +100,7 @@ pub async fn run(relay: Arc<Relay>) -> anyhow::Result<()> {
     // A listener task only ends on shutdown; if one dies earlier (a bug), stop the whole relay so
     // that systemd restarts it instead of leaving a port silently dead.
     let failure = tokio::select! {
-        _ = wait_for_signal() => None,
+        _ = signals.wait() => None,
         r = tasks.join_next() => Some(match r {
             Some(Err(e)) if e.is_panic() => "a listener panicked".to_string(),
             Some(Err(e)) => format!("a listener failed: {e}"),
@@ -133,18 +146,41 @@ fn spawn_watchdog(relay: &Arc<Relay>) {
     });
 }
 
-async fn wait_for_signal() {
-    use tokio::signal::unix::{signal, SignalKind};
-    let mut term = match signal(SignalKind::terminate()) {
-        Ok(s) => s,
-        Err(e) => {
-            tracing::error!("cannot watch SIGTERM: {e}");
-            let _ = tokio::signal::ctrl_c().await;
-            return;
+/// SIGTERM and SIGINT, registered before we announce readiness so that a stop request sent
+/// right after "all listeners up" is never lost.
+struct Signals {
+    term: Option<tokio::signal::unix::Signal>,
+    int: Option<tokio::signal::unix::Signal>,
+}
+
+impl Signals {
+    fn register() -> Signals {
+        use tokio::signal::unix::{signal, SignalKind};
+        let get = |k: SignalKind, name: &str| match signal(k) {
+            Ok(s) => Some(s),
+            Err(e) => {
+                tracing::error!("cannot watch {name}: {e}");
+                None
+            }
+        };
+        Signals {
+            term: get(SignalKind::terminate(), "SIGTERM"),
+            int: get(SignalKind::interrupt(), "SIGINT"),
         }
-    };
-    tokio::select! {
-        _ = term.recv() => {}
-        _ = tokio::signal::ctrl_c() => {}
+    }
+
+    async fn wait(&mut self) {
+        async fn recv(s: &mut Option<tokio::signal::unix::Signal>) {
+            match s {
+                Some(s) => {
+                    s.recv().await;
+                }
+                None => std::future::pending().await,
+            }
+        }
+        tokio::select! {
+            _ = recv(&mut self.term) => {}
+            _ = recv(&mut self.int) => {}
+        }
     }
 }

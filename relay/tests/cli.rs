@@ -6,6 +6,29 @@ use std::time::{Duration, Instant};
 
 const BIN: &str = env!("CARGO_BIN_EXE_relaybox");
 
+/// Kills the relay when a test fails half-way, so no relay outlives its test holding ports.
+struct KillOnDrop(std::process::Child);
+
+impl Drop for KillOnDrop {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+impl std::ops::Deref for KillOnDrop {
+    type Target = std::process::Child;
+    fn deref(&self) -> &std::process::Child {
+        &self.0
+    }
+}
+
+impl std::ops::DerefMut for KillOnDrop {
+    fn deref_mut(&mut self) -> &mut std::process::Child {
+        &mut self.0
+    }
+}
+
 fn serve_with(config: &str) -> (bool, String) {
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("relaybox.toml");
@@ -51,20 +74,22 @@ fn missing_config_file_says_which() {
 #[test]
 fn dev_prints_an_invite_and_reports_listeners_then_stops_on_sigterm() {
     let dir = tempfile::tempdir().unwrap();
-    let mut child = Command::new(BIN)
-        .args([
-            "dev",
-            "--ip",
-            "127.0.0.41",
-            "--port-offset",
-            "31000",
-            "--data",
-        ])
-        .arg(dir.path())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
+    let mut child = KillOnDrop(
+        Command::new(BIN)
+            .args([
+                "dev",
+                "--ip",
+                "127.0.0.41",
+                "--port-offset",
+                "31000",
+                "--data",
+            ])
+            .arg(dir.path())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap(),
+    );
     let stderr = child.stderr.take().unwrap();
     let (tx, rx) = std::sync::mpsc::channel();
     std::thread::spawn(move || {
@@ -106,4 +131,69 @@ fn dev_prints_an_invite_and_reports_listeners_then_stops_on_sigterm() {
     assert!(url.ends_with("&ic=3"), "{url}");
     assert!(dir.path().join("tls/cert.pem").exists());
     assert!(dir.path().join("store/index.redb").exists());
+}
+
+#[test]
+fn expire_reaches_a_running_relay_and_works_offline_too() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut child = KillOnDrop(
+        Command::new(BIN)
+            .args([
+                "dev",
+                "--ip",
+                "127.0.0.42",
+                "--port-offset",
+                "31100",
+                "--data",
+            ])
+            .arg(dir.path())
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap(),
+    );
+    let stderr = child.stderr.take().unwrap();
+    let mut lines = BufReader::new(stderr).lines();
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while Instant::now() < deadline {
+        match lines.next() {
+            Some(Ok(l)) if l.contains("all listeners up") => break,
+            Some(_) => {}
+            None => panic!("relay exited"),
+        }
+    }
+    std::thread::spawn(move || for _ in lines {});
+    let out = Command::new(BIN)
+        .args(["expire", "--dry-run", "--data"])
+        .arg(dir.path())
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{text} {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(
+        text.starts_with("dry run: Removed 0 out of 0 mailboxes"),
+        "{text}"
+    );
+    nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(child.id() as i32),
+        nix::sys::signal::Signal::SIGTERM,
+    )
+    .unwrap();
+    child.wait().unwrap();
+    let out = Command::new(BIN)
+        .args(["expire", "--data"])
+        .arg(dir.path())
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{text} {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(text.starts_with("Removed 0 out of 0 mailboxes"), "{text}");
 }

@@ -1,0 +1,185 @@
+//! The admin control socket: a Unix socket in the data directory (mode 0600) through which
+//! commands such as `relaybox expire` reach a running relay, since the index database can only
+//! be open in one process. One request line in, reply lines out, then the connection closes.
+
+use crate::Relay;
+use std::os::unix::fs::PermissionsExt;
+use std::path::Path;
+use std::sync::Arc;
+use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
+use tokio::net::{UnixListener, UnixStream};
+
+/// A request from the command line to the daemon.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Request {
+    Expire { dry_run: bool },
+}
+
+impl Request {
+    pub fn to_line(&self) -> String {
+        match self {
+            Request::Expire { dry_run: false } => "expire".into(),
+            Request::Expire { dry_run: true } => "expire --dry-run".into(),
+        }
+    }
+
+    pub fn parse(line: &str) -> Option<Request> {
+        match line.trim() {
+            "expire" => Some(Request::Expire { dry_run: false }),
+            "expire --dry-run" => Some(Request::Expire { dry_run: true }),
+            _ => None,
+        }
+    }
+}
+
+/// Runs one request against the relay's state; the text is what the operator sees.
+pub async fn execute(relay: &Relay, req: &Request) -> Result<String, String> {
+    match req {
+        Request::Expire { dry_run } => {
+            crate::expiry::run(&relay.store, &relay.cfg, &relay.clock, *dry_run)
+                .await
+                .map(|r| {
+                    if *dry_run {
+                        format!("dry run: {r}")
+                    } else {
+                        r.to_string()
+                    }
+                })
+                .map_err(|e| format!("expiry failed: {e}"))
+        }
+    }
+}
+
+/// Serves the control socket until shutdown. A stale socket file from a crash is replaced.
+pub async fn serve(relay: Arc<Relay>) -> std::io::Result<()> {
+    let path = relay.cfg.control_socket();
+    let _ = std::fs::remove_file(&path);
+    let listener = UnixListener::bind(&path)?;
+    std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o600))?;
+    loop {
+        let stream = tokio::select! {
+            r = listener.accept() => match r {
+                Ok((s, _)) => s,
+                Err(e) => {
+                    tracing::warn!("control socket accept failed: {e}");
+                    tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+                    continue;
+                }
+            },
+            _ = relay.shutdown.wait() => break,
+        };
+        let relay = relay.clone();
+        tokio::spawn(async move {
+            if let Err(e) = handle(&relay, stream).await {
+                tracing::debug!("control connection: {e}");
+            }
+        });
+    }
+    let _ = std::fs::remove_file(&path);
+    Ok(())
+}
+
+async fn handle(relay: &Relay, stream: UnixStream) -> std::io::Result<()> {
+    let (r, mut w) = stream.into_split();
+    let mut line = String::new();
+    // A request is one short line; anything longer is not ours.
+    let mut r = BufReader::new(r.take(1024));
+    r.read_line(&mut line).await?;
+    let reply = match Request::parse(&line) {
+        Some(req) => match execute(relay, &req).await {
+            Ok(text) => format!("ok {text}\n"),
+            Err(e) => format!("error {e}\n"),
+        },
+        None => format!("error unknown request {:?}\n", line.trim()),
+    };
+    w.write_all(reply.as_bytes()).await?;
+    w.shutdown().await
+}
+
+/// Sends a request to a running relay. `Ok(None)` when no relay listens on `path`.
+pub async fn request(
+    path: &Path,
+    req: &Request,
+) -> std::io::Result<Option<Result<String, String>>> {
+    let stream = match UnixStream::connect(path).await {
+        Ok(s) => s,
+        Err(e)
+            if matches!(
+                e.kind(),
+                std::io::ErrorKind::NotFound | std::io::ErrorKind::ConnectionRefused
+            ) =>
+        {
+            return Ok(None)
+        }
+        Err(e) => return Err(e),
+    };
+    let (r, mut w) = stream.into_split();
+    w.write_all(format!("{}\n", req.to_line()).as_bytes())
+        .await?;
+    let mut line = String::new();
+    BufReader::new(r).read_line(&mut line).await?;
+    let line = line.trim_end();
+    Ok(Some(match line.split_once(' ') {
+        Some(("ok", text)) => Ok(text.to_string()),
+        Some(("error", text)) => Err(text.to_string()),
+        _ => Err(format!("unexpected reply from the relay: {line:?}")),
+    }))
+}
+
+/// Runs the daily expiry at `expiry_time` (UTC) until shutdown.
+pub async fn expiry_schedule(relay: Arc<Relay>) {
+    let Some(at) = relay.cfg.expiry_minute() else {
+        return;
+    };
+    loop {
+        let now = relay.clock.now();
+        let wait = seconds_until(now, at);
+        tracing::debug!(seconds = wait, "next expiry run");
+        tokio::select! {
+            _ = tokio::time::sleep(std::time::Duration::from_secs(wait)) => {}
+            _ = relay.shutdown.wait() => return,
+        }
+        if let Err(e) = crate::expiry::run(&relay.store, &relay.cfg, &relay.clock, false).await {
+            tracing::error!("daily expiry failed: {e}");
+        }
+        // Never run twice within the same minute.
+        tokio::time::sleep(std::time::Duration::from_secs(61)).await;
+    }
+}
+
+/// Seconds from `now` (Unix time) to the next `minute_of_day` UTC.
+pub fn seconds_until(now: i64, minute_of_day: u32) -> u64 {
+    let day = 86_400i64;
+    let target = minute_of_day as i64 * 60;
+    let into_day = now.rem_euclid(day);
+    let d = if target > into_day {
+        target - into_day
+    } else {
+        day - into_day + target
+    };
+    d as u64
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn next_run_is_later_today_or_tomorrow() {
+        let midnight = 20_000 * 86_400;
+        assert_eq!(seconds_until(midnight, 2), 120);
+        assert_eq!(seconds_until(midnight + 120, 2), 86_400);
+        assert_eq!(seconds_until(midnight + 3600, 2), 86_400 - 3600 + 120);
+    }
+
+    #[test]
+    fn requests_round_trip() {
+        for r in [
+            Request::Expire { dry_run: true },
+            Request::Expire { dry_run: false },
+        ] {
+            assert_eq!(Request::parse(&r.to_line()), Some(r));
+        }
+        assert_eq!(Request::parse("rm -rf /"), None);
+    }
+}
