@@ -7,6 +7,8 @@
 mod data;
 mod path;
 #[cfg(test)]
+mod policy_tests;
+#[cfg(test)]
 mod rcpt_tests;
 mod session;
 mod stream;

@@ -106,6 +106,8 @@ pub enum CrashPoint {
     AfterCommit,
     /// Expunge: after the index commit, before the files are unlinked.
     ExpungeAfterCommit,
+    /// The disk fills up half-way through writing a body (ENOSPC).
+    DiskFull,
 }
 
 struct Inner {

@@ -45,7 +45,13 @@ pub(super) fn write_body(
         .create_new(true)
         .open(&tmp)
         .map_err(io_err(&tmp))?;
-    if let Err(e) = f.write_all(data) {
+    let written = if crash == Some(CrashPoint::DiskFull) {
+        f.write_all(&data[..data.len() / 2])
+            .and(Err(std::io::Error::from_raw_os_error(28)))
+    } else {
+        f.write_all(data)
+    };
+    if let Err(e) = written {
         drop(f);
         let _ = std::fs::remove_file(&tmp);
         return Err(io_err(&tmp)(e));

@@ -269,3 +269,18 @@ async fn read_head_stops_at_the_blank_line() {
     assert_eq!(head, b"From: a@x.org\r\nSubject: s\r\n\r\n");
     assert_eq!(s.read_head(m.body_id, 10).await.unwrap().len(), 10);
 }
+
+#[tokio::test]
+async fn disk_full_leaves_nothing_half_written() {
+    let d = tempfile::tempdir().unwrap();
+    let (s, acc, inbox) = store_with_account(d.path()).await;
+    s.crash_at(Some(CrashPoint::DiskFull));
+    let e = s.deliver(&[acc], body(1)).await.unwrap_err();
+    assert!(e.is_temporary(), "{e}");
+    s.crash_at(None);
+    assert!(s.messages(inbox).unwrap().is_empty());
+    assert_consistent(&s, &[inbox]);
+    // The store goes on working once there is room again.
+    s.deliver(&[acc], body(2)).await.unwrap();
+    assert_consistent(&s, &[inbox]);
+}
