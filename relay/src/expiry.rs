@@ -46,9 +46,7 @@ pub fn expired_messages(cfg: &Config, msgs: &[Message], now: i64) -> Vec<u32> {
     msgs.iter()
         .filter(|m| {
             m.internal_date < old
-                || (m.size > LARGE_MESSAGE
-                    && m.internal_date < large
-                    && m.flags.has(SEEN))
+                || (m.size > LARGE_MESSAGE && m.internal_date < large && m.flags.has(SEEN))
         })
         .map(|m| m.uid)
         .collect()
