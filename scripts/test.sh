@@ -170,6 +170,10 @@ stage_e2e() {
         echo "error: $RELAYBOX_BIN missing (stage build failed or was not run)" >&2
         return 1
     fi
+    if [ ! -x "$VENV/bin/python" ]; then
+        echo "error: tests/.venv missing: run the setup stage first (scripts/test.sh setup e2e)" >&2
+        return 1
+    fi
     mkdir -p "$ARTIFACTS"
     rm -f "$ARTIFACTS/idle_latency.txt"
     local rc=0

@@ -383,3 +383,184 @@ def test_smtps_refuses_tls12(relay):
         with pytest.raises((ssl.SSLError, ConnectionResetError, OSError)):
             with ctx.wrap_socket(raw) as tls:
                 tls.recv(100)
+
+
+# ----------------------------------------------------------------------------------------------
+# What Delta Chat core relies on (shared/reference/deltachat-core.md, items 4-9)
+# ----------------------------------------------------------------------------------------------
+
+for _cmd in ("ID", "GETMETADATA"):
+    imaplib.Commands.setdefault(_cmd, ("NONAUTH", "AUTH", "SELECTED"))
+
+
+def test_select_reports_uidvalidity_and_uidnext(relay):
+    addr, pw = create_account(relay)
+    conn = imap_login(relay, addr, pw)
+    try:
+        typ, _ = conn.select("INBOX")
+        assert typ == "OK"
+        for code in ("UIDVALIDITY", "UIDNEXT", "EXISTS"):
+            typ, data = conn.response(code)
+            assert data and data[0] is not None, f"SELECT INBOX did not report {code}"
+        # core's resync fetch on an empty mailbox: OK and nothing
+        typ, data = conn.uid("FETCH", "1:*", "(UID BODY.PEEK[HEADER.FIELDS (MESSAGE-ID X-MICROSOFT-ORIGINAL-MESSAGE-ID)])")
+        assert typ == "OK", f"UID FETCH 1:* on empty INBOX -> {typ} {data}"
+        assert data in ([None], []), data
+    finally:
+        conn.logout()
+
+
+def test_quota_root_has_matching_quota(relay):
+    """`a root without its QUOTA line is an error` in core (src/quota.rs)."""
+    addr, pw = create_account(relay)
+    conn = imap_login(relay, addr, pw)
+    try:
+        typ, data = conn.getquotaroot("INBOX")
+        assert typ == "OK", f"GETQUOTAROOT INBOX -> {typ} {data}"
+        roots, quotas = data
+        assert roots and roots[0], f"no QUOTAROOT line: {data}"
+        root_words = roots[0].decode().split()
+        assert root_words[0].strip('"').upper() == "INBOX" and len(root_words) >= 2, roots
+        root = root_words[1].strip('"')
+        assert quotas and quotas[0], f"no QUOTA line for root {root!r}: {data}"
+        q = quotas[0].decode()
+        assert q.strip('"').startswith(root) or q.startswith(f'"{root}"'), f"QUOTA {q!r} is not for root {root!r}"
+        assert "STORAGE" in q.upper(), q
+    finally:
+        conn.logout()
+
+
+def test_id_and_getmetadata_are_well_formed(relay):
+    addr, pw = create_account(relay)
+    conn = imap_login(relay, addr, pw)
+    try:
+        typ, data = conn._simple_command("ID", '("name" "Delta Chat")')
+        assert typ == "OK", f"ID -> {typ} {data}"
+        typ, data = conn._untagged_response(typ, data, "ID")
+        assert data and data[0] is not None, "no untagged * ID reply"
+        keys = (
+            "(/shared/comment /shared/admin /shared/vendor/deltachat/irohrelay "
+            "/shared/vendor/deltachat/turn /shared/vendor/deltachat/maxsmtprecipients "
+            "/shared/vendor/deltachat/appversions)"
+        )
+        typ, data = conn._simple_command("GETMETADATA", '""', keys)
+        assert typ == "OK", f"GETMETADATA -> {typ} {data}"
+    finally:
+        conn.logout()
+
+
+def test_store_deleted_then_close_expunges(relay):
+    """Core deletes with UID STORE +FLAGS (\\Deleted) and CLOSE (not EXPUNGE)."""
+    sender, spw = create_account(relay)
+    rcpt, rpw = create_account(relay)
+    for i in range(2):
+        code, text = send_raw(relay, sender, spw, rcpt, build_message(sender, rcpt, body=f"msg {i}"))
+        assert code == 250, f"DATA -> {code} {text!r}"
+    fetch_inbox(relay, rcpt, rpw, want=2)
+    conn = imap_login(relay, rcpt, rpw)
+    try:
+        conn.select("INBOX")
+        typ, data = conn.uid("SEARCH", "ALL")
+        uids = data[0].split()
+        assert len(uids) == 2, uids
+        typ, data = conn.uid("STORE", uids[0], "+FLAGS", "(\\Deleted)")
+        assert typ == "OK", f"UID STORE -> {typ} {data}"
+        typ, data = conn.close()
+        assert typ == "OK", f"CLOSE -> {typ} {data}"
+        conn.select("INBOX")
+        typ, data = conn.uid("SEARCH", "ALL")
+        assert data[0].split() == [uids[1]], f"after CLOSE INBOX has {data[0]!r}, expected only {uids[1]!r}"
+    finally:
+        conn.logout()
+
+
+# ----------------------------------------------------------------------------------------------
+# Restarts: nothing accepted is lost, UIDs are never reused under one UIDVALIDITY
+# ----------------------------------------------------------------------------------------------
+
+
+def _uid_state(relay, addr, pw):
+    conn = imap_login(relay, addr, pw)
+    try:
+        conn.select("INBOX", readonly=True)
+        _, v = conn.response("UIDVALIDITY")
+        _, n = conn.response("UIDNEXT")
+        _, data = conn.uid("SEARCH", "ALL")
+        uids = [int(u) for u in (data[0] or b"").split()]
+        return int(v[0]), int(n[0]), uids
+    finally:
+        conn.logout()
+
+
+@pytest.mark.parametrize("how", ["sigterm", "sigkill"])
+def test_restart_keeps_mail_and_uids(tmp_path, how):
+    from conftest import Relay
+
+    r = Relay(f"restart-{how}", tmp_path / "relay")
+    r.start()
+    try:
+        sender, spw = create_account(r)
+        rcpt, rpw = create_account(r)
+        raws = [build_message(sender, rcpt, body=f"before restart {i}") for i in range(3)]
+        for raw in raws:
+            code, text = send_raw(r, sender, spw, rcpt, raw)
+            assert code == 250, f"DATA -> {code} {text!r}"
+        fetch_inbox(r, rcpt, rpw, want=3)
+        # delete the newest, so a store that derives UIDNEXT from the highest UID would reuse it
+        conn = imap_login(r, rcpt, rpw)
+        conn.select("INBOX")
+        _, data = conn.uid("SEARCH", "ALL")
+        newest = data[0].split()[-1]
+        conn.uid("STORE", newest, "+FLAGS", "(\\Deleted)")
+        conn.close()
+        conn.logout()
+        validity, uidnext, uids = _uid_state(r, rcpt, rpw)
+        assert len(uids) == 2 and uidnext > int(newest), (uidnext, uids, newest)
+        last = None
+        if how == "sigkill":
+            # a message acknowledged with 250 must survive a kill right after the reply
+            last = build_message(sender, rcpt, body="acknowledged just before the kill")
+            code, text = send_raw(r, sender, spw, rcpt, last)
+            assert code == 250, f"DATA -> {code} {text!r}"
+            r.proc.kill()
+            r.proc.wait(timeout=10)
+        else:
+            assert r.stop() == 0, f"relay exit code after SIGTERM: {r.proc.returncode}\n{r.stderr()[-3000:]}"
+
+        r2 = Relay(f"restart-{how}-2", tmp_path / "relay", ip=r.ip, offset=r.offset)
+        r2.stderr_path = tmp_path / "relay" / "relay2.stderr.log"
+        r2.stdout_path = tmp_path / "relay" / "relay2.stdout.log"
+        r2.start()
+        try:
+            if last is not None:
+                got = fetch_inbox(r2, rcpt, rpw, want=3)
+                assert body_of(last) in [body_of(m) for m in got], "the acknowledged message was lost in the kill"
+                validity, uidnext, uids = _uid_state(r2, rcpt, rpw)
+                raws = raws[:2] + [last]
+            else:
+                raws = raws[:2]
+            validity2, uidnext2, uids2 = _uid_state(r2, rcpt, rpw)
+            assert uids2 == uids, f"messages after restart {uids2}, before {uids}"
+            if validity2 == validity:
+                assert uidnext2 >= uidnext, f"UIDNEXT went back from {uidnext} to {uidnext2} under one UIDVALIDITY"
+            got = fetch_inbox(r2, rcpt, rpw, want=len(raws))
+            assert sorted(body_of(m) for m in got) == sorted(body_of(x) for x in raws)
+            raw = build_message(sender, rcpt, body="after restart")
+            code, text = send_raw(r2, sender, spw, rcpt, raw)
+            assert code == 250, f"DATA after restart -> {code} {text!r}"
+            fetch_inbox(r2, rcpt, rpw, want=len(raws) + 1)
+            validity3, _, uids3 = _uid_state(r2, rcpt, rpw)
+            new = [u for u in uids3 if u not in uids]
+            assert len(new) == 1, uids3
+            if validity3 == validity:
+                assert new[0] >= uidnext, f"new message got UID {new[0]}, but UIDNEXT was {uidnext} before restart"
+        except BaseException:
+            r2.keep_logs(f"restart-{how}-2")
+            raise
+        finally:
+            r2.stop()
+    except BaseException:
+        r.keep_logs(f"restart-{how}")
+        raise
+    finally:
+        r.stop()
