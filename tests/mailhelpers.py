@@ -22,7 +22,9 @@ import time
 import uuid
 from pathlib import Path
 
-REQUIRE_ENCRYPTION = os.environ.get("RELAYBOX_TEST_MAIL", "plain") == "encrypted"
+# The relay refuses unencrypted mail (523), so test messages are built in the encrypted shape
+# unless a test asks for plain text (RELAYBOX_TEST_MAIL=plain builds plain ones by default).
+REQUIRE_ENCRYPTION = os.environ.get("RELAYBOX_TEST_MAIL", "encrypted") == "encrypted"
 
 CRLF = b"\r\n"
 
@@ -85,8 +87,15 @@ def _crc24(data: bytes) -> int:
     return crc & 0xFFFFFF
 
 
-def fake_pgp_armored(payload_size: int = 300) -> bytes:
-    """An ASCII-armored PGP MESSAGE: one PKESK (tag 1) then one SEIPD (tag 18), random contents."""
+def fake_pgp_armored(payload_size: int = 300, literal: bool = False) -> bytes:
+    """An ASCII-armored PGP MESSAGE: one PKESK (tag 1) then one SEIPD (tag 18), random contents.
+    With `literal`, the payload is a literal-data packet (tag 11) instead: readable by anyone,
+    so the relay must refuse it."""
+    if literal:
+        data = _pgp_packet(11, b"b\x00\x00\x00\x00\x00" + b"cleartext in a PGP wrapper\r\n")
+        b64 = base64.b64encode(data)
+        crc = base64.b64encode(_crc24(data).to_bytes(3, "big"))
+        return b"-----BEGIN PGP MESSAGE-----\r\n\r\n" + b64 + b"\r\n=" + crc + b"\r\n-----END PGP MESSAGE-----\r\n"
     pkesk = _pgp_packet(1, b"\x03" + secrets.token_bytes(8) + b"\x01" + b"\x08\x00" + secrets.token_bytes(256))
     seipd = _pgp_packet(18, b"\x01" + secrets.token_bytes(payload_size))
     data = pkesk + seipd
@@ -115,6 +124,7 @@ def build_message(
     encrypted: bool | None = None,
     header_from: str | None = None,
     extra_headers: dict | None = None,
+    payload: bytes | None = None,
 ) -> bytes:
     """Return a raw RFC 5322 message (CRLF line ends, not dot-stuffed).
 
@@ -162,7 +172,7 @@ def build_message(
         + b"Content-Description: OpenPGP encrypted message" + CRLF
         + b'Content-Disposition: inline; filename="encrypted.asc"' + CRLF
         + CRLF
-        + fake_pgp_armored()
+        + (payload if payload is not None else fake_pgp_armored())
         + CRLF
         + b"--" + b + b"--" + CRLF
     )
