@@ -51,7 +51,7 @@ pub fn is_encrypted(msg: &Message, dir: Direction) -> bool {
     if !is_type(p1, "application", "pgp-encrypted") {
         return false;
     }
-    if trim(p1.contents()) != b"Version: 1" {
+    if trimmed_text(p1.contents()) != "Version: 1" {
         return false;
     }
     if !is_type(p2, "application", "octet-stream") {
@@ -60,17 +60,10 @@ pub fn is_encrypted(msg: &Message, dir: Direction) -> bool {
     is_armored_pgp_message(p2.contents(), dir)
 }
 
-fn trim(b: &[u8]) -> &[u8] {
-    let s = b
-        .iter()
-        .position(|c| !c.is_ascii_whitespace())
-        .unwrap_or(b.len());
-    let e = b
-        .iter()
-        .rposition(|c| !c.is_ascii_whitespace())
-        .map(|i| i + 1)
-        .unwrap_or(s);
-    &b[s..e.max(s)]
+/// A decoded body as the reference compares it: text, trimmed with `str::trim` (Unicode
+/// whitespace, so a vertical tab counts, which `u8::is_ascii_whitespace` does not).
+fn trimmed_text(b: &[u8]) -> String {
+    String::from_utf8_lossy(b).trim().to_string()
 }
 
 /// The armor check: BEGIN line with CRLF, END line, optional `Version:` header (refused going
@@ -101,16 +94,24 @@ pub fn is_armored_pgp_message(payload: &[u8], dir: Direction) -> bool {
     // The CRC24 line (`=XXXX`) is optional in RFC 9580. The reference cuts at the last `=`,
     // which also eats base64 padding when there is no CRC line; we cut only a line that starts
     // with `=` and accept padded or unpadded base64, so valid messages without CRC pass too.
-    let mut lines: Vec<&[u8]> = body
+    // The reference removes every CR and LF before decoding, not just line ends.
+    let mut lines: Vec<Vec<u8>> = body
         .split(|&b| b == b'\n')
-        .map(|l| l.strip_suffix(b"\r").unwrap_or(l))
+        .map(|l| {
+            l.iter()
+                .copied()
+                .filter(|&b| b != b'\r')
+                .collect::<Vec<u8>>()
+        })
         .filter(|l| !l.is_empty())
         .collect();
     if lines.last().is_some_and(|l| l.starts_with(b"=")) {
         lines.pop();
     }
     let b64: Vec<u8> = lines.concat();
-    if b64.is_empty() {
+    // Unpadded base64 is fine, but padding that is there must be complete, as standard base64
+    // (the reference's decoder) wants it; `Indifferent` alone would take "QQ=".
+    if b64.is_empty() || (b64.ends_with(b"=") && !b64.len().is_multiple_of(4)) {
         return false;
     }
     let engine = GeneralPurpose::new(
@@ -215,7 +216,7 @@ pub fn is_securejoin(msg: &Message) -> bool {
     if p.is_multipart() || !is_type(p, "text", "plain") {
         return false;
     }
-    let body = String::from_utf8_lossy(trim(p.contents())).to_ascii_lowercase();
+    let body = trimmed_text(p.contents()).to_lowercase();
     body == format!("secure-join: {step}")
 }
 
@@ -291,5 +292,64 @@ mod tests {
         assert!(is_valid_packet_sequence(&partial));
         // A partial chain that runs past the end.
         assert!(!is_valid_packet_sequence(&[0xC0 | 18, 224 + 20, 0]));
+    }
+
+    fn armored(data: &[u8], crc: bool) -> String {
+        use base64::engine::general_purpose::STANDARD;
+        let mut s = String::from("-----BEGIN PGP MESSAGE-----\r\n\r\n");
+        s.push_str(&STANDARD.encode(data));
+        s.push_str("\r\n");
+        if crc {
+            s.push_str("=AAAA\r\n");
+        }
+        s.push_str("-----END PGP MESSAGE-----\r\n");
+        s
+    }
+
+    /// Found by the property tests against the oracle (relay/tests/gate_props.rs): the reference
+    /// removes every CR before decoding, not only those at line ends.
+    #[test]
+    fn stray_cr_in_the_base64_is_removed() {
+        let seq = [new_hdr(1, 20), new_hdr(18, 31)].concat();
+        let a = armored(&seq, true).replacen("\r\n\r\n", "\r\n\r\n\r", 1);
+        assert!(is_armored_pgp_message(a.as_bytes(), Direction::Outgoing));
+    }
+
+    /// Found by the property tests: padding may be left out, but partial padding is not base64.
+    #[test]
+    fn base64_padding_complete_or_absent() {
+        // 22 + 33 = 55 bytes, 55 % 3 == 1: the base64 ends in "==".
+        let seq = [new_hdr(1, 20), new_hdr(18, 31)].concat();
+        assert_eq!(seq.len() % 3, 1, "needs '==' padding");
+        let full = armored(&seq, false);
+        assert!(full.contains("==\r\n"));
+        assert!(is_armored_pgp_message(full.as_bytes(), Direction::Incoming));
+        let none = full.replace("==\r\n", "\r\n");
+        assert!(is_armored_pgp_message(none.as_bytes(), Direction::Incoming));
+        let half = full.replace("==\r\n", "=\r\n");
+        assert!(!is_armored_pgp_message(
+            half.as_bytes(),
+            Direction::Incoming
+        ));
+        // With a CRC line too.
+        let half_crc = armored(&seq, true).replace("==\r\n", "=\r\n");
+        assert!(!is_armored_pgp_message(
+            half_crc.as_bytes(),
+            Direction::Incoming
+        ));
+    }
+
+    /// Found by the property tests: "Version: 1" is compared after `str::trim`, which also
+    /// removes a vertical tab (the reference trims the decoded body the same way).
+    #[test]
+    fn version_part_trimmed_like_a_str() {
+        let m = crate::policy::testmsg::encrypted("a@x.org", "b@x.org");
+        let m = String::from_utf8(m)
+            .unwrap()
+            .replacen("Version: 1\r\n", "Version: 1\x0b\r\n", 1);
+        let msg = mail_parser::MessageParser::new()
+            .parse(m.as_bytes())
+            .unwrap();
+        assert!(is_encrypted(&msg, Direction::Outgoing));
     }
 }
