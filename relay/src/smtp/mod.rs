@@ -9,6 +9,8 @@ mod path;
 #[cfg(test)]
 mod policy_tests;
 #[cfg(test)]
+mod prop_tests;
+#[cfg(test)]
 mod rcpt_tests;
 mod session;
 mod stream;
