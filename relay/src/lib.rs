@@ -10,6 +10,8 @@ pub mod config;
 pub mod control;
 pub mod delivery;
 pub mod expiry;
+#[doc(hidden)]
+pub mod fuzzing;
 pub mod imap;
 pub mod net;
 pub mod policy;

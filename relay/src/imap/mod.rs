@@ -140,3 +140,16 @@ async fn connection(relay: Arc<Relay>, tcp: TcpStream, implicit_tls: bool) {
         }
     }
 }
+
+/// One session over any byte stream, for the fuzz targets (`fuzz/`): greeting, then commands
+/// until the client leaves or STARTTLS is accepted (no handshake here; with `tls` the session
+/// behaves as on port 993).
+#[doc(hidden)]
+pub async fn run_session<S>(relay: Arc<Relay>, tls: bool, stream: S)
+where
+    S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin,
+{
+    let mut session = Session::new(relay, tls, !tls);
+    let mut io = io::Framed::new(stream);
+    let _ = session.run(&mut io, true).await;
+}

@@ -163,3 +163,22 @@ async fn tls_accept(relay: &Relay, tcp: TcpStream, kind: Kind) -> Option<Conn> {
         }
     }
 }
+
+/// One session over any byte stream, for the fuzz targets (`fuzz/`): greeting, then commands
+/// until the client closes, the session ends or STARTTLS is accepted (no handshake here; with
+/// `tls` the session behaves as after one). No pause after failed logins; `timeout` bounds each
+/// read and write.
+#[doc(hidden)]
+pub async fn run_session<S>(relay: Arc<Relay>, kind: Kind, tls: bool, stream: S, timeout: Duration)
+where
+    S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin,
+{
+    let limits = Limits {
+        auth_fail_delay: Duration::ZERO,
+    };
+    let mut session = Session::new(relay, kind, tls, limits);
+    let mut io = SmtpStream::new(stream, timeout);
+    session.greet(&mut io);
+    let _ = session.run(&mut io).await;
+    io.shutdown().await;
+}

@@ -1,0 +1,88 @@
+//! Entry points for the fuzz targets in `fuzz/` (cargo-fuzz). Not an API: it exists so the
+//! targets can build a relay on a temporary directory and drive the SMTP and IMAP sessions over
+//! an in-memory stream, and reach the pure gate functions.
+
+use crate::accounts::Accounts;
+use crate::clock::Clock;
+use crate::config::{ByteSize, Config};
+use crate::delivery::Delivery;
+use crate::net::Shutdown;
+use crate::store::Store;
+use crate::tls::TlsConfigs;
+use crate::Relay;
+use std::path::Path;
+use std::sync::Arc;
+
+pub use crate::imap::run_session as imap_session;
+pub use crate::policy::gate::{is_armored_pgp_message, is_valid_packet_sequence};
+pub use crate::policy::{
+    check_incoming, check_outgoing, check_outgoing_kind, from_address, Direction, Envelope,
+    MailKind, Verdict,
+};
+pub use crate::smtp::{run_session as smtp_session, Kind as SmtpKind};
+
+/// The account the targets log in as, and a second one to send to.
+pub const USER: &str = "abcdefghi@[127.0.0.1]";
+pub const PASS: &str = "password1";
+pub const RCPT: &str = "rcptuser1@[127.0.0.1]";
+pub const RCPT_PASS: &str = "password2";
+
+/// A relay for the domain `[127.0.0.1]` with its data in `dir`: load and disk checks off, send
+/// rate unlimited, messages up to 256 KiB; `USER` and `RCPT` exist.
+pub async fn relay(dir: &Path) -> anyhow::Result<Arc<Relay>> {
+    let mut cfg = Config::with_domain("[127.0.0.1]", dir)?;
+    cfg.max_load_1m = 1e9;
+    cfg.min_available_memory = ByteSize(0);
+    cfg.min_free_disk_space = ByteSize(0);
+    cfg.max_user_send_per_minute = u32::MAX / 2;
+    cfg.max_user_send_burst_size = u32::MAX / 2;
+    cfg.max_message_size = 256 * 1024;
+    let cfg = Arc::new(cfg);
+    let store = Store::open(&dir.join("store"))?;
+    let relay = Arc::new(Relay {
+        accounts: Accounts::new(cfg.clone(), store.clone(), Clock::system()),
+        delivery: Delivery::new(cfg.clone(), store.clone(), Clock::system()),
+        tls: TlsConfigs::load(&cfg)?,
+        clock: Clock::system(),
+        shutdown: Shutdown::new(),
+        store,
+        cfg,
+    });
+    relay.accounts.login(USER, PASS).await?;
+    relay.accounts.login(RCPT, RCPT_PASS).await?;
+    Ok(relay)
+}
+
+/// Brings the store back to the state `relay` left it in: only `USER` and `RCPT`, each with an
+/// empty INBOX and nothing else, so that every fuzz input starts alike (otherwise delivered and
+/// APPENDed messages and LOGIN-created accounts pile up, later inputs get slower and the run
+/// stops being reproducible). Writes only what changed, and keeps the two accounts (creating
+/// one hashes a password).
+pub async fn reset(relay: &Relay) -> anyhow::Result<()> {
+    for a in relay.store.accounts()? {
+        if a.addr != USER && a.addr != RCPT {
+            relay.store.delete_account(a.id).await?;
+            continue;
+        }
+        for m in relay.store.mailboxes(a.id)? {
+            if m.name != "INBOX" {
+                relay.store.delete_mailbox(a.id, &m.name).await?;
+                continue;
+            }
+            let uids: Vec<u32> = relay.store.messages(m.id)?.iter().map(|m| m.uid).collect();
+            if !uids.is_empty() {
+                relay.store.remove_messages(m.id, uids).await?;
+            }
+        }
+    }
+    for (addr, pass) in [(USER, PASS), (RCPT, RCPT_PASS)] {
+        let id = match relay.store.account(addr)? {
+            Some(a) => a.id,
+            None => relay.accounts.login(addr, pass).await?.account.id,
+        };
+        if relay.store.mailbox(id, "INBOX")?.is_none() {
+            relay.store.create_mailbox(id, "INBOX").await?;
+        }
+    }
+    Ok(())
+}
