@@ -75,6 +75,30 @@ fn every_fixture_gets_its_verdict() {
     assert!(failures.is_empty(), "{}", failures.join("\n"));
 }
 
+/// The outgoing header cleanup (Subject → `[...]`, trace headers dropped) keeps an accepted
+/// encrypted or Secure-Join message what it was. The setup message is the exception, as in the
+/// reference (its reinjection rewrites every Subject): the gate fuzz target's first "crash" was
+/// asm-self.eml under a harness assertion that expected the cleaned copy to pass again.
+#[test]
+fn cleanup_keeps_what_an_accepted_message_is() {
+    use relaybox::policy::{check_outgoing_kind, MailKind, Verdict};
+    for name in eml_files() {
+        let data = std::fs::read(fixtures_dir().join(&name)).unwrap();
+        let env = envelope_for(&data);
+        let (Verdict::Accept(out), kind) = check_outgoing_kind(&env, &data) else {
+            continue;
+        };
+        let again = check_outgoing_kind(&env, &out).1;
+        if kind == MailKind::SetupMessage {
+            assert_eq!(name, "asm-self.eml");
+            assert_eq!(again, MailKind::Unencrypted);
+            assert!(String::from_utf8_lossy(&out).contains("\r\nSubject: [...]\r\n"));
+        } else {
+            assert_eq!(again, kind, "{name}");
+        }
+    }
+}
+
 /// LF-only fixtures are the ones about LF; every other fixture has CRLF line ends only.
 #[test]
 fn fixtures_use_crlf() {
