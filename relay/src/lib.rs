@@ -9,6 +9,7 @@ pub mod clock;
 pub mod config;
 pub mod control;
 pub mod delivery;
+pub mod dns;
 pub mod expiry;
 pub mod imap;
 pub mod net;
