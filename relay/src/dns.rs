@@ -8,6 +8,8 @@
 //! Errors keep what the delivery queue needs to know: NXDOMAIN is permanent, everything that might
 //! go away on retry (timeout, SERVFAIL, REFUSED, an unreachable server) is temporary.
 
+pub mod records;
+
 use hickory_resolver::config::{
     ConnectionConfig, NameServerConfig, ResolveHosts, ResolverConfig, ResolverOpts,
 };
@@ -64,7 +66,7 @@ pub enum Mx {
 const KEY_CACHE_ENTRIES: usize = 1000;
 
 /// mail-auth's cache of parsed TXT records (DKIM keys), bounded and honouring each record's TTL.
-/// Pinned entries (tests, see [`Dns::pin_txt`]) never expire and are looked at first.
+/// Pinned entries (tests, see [`Dns::pin_dkim_key`]) never expire and are looked at first.
 pub struct KeyCache {
     entries: Mutex<HashMap<Box<str>, (Txt, Instant)>>,
     pinned: Mutex<HashMap<Box<str>, Txt>>,

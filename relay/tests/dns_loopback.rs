@@ -1,8 +1,9 @@
-//! The resolver against a real DNS server: dnsmasq on a loopback
+//! The resolver and the DKIM origin check against a real DNS server: dnsmasq on a loopback
 //! address serving a small zone. Skipped, with a notice, when dnsmasq is not installed
 //! (Debian package `dnsmasq-base`).
 
 use relaybox::config::Config;
+use relaybox::dkim::{self, Dkim};
 use relaybox::dns::{Dns, Mx};
 use std::net::{IpAddr, SocketAddr};
 use std::path::PathBuf;
@@ -175,4 +176,43 @@ async fn names_outside_the_served_zone_fail_temporarily() {
     // No upstream: dnsmasq refuses, which says nothing about the domain itself.
     let e = dns.mx("example.org").await.unwrap_err();
     assert!(e.is_temporary(), "{e}");
+}
+
+/// A message signed by a.test verifies through the key published in DNS, split into 255-byte
+/// strings as a real zone holds it.
+#[tokio::test]
+async fn dkim_key_published_in_dns_verifies_the_signature() {
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = Config::with_domain("a.test", dir.path()).unwrap();
+    let key = Dkim::key_path(&cfg);
+    std::fs::create_dir_all(key.parent().unwrap()).unwrap();
+    std::fs::write(&key, include_str!("data/dkim-pkcs1.pem")).unwrap();
+    let signer = Dkim::load(&cfg).unwrap();
+    let record = signer.txt_record().unwrap();
+    assert!(record.len() > 255);
+    let Some(server) = dnsmasq(&[format!("--txt-record=opendkim._domainkey.a.test,{record}")])
+    else {
+        return;
+    };
+    let (_, dns) = resolver(&server, dir.path(), "b.test");
+    let msg = b"From: <alice@a.test>\r\nTo: <bob@b.test>\r\nSubject: [...]\r\n\r\nhello\r\n";
+    let signed = signer.sign(msg).unwrap();
+    assert_eq!(dkim::verify_origin(&dns, &signed).await, Ok(()));
+    // The same signature claimed for another From domain is not aligned.
+    let forged = String::from_utf8(signed)
+        .unwrap()
+        .replace("From: <alice@a.test>", "From: <alice@c.test>");
+    let r = dkim::verify_origin(&dns, forged.as_bytes())
+        .await
+        .unwrap_err();
+    assert_eq!(r.to_string(), "554 5.7.1 No valid DKIM signature found");
+    // A selector without a record (NXDOMAIN) is a permanent failure.
+    let (_, dns_b) = resolver(&server, dir.path(), "b.test");
+    let mut other_cfg = cfg.clone();
+    other_cfg.dkim_selector = "missing".into();
+    let other_key = Dkim::key_path(&other_cfg);
+    std::fs::copy(&key, &other_key).unwrap();
+    let unpublished = Dkim::load(&other_cfg).unwrap().sign(msg).unwrap();
+    let r = dkim::verify_origin(&dns_b, &unpublished).await.unwrap_err();
+    assert_eq!(r.to_string(), "554 5.7.1 No valid DKIM signature found");
 }
