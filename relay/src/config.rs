@@ -184,6 +184,14 @@ pub struct Config {
     /// When the daily expiry runs, as `HH:MM` in UTC (the reference's timer runs at 00:02).
     #[serde(default = "d_expiry_time")]
     pub expiry_time: String,
+    /// DNS servers for MX, address and DKIM key lookups, each asked over UDP and TCP. Empty: the
+    /// system resolver from `/etc/resolv.conf`. Tests point this at a loopback server.
+    #[serde(default)]
+    pub dns_servers: Vec<SocketAddr>,
+    /// The DKIM selector: the key is published at `<selector>._domainkey.<mail_domain>`. The
+    /// default is the reference's, so a migrated relay keeps its DNS record.
+    #[serde(default = "d_dkim_selector")]
+    pub dkim_selector: String,
 
     #[serde(default)]
     pub privacy_postal: String,
@@ -195,6 +203,9 @@ pub struct Config {
     pub privacy_supervisor: String,
 }
 
+fn d_dkim_selector() -> String {
+    "opendkim".into()
+}
 fn d_expiry_time() -> String {
     "00:02".into()
 }
@@ -333,6 +344,23 @@ impl Config {
                 ),
             );
         }
+        // The selector becomes a DNS label and a file name (`<data_dir>/dkim/<selector>.key`).
+        let selector_ok = !self.dkim_selector.is_empty()
+            && self.dkim_selector.len() <= 63
+            && self
+                .dkim_selector
+                .bytes()
+                .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
+            && !self.dkim_selector.starts_with('-');
+        if !selector_ok {
+            return invalid(
+                "dkim_selector",
+                format!(
+                    "expected one DNS label of letters, digits, '-' or '_' like \"opendkim\", got {:?}",
+                    self.dkim_selector
+                ),
+            );
+        }
         match (&self.tls_cert, &self.tls_key) {
             (Some(_), None) | (None, Some(_)) => {
                 return invalid(
@@ -458,6 +486,32 @@ mod tests {
         assert_eq!(c.min_free_disk_space, ByteSize(1 << 30));
         assert_eq!(c.min_available_memory, ByteSize(200 << 20));
         assert!(!c.is_ip_literal());
+        assert!(c.dns_servers.is_empty());
+        assert_eq!(c.dkim_selector, "opendkim");
+    }
+
+    #[test]
+    fn dns_servers_and_dkim_selector_are_read_and_checked() {
+        let c = parse(
+            "mail_domain = \"a.org\"\ndns_servers = [\"127.0.0.53:5353\", \"[::1]:53\"]\ndkim_selector = \"2024\"",
+        )
+        .unwrap();
+        assert_eq!(
+            c.dns_servers,
+            vec![
+                "127.0.0.53:5353".parse().unwrap(),
+                "[::1]:53".parse().unwrap()
+            ]
+        );
+        assert_eq!(c.dkim_selector, "2024");
+        let e = parse("mail_domain = \"a.org\"\ndns_servers = [\"127.0.0.53\"]")
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("dns_servers"), "{e}");
+        let e = parse("mail_domain = \"a.org\"\ndkim_selector = \"../key\"")
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("dkim_selector"), "{e}");
     }
 
     #[test]

@@ -9,6 +9,8 @@ pub mod clock;
 pub mod config;
 pub mod control;
 pub mod delivery;
+pub mod dkim;
+pub mod dns;
 pub mod expiry;
 #[doc(hidden)]
 pub mod fuzzing;

@@ -45,6 +45,16 @@ enum Cmd {
         #[arg(long)]
         dry_run: bool,
     },
+    /// Print the DNS records to publish for the mail domain, the DKIM key's included. Only
+    /// reads the key file, so it is safe beside a running relay.
+    Dns {
+        /// The relay's config file (default: the dev data directory).
+        #[arg(long, conflicts_with = "data")]
+        config: Option<PathBuf>,
+        /// The data directory of a `relaybox dev` relay.
+        #[arg(long, default_value = "relaybox-data")]
+        data: PathBuf,
+    },
 }
 
 fn init_logging() {
@@ -99,6 +109,17 @@ fn main() -> anyhow::Result<()> {
             };
             rt.block_on(expire(cfg, dry_run))
         }
+        Cmd::Dns { config, data } => match config {
+            Some(path) => print_dns(&Config::load(&path)?),
+            None => {
+                println!(
+                    "{}: a relaybox dev relay has an IP-literal domain; no DNS records are \
+                     needed, and its mail is not DKIM-signed.",
+                    data.display()
+                );
+                Ok(())
+            }
+        },
         Cmd::Serve { config } => {
             let cfg = Config::load(&config)?;
             let relay = relaybox::server::build(cfg)?;
@@ -132,6 +153,35 @@ async fn expire(cfg: Config, dry_run: bool) -> anyhow::Result<()> {
     let clock = relaybox::clock::Clock::system();
     let report = relaybox::expiry::run(&store, &cfg, &clock, dry_run).await?;
     println!("{}{report}", if dry_run { "dry run: " } else { "" });
+    Ok(())
+}
+
+fn print_dns(cfg: &Config) -> anyhow::Result<()> {
+    if cfg.is_ip_literal() {
+        println!(
+            "{} is an IP literal: no DNS records are needed, and mail is not DKIM-signed.",
+            cfg.mail_domain
+        );
+        return Ok(());
+    }
+    // `load`, not `load_or_create`: run as another user (root), creating the key here would
+    // leave the relay a file it cannot read.
+    let dkim = relaybox::dkim::Dkim::load(cfg).with_context(|| {
+        format!(
+            "no usable DKIM key yet; start the relay once (`relaybox serve`), it creates {}",
+            relaybox::dkim::Dkim::key_path(cfg).display()
+        )
+    })?;
+    let secs = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs());
+    let mta_sts_id = chrono::DateTime::from_timestamp(i64::try_from(secs).unwrap_or(0), 0)
+        .map(|t| t.format("%Y%m%d%H%M").to_string())
+        .unwrap_or_default();
+    print!(
+        "{}",
+        relaybox::dns::records::zone_text(&cfg.mail_domain, &dkim, &mta_sts_id)
+    );
     Ok(())
 }
 

@@ -1,0 +1,218 @@
+//! The resolver and the DKIM origin check against a real DNS server: dnsmasq on a loopback
+//! address serving a small zone. Skipped, with a notice, when dnsmasq is not installed
+//! (Debian package `dnsmasq-base`).
+
+use relaybox::config::Config;
+use relaybox::dkim::{self, Dkim};
+use relaybox::dns::{Dns, Mx};
+use std::net::{IpAddr, SocketAddr};
+use std::path::PathBuf;
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+const LISTEN: &str = "127.0.0.53";
+
+struct Dnsmasq {
+    child: Child,
+    addr: SocketAddr,
+}
+
+impl Drop for Dnsmasq {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// dnsmasq lives in /usr/sbin on Debian, which is not on every user's PATH.
+fn find_dnsmasq() -> Option<PathBuf> {
+    let path = std::env::var_os("PATH").unwrap_or_default();
+    std::env::split_paths(&path)
+        .chain(["/usr/sbin".into(), "/sbin".into()])
+        .map(|d| d.join("dnsmasq"))
+        .find(|p| p.is_file())
+}
+
+/// A port free for both UDP and TCP on the loopback address (dnsmasq serves both).
+fn free_port() -> u16 {
+    loop {
+        let udp = std::net::UdpSocket::bind((LISTEN, 0)).unwrap();
+        let port = udp.local_addr().unwrap().port();
+        if std::net::TcpListener::bind((LISTEN, port)).is_ok() {
+            return port;
+        }
+    }
+}
+
+/// Starts dnsmasq answering for `.test` from `records` only (anything else in `.test` is
+/// NXDOMAIN); `None` when dnsmasq is not installed.
+fn dnsmasq(records: &[String]) -> Option<Dnsmasq> {
+    let Some(bin) = find_dnsmasq() else {
+        eprintln!("SKIPPED: dnsmasq not found (install the Debian package dnsmasq-base)");
+        return None;
+    };
+    let port = free_port();
+    let child = Command::new(bin)
+        .args([
+            "--no-daemon",
+            "--conf-file=/dev/null",
+            "--pid-file=",
+            "--no-resolv",
+            "--no-hosts",
+            "--bind-interfaces",
+            "--local=/test/",
+            &format!("--listen-address={LISTEN}"),
+            &format!("--port={port}"),
+        ])
+        .args(records)
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let addr = SocketAddr::new(LISTEN.parse().unwrap(), port);
+    let server = Dnsmasq { child, addr };
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while std::net::TcpStream::connect(addr).is_err() {
+        assert!(Instant::now() < deadline, "dnsmasq did not start on {addr}");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    Some(server)
+}
+
+fn resolver(server: &Dnsmasq, data_dir: &std::path::Path, domain: &str) -> (Config, Dns) {
+    let mut cfg = Config::with_domain(domain, data_dir).unwrap();
+    cfg.dns_servers = vec![server.addr];
+    let dns = Dns::new(&cfg).unwrap();
+    (cfg, dns)
+}
+
+fn zone() -> Vec<String> {
+    [
+        "--mx-host=mx.test,b.mx.test,20",
+        "--mx-host=mx.test,a.mx.test,10",
+        "--mx-host=nullmx.test,.,0",
+        "--host-record=implicit.test,127.0.0.7,::7",
+        "--host-record=v4only.test,127.0.0.8",
+        "--txt-record=txt.test,v=spf1 a ~all",
+        "--txt-record=two.test,first",
+        "--txt-record=two.test,second",
+    ]
+    .iter()
+    .map(|s| s.to_string())
+    .chain([format!("--txt-record=long.test,{}", "a".repeat(300))])
+    .collect()
+}
+
+#[tokio::test]
+async fn mx_answers_are_sorted_null_implicit_or_nxdomain() {
+    let Some(server) = dnsmasq(&zone()) else {
+        return;
+    };
+    let dir = tempfile::tempdir().unwrap();
+    let (_, dns) = resolver(&server, dir.path(), "relay.test");
+    assert_eq!(
+        dns.mx("mx.test").await.unwrap(),
+        Mx::Hosts(vec!["a.mx.test".into(), "b.mx.test".into()])
+    );
+    assert_eq!(
+        dns.mx("MX.test.").await.unwrap(),
+        dns.mx("mx.test").await.unwrap()
+    );
+    assert_eq!(dns.mx("nullmx.test").await.unwrap(), Mx::Null);
+    assert_eq!(
+        dns.mx("implicit.test").await.unwrap(),
+        Mx::Hosts(vec!["implicit.test".into()])
+    );
+    assert_eq!(dns.mx("nothere.test").await.unwrap(), Mx::NoDomain);
+}
+
+#[tokio::test]
+async fn addresses_of_both_families() {
+    let Some(server) = dnsmasq(&zone()) else {
+        return;
+    };
+    let dir = tempfile::tempdir().unwrap();
+    let (_, dns) = resolver(&server, dir.path(), "relay.test");
+    let ip = |s: &str| s.parse::<IpAddr>().unwrap();
+    assert_eq!(
+        dns.ips("implicit.test").await.unwrap(),
+        vec![ip("127.0.0.7"), ip("::7")]
+    );
+    assert_eq!(dns.ips("v4only.test").await.unwrap(), vec![ip("127.0.0.8")]);
+    // The name exists (it has TXT) but has no address.
+    assert_eq!(dns.ips("txt.test").await.unwrap(), Vec::<IpAddr>::new());
+    let e = dns.ips("nothere.test").await.unwrap_err();
+    assert!(!e.is_temporary(), "{e}");
+}
+
+#[tokio::test]
+async fn txt_records_are_joined_per_record() {
+    let Some(server) = dnsmasq(&zone()) else {
+        return;
+    };
+    let dir = tempfile::tempdir().unwrap();
+    let (_, dns) = resolver(&server, dir.path(), "relay.test");
+    assert_eq!(dns.txt("txt.test").await.unwrap(), vec!["v=spf1 a ~all"]);
+    // dnsmasq splits a long text into 255-byte strings; they come back as one.
+    assert_eq!(dns.txt("long.test").await.unwrap(), vec!["a".repeat(300)]);
+    let mut two = dns.txt("two.test").await.unwrap();
+    two.sort();
+    assert_eq!(two, vec!["first", "second"]);
+    assert_eq!(
+        dns.txt("implicit.test").await.unwrap(),
+        Vec::<String>::new()
+    );
+    let e = dns.txt("nothere.test").await.unwrap_err();
+    assert!(!e.is_temporary(), "{e}");
+}
+
+#[tokio::test]
+async fn names_outside_the_served_zone_fail_temporarily() {
+    let Some(server) = dnsmasq(&zone()) else {
+        return;
+    };
+    let dir = tempfile::tempdir().unwrap();
+    let (_, dns) = resolver(&server, dir.path(), "relay.test");
+    // No upstream: dnsmasq refuses, which says nothing about the domain itself.
+    let e = dns.mx("example.org").await.unwrap_err();
+    assert!(e.is_temporary(), "{e}");
+}
+
+/// A message signed by a.test verifies through the key published in DNS, split into 255-byte
+/// strings as a real zone holds it.
+#[tokio::test]
+async fn dkim_key_published_in_dns_verifies_the_signature() {
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = Config::with_domain("a.test", dir.path()).unwrap();
+    let key = Dkim::key_path(&cfg);
+    std::fs::create_dir_all(key.parent().unwrap()).unwrap();
+    std::fs::write(&key, include_str!("data/dkim-pkcs1.pem")).unwrap();
+    let signer = Dkim::load(&cfg).unwrap();
+    let record = signer.txt_record().unwrap();
+    assert!(record.len() > 255);
+    let Some(server) = dnsmasq(&[format!("--txt-record=opendkim._domainkey.a.test,{record}")])
+    else {
+        return;
+    };
+    let (_, dns) = resolver(&server, dir.path(), "b.test");
+    let msg = b"From: <alice@a.test>\r\nTo: <bob@b.test>\r\nSubject: [...]\r\n\r\nhello\r\n";
+    let signed = signer.sign(msg).unwrap();
+    assert_eq!(dkim::verify_origin(&dns, &signed).await, Ok(()));
+    // The same signature claimed for another From domain is not aligned.
+    let forged = String::from_utf8(signed)
+        .unwrap()
+        .replace("From: <alice@a.test>", "From: <alice@c.test>");
+    let r = dkim::verify_origin(&dns, forged.as_bytes())
+        .await
+        .unwrap_err();
+    assert_eq!(r.to_string(), "554 5.7.1 No valid DKIM signature found");
+    // A selector without a record (NXDOMAIN) is a permanent failure.
+    let (_, dns_b) = resolver(&server, dir.path(), "b.test");
+    let mut other_cfg = cfg.clone();
+    other_cfg.dkim_selector = "missing".into();
+    let other_key = Dkim::key_path(&other_cfg);
+    std::fs::copy(&key, &other_key).unwrap();
+    let unpublished = Dkim::load(&other_cfg).unwrap().sign(msg).unwrap();
+    let r = dkim::verify_origin(&dns_b, &unpublished).await.unwrap_err();
+    assert_eq!(r.to_string(), "554 5.7.1 No valid DKIM signature found");
+}
