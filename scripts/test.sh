@@ -9,6 +9,7 @@
 #   build     cargo build --release -p relaybox  (the one binary every later stage uses)
 #   unit      cargo nextest run (+ doctests), or cargo test when nextest is not installed
 #   e2e       pytest tests/ against target/release/relaybox (IMAP/SMTP + real Delta Chat core)
+#   fuzz      a short smoke run of every cargo-fuzz target (scripts/fuzz.sh, FUZZ_SECONDS each)
 #
 # Environment: PYTEST_ADDOPTS (extra pytest options, e.g. "-k securejoin -x"),
 # RELAYBOX_TEST_MAIL=encrypted (build test mails in the encrypted shape, see tests/mailhelpers.py).
@@ -25,7 +26,7 @@ cd "$ROOT"
 # shellcheck source=scripts/lib.sh
 . "$ROOT/scripts/lib.sh"
 
-ALL_STAGES=(setup fmt clippy build unit e2e)
+ALL_STAGES=(setup fmt clippy build unit e2e fuzz)
 
 VENV="$ROOT/tests/.venv"
 ARTIFACTS="$ROOT/test-artifacts"
@@ -113,6 +114,8 @@ stage_setup() {
     ensure_cargo
     ensure_cargo_components
     cargo --version
+    # dnsmasq answers the loopback DNS zones of the resolver and DKIM tests
+    [ -x /usr/sbin/dnsmasq ] || have dnsmasq || apt_install dnsmasq-base
     # Python 3 with venv (Debian splits venv/ensurepip into python3-venv)
     if ! have python3; then
         apt_install python3 python3-venv
@@ -183,6 +186,11 @@ stage_e2e() {
         echo "error: pytest collected no tests (exit 5): counted as a failure" >&2
     fi
     return "$rc"
+}
+
+stage_fuzz() {
+    # Long runs: scripts/fuzz.sh 600. Here only long enough that a regression in a parser shows.
+    bash scripts/fuzz.sh "${FUZZ_SECONDS:-30}"
 }
 
 # ------------------------------------------------------------------------------------------------
