@@ -1,9 +1,11 @@
 //! Where accepted mail goes: local mailboxes now, the outbound queue once federation lands.
-//! SMTP sessions (and later `/mxdeliv`) call [`Delivery::check_rcpt`] per recipient and
-//! [`Delivery::submit`] after DATA; the reply they get is what they send to the client.
+//! SMTP sessions and `/mxdeliv` call [`Delivery::check_rcpt`] per recipient and
+//! [`Delivery::submit`] after DATA; the reply they get is what they send to the client. Both
+//! inbound paths (port 25 and `/mxdeliv`) thereby run exactly the same checks.
 
 use crate::clock::Clock;
 use crate::config::Config;
+use crate::dns::Dns;
 use crate::policy::ratelimit::SendLimiter;
 use crate::policy::{self, Direction, Envelope, Reply, Verdict};
 use crate::store::{AccountId, Store};
@@ -20,6 +22,8 @@ pub struct Delivery {
     cfg: Arc<Config>,
     store: Store,
     clock: Clock,
+    /// For the DKIM origin check of incoming mail.
+    dns: Dns,
     limiter: SendLimiter,
     rate_checks: AtomicU64,
 }
@@ -43,12 +47,13 @@ pub fn split_addr(addr: &str) -> Option<(&str, &str)> {
 }
 
 impl Delivery {
-    pub fn new(cfg: Arc<Config>, store: Store, clock: Clock) -> Delivery {
+    pub fn new(cfg: Arc<Config>, store: Store, clock: Clock, dns: Dns) -> Delivery {
         let limiter = SendLimiter::new(cfg.max_user_send_per_minute, cfg.max_user_send_burst_size);
         Delivery {
             cfg,
             store,
             clock,
+            dns,
             limiter,
             rate_checks: AtomicU64::new(0),
         }
@@ -128,6 +133,24 @@ impl Delivery {
                 return r;
             }
         };
+        if dir == Direction::Incoming {
+            // Origin check (reference §3.5 step 7) only after the gate: unencrypted mail is
+            // refused without any DNS lookup (filtermail#69), and a spoofer cannot make us query
+            // DNS for mail we would refuse anyway. The incoming gate hands the bytes back
+            // unchanged, so the signature is checked over exactly what was received.
+            //
+            // MAIL FROM ≠ From is not refused here (forwarding, SRS; §3.5 step 3). Nothing
+            // bounces today since incoming mail is only stored locally; once the outbound queue
+            // exists, incoming mail reinjected there must get the null sender `<>`, so that no
+            // bounce goes to a possibly spoofed envelope sender.
+            //
+            // No per-recipient refusal of unencrypted mail (§3.5 step 6): every account we create
+            // enforces encryption, so the gate's 523 already holds for all recipients.
+            if let Err(r) = crate::dkim::verify_origin(&self.dns, &data).await {
+                tracing::info!(reply = %r, "incoming message refused by the origin check");
+                return r;
+            }
+        }
         let mut local: Vec<AccountId> = targets
             .iter()
             .map(|t| match t {

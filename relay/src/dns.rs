@@ -363,9 +363,17 @@ pub fn interpret_mx(domain: &str, records: &[(u16, String)]) -> Mx {
 }
 
 /// A DNS server for tests that answers every query with SERVFAIL at once, so temporary failures
-/// can be tested without waiting for timeouts.
-#[cfg(test)]
-pub(crate) fn servfail_server() -> std::net::SocketAddr {
+/// can be tested without waiting for timeouts. The test and fuzzing relays resolve through it,
+/// so they never reach the network and an unexpected lookup fails at once instead of hanging.
+/// Not an API (public only for `fuzzing`).
+#[doc(hidden)]
+pub fn servfail_server() -> std::net::SocketAddr {
+    // One per process: every test relay asks for it, and each server is a thread for good.
+    static SERVER: std::sync::OnceLock<std::net::SocketAddr> = std::sync::OnceLock::new();
+    *SERVER.get_or_init(start_servfail_server)
+}
+
+fn start_servfail_server() -> std::net::SocketAddr {
     let sock = std::net::UdpSocket::bind("127.0.0.1:0").expect("bind a loopback UDP port");
     let addr = sock.local_addr().expect("a bound socket has an address");
     std::thread::spawn(move || {

@@ -37,11 +37,15 @@ pub async fn relay(dir: &Path) -> anyhow::Result<Arc<Relay>> {
     cfg.max_user_send_per_minute = u32::MAX / 2;
     cfg.max_user_send_burst_size = u32::MAX / 2;
     cfg.max_message_size = 256 * 1024;
+    // Hermetic: no lookup ever leaves the machine (the test domains are IP literals anyway).
+    cfg.dns_servers = vec![crate::dns::servfail_server()];
     let cfg = Arc::new(cfg);
+    let dns = crate::dns::Dns::new(&cfg)?;
     let store = Store::open(&dir.join("store"))?;
     let relay = Arc::new(Relay {
         accounts: Accounts::new(cfg.clone(), store.clone(), Clock::system()),
-        delivery: Delivery::new(cfg.clone(), store.clone(), Clock::system()),
+        delivery: Delivery::new(cfg.clone(), store.clone(), Clock::system(), dns.clone()),
+        dns,
         tls: TlsConfigs::load(&cfg)?,
         clock: Clock::system(),
         shutdown: Shutdown::new(),

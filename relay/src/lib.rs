@@ -31,6 +31,8 @@ pub struct Relay {
     pub store: store::Store,
     pub accounts: accounts::Accounts,
     pub delivery: delivery::Delivery,
+    /// The resolver: DKIM keys of incoming mail now, MX lookups for outbound delivery later.
+    pub dns: dns::Dns,
     pub tls: tls::TlsConfigs,
     pub clock: clock::Clock,
     pub shutdown: net::Shutdown,

@@ -1,7 +1,7 @@
 //! Start-up and shutdown: open the store, bind every listener, tell systemd we are ready, keep the
 //! watchdog fed, and stop everything on SIGTERM/SIGINT through the one shutdown signal.
 
-use crate::{accounts, clock, config, delivery, imap, net, smtp, store, tls, web, Relay};
+use crate::{accounts, clock, config, delivery, dns, imap, net, smtp, store, tls, web, Relay};
 use anyhow::Context;
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -18,9 +18,12 @@ pub fn build(cfg: config::Config) -> anyhow::Result<Arc<Relay>> {
         .with_context(|| format!("cannot open the store in {}", cfg.data_dir.display()))?;
     let tls = tls::TlsConfigs::load(&cfg).context("cannot set up TLS")?;
     let clock = clock::Clock::system();
+    // Its error already says what failed ("cannot set up the DNS resolver: …").
+    let dns = dns::Dns::new(&cfg)?;
     Ok(Arc::new(Relay {
         accounts: accounts::Accounts::new(cfg.clone(), store.clone(), clock.clone()),
-        delivery: delivery::Delivery::new(cfg.clone(), store.clone(), clock.clone()),
+        delivery: delivery::Delivery::new(cfg.clone(), store.clone(), clock.clone(), dns.clone()),
+        dns,
         cfg,
         store,
         tls,

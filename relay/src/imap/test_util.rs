@@ -34,13 +34,17 @@ pub(crate) fn env_with(tweak: impl FnOnce(&mut Config)) -> Env {
     cfg.max_load_1m = 1e9;
     cfg.min_available_memory = ByteSize(0);
     cfg.min_free_disk_space = ByteSize(0);
+    // Hermetic: no lookup ever leaves the machine (the test domains are IP literals anyway).
+    cfg.dns_servers = vec![crate::dns::servfail_server()];
     tweak(&mut cfg);
     let cfg = Arc::new(cfg);
+    let dns = crate::dns::Dns::new(&cfg).expect("dns");
     let store = Store::open(&dir.path().join("store")).expect("store");
     let clock = Clock::system();
     let relay = Relay {
         accounts: Accounts::new(cfg.clone(), store.clone(), clock.clone()),
-        delivery: Delivery::new(cfg.clone(), store.clone(), Clock::system()),
+        delivery: Delivery::new(cfg.clone(), store.clone(), Clock::system(), dns.clone()),
+        dns,
         tls: TlsConfigs::load(&cfg).expect("tls"),
         cfg,
         store,

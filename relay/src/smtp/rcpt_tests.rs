@@ -85,9 +85,22 @@ async fn mx_requires_starttls_and_takes_mail_for_local_users_only() {
     );
     assert_eq!(c.cmd(&format!("RCPT TO:<{RCPT}>")).await, "250 2.1.5 Ok");
     c.cmd("DATA").await;
-    let body = super::tests::message("someone@example.org", "hi\r\n");
+    // From an IP-literal relay: trusted on encryption alone, no DKIM (reference §3.5 step 7).
+    // The envelope sender differs from From, which incoming mail may do (forwarding, SRS).
+    let body = super::tests::message("someone@[192.0.2.1]", "hi\r\n");
     c.send(body.as_bytes()).await;
     assert_eq!(c.cmd(".").await, "250 2.0.0 OK");
+    assert_eq!(inbox(&r, RCPT).await, vec![body.as_bytes().to_vec()]);
+    // From a named domain the message must carry an aligned DKIM signature; this one has none.
+    assert_eq!(
+        c.cmd("MAIL FROM:<someone@example.org>").await,
+        "250 2.1.0 Ok"
+    );
+    assert_eq!(c.cmd(&format!("RCPT TO:<{RCPT}>")).await, "250 2.1.5 Ok");
+    c.cmd("DATA").await;
+    let unsigned = super::tests::message("someone@example.org", "hi\r\n");
+    c.send(unsigned.as_bytes()).await;
+    assert_eq!(c.cmd(".").await, "554 5.7.1 No DKIM signature found");
     assert_eq!(inbox(&r, RCPT).await, vec![body.as_bytes().to_vec()]);
     // The null sender is fine on port 25.
     assert_eq!(c.cmd("MAIL FROM:<>").await, "250 2.1.0 Ok");

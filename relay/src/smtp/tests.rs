@@ -25,12 +25,16 @@ pub(super) fn relay_with(dir: &Path, tune: impl FnOnce(&mut Config)) -> Arc<Rela
     cfg.max_load_1m = 1e9;
     cfg.min_available_memory = ByteSize(0);
     cfg.min_free_disk_space = ByteSize(0);
+    // Hermetic: no lookup ever leaves the machine (the test domains are IP literals anyway).
+    cfg.dns_servers = vec![crate::dns::servfail_server()];
     tune(&mut cfg);
     let cfg = Arc::new(cfg);
+    let dns = crate::dns::Dns::new(&cfg).unwrap();
     let store = Store::open(&dir.join("store")).unwrap();
     Arc::new(Relay {
         accounts: Accounts::new(cfg.clone(), store.clone(), Clock::system()),
-        delivery: Delivery::new(cfg.clone(), store.clone(), Clock::system()),
+        delivery: Delivery::new(cfg.clone(), store.clone(), Clock::system(), dns.clone()),
+        dns,
         tls: TlsConfigs::load(&cfg).unwrap(),
         clock: Clock::system(),
         shutdown: Shutdown::new(),
