@@ -220,3 +220,6 @@ impl Delivery {
         });
     }
 }
+
+#[cfg(test)]
+mod tests;
