@@ -1,25 +1,33 @@
-//! HTTP (80) and HTTPS (443). For now a minimal page that says what this box is; the onboarding
-//! site, `/new`, autoconfig and `/mxdeliv` are built on this router.
+//! HTTP (80) and HTTPS (443). For now a minimal page that says what this box is and `/mxdeliv`
+//! (relay-to-relay delivery); the onboarding site, `/new` and autoconfig are built on this
+//! router.
+
+pub mod mxdeliv;
 
 use crate::Relay;
 use axum::extract::State;
 use axum::response::Html;
-use axum::routing::get;
+use axum::routing::{any, get};
 use axum::Router;
-use hyper_util::rt::TokioIo;
+use hyper_util::rt::{TokioIo, TokioTimer};
 use hyper_util::service::TowerToHyperService;
 use std::sync::Arc;
 use std::time::Duration;
 use tokio::net::TcpListener;
 
-pub fn router(relay: Arc<Relay>) -> Router {
-    Router::new()
-        .route("/", get(index))
-        .route(
-            "/robots.txt",
-            get(|| async { "User-agent: *\nDisallow: /\n" }),
-        )
-        .with_state(relay)
+/// The routes of the HTTPS (`https`) or the plain HTTP server.
+pub fn router(relay: Arc<Relay>, https: bool) -> Router {
+    let mut r = Router::new().route("/", get(index)).route(
+        "/robots.txt",
+        get(|| async { "User-agent: *\nDisallow: /\n" }),
+    );
+    if https {
+        // Only over TLS, as in the reference (nginx serves it in the 443 vhost): mail between
+        // relays is never sent in the clear. `any`: the handler answers other methods itself
+        // with the reference's 405.
+        r = r.route("/mxdeliv", any(mxdeliv::handle));
+    }
+    r.with_state(relay)
 }
 
 async fn index(State(relay): State<Arc<Relay>>) -> Html<String> {
@@ -42,7 +50,7 @@ fn html_escape(s: &str) -> String {
 }
 
 pub async fn serve(relay: Arc<Relay>, listener: TcpListener, https: bool) {
-    let app = router(relay.clone());
+    let app = router(relay.clone(), https);
     loop {
         let (tcp, peer) = tokio::select! {
             r = listener.accept() => match r {
@@ -59,7 +67,11 @@ pub async fn serve(relay: Arc<Relay>, listener: TcpListener, https: bool) {
         let svc = TowerToHyperService::new(app.clone());
         let acceptor = relay.tls.https.clone();
         tokio::spawn(async move {
-            let http = hyper::server::conn::http1::Builder::new();
+            let mut http = hyper::server::conn::http1::Builder::new();
+            // A client that trickles its request headers is cut off after 60 s (the reference's
+            // read timeout); bodies are timed by the handlers that read them.
+            http.timer(TokioTimer::new())
+                .header_read_timeout(mxdeliv::READ_TIMEOUT);
             if https {
                 match tokio::time::timeout(Duration::from_secs(10), acceptor.accept(tcp)).await {
                     Ok(Ok(tls)) => {

@@ -1,0 +1,171 @@
+//! `POST /mxdeliv`: relay-to-relay delivery over HTTPS (reference §3.9), the HTTP twin of an
+//! SMTP transaction on port 25. `X-MAIL-FROM` is the envelope sender (may be missing or empty),
+//! each `X-MAIL-TO` a recipient, the body the raw message. It runs exactly the checks of port 25
+//! (`Delivery::check_rcpt` and `Delivery::submit` with `Direction::Incoming`), and answers with
+//! the SMTP reply text as the body, so the sending relay can report or log it as it would an
+//! SMTP reply.
+
+use crate::policy::{Direction, Envelope, Reply};
+use crate::Relay;
+use axum::body::Body;
+use axum::extract::State;
+use axum::http::{header, HeaderMap, Method, StatusCode};
+use axum::response::{IntoResponse, Response};
+use futures::StreamExt;
+use std::sync::Arc;
+use std::time::Duration;
+
+/// How long we wait for the next piece of the body, like the SMTP session's read timeout.
+pub const READ_TIMEOUT: Duration = Duration::from_secs(60);
+
+pub async fn handle(
+    State(relay): State<Arc<Relay>>,
+    method: Method,
+    headers: HeaderMap,
+    body: Body,
+) -> Response {
+    if method != Method::POST {
+        return (
+            StatusCode::METHOD_NOT_ALLOWED,
+            [(header::ALLOW, "POST")],
+            "Method Not Allowed",
+        )
+            .into_response();
+    }
+    let env = match envelope(&relay, &headers) {
+        Ok(env) => env,
+        Err(reply) => return reply_response(&reply),
+    };
+    let mut targets = Vec::with_capacity(env.rcpt_to.len());
+    for rcpt in &env.rcpt_to {
+        match relay.delivery.check_rcpt(rcpt, Direction::Incoming) {
+            Ok(t) => targets.push(t),
+            Err(reply) => {
+                // Unlike SMTP there is no per-recipient answer: one refused recipient refuses the
+                // request, and the sending relay falls back to SMTP, which can say which one.
+                tracing::debug!(%rcpt, %reply, "mxdeliv: recipient refused");
+                return reply_response(&reply);
+            }
+        }
+    }
+    let data = match read_body(&headers, body, relay.cfg.max_message_size).await {
+        Ok(data) => data,
+        Err(resp) => return resp,
+    };
+    let reply = relay
+        .delivery
+        .submit(&env, &targets, data, Direction::Incoming)
+        .await;
+    tracing::info!(
+        from = %env.mail_from,
+        rcpts = env.rcpt_to.len(),
+        %reply,
+        "mxdeliv"
+    );
+    reply_response(&reply)
+}
+
+/// The envelope from the headers. Header names are case-insensitive (Madmail sends
+/// `X-Mail-To`); several addresses in one `X-MAIL-TO`, separated by commas, are accepted too, for
+/// Madmail's sake. Angle brackets around an address are tolerated.
+fn envelope(relay: &Relay, headers: &HeaderMap) -> Result<Envelope, Reply> {
+    let mail_from = match headers.get("x-mail-from") {
+        None => String::new(),
+        Some(v) => std::str::from_utf8(v.as_bytes())
+            .map(|s| unbracket(s).to_string())
+            .map_err(|_| Reply::new(500, "Invalid address in MAIL FROM"))?,
+    };
+    let mut rcpt_to = Vec::new();
+    for v in headers.get_all("x-mail-to") {
+        let bad = || Reply::new(501, "5.1.3 Bad recipient address syntax");
+        let s = std::str::from_utf8(v.as_bytes()).map_err(|_| bad())?;
+        for addr in s.split(',').map(unbracket).filter(|a| !a.is_empty()) {
+            if rcpt_to.len() >= relay.cfg.max_smtp_recipients {
+                return Err(Reply::new(452, "4.5.3 Too many recipients"));
+            }
+            rcpt_to.push(addr.to_ascii_lowercase());
+        }
+    }
+    if rcpt_to.is_empty() {
+        return Err(Reply::new(554, "5.5.1 No valid recipients"));
+    }
+    Ok(Envelope { mail_from, rcpt_to })
+}
+
+fn unbracket(s: &str) -> &str {
+    let s = s.trim();
+    s.strip_prefix('<')
+        .and_then(|s| s.strip_suffix('>'))
+        .unwrap_or(s)
+        .trim()
+}
+
+/// The body, at most `max` bytes. A declared `Content-Length` over the limit is refused before
+/// reading anything; otherwise (also for chunked bodies) the body is read piece by piece and
+/// refused as soon as it passes the limit, so a sender can never make us hold more than `max`
+/// bytes (plus one piece).
+async fn read_body(headers: &HeaderMap, body: Body, max: u64) -> Result<Vec<u8>, Response> {
+    let too_big = || {
+        (
+            StatusCode::PAYLOAD_TOO_LARGE,
+            "552 Message exceeds maximum size",
+        )
+            .into_response()
+    };
+    let declared = headers
+        .get(header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.trim().parse::<u64>().ok());
+    if declared.is_some_and(|n| n > max) {
+        return Err(too_big());
+    }
+    // Never trust the declared length for the allocation beyond the limit.
+    let mut data = Vec::with_capacity(declared.unwrap_or(0).min(max) as usize);
+    let mut stream = body.into_data_stream();
+    loop {
+        let chunk = match tokio::time::timeout(READ_TIMEOUT, stream.next()).await {
+            Ok(Some(Ok(chunk))) => chunk,
+            Ok(None) => break,
+            Ok(Some(Err(e))) => {
+                tracing::debug!("mxdeliv: reading the body failed: {e}");
+                return Err((StatusCode::BAD_REQUEST, "554 Malformed data").into_response());
+            }
+            Err(_) => {
+                return Err((
+                    StatusCode::REQUEST_TIMEOUT,
+                    "421 4.4.2 Timeout exceeded while reading the message",
+                )
+                    .into_response())
+            }
+        };
+        if data.len() as u64 + chunk.len() as u64 > max {
+            return Err(too_big());
+        }
+        data.extend_from_slice(&chunk);
+    }
+    Ok(data)
+}
+
+/// The HTTP answer for an SMTP reply, with the reply (`"<code> <text>"`) as the body.
+fn reply_response(reply: &Reply) -> Response {
+    let status = if reply.is_positive() {
+        StatusCode::OK
+    } else if reply.is_temporary() {
+        // The reference lists no HTTP status for temporary failures (a 451 from a DNS timeout
+        // during the DKIM check, a local storage error, a 452). 400 would read as "refused for
+        // good", so answer 500: the sending relay treats any non-2xx as "try SMTP next", where
+        // it meets the same 4xx and retries later. The body keeps the 4xx reply.
+        StatusCode::INTERNAL_SERVER_ERROR
+    } else {
+        StatusCode::BAD_REQUEST
+    };
+    (
+        status,
+        [(header::CONTENT_TYPE, "text/plain; charset=utf-8")],
+        reply.to_string(),
+    )
+        .into_response()
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,286 @@
+//! `/mxdeliv` over a real TLS socket on 127.0.0.1, spoken to as raw HTTP/1.1.
+
+use crate::accounts::Accounts;
+use crate::clock::Clock;
+use crate::config::{ByteSize, Config};
+use crate::delivery::Delivery;
+use crate::dkim::Dkim;
+use crate::net::Shutdown;
+use crate::policy::testmsg;
+use crate::store::Store;
+use crate::tls::TlsConfigs;
+use crate::Relay;
+use rustls::pki_types::ServerName;
+use std::net::SocketAddr;
+use std::path::Path;
+use std::sync::Arc;
+use std::time::Duration;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::{TcpListener, TcpStream};
+use tokio_rustls::TlsConnector;
+
+const RCPT: &str = "rcptuser1@[127.0.0.1]";
+const RCPT2: &str = "rcptuser2@[127.0.0.1]";
+/// Small, so the size tests stay fast.
+const MAX: u64 = 64 * 1024;
+const PKCS1: &str = include_str!("../../../tests/data/dkim-pkcs1.pem");
+
+async fn relay(dir: &Path) -> Arc<Relay> {
+    let mut cfg = Config::with_domain("[127.0.0.1]", dir).unwrap();
+    cfg.max_load_1m = 1e9;
+    cfg.min_available_memory = ByteSize(0);
+    cfg.min_free_disk_space = ByteSize(0);
+    cfg.max_message_size = MAX;
+    cfg.dns_servers = vec![crate::dns::servfail_server()];
+    let cfg = Arc::new(cfg);
+    let dns = crate::dns::Dns::new(&cfg).unwrap();
+    let store = Store::open(&dir.join("store")).unwrap();
+    let relay = Arc::new(Relay {
+        accounts: Accounts::new(cfg.clone(), store.clone(), Clock::system()),
+        delivery: Delivery::new(cfg.clone(), store.clone(), Clock::system(), dns.clone()),
+        dns,
+        tls: TlsConfigs::load(&cfg).unwrap(),
+        clock: Clock::system(),
+        shutdown: Shutdown::new(),
+        store,
+        cfg,
+    });
+    relay.accounts.login(RCPT, "password1").await.unwrap();
+    relay.accounts.login(RCPT2, "password2").await.unwrap();
+    relay
+}
+
+async fn listen(relay: &Arc<Relay>) -> SocketAddr {
+    let l = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = l.local_addr().unwrap();
+    tokio::spawn(super::super::serve(relay.clone(), l, true));
+    addr
+}
+
+fn connector(relay: &Relay) -> TlsConnector {
+    let mut roots = rustls::RootCertStore::empty();
+    roots.add(relay.tls.chain[0].clone()).unwrap();
+    let cfg = rustls::ClientConfig::builder_with_provider(Arc::new(
+        rustls::crypto::ring::default_provider(),
+    ))
+    .with_safe_default_protocol_versions()
+    .unwrap()
+    .with_root_certificates(roots)
+    .with_no_client_auth();
+    TlsConnector::from(Arc::new(cfg))
+}
+
+/// Sends `head` (request line and headers, without the blank line) and `body` as they are, then
+/// reads the response to the end (every request says `Connection: close`): status and body.
+async fn send(relay: &Relay, addr: SocketAddr, head: &str, body: &[u8]) -> (u16, String) {
+    let tcp = TcpStream::connect(addr).await.unwrap();
+    let name = ServerName::IpAddress(std::net::IpAddr::from([127, 0, 0, 1]).into());
+    let mut tls = connector(relay).connect(name, tcp).await.unwrap();
+    let mut req = format!("{head}\r\nHost: 127.0.0.1\r\nConnection: close\r\n\r\n").into_bytes();
+    req.extend_from_slice(body);
+    tls.write_all(&req).await.unwrap();
+    tls.flush().await.unwrap();
+    let mut resp = Vec::new();
+    // The server may close without close_notify after an early answer; what was read counts.
+    let _ = tokio::time::timeout(Duration::from_secs(10), tls.read_to_end(&mut resp)).await;
+    let resp = String::from_utf8_lossy(&resp).into_owned();
+    let (status_head, body) = resp.split_once("\r\n\r\n").unwrap_or((&resp, ""));
+    let status = status_head
+        .split(' ')
+        .nth(1)
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(0);
+    (status, body.to_string())
+}
+
+async fn post(relay: &Relay, addr: SocketAddr, headers: &[&str], body: &[u8]) -> (u16, String) {
+    let mut head = String::from("POST /mxdeliv HTTP/1.1");
+    for h in headers {
+        head.push_str("\r\n");
+        head.push_str(h);
+    }
+    head.push_str(&format!("\r\nContent-Length: {}", body.len()));
+    send(relay, addr, &head, body).await
+}
+
+async fn inbox(relay: &Relay, addr: &str) -> Vec<Vec<u8>> {
+    let acc = relay.store.account(addr).unwrap().unwrap();
+    let mbox = relay.store.mailbox(acc.id, "INBOX").unwrap().unwrap();
+    let mut out = Vec::new();
+    for m in relay.store.messages(mbox.id).unwrap() {
+        out.push(relay.store.read_body(m.body_id).await.unwrap());
+    }
+    out
+}
+
+#[tokio::test]
+async fn encrypted_mail_to_a_local_user_lands_in_the_inbox() {
+    let d = tempfile::tempdir().unwrap();
+    let r = relay(d.path()).await;
+    let addr = listen(&r).await;
+    let msg = testmsg::encrypted("alice@[192.0.2.1]", RCPT);
+    let to = format!("X-MAIL-TO: {RCPT}");
+    let (status, body) = post(&r, addr, &["X-MAIL-FROM: alice@[192.0.2.1]", &to], &msg).await;
+    assert_eq!((status, body.as_str()), (200, "250 2.0.0 OK"));
+    assert_eq!(inbox(&r, RCPT).await.len(), 1);
+}
+
+#[tokio::test]
+async fn madmail_style_headers_and_missing_sender_are_accepted() {
+    let d = tempfile::tempdir().unwrap();
+    let r = relay(d.path()).await;
+    let addr = listen(&r).await;
+    let msg = testmsg::encrypted("alice@[192.0.2.1]", RCPT);
+    // Lower-case names, two recipients in one header, no X-MAIL-FROM at all.
+    let to = format!("x-mail-to: {RCPT}, <{RCPT2}>");
+    let (status, body) = post(
+        &r,
+        addr,
+        &[&to, "Content-Type: application/octet-stream"],
+        &msg,
+    )
+    .await;
+    assert_eq!((status, body.as_str()), (200, "250 2.0.0 OK"));
+    assert_eq!(inbox(&r, RCPT).await.len(), 1);
+    assert_eq!(inbox(&r, RCPT2).await.len(), 1);
+    // An empty X-MAIL-FROM (the null sender) is fine too.
+    let to = format!("X-Mail-To: {RCPT}");
+    let (status, _) = post(&r, addr, &["X-Mail-From:", &to], &msg).await;
+    assert_eq!(status, 200);
+    assert_eq!(inbox(&r, RCPT).await.len(), 2);
+}
+
+#[tokio::test]
+async fn dkim_signed_mail_from_a_named_domain_is_accepted() {
+    let d = tempfile::tempdir().unwrap();
+    let r = relay(d.path()).await;
+    let addr = listen(&r).await;
+    let kd = tempfile::tempdir().unwrap();
+    let kcfg = Config::with_domain("a.test", kd.path()).unwrap();
+    let path = Dkim::key_path(&kcfg);
+    std::fs::create_dir_all(path.parent().unwrap()).unwrap();
+    std::fs::write(&path, PKCS1).unwrap();
+    let dkim = Dkim::load(&kcfg).unwrap();
+    r.dns
+        .pin_dkim_key(&dkim.record_name(), &dkim.txt_record().unwrap())
+        .unwrap();
+    let to = format!("X-MAIL-TO: {RCPT}");
+    let from = "X-MAIL-FROM: alice@a.test";
+
+    let unsigned = testmsg::encrypted("alice@a.test", RCPT);
+    let (status, body) = post(&r, addr, &[from, &to], &unsigned).await;
+    assert_eq!(
+        (status, body.as_str()),
+        (400, "554 5.7.1 No DKIM signature found")
+    );
+    assert!(inbox(&r, RCPT).await.is_empty());
+
+    let signed = dkim.sign(&unsigned).unwrap();
+    let (status, body) = post(&r, addr, &[from, &to], &signed).await;
+    assert_eq!((status, body.as_str()), (200, "250 2.0.0 OK"));
+    assert_eq!(inbox(&r, RCPT).await.len(), 1);
+}
+
+#[tokio::test]
+async fn refusals_are_400_with_the_smtp_reply_and_store_nothing() {
+    let d = tempfile::tempdir().unwrap();
+    let r = relay(d.path()).await;
+    let addr = listen(&r).await;
+    let enc = testmsg::encrypted("alice@[192.0.2.1]", RCPT);
+    let from = "X-MAIL-FROM: alice@[192.0.2.1]";
+    let to = format!("X-MAIL-TO: {RCPT}");
+
+    let plain = testmsg::plain("alice@[192.0.2.1]", RCPT);
+    assert_eq!(
+        post(&r, addr, &[from, &to], &plain).await,
+        (
+            400,
+            "523 Encryption Needed: Invalid Unencrypted Mail".to_string()
+        )
+    );
+    assert_eq!(
+        post(&r, addr, &[from, "X-MAIL-TO: bob@example.net"], &enc).await,
+        (400, "554 5.7.1 Relay access denied".to_string())
+    );
+    // One foreign recipient among local ones refuses the whole request.
+    let mixed = format!("X-MAIL-TO: {RCPT}, bob@example.net");
+    assert_eq!(post(&r, addr, &[from, &mixed], &enc).await.0, 400);
+    let (status, body) = post(&r, addr, &[from, "X-MAIL-TO: nosuchusr@[127.0.0.1]"], &enc).await;
+    assert_eq!(status, 400);
+    assert!(body.starts_with("550 "), "{body}");
+    let (status, body) = post(&r, addr, &[from], &enc).await;
+    assert_eq!(status, 400);
+    assert!(body.starts_with("554 "), "{body}");
+    let (status, body) = post(&r, addr, &[from, "X-MAIL-TO: not-an-address"], &enc).await;
+    assert_eq!(status, 400);
+    assert!(body.starts_with("501 "), "{body}");
+
+    assert!(inbox(&r, RCPT).await.is_empty());
+    assert!(inbox(&r, RCPT2).await.is_empty());
+}
+
+#[tokio::test]
+async fn only_post_is_allowed() {
+    let d = tempfile::tempdir().unwrap();
+    let r = relay(d.path()).await;
+    let addr = listen(&r).await;
+    let (status, body) = send(&r, addr, "GET /mxdeliv HTTP/1.1", b"").await;
+    assert_eq!((status, body.as_str()), (405, "Method Not Allowed"));
+}
+
+#[tokio::test]
+async fn oversized_bodies_get_413_without_being_read_to_the_end() {
+    let d = tempfile::tempdir().unwrap();
+    let r = relay(d.path()).await;
+    let addr = listen(&r).await;
+    let to = format!("X-MAIL-TO: {RCPT}");
+
+    // A declared length over the limit is refused up front: no body is ever sent here, so a
+    // server that waited for it would time out instead of answering.
+    let head = format!("POST /mxdeliv HTTP/1.1\r\n{to}\r\nContent-Length: 10000000");
+    assert_eq!(
+        send(&r, addr, &head, b"").await,
+        (413, "552 Message exceeds maximum size".to_string())
+    );
+
+    // Chunked, no length: the limit is passed by a few bytes and the body never ends (no final
+    // chunk), so only a server that counts while streaming can answer.
+    let head = format!("POST /mxdeliv HTTP/1.1\r\n{to}\r\nTransfer-Encoding: chunked");
+    let mut body = Vec::new();
+    let piece = vec![b'x'; 8 * 1024];
+    let mut sent = 0u64;
+    while sent <= MAX {
+        body.extend_from_slice(format!("{:x}\r\n", piece.len()).as_bytes());
+        body.extend_from_slice(&piece);
+        body.extend_from_slice(b"\r\n");
+        sent += piece.len() as u64;
+    }
+    assert_eq!(
+        send(&r, addr, &head, &body).await,
+        (413, "552 Message exceeds maximum size".to_string())
+    );
+
+    // Exactly at the limit is fine as far as size goes (the gate then refuses the junk).
+    let (status, reply) = post(&r, addr, &[&to], &vec![b'x'; MAX as usize]).await;
+    assert_eq!(status, 400, "{reply}");
+    assert!(!reply.starts_with("552"), "{reply}");
+
+    assert!(inbox(&r, RCPT).await.is_empty());
+}
+
+#[tokio::test]
+async fn plain_http_has_no_mxdeliv() {
+    let d = tempfile::tempdir().unwrap();
+    let r = relay(d.path()).await;
+    let l = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = l.local_addr().unwrap();
+    tokio::spawn(super::super::serve(r.clone(), l, false));
+    let mut tcp = TcpStream::connect(addr).await.unwrap();
+    let req = format!(
+        "POST /mxdeliv HTTP/1.1\r\nHost: x\r\nConnection: close\r\nX-MAIL-TO: {RCPT}\r\nContent-Length: 0\r\n\r\n"
+    );
+    tcp.write_all(req.as_bytes()).await.unwrap();
+    let mut resp = String::new();
+    tcp.read_to_string(&mut resp).await.unwrap();
+    assert!(resp.starts_with("HTTP/1.1 404"), "{resp}");
+}
