@@ -1,7 +1,8 @@
 //! relaybox: a chatmail relay in one binary.
 //!
-//! Module map (arrows are "uses"): `smtp` → `policy`, `delivery`, `accounts`; `imap` → `store`,
-//! `accounts`; `delivery` → `store`, `policy`; `accounts` → `store`. `policy` is pure (bytes in,
+//! Module map (arrows are "uses"): `smtp` → `policy`, `delivery`, `accounts`; `web` (`/mxdeliv`)
+//! → `delivery`; `imap` → `store`, `accounts`; `delivery` → `store`, `policy`, `dkim` (origin
+//! check of incoming mail), `dns`; `accounts` → `store`. `policy` is pure (bytes in,
 //! verdict out) and never touches the store or a socket.
 
 pub mod accounts;
