@@ -2,13 +2,7 @@
 //! targets can build a relay on a temporary directory and drive the SMTP and IMAP sessions over
 //! an in-memory stream, and reach the pure gate functions.
 
-use crate::accounts::Accounts;
-use crate::clock::Clock;
 use crate::config::{ByteSize, Config};
-use crate::delivery::Delivery;
-use crate::net::Shutdown;
-use crate::store::Store;
-use crate::tls::TlsConfigs;
 use crate::Relay;
 use std::path::Path;
 use std::sync::Arc;
@@ -27,31 +21,34 @@ pub const PASS: &str = "password1";
 pub const RCPT: &str = "rcptuser1@[127.0.0.1]";
 pub const RCPT_PASS: &str = "password2";
 
-/// A relay for the domain `[127.0.0.1]` with its data in `dir`: load and disk checks off, send
-/// rate unlimited, messages up to 256 KiB; `USER` and `RCPT` exist.
-pub async fn relay(dir: &Path) -> anyhow::Result<Arc<Relay>> {
+/// The config tests and fuzz targets share: the domain `[127.0.0.1]` with its data in `dir`,
+/// the resource gate off (tests must not depend on how busy the machine is) and every DNS
+/// lookup answered SERVFAIL on loopback (nothing ever leaves the machine).
+pub fn test_config(dir: &Path) -> anyhow::Result<Config> {
     let mut cfg = Config::with_domain("[127.0.0.1]", dir)?;
     cfg.max_load_1m = 1e9;
     cfg.min_available_memory = ByteSize(0);
     cfg.min_free_disk_space = ByteSize(0);
-    cfg.max_user_send_per_minute = u32::MAX / 2;
-    cfg.max_user_send_burst_size = u32::MAX / 2;
-    cfg.max_message_size = 256 * 1024;
-    // Hermetic: no lookup ever leaves the machine (the test domains are IP literals anyway).
     cfg.dns_servers = vec![crate::dns::servfail_server()];
-    let cfg = Arc::new(cfg);
-    let dns = crate::dns::Dns::new(&cfg)?;
-    let store = Store::open(&dir.join("store"))?;
-    let relay = Arc::new(Relay {
-        accounts: Accounts::new(cfg.clone(), store.clone(), Clock::system()),
-        delivery: Delivery::new(cfg.clone(), store.clone(), Clock::system(), dns.clone()),
-        dns,
-        tls: TlsConfigs::load(&cfg)?,
-        clock: Clock::system(),
-        shutdown: Shutdown::new(),
-        store,
-        cfg,
-    });
+    Ok(cfg)
+}
+
+/// A relay built from `test_config` after `tune` changed it, exactly as `relaybox serve` builds
+/// one.
+pub fn test_relay(dir: &Path, tune: impl FnOnce(&mut Config)) -> anyhow::Result<Arc<Relay>> {
+    let mut cfg = test_config(dir)?;
+    tune(&mut cfg);
+    crate::server::build(cfg)
+}
+
+/// A relay for the fuzz targets: send rate unlimited, messages up to 256 KiB; `USER` and `RCPT`
+/// exist.
+pub async fn relay(dir: &Path) -> anyhow::Result<Arc<Relay>> {
+    let relay = test_relay(dir, |cfg| {
+        cfg.max_user_send_per_minute = u32::MAX / 2;
+        cfg.max_user_send_burst_size = u32::MAX / 2;
+        cfg.max_message_size = 256 * 1024;
+    })?;
     relay.accounts.login(USER, PASS).await?;
     relay.accounts.login(RCPT, RCPT_PASS).await?;
     Ok(relay)

@@ -3,13 +3,7 @@
 
 use super::io::Framed;
 use super::session::Session;
-use crate::accounts::Accounts;
-use crate::clock::Clock;
-use crate::config::{ByteSize, Config};
-use crate::delivery::Delivery;
-use crate::net::Shutdown;
-use crate::store::Store;
-use crate::tls::TlsConfigs;
+use crate::config::Config;
 use crate::Relay;
 use std::sync::Arc;
 use std::time::Duration;
@@ -29,32 +23,8 @@ pub(crate) fn env() -> Env {
 
 pub(crate) fn env_with(tweak: impl FnOnce(&mut Config)) -> Env {
     let dir = tempfile::tempdir().expect("tempdir");
-    let mut cfg = Config::with_domain("[127.0.0.1]", dir.path()).expect("config");
-    // Tests must not depend on how busy the machine is.
-    cfg.max_load_1m = 1e9;
-    cfg.min_available_memory = ByteSize(0);
-    cfg.min_free_disk_space = ByteSize(0);
-    // Hermetic: no lookup ever leaves the machine (the test domains are IP literals anyway).
-    cfg.dns_servers = vec![crate::dns::servfail_server()];
-    tweak(&mut cfg);
-    let cfg = Arc::new(cfg);
-    let dns = crate::dns::Dns::new(&cfg).expect("dns");
-    let store = Store::open(&dir.path().join("store")).expect("store");
-    let clock = Clock::system();
-    let relay = Relay {
-        accounts: Accounts::new(cfg.clone(), store.clone(), clock.clone()),
-        delivery: Delivery::new(cfg.clone(), store.clone(), Clock::system(), dns.clone()),
-        dns,
-        tls: TlsConfigs::load(&cfg).expect("tls"),
-        cfg,
-        store,
-        clock,
-        shutdown: Shutdown::new(),
-    };
-    Env {
-        relay: Arc::new(relay),
-        _dir: dir,
-    }
+    let relay = crate::fuzzing::test_relay(dir.path(), tweak).expect("relay");
+    Env { relay, _dir: dir }
 }
 
 /// A scripted IMAP client.

@@ -19,11 +19,18 @@ pub fn prepare_local_delivery(data: &[u8]) -> Vec<u8> {
     strip_headers(data, LOCAL_STRIP)
 }
 
-/// Removes the named top-level header fields, keeping every other byte as it was.
-pub fn strip_headers(data: &[u8], names: &[&str]) -> Vec<u8> {
+/// What happens to one header field (with its continuation lines).
+enum Field<'a> {
+    Keep,
+    Drop,
+    Replace(&'a [u8]),
+}
+
+/// Walks the top-level header field by field; the body is copied untouched.
+fn rewrite<'a>(data: &[u8], mut decide: impl FnMut(&str) -> Field<'a>) -> Vec<u8> {
     let mut out = Vec::with_capacity(data.len());
     let mut pos = 0;
-    let mut skipping = false;
+    let mut keep = true;
     while pos < data.len() {
         let end = data[pos..]
             .iter()
@@ -32,22 +39,30 @@ pub fn strip_headers(data: &[u8], names: &[&str]) -> Vec<u8> {
             .unwrap_or(data.len());
         let line = &data[pos..end];
         if line == b"\r\n" || line == b"\n" {
-            // End of the header: the body is copied untouched.
             out.extend_from_slice(&data[pos..]);
             return out;
         }
-        let continuation = matches!(line.first(), Some(b' ' | b'\t'));
-        if !continuation {
-            skipping = line
-                .iter()
-                .position(|&b| b == b':')
-                .map(|c| {
-                    let name = String::from_utf8_lossy(&line[..c]);
-                    names.iter().any(|n| name.trim().eq_ignore_ascii_case(n))
-                })
-                .unwrap_or(false);
+        if !matches!(line.first(), Some(b' ' | b'\t')) {
+            keep = true;
+            if let Some(c) = line.iter().position(|&b| b == b':') {
+                match decide(String::from_utf8_lossy(&line[..c]).trim()) {
+                    Field::Keep => {}
+                    Field::Drop => keep = false,
+                    Field::Replace(value) => {
+                        out.extend_from_slice(&line[..c]);
+                        out.extend_from_slice(b": ");
+                        out.extend_from_slice(value);
+                        out.extend_from_slice(if line.ends_with(b"\r\n") {
+                            b"\r\n"
+                        } else {
+                            b"\n"
+                        });
+                        keep = false;
+                    }
+                }
+            }
         }
-        if !skipping {
+        if keep {
             out.extend_from_slice(line);
         }
         pos = end;
@@ -55,52 +70,26 @@ pub fn strip_headers(data: &[u8], names: &[&str]) -> Vec<u8> {
     out
 }
 
+/// Removes the named top-level header fields, keeping every other byte as it was.
+pub fn strip_headers(data: &[u8], names: &[&str]) -> Vec<u8> {
+    rewrite(data, |name| {
+        if names.iter().any(|n| name.eq_ignore_ascii_case(n)) {
+            Field::Drop
+        } else {
+            Field::Keep
+        }
+    })
+}
+
 /// Replaces the value of every `name` field (with its continuation lines) by `value`.
 pub fn replace_header(data: &[u8], name: &str, value: &[u8]) -> Vec<u8> {
-    let mut out = Vec::with_capacity(data.len());
-    let mut pos = 0;
-    let mut skipping = false;
-    while pos < data.len() {
-        let end = data[pos..]
-            .iter()
-            .position(|&b| b == b'\n')
-            .map(|i| pos + i + 1)
-            .unwrap_or(data.len());
-        let line = &data[pos..end];
-        if line == b"\r\n" || line == b"\n" {
-            out.extend_from_slice(&data[pos..]);
-            return out;
+    rewrite(data, |n| {
+        if n.eq_ignore_ascii_case(name) {
+            Field::Replace(value)
+        } else {
+            Field::Keep
         }
-        let continuation = matches!(line.first(), Some(b' ' | b'\t'));
-        if continuation && skipping {
-            pos = end;
-            continue;
-        }
-        skipping = false;
-        if !continuation {
-            if let Some(c) = line.iter().position(|&b| b == b':') {
-                if String::from_utf8_lossy(&line[..c])
-                    .trim()
-                    .eq_ignore_ascii_case(name)
-                {
-                    out.extend_from_slice(&line[..c]);
-                    out.extend_from_slice(b": ");
-                    out.extend_from_slice(value);
-                    out.extend_from_slice(if line.ends_with(b"\r\n") {
-                        b"\r\n"
-                    } else {
-                        b"\n"
-                    });
-                    skipping = true;
-                    pos = end;
-                    continue;
-                }
-            }
-        }
-        out.extend_from_slice(line);
-        pos = end;
-    }
-    out
+    })
 }
 
 #[cfg(test)]

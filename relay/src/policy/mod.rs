@@ -140,28 +140,36 @@ pub fn check_outgoing(env: &Envelope, data: &[u8]) -> Verdict {
 
 /// `check_outgoing`, also saying what kind of message it was (for metrics).
 pub fn check_outgoing_kind(env: &Envelope, data: &[u8]) -> (Verdict, MailKind) {
+    check(env, data, Direction::Outgoing)
+}
+
+/// Both directions share the order of the reference: parse, From, (outgoing: From = envelope),
+/// gate; only an outgoing message is rewritten.
+fn check(env: &Envelope, data: &[u8], dir: Direction) -> (Verdict, MailKind) {
+    let reject = |r| (Verdict::Reject(r), MailKind::Unencrypted);
     let msg = match parse(data) {
         Ok(m) => m,
-        Err(r) => return (Verdict::Reject(r), MailKind::Unencrypted),
+        Err(r) => return reject(r),
     };
     let from = match from_or_reject(&msg) {
         Ok(f) => f,
-        Err(r) => return (Verdict::Reject(r), MailKind::Unencrypted),
+        Err(r) => return reject(r),
     };
-    if !from.eq_ignore_ascii_case(&env.mail_from) {
-        return (
-            Verdict::Reject(Reply::new(
-                500,
-                format!("Invalid FROM <{from}> for <{}>", env.mail_from),
-            )),
-            MailKind::Unencrypted,
-        );
+    if dir == Direction::Outgoing && !from.eq_ignore_ascii_case(&env.mail_from) {
+        return reject(Reply::new(
+            500,
+            format!("Invalid FROM <{from}> for <{}>", env.mail_from),
+        ));
     }
-    let kind = classify(&msg, &from, env, Direction::Outgoing);
+    let kind = classify(&msg, &from, env, dir);
     if kind == MailKind::Unencrypted {
         return (Verdict::Reject(encryption_needed()), kind);
     }
-    (Verdict::Accept(headers::clean_outgoing(data)), kind)
+    let out = match dir {
+        Direction::Outgoing => headers::clean_outgoing(data),
+        Direction::Incoming => data.to_vec(),
+    };
+    (Verdict::Accept(out), kind)
 }
 
 /// Incoming rules (reference §3.5 steps 1–6): the From header must parse; the message must be
@@ -173,19 +181,7 @@ pub fn check_incoming(env: &Envelope, data: &[u8]) -> Verdict {
 
 /// `check_incoming`, also saying what kind of message it was.
 pub fn check_incoming_kind(env: &Envelope, data: &[u8]) -> (Verdict, MailKind) {
-    let msg = match parse(data) {
-        Ok(m) => m,
-        Err(r) => return (Verdict::Reject(r), MailKind::Unencrypted),
-    };
-    let from = match from_or_reject(&msg) {
-        Ok(f) => f,
-        Err(r) => return (Verdict::Reject(r), MailKind::Unencrypted),
-    };
-    let kind = classify(&msg, &from, env, Direction::Incoming);
-    if kind == MailKind::Unencrypted {
-        return (Verdict::Reject(encryption_needed()), kind);
-    }
-    (Verdict::Accept(data.to_vec()), kind)
+    check(env, data, Direction::Incoming)
 }
 
 pub use headers::prepare_local_delivery;

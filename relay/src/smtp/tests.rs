@@ -4,13 +4,7 @@
 use super::session::{Limits, Outcome, Session};
 use super::stream::SmtpStream;
 use super::*;
-use crate::accounts::Accounts;
-use crate::clock::Clock;
-use crate::config::{ByteSize, Config};
-use crate::delivery::Delivery;
-use crate::net::Shutdown;
-use crate::store::Store;
-use crate::tls::TlsConfigs;
+use crate::config::Config;
 use base64::Engine;
 use std::path::Path;
 use tokio::io::{AsyncBufReadExt, AsyncRead, AsyncWrite, AsyncWriteExt, BufReader};
@@ -21,26 +15,7 @@ pub(super) const PASS: &str = "password1";
 pub(super) const RCPT: &str = "rcptuser1@[127.0.0.1]";
 
 pub(super) fn relay_with(dir: &Path, tune: impl FnOnce(&mut Config)) -> Arc<Relay> {
-    let mut cfg = Config::with_domain("[127.0.0.1]", dir).unwrap();
-    cfg.max_load_1m = 1e9;
-    cfg.min_available_memory = ByteSize(0);
-    cfg.min_free_disk_space = ByteSize(0);
-    // Hermetic: no lookup ever leaves the machine (the test domains are IP literals anyway).
-    cfg.dns_servers = vec![crate::dns::servfail_server()];
-    tune(&mut cfg);
-    let cfg = Arc::new(cfg);
-    let dns = crate::dns::Dns::new(&cfg).unwrap();
-    let store = Store::open(&dir.join("store")).unwrap();
-    Arc::new(Relay {
-        accounts: Accounts::new(cfg.clone(), store.clone(), Clock::system()),
-        delivery: Delivery::new(cfg.clone(), store.clone(), Clock::system(), dns.clone()),
-        dns,
-        tls: TlsConfigs::load(&cfg).unwrap(),
-        clock: Clock::system(),
-        shutdown: Shutdown::new(),
-        store,
-        cfg,
-    })
+    crate::fuzzing::test_relay(dir, tune).unwrap()
 }
 
 /// A relay with the sender and one recipient account.

@@ -1,14 +1,8 @@
 //! `/mxdeliv` over a real TLS socket on 127.0.0.1, spoken to as raw HTTP/1.1.
 
-use crate::accounts::Accounts;
-use crate::clock::Clock;
-use crate::config::{ByteSize, Config};
-use crate::delivery::Delivery;
+use crate::config::Config;
 use crate::dkim::Dkim;
-use crate::net::Shutdown;
 use crate::policy::testmsg;
-use crate::store::Store;
-use crate::tls::TlsConfigs;
 use crate::Relay;
 use rustls::pki_types::ServerName;
 use std::net::SocketAddr;
@@ -26,25 +20,7 @@ const MAX: u64 = 64 * 1024;
 const PKCS1: &str = include_str!("../../../tests/data/dkim-pkcs1.pem");
 
 async fn relay(dir: &Path) -> Arc<Relay> {
-    let mut cfg = Config::with_domain("[127.0.0.1]", dir).unwrap();
-    cfg.max_load_1m = 1e9;
-    cfg.min_available_memory = ByteSize(0);
-    cfg.min_free_disk_space = ByteSize(0);
-    cfg.max_message_size = MAX;
-    cfg.dns_servers = vec![crate::dns::servfail_server()];
-    let cfg = Arc::new(cfg);
-    let dns = crate::dns::Dns::new(&cfg).unwrap();
-    let store = Store::open(&dir.join("store")).unwrap();
-    let relay = Arc::new(Relay {
-        accounts: Accounts::new(cfg.clone(), store.clone(), Clock::system()),
-        delivery: Delivery::new(cfg.clone(), store.clone(), Clock::system(), dns.clone()),
-        dns,
-        tls: TlsConfigs::load(&cfg).unwrap(),
-        clock: Clock::system(),
-        shutdown: Shutdown::new(),
-        store,
-        cfg,
-    });
+    let relay = crate::fuzzing::test_relay(dir, |cfg| cfg.max_message_size = MAX).unwrap();
     relay.accounts.login(RCPT, "password1").await.unwrap();
     relay.accounts.login(RCPT2, "password2").await.unwrap();
     relay
