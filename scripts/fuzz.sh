@@ -3,7 +3,7 @@
 #
 #   scripts/fuzz.sh [SECONDS_PER_TARGET] [TARGET...]
 #
-# Targets (fuzz/fuzz_targets/): smtp_command, imap_command, gate; default all, 600 s each.
+# Targets (fuzz/fuzz_targets/): smtp_command, imap_command, gate, mxdeliv; default all, 600 s each.
 # Installs cargo-fuzz if it is missing, builds every target, seeds fuzz/corpus/<target> from
 # the committed seeds (fuzz/seeds/) and the gate fixtures (tests/fixtures/gate/), runs each
 # target for the given time, prints the executions per target and exits non-zero if any
@@ -20,7 +20,7 @@ secs=${1:-600}
 shift || true
 targets=("$@")
 if [ ${#targets[@]} -eq 0 ]; then
-    targets=(smtp_command imap_command gate)
+    targets=(smtp_command imap_command gate mxdeliv)
 fi
 
 root=$(cd "$(dirname "$0")/.." && pwd)
@@ -72,6 +72,14 @@ seed() {
                 cat "$f"
                 printf '\r\nF1 FETCH 1:* (BODYSTRUCTURE ENVELOPE BODY.PEEK[1] BODY.PEEK[2.MIME])\r\n'
                 printf 'F2 UID SEARCH TEXT "PGP"\r\n'
+            } >"$dir/fixture-$name"
+            ;;
+        mxdeliv)
+            # POST from another relay: the envelope headers, a blank line, the fixture as body.
+            {
+                printf '\0X-MAIL-FROM: abcdefghi@[127.0.0.1]\nX-MAIL-TO: rcptuser1@[127.0.0.1]\n\n'
+                sed -e 's/alice@example\.org/abcdefghi@[127.0.0.1]/g' \
+                    -e 's/bob@example\.net/rcptuser1@[127.0.0.1]/g' "$f"
             } >"$dir/fixture-$name"
             ;;
         esac

@@ -87,3 +87,32 @@ pub async fn reset(relay: &Relay) -> anyhow::Result<()> {
     }
     Ok(())
 }
+
+/// One request to the HTTPS router (where `/mxdeliv` lives), without a socket: `method`, a
+/// path, header lines (`Name: value`; unusable ones are left out, as a client library would
+/// refuse to send them) and a body. Returns the status code and the response body.
+pub async fn https_request(
+    relay: &Arc<Relay>,
+    method: &str,
+    path: &str,
+    headers: &[(Vec<u8>, Vec<u8>)],
+    body: Vec<u8>,
+) -> anyhow::Result<(u16, Vec<u8>)> {
+    use http_body_util::BodyExt;
+    use tower::Service;
+    let mut req = axum::http::Request::builder().method(method).uri(path);
+    for (name, value) in headers {
+        if let (Ok(n), Ok(v)) = (
+            axum::http::HeaderName::from_bytes(name),
+            axum::http::HeaderValue::from_bytes(value),
+        ) {
+            req = req.header(n, v);
+        }
+    }
+    let req = req.body(axum::body::Body::from(body))?;
+    let mut router = crate::web::router(relay.clone(), true);
+    let resp = router.call(req).await?;
+    let status = resp.status().as_u16();
+    let bytes = resp.into_body().collect().await?.to_bytes().to_vec();
+    Ok((status, bytes))
+}

@@ -1,0 +1,60 @@
+//! The HTTPS `/mxdeliv` handler (reference §3.9) on arbitrary requests: header parsing
+//! (X-MAIL-FROM, X-MAIL-TO lists), the size limit, recipient checks, the gate, DKIM (answered
+//! by a loopback SERVFAIL resolver, so never the network) and local delivery. Input: the first
+//! byte picks the method (bit 0: GET instead of POST); the rest is header lines up to the first
+//! empty line (`Name: value`), then the body. Every answer must be one of the reference's codes.
+#![no_main]
+
+use libfuzzer_sys::fuzz_target;
+use relaybox::fuzzing::{https_request, relay, reset};
+use relaybox::Relay;
+use std::sync::{Arc, OnceLock};
+
+struct Env {
+    rt: tokio::runtime::Runtime,
+    relay: Arc<Relay>,
+}
+
+fn env() -> &'static Env {
+    static ENV: OnceLock<Env> = OnceLock::new();
+    ENV.get_or_init(|| {
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .expect("runtime");
+        let dir = tempfile::tempdir().expect("tempdir").keep();
+        let relay = rt.block_on(relay(&dir)).expect("relay");
+        Env { rt, relay }
+    })
+}
+
+fuzz_target!(|data: &[u8]| {
+    let Some((&mode, rest)) = data.split_first() else {
+        return;
+    };
+    let method = if mode & 1 == 1 { "GET" } else { "POST" };
+    let (head, body) = match rest.windows(2).position(|w| w == b"\n\n") {
+        Some(i) => (&rest[..i], &rest[i + 2..]),
+        None => (rest, &[][..]),
+    };
+    let headers: Vec<(Vec<u8>, Vec<u8>)> = head
+        .split(|&b| b == b'\n')
+        .filter_map(|l| {
+            let c = l.iter().position(|&b| b == b':')?;
+            let v = &l[c + 1..];
+            let v = v.strip_prefix(b" ").unwrap_or(v);
+            Some((l[..c].to_vec(), v.to_vec()))
+        })
+        .collect();
+    let env = env();
+    env.rt.block_on(async {
+        reset(&env.relay).await.expect("reset");
+        let (status, _) = https_request(&env.relay, method, "/mxdeliv", &headers, body.to_vec())
+            .await
+            .expect("request");
+        assert!(
+            matches!(status, 200 | 400 | 405 | 408 | 413 | 500),
+            "unexpected status {status}"
+        );
+    });
+});
