@@ -83,6 +83,59 @@ impl fmt::Display for ByteSize {
     }
 }
 
+/// A duration written as `2d`, `36h`, `90m`, `30s` or a bare number of seconds.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+pub struct Seconds(pub u64);
+
+impl Seconds {
+    pub fn parse(s: &str) -> Result<Seconds, String> {
+        let t = s.trim();
+        let (digits, mult) = match t.chars().last() {
+            Some('s' | 'S') => (&t[..t.len() - 1], 1u64),
+            Some('m' | 'M') => (&t[..t.len() - 1], 60),
+            Some('h' | 'H') => (&t[..t.len() - 1], 3600),
+            Some('d' | 'D') => (&t[..t.len() - 1], 86400),
+            _ => (t, 1),
+        };
+        let n: u64 = digits.trim().parse().map_err(|_| {
+            format!("expected a duration like \"2d\", \"36h\", \"90m\" or \"30s\", got {s:?}")
+        })?;
+        n.checked_mul(mult)
+            .map(Seconds)
+            .ok_or_else(|| format!("duration {s:?} is too long"))
+    }
+
+    pub fn duration(self) -> std::time::Duration {
+        std::time::Duration::from_secs(self.0)
+    }
+}
+
+impl<'de> Deserialize<'de> for Seconds {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct V;
+        impl de::Visitor<'_> for V {
+            type Value = Seconds;
+            fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
+                f.write_str(
+                    "a duration like \"2d\", \"36h\", \"90m\", \"30s\" or a number of seconds",
+                )
+            }
+            fn visit_u64<E: de::Error>(self, v: u64) -> Result<Seconds, E> {
+                Ok(Seconds(v))
+            }
+            fn visit_i64<E: de::Error>(self, v: i64) -> Result<Seconds, E> {
+                u64::try_from(v)
+                    .map(Seconds)
+                    .map_err(|_| E::custom("a duration cannot be negative"))
+            }
+            fn visit_str<E: de::Error>(self, v: &str) -> Result<Seconds, E> {
+                Seconds::parse(v).map_err(E::custom)
+            }
+        }
+        d.deserialize_any(V)
+    }
+}
+
 /// Where each service listens. An empty list switches that service off.
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields, default)]
@@ -193,6 +246,21 @@ pub struct Config {
     #[serde(default = "d_dkim_selector")]
     pub dkim_selector: String,
 
+    /// How long outbound mail is retried before it bounces (Postfix's `maximal_queue_lifetime`,
+    /// 2 days in the reference).
+    #[serde(default = "d_queue_lifetime")]
+    pub queue_lifetime: Seconds,
+    /// PEM file of extra trust anchors for outbound TLS, added to the system roots (a private CA
+    /// in tests or in a closed network).
+    #[serde(default)]
+    pub outbound_ca_file: Option<PathBuf>,
+    /// The ports outbound delivery connects to on other relays. Only tests that run several
+    /// relays without root change them; the world uses 25 and 443.
+    #[serde(default = "d_25")]
+    pub outbound_smtp_port: u16,
+    #[serde(default = "d_443")]
+    pub outbound_https_port: u16,
+
     #[serde(default)]
     pub privacy_postal: String,
     #[serde(default)]
@@ -205,6 +273,15 @@ pub struct Config {
 
 fn d_dkim_selector() -> String {
     "opendkim".into()
+}
+fn d_queue_lifetime() -> Seconds {
+    Seconds(2 * 86400)
+}
+fn d_25() -> u16 {
+    25
+}
+fn d_443() -> u16 {
+    443
 }
 fn d_expiry_time() -> String {
     "00:02".into()
@@ -360,6 +437,9 @@ impl Config {
                     self.dkim_selector
                 ),
             );
+        }
+        if self.queue_lifetime.0 == 0 {
+            return invalid("queue_lifetime", "must be longer than zero".into());
         }
         match (&self.tls_cert, &self.tls_key) {
             (Some(_), None) | (None, Some(_)) => {

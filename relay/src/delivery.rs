@@ -12,6 +12,8 @@ use crate::store::{AccountId, Store};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 
+pub mod transport;
+
 /// What a recipient address resolved to.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Target {
