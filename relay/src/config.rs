@@ -250,6 +250,13 @@ pub struct Config {
     /// 2 days in the reference).
     #[serde(default = "d_queue_lifetime")]
     pub queue_lifetime: Seconds,
+    /// The first retry of a temporarily failed delivery waits this long; each further retry
+    /// waits twice as long as the one before, up to `queue_retry_max`. A delivery that succeeds
+    /// to a domain retries that domain's waiting mail at once.
+    #[serde(default = "d_retry_initial")]
+    pub queue_retry_initial: Seconds,
+    #[serde(default = "d_retry_max")]
+    pub queue_retry_max: Seconds,
     /// PEM file of extra trust anchors for outbound TLS, added to the system roots (a private CA
     /// in tests or in a closed network).
     #[serde(default)]
@@ -276,6 +283,12 @@ fn d_dkim_selector() -> String {
 }
 fn d_queue_lifetime() -> Seconds {
     Seconds(2 * 86400)
+}
+fn d_retry_initial() -> Seconds {
+    Seconds(60)
+}
+fn d_retry_max() -> Seconds {
+    Seconds(20 * 60)
 }
 fn d_25() -> u16 {
     25
@@ -436,6 +449,12 @@ impl Config {
                     "expected one DNS label of letters, digits, '-' or '_' like \"opendkim\", got {:?}",
                     self.dkim_selector
                 ),
+            );
+        }
+        if self.queue_retry_initial.0 == 0 || self.queue_retry_max < self.queue_retry_initial {
+            return invalid(
+                "queue_retry_initial",
+                "must be at least 1s and at most queue_retry_max".into(),
             );
         }
         if self.queue_lifetime.0 == 0 {
