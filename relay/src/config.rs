@@ -522,7 +522,7 @@ pub fn domain_literal(ip: IpAddr) -> String {
     }
 }
 
-fn valid_domain_name(d: &str) -> Result<(), String> {
+pub(crate) fn valid_domain_name(d: &str) -> Result<(), String> {
     let ok = !d.is_empty()
         && d.len() <= 253
         && d.split('.').all(|label| {

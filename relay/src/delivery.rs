@@ -1,23 +1,29 @@
-//! Where accepted mail goes: local mailboxes now, the outbound queue once federation lands.
+//! Where accepted mail goes: local mailboxes, and the outbound queue for other domains.
 //! SMTP sessions and `/mxdeliv` call [`Delivery::check_rcpt`] per recipient and
 //! [`Delivery::submit`] after DATA; the reply they get is what they send to the client. Both
 //! inbound paths (port 25 and `/mxdeliv`) thereby run exactly the same checks.
 
 use crate::clock::Clock;
 use crate::config::Config;
+use crate::dkim::Dkim;
 use crate::dns::Dns;
 use crate::policy::ratelimit::SendLimiter;
 use crate::policy::{self, Direction, Envelope, Reply, Verdict};
 use crate::store::{AccountId, Store};
+use queue::Queue;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 
+pub mod bounce;
+pub mod queue;
 pub mod transport;
 
 /// What a recipient address resolved to.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Target {
     Local(AccountId),
+    /// An address of another domain (outgoing mail only), lower-cased.
+    Remote(String),
 }
 
 pub struct Delivery {
@@ -28,6 +34,8 @@ pub struct Delivery {
     dns: Dns,
     limiter: SendLimiter,
     rate_checks: AtomicU64,
+    dkim: Arc<Dkim>,
+    queue: Arc<Queue>,
 }
 
 /// The reply for a recipient whose mailbox cannot take the message (Dovecot's text, which the
@@ -37,6 +45,14 @@ pub fn quota_exceeded(rcpt: &str) -> Reply {
         552,
         format!("5.2.2 <{rcpt}>: Quota exceeded (mailbox for user is full)"),
     )
+}
+
+/// A domain we could deliver to: a DNS name or an address literal.
+fn valid_remote_domain(domain: &str) -> bool {
+    if domain.starts_with('[') {
+        return crate::dns::literal_ip(domain).is_some();
+    }
+    crate::config::valid_domain_name(domain).is_ok()
 }
 
 /// Splits `local@domain`; `None` unless there is exactly one `@` and both sides are non-empty.
@@ -49,16 +65,38 @@ pub fn split_addr(addr: &str) -> Option<(&str, &str)> {
 }
 
 impl Delivery {
-    pub fn new(cfg: Arc<Config>, store: Store, clock: Clock, dns: Dns) -> Delivery {
+    /// Loads (or on first start makes) the DKIM key and sets up the outbound transport.
+    pub fn new(cfg: Arc<Config>, store: Store, clock: Clock, dns: Dns) -> anyhow::Result<Delivery> {
         let limiter = SendLimiter::new(cfg.max_user_send_per_minute, cfg.max_user_send_burst_size);
-        Delivery {
+        let dkim = Arc::new(Dkim::load_or_create(&cfg).map_err(|e| {
+            anyhow::anyhow!(
+                "cannot set up the DKIM key {}: {e}",
+                Dkim::key_path(&cfg).display()
+            )
+        })?);
+        let transport = transport::Transport::new(cfg.clone(), dns.clone())?;
+        let queue = Arc::new(Queue::new(
+            cfg.clone(),
+            store.clone(),
+            clock.clone(),
+            dkim.clone(),
+            transport,
+        ));
+        Ok(Delivery {
             cfg,
             store,
             clock,
             dns,
             limiter,
             rate_checks: AtomicU64::new(0),
-        }
+            dkim,
+            queue,
+        })
+    }
+
+    /// The outbound queue; the server runs it (`Queue::run`).
+    pub fn queue(&self) -> &Arc<Queue> {
+        &self.queue
     }
 
     /// Takes one message from a local sender's send allowance (checked at MAIL FROM).
@@ -89,15 +127,15 @@ impl Delivery {
             return Err(Reply::new(501, "5.1.3 Bad recipient address syntax"));
         };
         if !self.cfg.is_local_domain(domain) {
-            return Err(match dir {
-                Direction::Incoming => Reply::new(554, "5.7.1 Relay access denied"),
-                // Outbound delivery comes with federation; until then say so instead of
-                // accepting mail we cannot pass on.
-                Direction::Outgoing => Reply::new(
-                    451,
-                    format!("4.4.0 Delivery to other domains ({domain}) is not available yet"),
-                ),
-            });
+            return match dir {
+                // Never an open relay: other domains only for our own authenticated users.
+                Direction::Incoming => Err(Reply::new(554, "5.7.1 Relay access denied")),
+                Direction::Outgoing if !valid_remote_domain(domain) => Err(Reply::new(
+                    501,
+                    format!("5.1.2 Bad destination domain {domain}"),
+                )),
+                Direction::Outgoing => Ok(Target::Remote(rcpt)),
+            };
         }
         match self.store.account(&rcpt) {
             Ok(Some(a)) if a.used_bytes >= self.cfg.max_mailbox_size.0 => {
@@ -153,15 +191,20 @@ impl Delivery {
                 return r;
             }
         }
-        let mut local: Vec<AccountId> = targets
-            .iter()
-            .map(|t| match t {
-                Target::Local(id) => *id,
-            })
-            .collect();
+        let mut local: Vec<AccountId> = Vec::new();
+        let mut remote: Vec<String> = Vec::new();
+        for t in targets {
+            match t {
+                Target::Local(id) => local.push(*id),
+                Target::Remote(r) if dir == Direction::Outgoing => remote.push(r.clone()),
+                Target::Remote(_) => {}
+            }
+        }
         local.sort_unstable();
         local.dedup();
-        if local.is_empty() {
+        remote.sort_unstable();
+        remote.dedup();
+        if local.is_empty() && remote.is_empty() {
             return Reply::new(554, "5.5.1 No valid recipients");
         }
         let body: Arc<[u8]> = policy::prepare_local_delivery(&data).into();
@@ -185,6 +228,9 @@ impl Delivery {
                 }
             }
         }
+        if !remote.is_empty() {
+            return self.enqueue(env, &local, body, &data, remote).await;
+        }
         match self.store.deliver(&local, body).await {
             Ok(()) => {
                 tracing::info!(recipients = local.len(), "delivered");
@@ -193,6 +239,48 @@ impl Delivery {
             }
             Err(e) => {
                 tracing::error!("local delivery failed: {e}");
+                Reply::new(
+                    451,
+                    "4.3.0 Local error while storing the message, try again later",
+                )
+            }
+        }
+    }
+
+    /// Signs the message and queues it for `remote`, with the local copy in the same
+    /// transaction; `250` once both are on disk.
+    async fn enqueue(
+        &self,
+        env: &Envelope,
+        local: &[AccountId],
+        local_body: Arc<[u8]>,
+        data: &[u8],
+        remote: Vec<String>,
+    ) -> Reply {
+        let signed: Arc<[u8]> = match self.dkim.sign(data) {
+            Ok(s) => s.into(),
+            Err(e) => {
+                tracing::error!("DKIM signing failed: {e}");
+                return Reply::new(451, "4.3.0 Local error while signing, try again later");
+            }
+        };
+        let copy = (!local.is_empty()).then_some((local, local_body));
+        let n = remote.len();
+        match self
+            .store
+            .enqueue(&env.mail_from, remote, signed, self.clock.now(), copy)
+            .await
+        {
+            Ok(id) => {
+                tracing::info!(queue_id = id, remote = n, local = local.len(), "queued");
+                self.queue.wake();
+                if !local.is_empty() {
+                    self.cleanup_after_delivery(local.to_vec());
+                }
+                Reply::new(250, format!("2.0.0 OK queued as {id}"))
+            }
+            Err(e) => {
+                tracing::error!("queueing failed: {e}");
                 Reply::new(
                     451,
                     "4.3.0 Local error while storing the message, try again later",

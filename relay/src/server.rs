@@ -20,9 +20,10 @@ pub fn build(cfg: config::Config) -> anyhow::Result<Arc<Relay>> {
     let clock = clock::Clock::system();
     // Its error already says what failed ("cannot set up the DNS resolver: …").
     let dns = dns::Dns::new(&cfg)?;
+    let delivery = delivery::Delivery::new(cfg.clone(), store.clone(), clock.clone(), dns.clone())?;
     Ok(Arc::new(Relay {
         accounts: accounts::Accounts::new(cfg.clone(), store.clone(), clock.clone()),
-        delivery: delivery::Delivery::new(cfg.clone(), store.clone(), clock.clone(), dns.clone()),
+        delivery,
         dns,
         cfg,
         store,
@@ -92,6 +93,7 @@ pub async fn run(relay: Arc<Relay>) -> anyhow::Result<()> {
         });
     }
     tokio::spawn(crate::control::expiry_schedule(relay.clone()));
+    tokio::spawn(relay.delivery.queue().clone().run(relay.shutdown.clone()));
     tracing::info!(
         domain = %relay.cfg.mail_domain,
         listeners = %bound.join(" "),

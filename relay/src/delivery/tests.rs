@@ -31,7 +31,7 @@ async fn env() -> Env {
         .login(RCPT, "password2")
         .await
         .unwrap();
-    let delivery = Delivery::new(cfg, store.clone(), Clock::system(), dns.clone());
+    let delivery = Delivery::new(cfg, store.clone(), Clock::system(), dns.clone()).unwrap();
     Env {
         _dir: dir,
         dns,

@@ -18,6 +18,8 @@ pub(super) const MAILBOX_IDS: TableDefinition<u64, (u64, &str)> =
 pub(super) const MESSAGES: TableDefinition<(u64, u32), &[u8]> = TableDefinition::new("messages");
 /// body id → number of index entries naming it (COPY shares bodies)
 pub(super) const BODY_REFS: TableDefinition<u64, u32> = TableDefinition::new("body_refs");
+/// queue id → message waiting for remote delivery
+pub(super) const QUEUE: TableDefinition<u64, &[u8]> = TableDefinition::new("queue");
 /// named counters: next account id, next mailbox id, highest body id handed out
 pub(super) const COUNTERS: TableDefinition<&str, u64> = TableDefinition::new("counters");
 
@@ -123,6 +125,40 @@ pub struct Message {
     pub internal_date: i64,
     pub flags: Flags,
     pub modseq: u64,
+}
+
+/// A message waiting for delivery to other domains. The body file is the signed message as it
+/// goes on the wire; it counts as one reference in `body_refs`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Queued {
+    pub id: u64,
+    pub body_id: u64,
+    pub size: u64,
+    /// The envelope sender; empty for the null sender `<>`.
+    pub sender: String,
+    /// Recipients not yet delivered or bounced.
+    pub rcpts: Vec<String>,
+    /// Unix seconds when the message was accepted.
+    pub created: i64,
+    /// Unix seconds of the next attempt.
+    pub next_attempt: i64,
+    pub attempts: u32,
+    /// The last temporary failure, for the bounce text and `relaybox queue`-style reports.
+    pub last_error: String,
+}
+
+pub(super) fn queue(db: &redb::Database) -> Result<Vec<Queued>, StoreError> {
+    let tx = db.begin_read()?;
+    let t = match tx.open_table(QUEUE) {
+        Ok(t) => t,
+        Err(e) => return missing_table(e).map(|_: Option<()>| Vec::new()),
+    };
+    let mut out = Vec::new();
+    for r in redb::ReadableTable::iter(&t)? {
+        let (_, v) = r?;
+        out.push(decode(v.value())?);
+    }
+    Ok(out)
 }
 
 pub(super) fn encode<T: Serialize>(v: &T) -> Result<Vec<u8>, StoreError> {

@@ -12,7 +12,7 @@ mod index;
 mod recover;
 mod writer;
 
-pub use index::{Account, DeviceToken, Flags, Mailbox, Message};
+pub use index::{Account, DeviceToken, Flags, Mailbox, Message, Queued};
 pub use index::{ANSWERED, DELETED, DRAFT, FLAGGED, SEEN};
 
 use std::collections::HashMap;
@@ -396,6 +396,85 @@ impl Store {
             body_id,
             size: data.len() as u64,
             internal_date,
+        })
+        .await
+        .map(|_| ())
+    }
+
+    // ---- outbound queue ------------------------------------------------------------------
+
+    /// Queues `data` (the signed message) from `sender` for the remote `rcpts`, together with a
+    /// local copy for `local` accounts if given. Returns the queue id once both are durable.
+    pub async fn enqueue(
+        &self,
+        sender: &str,
+        rcpts: Vec<String>,
+        data: Arc<[u8]>,
+        now: i64,
+        local: Option<(&[AccountId], Arc<[u8]>)>,
+    ) -> Result<u64, StoreError> {
+        let body_id = self.write_body(&data).await?;
+        let local = match local {
+            Some((accounts, body)) => match self.write_body(&body).await {
+                Ok(id) => Some(writer::LocalCopy {
+                    accounts: accounts.to_vec(),
+                    body_id: id,
+                    size: body.len() as u64,
+                    internal_date: now,
+                }),
+                Err(e) => {
+                    recover::unlink_body(&self.inner.dir, body_id);
+                    return Err(e);
+                }
+            },
+            None => None,
+        };
+        let entry = Queued {
+            id: 0,
+            body_id,
+            size: data.len() as u64,
+            sender: sender.to_string(),
+            rcpts,
+            created: now,
+            next_attempt: now,
+            attempts: 0,
+            last_error: String::new(),
+        };
+        match self.write(writer::Op::Enqueue { entry, local }).await? {
+            writer::Reply::Queued(id) => Ok(id),
+            _ => unreachable!("writer answers Enqueue with Queued"),
+        }
+    }
+
+    /// Everything waiting in the queue.
+    pub fn queued(&self) -> Result<Vec<Queued>, StoreError> {
+        index::queue(&self.inner.db)
+    }
+
+    /// Records the outcome of a delivery attempt: `done` recipients leave the queue; `bounce`
+    /// (the sender's account and the report) is stored in the same transaction; the others
+    /// wait until `retry` = (unix seconds, last error).
+    pub async fn queue_update(
+        &self,
+        id: u64,
+        done: Vec<String>,
+        retry: Option<(i64, String)>,
+        bounce: Option<(AccountId, Arc<[u8]>, i64)>,
+    ) -> Result<(), StoreError> {
+        let bounce = match bounce {
+            Some((account, body, date)) => Some(writer::LocalCopy {
+                accounts: vec![account],
+                body_id: self.write_body(&body).await?,
+                size: body.len() as u64,
+                internal_date: date,
+            }),
+            None => None,
+        };
+        self.write(writer::Op::QueueUpdate {
+            id,
+            done,
+            retry,
+            bounce,
         })
         .await
         .map(|_| ())

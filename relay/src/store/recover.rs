@@ -138,6 +138,7 @@ pub(super) fn open(dir: &Path) -> Result<Store, StoreError> {
         txn.open_table(MESSAGES)?;
         txn.open_table(BODY_REFS)?;
         txn.open_table(COUNTERS)?;
+        txn.open_table(index::QUEUE)?;
         txn.commit()?;
     }
     let max_id = repair(&db, dir)?;
@@ -237,6 +238,23 @@ fn drop_missing(db: &redb::Database, missing: &BTreeSet<u64>) -> Result<(), Stor
                 mb.highest_modseq += 1;
                 mbt.insert((account, name.as_str()), index::encode(&mb)?.as_slice())?;
             }
+        }
+    }
+    {
+        // A queued message whose file is gone cannot be sent or bounced with its content; the
+        // log is all that is left to tell.
+        let mut q = txn.open_table(index::QUEUE)?;
+        let mut lost = Vec::new();
+        for r in redb::ReadableTable::iter(&q)? {
+            let (k, v) = r?;
+            let e: index::Queued = index::decode(v.value())?;
+            if missing.contains(&e.body_id) {
+                lost.push((k.value(), e));
+            }
+        }
+        for (k, e) in lost {
+            tracing::error!(sender = %e.sender, rcpts = ?e.rcpts, "queued message file is missing; dropping it");
+            q.remove(k)?;
         }
     }
     {

@@ -284,3 +284,128 @@ async fn disk_full_leaves_nothing_half_written() {
     s.deliver(&[acc], body(2)).await.unwrap();
     assert_consistent(&s, &[inbox]);
 }
+
+#[tokio::test]
+async fn queue_entry_with_local_copy_survives_reopen() {
+    let d = tempfile::tempdir().unwrap();
+    let (s, acc, inbox) = store_with_account(d.path()).await;
+    let rcpts = vec![
+        "bob000001@b.test".to_string(),
+        "carol0001@c.test".to_string(),
+    ];
+    let id = s
+        .enqueue(
+            "alice0001@x.org",
+            rcpts.clone(),
+            body(1),
+            100,
+            Some((&[acc], body(2))),
+        )
+        .await
+        .unwrap();
+    drop(s);
+    let s = Store::open(d.path()).unwrap();
+    let q = s.queued().unwrap();
+    assert_eq!(q.len(), 1);
+    assert_eq!((q[0].id, &q[0].rcpts, q[0].next_attempt), (id, &rcpts, 100));
+    assert_eq!(s.read_body(q[0].body_id).await.unwrap(), body(1).to_vec());
+    let msgs = s.messages(inbox).unwrap();
+    assert_eq!(
+        msgs.len(),
+        1,
+        "the local copy is stored with the queue entry"
+    );
+    assert_eq!(
+        s.read_body(msgs[0].body_id).await.unwrap(),
+        body(2).to_vec()
+    );
+}
+
+#[tokio::test]
+async fn queue_update_reports_each_recipient_once() {
+    let d = tempfile::tempdir().unwrap();
+    let (s, acc, inbox) = store_with_account(d.path()).await;
+    let rcpts = vec![
+        "bob000001@b.test".to_string(),
+        "carol0001@c.test".to_string(),
+    ];
+    let id = s
+        .enqueue("alice0001@x.org", rcpts, body(1), 100, None)
+        .await
+        .unwrap();
+    // bob delivered, carol deferred
+    s.queue_update(
+        id,
+        vec!["bob000001@b.test".into()],
+        Some((160, "421 later".into())),
+        None,
+    )
+    .await
+    .unwrap();
+    let q = s.queued().unwrap();
+    assert_eq!(q[0].rcpts, ["carol0001@c.test"]);
+    assert_eq!(
+        (q[0].attempts, q[0].next_attempt, q[0].last_error.as_str()),
+        (1, 160, "421 later")
+    );
+    // carol bounces: the report lands in the INBOX and the entry (and its file) is gone
+    s.queue_update(
+        id,
+        vec!["carol0001@c.test".into()],
+        None,
+        Some((acc, body(3), 200)),
+    )
+    .await
+    .unwrap();
+    assert!(s.queued().unwrap().is_empty());
+    assert_eq!(s.messages(inbox).unwrap().len(), 1);
+    // the same outcome recorded again (a retried attempt) reports nothing twice
+    s.queue_update(
+        id,
+        vec!["carol0001@c.test".into()],
+        None,
+        Some((acc, body(3), 200)),
+    )
+    .await
+    .unwrap();
+    assert_eq!(s.messages(inbox).unwrap().len(), 1);
+    assert_consistent(&s, &[inbox]);
+}
+
+#[tokio::test]
+async fn crash_while_queueing_keeps_all_or_nothing() {
+    for point in [
+        CrashPoint::AfterTmpWrite,
+        CrashPoint::AfterRename,
+        CrashPoint::AfterCommit,
+    ] {
+        let d = tempfile::tempdir().unwrap();
+        let (s, acc, inbox) = store_with_account(d.path()).await;
+        s.crash_at(Some(point));
+        let r = s
+            .enqueue(
+                "alice0001@x.org",
+                vec!["bob000001@b.test".into()],
+                body(1),
+                1,
+                Some((&[acc], body(2))),
+            )
+            .await;
+        drop(s);
+        let s = Store::open(d.path()).unwrap();
+        let queued = s.queued().unwrap().len();
+        let local = s.messages(inbox).unwrap().len();
+        assert_eq!(
+            queued, local,
+            "{point:?}: queue entry and local copy go together"
+        );
+        if point == CrashPoint::AfterCommit {
+            assert_eq!(queued, 1, "committed before the crash: kept");
+        } else {
+            assert!(r.is_err());
+            assert_eq!(queued, 0, "{point:?}: never acknowledged, so not kept");
+        }
+        let files = recover::scan_bodies_for_test(s.dir()).len();
+        assert_eq!(files, queued * 2, "{point:?}: no orphan files");
+    }
+}

@@ -59,6 +59,21 @@ pub(super) enum Op {
         size: u64,
         internal_date: i64,
     },
+    /// Queues a message for remote recipients, and (in the same transaction) delivers the local
+    /// copy, so a message to local and remote recipients is accepted all or nothing.
+    Enqueue {
+        entry: Queued,
+        local: Option<LocalCopy>,
+    },
+    /// Records what one delivery attempt did: `done` recipients leave the queue (delivered or
+    /// bounced), the bounce (if any) lands in the sender's INBOX in the same transaction, so a
+    /// recipient is reported exactly once; the rest waits for `retry`.
+    QueueUpdate {
+        id: u64,
+        done: Vec<String>,
+        retry: Option<(i64, String)>,
+        bounce: Option<LocalCopy>,
+    },
     Append {
         mailbox: MailboxId,
         flags: Flags,
@@ -91,10 +106,14 @@ pub(super) enum Op {
 
 impl Op {
     /// The body file this op brings in, which must be unlinked if the op does not commit.
-    fn new_body(&self) -> Option<u64> {
+    fn new_bodies(&self) -> Vec<u64> {
         match self {
-            Op::Deliver { body_id, .. } | Op::Append { body_id, .. } => Some(*body_id),
-            _ => None,
+            Op::Deliver { body_id, .. } | Op::Append { body_id, .. } => vec![*body_id],
+            Op::Enqueue { entry, local } => std::iter::once(entry.body_id)
+                .chain(local.as_ref().map(|l| l.body_id))
+                .collect(),
+            Op::QueueUpdate { bounce, .. } => bounce.iter().map(|b| b.body_id).collect(),
+            _ => Vec::new(),
         }
     }
 }
@@ -107,6 +126,15 @@ pub(super) enum Reply {
     Flags(FlagUpdate),
     Uids(Vec<u32>),
     Copied(CopyResult),
+    Queued(u64),
+}
+
+/// A message stored into the INBOX of local accounts alongside a queue change.
+pub(super) struct LocalCopy {
+    pub accounts: Vec<AccountId>,
+    pub body_id: u64,
+    pub size: u64,
+    pub internal_date: i64,
 }
 
 type Answer = Result<(Reply, Vec<MailboxId>), StoreError>;
@@ -115,7 +143,7 @@ type Answer = Result<(Reply, Vec<MailboxId>), StoreError>;
 type Outcome = (
     oneshot::Sender<Answer>,
     Result<(Reply, Effects), StoreError>,
-    Option<u64>,
+    Vec<u64>,
 );
 
 struct Job {
@@ -213,7 +241,7 @@ fn commit_batch(
     // directory covers every body of the batch.
     let dirs: BTreeSet<PathBuf> = batch
         .iter()
-        .filter_map(|j| j.op.new_body())
+        .flat_map(|j| j.op.new_bodies())
         .filter_map(|b| recover::body_path(dir, b).parent().map(|p| p.to_owned()))
         .collect();
     for d in &dirs {
@@ -236,7 +264,7 @@ fn commit_batch(
     let mut results: Vec<Outcome> = Vec::with_capacity(batch.len());
     let mut jobs = batch.into_iter();
     while let Some(job) = jobs.next() {
-        let body = job.op.new_body();
+        let body = job.op.new_bodies();
         let r = apply(&txn, job.op);
         if let Err(e) = &r {
             if !is_logical(e) {
@@ -246,11 +274,11 @@ fn commit_batch(
                 drop(txn);
                 results.push((job.reply, Err(StoreError::Db(err.clone())), body));
                 for j in jobs {
-                    let b = j.op.new_body();
+                    let b = j.op.new_bodies();
                     results.push((j.reply, Err(StoreError::Closed), b));
                 }
                 for (reply, _, b) in results {
-                    if let Some(b) = b {
+                    for b in b {
                         recover::unlink_body(dir, b);
                     }
                     let _ = reply.send(Err(StoreError::Db(err.clone())));
@@ -264,7 +292,7 @@ fn commit_batch(
         let err = e.to_string();
         tracing::error!("index commit failed: {err}");
         for (reply, _, b) in results {
-            if let Some(b) = b {
+            for b in b {
                 recover::unlink_body(dir, b);
             }
             let _ = reply.send(Err(StoreError::Db(err.clone())));
@@ -286,7 +314,7 @@ fn commit_batch(
                 let _ = reply.send(Ok((rep, eff.touched)));
             }
             Err(e) => {
-                if let Some(b) = body {
+                for b in body {
                     recover::unlink_body(dir, b);
                 }
                 let _ = reply.send(Err(e));
@@ -299,7 +327,7 @@ fn fail_all(dir: &std::path::Path, batch: Vec<Job>, e: StoreError) {
     let msg = e.to_string();
     tracing::error!("store write failed: {msg}");
     for j in batch {
-        if let Some(b) = j.op.new_body() {
+        for b in j.op.new_bodies() {
             recover::unlink_body(dir, b);
         }
         let _ = j.reply.send(Err(StoreError::Db(msg.clone())));
@@ -506,6 +534,37 @@ fn all_messages(txn: &WriteTransaction, mailbox: MailboxId) -> Result<Vec<Messag
     Ok(out)
 }
 
+/// Stores one body in the INBOX of each account. Every account is checked before anything is
+/// written, so a missing one leaves the transaction untouched (a logical error).
+fn deliver_local(
+    txn: &WriteTransaction,
+    l: &LocalCopy,
+    eff: &mut Effects,
+) -> Result<(), StoreError> {
+    let mut boxes = Vec::with_capacity(l.accounts.len());
+    for a in &l.accounts {
+        get_account_w(txn, *a)?;
+        boxes.push(get_mailbox_w(txn, *a, "INBOX")?.ok_or(StoreError::NoSuchMailbox)?);
+    }
+    for mb in &mut boxes {
+        insert_message(
+            txn,
+            mb,
+            l.body_id,
+            l.size,
+            l.internal_date,
+            Flags::default(),
+        )?;
+        put_mailbox(txn, mb)?;
+        eff.touched.push(mb.id);
+    }
+    Ok(())
+}
+
+fn account_exists(txn: &WriteTransaction, id: AccountId) -> Result<bool, StoreError> {
+    Ok(txn.open_table(ACCOUNT_IDS)?.get(id)?.is_some())
+}
+
 fn apply(txn: &WriteTransaction, op: Op) -> Result<(Reply, Effects), StoreError> {
     let mut eff = Effects::default();
     let reply = match op {
@@ -657,15 +716,71 @@ fn apply(txn: &WriteTransaction, op: Op) -> Result<(Reply, Effects), StoreError>
             size,
             internal_date,
         } => {
-            let mut boxes = Vec::with_capacity(accounts.len());
-            for a in &accounts {
-                get_account_w(txn, *a)?;
-                boxes.push(get_mailbox_w(txn, *a, "INBOX")?.ok_or(StoreError::NoSuchMailbox)?);
+            let l = LocalCopy {
+                accounts,
+                body_id,
+                size,
+                internal_date,
+            };
+            deliver_local(txn, &l, &mut eff)?;
+            Reply::Done
+        }
+        Op::Enqueue { mut entry, local } => {
+            if let Some(l) = local {
+                deliver_local(txn, &l, &mut eff)?;
             }
-            for mb in &mut boxes {
-                insert_message(txn, mb, body_id, size, internal_date, Flags::default())?;
-                put_mailbox(txn, mb)?;
-                eff.touched.push(mb.id);
+            entry.id = next_counter(txn, "queue", 0)?;
+            add_ref(txn, entry.body_id)?;
+            txn.open_table(QUEUE)?
+                .insert(entry.id, encode(&entry)?.as_slice())?;
+            Reply::Queued(entry.id)
+        }
+        Op::QueueUpdate {
+            id,
+            done,
+            retry,
+            bounce,
+        } => {
+            let entry: Option<Queued> = {
+                let t = txn.open_table(QUEUE)?;
+                let v = t.get(id)?;
+                v.map(|v| decode(v.value())).transpose()?
+            };
+            let Some(mut entry) = entry else {
+                // Already finished (a duplicate update): report nothing twice.
+                if let Some(b) = bounce {
+                    eff.freed_bodies.push(b.body_id);
+                }
+                return Ok((Reply::Done, eff));
+            };
+            let before = entry.rcpts.len();
+            entry.rcpts.retain(|r| !done.iter().any(|d| d == r));
+            match bounce {
+                // The sender may have been deleted meanwhile; then nobody is left to tell.
+                Some(b)
+                    if entry.rcpts.len() < before
+                        && b.accounts
+                            .iter()
+                            .all(|a| account_exists(txn, *a).unwrap_or(false)) =>
+                {
+                    deliver_local(txn, &b, &mut eff)?;
+                }
+                Some(b) => eff.freed_bodies.push(b.body_id),
+                None => {}
+            }
+            if entry.rcpts.is_empty() {
+                txn.open_table(QUEUE)?.remove(id)?;
+                if drop_ref(txn, entry.body_id)? {
+                    eff.freed_bodies.push(entry.body_id);
+                }
+            } else {
+                if let Some((next, err)) = retry {
+                    entry.attempts += 1;
+                    entry.next_attempt = next;
+                    entry.last_error = err;
+                }
+                txn.open_table(QUEUE)?
+                    .insert(id, encode(&entry)?.as_slice())?;
             }
             Reply::Done
         }

@@ -1,0 +1,293 @@
+//! The outbound queue: mail from local senders for other domains waits here (on disk, in the
+//! store) until every recipient is delivered or reported back to the sender.
+//!
+//! Each entry is tried as soon as it is queued. Recipients are grouped by domain and handed to
+//! the [`Transport`] in parallel; what comes back decides, per recipient: 2xx leaves the queue,
+//! 5xx leaves it with a bounce to the sender, 4xx waits for a retry (60 s, then doubling up to
+//! `queue_retry_max`), until `queue_lifetime` is over and it bounces too. The result of one
+//! attempt, bounce included, is written in one store transaction, so a crash repeats at most a
+//! delivery (at least once) and never a report (exactly once).
+
+use super::bounce;
+use super::transport::Transport;
+use crate::clock::Clock;
+use crate::config::Config;
+use crate::dkim::Dkim;
+use crate::net::Shutdown;
+use crate::policy::Reply;
+use crate::store::{Queued, Store};
+use std::collections::{BTreeMap, HashMap, HashSet};
+use std::sync::{Arc, Mutex};
+use tokio::sync::Notify;
+
+/// After a delivery to a domain succeeds, mail waiting for that domain is tried again at once
+/// (the peer is back), but no entry more often than this.
+const HOT_RETRY_GAP: i64 = 5;
+/// How long a success keeps a domain "hot".
+const HOT_FOR: i64 = 60;
+
+pub struct Queue {
+    cfg: Arc<Config>,
+    store: Store,
+    clock: Clock,
+    dkim: Arc<Dkim>,
+    transport: Transport,
+    wake: Notify,
+    state: Mutex<State>,
+}
+
+#[derive(Default)]
+struct State {
+    in_flight: HashSet<u64>,
+    /// When each entry was last tried by this process.
+    tried: HashMap<u64, i64>,
+    /// Domains with a recent successful delivery, until when.
+    hot: HashMap<String, i64>,
+}
+
+/// The domain part of an address, lower-cased.
+fn domain_of(addr: &str) -> String {
+    addr.rsplit_once('@')
+        .map(|(_, d)| d)
+        .unwrap_or(addr)
+        .to_ascii_lowercase()
+}
+
+impl Queue {
+    pub fn new(
+        cfg: Arc<Config>,
+        store: Store,
+        clock: Clock,
+        dkim: Arc<Dkim>,
+        transport: Transport,
+    ) -> Queue {
+        Queue {
+            cfg,
+            store,
+            clock,
+            dkim,
+            transport,
+            wake: Notify::new(),
+            state: Mutex::new(State::default()),
+        }
+    }
+
+    fn state(&self) -> std::sync::MutexGuard<'_, State> {
+        self.state.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Something was queued or a peer came back: look at the queue now.
+    pub fn wake(&self) {
+        self.wake.notify_one();
+    }
+
+    /// The delay before retry number `attempts + 1`.
+    pub fn retry_delay(&self, attempts: u32) -> i64 {
+        let initial = self.cfg.queue_retry_initial.0 as i64;
+        let max = self.cfg.queue_retry_max.0 as i64;
+        initial
+            .checked_mul(1i64 << attempts.min(30))
+            .unwrap_or(max)
+            .min(max)
+    }
+
+    /// Runs until shutdown: starts every due entry, sleeps until the next one is due or
+    /// [`Queue::wake`] is called.
+    pub async fn run(self: Arc<Self>, shutdown: Shutdown) {
+        match self.store.queued() {
+            Ok(q) if !q.is_empty() => {
+                tracing::info!(
+                    messages = q.len(),
+                    "outbound queue holds mail from before the start"
+                )
+            }
+            Ok(_) => {}
+            Err(e) => tracing::error!("cannot read the outbound queue: {e}"),
+        }
+        loop {
+            let next = self.start_due();
+            let now = self.clock.now();
+            let wait =
+                std::time::Duration::from_secs(next.saturating_sub(now).clamp(1, 3600) as u64);
+            tokio::select! {
+                _ = self.wake.notified() => {}
+                _ = tokio::time::sleep(wait) => {}
+                _ = shutdown.wait() => return,
+            }
+        }
+    }
+
+    /// Starts an attempt for every due entry not already being tried; returns when the next
+    /// entry is due.
+    fn start_due(self: &Arc<Self>) -> i64 {
+        let now = self.clock.now();
+        let mut next = now + 3600;
+        let entries = match self.store.queued() {
+            Ok(e) => e,
+            Err(e) => {
+                tracing::error!("cannot read the outbound queue: {e}");
+                return now + 10;
+            }
+        };
+        let mut st = self.state();
+        st.hot.retain(|_, until| *until > now);
+        let live: HashSet<u64> = entries.iter().map(|e| e.id).collect();
+        st.tried.retain(|id, _| live.contains(id));
+        for e in entries {
+            if st.in_flight.contains(&e.id) {
+                continue;
+            }
+            let last = st.tried.get(&e.id).copied().unwrap_or(i64::MIN);
+            let hot = last + HOT_RETRY_GAP <= now
+                && e.rcpts.iter().any(|r| st.hot.contains_key(&domain_of(r)));
+            if e.next_attempt <= now || hot {
+                st.in_flight.insert(e.id);
+                st.tried.insert(e.id, now);
+                let q = self.clone();
+                tokio::spawn(async move {
+                    let id = e.id;
+                    q.attempt(e).await;
+                    q.state().in_flight.remove(&id);
+                    q.wake();
+                });
+            } else {
+                next = next.min(e.next_attempt);
+                if hot {
+                    next = next.min(last + HOT_RETRY_GAP);
+                }
+            }
+        }
+        next
+    }
+
+    /// One delivery attempt for every remaining recipient of `e`.
+    async fn attempt(&self, e: Queued) {
+        let body: Arc<[u8]> = match self.store.read_body(e.body_id).await {
+            Ok(b) => b.into(),
+            Err(err) => {
+                tracing::error!(queue_id = e.id, "cannot read a queued message: {err}");
+                let retry = (
+                    self.clock.now() + self.retry_delay(e.attempts),
+                    err.to_string(),
+                );
+                let _ = self
+                    .store
+                    .queue_update(e.id, Vec::new(), Some(retry), None)
+                    .await;
+                return;
+            }
+        };
+        let mut by_domain: BTreeMap<String, Vec<String>> = BTreeMap::new();
+        for r in &e.rcpts {
+            by_domain.entry(domain_of(r)).or_default().push(r.clone());
+        }
+        let tries = by_domain.into_iter().map(|(domain, rcpts)| {
+            let body = body.clone();
+            let sender = e.sender.clone();
+            async move {
+                let replies = self.transport.deliver(&domain, &sender, &rcpts, body).await;
+                (domain, rcpts, replies)
+            }
+        });
+        let results = futures::future::join_all(tries).await;
+
+        let now = self.clock.now();
+        let deadline = e.created + self.cfg.queue_lifetime.0 as i64;
+        let expired = now >= deadline;
+        let mut done = Vec::new();
+        let mut failed: Vec<(String, Reply)> = Vec::new();
+        let mut waiting: Vec<(String, Reply)> = Vec::new();
+        for (domain, rcpts, replies) in results {
+            for (i, rcpt) in rcpts.into_iter().enumerate() {
+                let reply = replies.get(i).cloned().unwrap_or_else(|| {
+                    Reply::new(451, "4.3.0 Local error: no answer for this recipient")
+                });
+                if reply.is_positive() {
+                    tracing::info!(queue_id = e.id, %rcpt, reply = %reply, "delivered");
+                    self.state().hot.insert(domain.clone(), now + HOT_FOR);
+                    done.push(rcpt);
+                } else if reply.is_temporary() && !expired {
+                    tracing::info!(queue_id = e.id, %rcpt, reply = %reply, attempts = e.attempts + 1, "deferred");
+                    waiting.push((rcpt, reply));
+                } else {
+                    let reply = if reply.is_temporary() {
+                        Reply::new(
+                            reply.code + 100,
+                            format!(
+                                "{} (gave up after {}: {})",
+                                "5.4.7 Delivery time expired",
+                                human_duration(self.cfg.queue_lifetime.0),
+                                reply
+                            ),
+                        )
+                    } else {
+                        reply
+                    };
+                    tracing::info!(queue_id = e.id, %rcpt, reply = %reply, "bounced");
+                    done.push(rcpt.clone());
+                    failed.push((rcpt, reply));
+                }
+            }
+        }
+        let bounce = if failed.is_empty() {
+            None
+        } else {
+            self.bounce_for(&e, &failed, &body, now)
+        };
+        let retry = waiting.first().map(|(_, r)| {
+            let next = (now + self.retry_delay(e.attempts)).min(deadline.max(now + 1));
+            (next, r.to_string())
+        });
+        if let Err(err) = self.store.queue_update(e.id, done, retry, bounce).await {
+            // Nothing recorded: the whole attempt repeats later (at least once, never lost).
+            tracing::error!(queue_id = e.id, "cannot record a delivery attempt: {err}");
+        }
+    }
+
+    /// The signed report for the sender's INBOX, or `None` when the sender is not one of ours
+    /// (null sender, or the account is gone): bounces never leave this relay.
+    fn bounce_for(
+        &self,
+        e: &Queued,
+        failed: &[(String, Reply)],
+        original: &[u8],
+        now: i64,
+    ) -> Option<(crate::store::AccountId, Arc<[u8]>, i64)> {
+        if e.sender.is_empty() {
+            return None;
+        }
+        let account = match self.store.account(&e.sender.to_ascii_lowercase()) {
+            Ok(Some(a)) => a,
+            _ => {
+                tracing::info!(sender = %e.sender, "no bounce: the sender has no account here");
+                return None;
+            }
+        };
+        let report = bounce::report(
+            &self.cfg.mail_domain,
+            &e.sender,
+            failed,
+            original,
+            e.created,
+            now,
+        );
+        let signed = match self.dkim.sign(&report) {
+            Ok(s) => s,
+            Err(err) => {
+                tracing::warn!("cannot sign a bounce, storing it unsigned: {err}");
+                report
+            }
+        };
+        Some((account.id, signed.into(), now))
+    }
+}
+
+fn human_duration(secs: u64) -> String {
+    let plural = |n: u64, unit: &str| format!("{n} {unit}{}", if n == 1 { "" } else { "s" });
+    match secs {
+        s if s >= 86400 && s % 86400 == 0 => plural(s / 86400, "day"),
+        s if s >= 3600 && s % 3600 == 0 => plural(s / 3600, "hour"),
+        s if s >= 60 && s % 60 == 0 => plural(s / 60, "minute"),
+        s => plural(s, "second"),
+    }
+}
