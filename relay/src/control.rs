@@ -12,7 +12,13 @@ use tokio::net::{UnixListener, UnixStream};
 /// A request from the command line to the daemon.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Request {
-    Expire { dry_run: bool },
+    Expire {
+        dry_run: bool,
+    },
+    /// List the outbound queue; with `flush`, retry every entry now.
+    Queue {
+        flush: bool,
+    },
 }
 
 impl Request {
@@ -20,6 +26,8 @@ impl Request {
         match self {
             Request::Expire { dry_run: false } => "expire".into(),
             Request::Expire { dry_run: true } => "expire --dry-run".into(),
+            Request::Queue { flush: false } => "queue".into(),
+            Request::Queue { flush: true } => "queue --flush".into(),
         }
     }
 
@@ -27,6 +35,8 @@ impl Request {
         match line.trim() {
             "expire" => Some(Request::Expire { dry_run: false }),
             "expire --dry-run" => Some(Request::Expire { dry_run: true }),
+            "queue" => Some(Request::Queue { flush: false }),
+            "queue --flush" => Some(Request::Queue { flush: true }),
             _ => None,
         }
     }
@@ -46,6 +56,18 @@ pub async fn execute(relay: &Relay, req: &Request) -> Result<String, String> {
                     }
                 })
                 .map_err(|e| format!("expiry failed: {e}"))
+        }
+        Request::Queue { flush } => {
+            let entries = relay
+                .store
+                .queued()
+                .map_err(|e| format!("cannot read the queue: {e}"))?;
+            let mut text = crate::delivery::queue::report(&entries, relay.clock.now());
+            if *flush && !entries.is_empty() {
+                relay.delivery.queue().flush();
+                text.push_str("\nretrying all of them now");
+            }
+            Ok(text)
         }
     }
 }
@@ -116,8 +138,11 @@ pub async fn request(
     let (r, mut w) = stream.into_split();
     w.write_all(format!("{}\n", req.to_line()).as_bytes())
         .await?;
+    // The reply may span lines (a queue listing); the relay closes the connection after it.
     let mut line = String::new();
-    BufReader::new(r).read_line(&mut line).await?;
+    BufReader::new(r.take(16 << 20))
+        .read_to_string(&mut line)
+        .await?;
     let line = line.trim_end();
     Ok(Some(match line.split_once(' ') {
         Some(("ok", text)) => Ok(text.to_string()),
@@ -177,6 +202,8 @@ mod tests {
         for r in [
             Request::Expire { dry_run: true },
             Request::Expire { dry_run: false },
+            Request::Queue { flush: false },
+            Request::Queue { flush: true },
         ] {
             assert_eq!(Request::parse(&r.to_line()), Some(r));
         }

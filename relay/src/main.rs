@@ -45,6 +45,19 @@ enum Cmd {
         #[arg(long)]
         dry_run: bool,
     },
+    /// Show the outbound queue (mail waiting for other relays): what, for whom, since when, the
+    /// last error. Talks to the running relay if there is one, else reads the data directory.
+    Queue {
+        /// The relay's config file (default: the dev data directory).
+        #[arg(long, conflicts_with = "data")]
+        config: Option<PathBuf>,
+        /// The data directory of a `relaybox dev` relay.
+        #[arg(long, default_value = "relaybox-data")]
+        data: PathBuf,
+        /// Retry every queued message now (needs the running relay).
+        #[arg(long)]
+        flush: bool,
+    },
     /// Print the DNS records to publish for the mail domain, the DKIM key's included. Only
     /// reads the key file, so it is safe beside a running relay.
     Dns {
@@ -109,6 +122,17 @@ fn main() -> anyhow::Result<()> {
             };
             rt.block_on(expire(cfg, dry_run))
         }
+        Cmd::Queue {
+            config,
+            data,
+            flush,
+        } => {
+            let cfg = match config {
+                Some(path) => Config::load(&path)?,
+                None => Config::with_domain("[127.0.0.1]", &data)?,
+            };
+            rt.block_on(queue(cfg, flush))
+        }
         Cmd::Dns { config, data } => match config {
             Some(path) => print_dns(&Config::load(&path)?),
             None => {
@@ -153,6 +177,33 @@ async fn expire(cfg: Config, dry_run: bool) -> anyhow::Result<()> {
     let clock = relaybox::clock::Clock::system();
     let report = relaybox::expiry::run(&store, &cfg, &clock, dry_run).await?;
     println!("{}{report}", if dry_run { "dry run: " } else { "" });
+    Ok(())
+}
+
+async fn queue(cfg: Config, flush: bool) -> anyhow::Result<()> {
+    use relaybox::control::{request, Request};
+    match request(&cfg.control_socket(), &Request::Queue { flush }).await {
+        Ok(Some(Ok(text))) => {
+            println!("{text}");
+            return Ok(());
+        }
+        Ok(Some(Err(e))) => anyhow::bail!("{e}"),
+        Ok(None) => {}
+        Err(e) => anyhow::bail!(
+            "cannot reach the relay at {}: {e}",
+            cfg.control_socket().display()
+        ),
+    }
+    if flush {
+        anyhow::bail!("no relay is running on {}: nothing to flush (a started relay retries its queue at once)", cfg.data_dir.display());
+    }
+    let store = relaybox::store::Store::open(&cfg.data_dir.join("store"))
+        .with_context(|| format!("cannot open the store in {}", cfg.data_dir.display()))?;
+    let now = relaybox::clock::Clock::system().now();
+    println!(
+        "{}",
+        relaybox::delivery::queue::report(&store.queued()?, now)
+    );
     Ok(())
 }
 

@@ -43,6 +43,8 @@ struct State {
     tried: HashMap<u64, i64>,
     /// Domains with a recent successful delivery, until when.
     hot: HashMap<String, i64>,
+    /// The operator asked to retry everything now.
+    flush: bool,
 }
 
 /// The domain part of an address, lower-cased.
@@ -74,6 +76,12 @@ impl Queue {
 
     fn state(&self) -> std::sync::MutexGuard<'_, State> {
         self.state.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Retries every entry now, whatever its retry time (`relaybox queue --flush`).
+    pub fn flush(&self) {
+        self.state().flush = true;
+        self.wake();
     }
 
     /// Something was queued or a peer came back: look at the queue now.
@@ -130,6 +138,7 @@ impl Queue {
             }
         };
         let mut st = self.state();
+        let flush = std::mem::take(&mut st.flush);
         st.hot.retain(|_, until| *until > now);
         let live: HashSet<u64> = entries.iter().map(|e| e.id).collect();
         st.tried.retain(|id, _| live.contains(id));
@@ -140,7 +149,7 @@ impl Queue {
             let last = st.tried.get(&e.id).copied().unwrap_or(i64::MIN);
             let hot = last + HOT_RETRY_GAP <= now
                 && e.rcpts.iter().any(|r| st.hot.contains_key(&domain_of(r)));
-            if e.next_attempt <= now || hot {
+            if e.next_attempt <= now || hot || flush {
                 st.in_flight.insert(e.id);
                 st.tried.insert(e.id, now);
                 let q = self.clone();
@@ -282,6 +291,43 @@ impl Queue {
     }
 }
 
+/// The queue as the operator sees it (`relaybox queue`), oldest first.
+pub fn report(entries: &[Queued], now: i64) -> String {
+    if entries.is_empty() {
+        return "the outbound queue is empty".into();
+    }
+    let mut sorted: Vec<&Queued> = entries.iter().collect();
+    sorted.sort_by_key(|e| (e.created, e.id));
+    let rcpts: usize = sorted.iter().map(|e| e.rcpts.len()).sum();
+    let mut out = format!(
+        "{} message(s) for {} recipient(s) waiting\n",
+        sorted.len(),
+        rcpts
+    );
+    for e in sorted {
+        let sender = if e.sender.is_empty() { "<>" } else { &e.sender };
+        let next = if e.next_attempt <= now {
+            "now".to_string()
+        } else {
+            format!("in {}", human_duration((e.next_attempt - now) as u64))
+        };
+        out.push_str(&format!(
+            "\n#{} {} bytes, queued {} ago, {} attempt(s), next {}\n  from {}\n  to {}\n",
+            e.id,
+            e.size,
+            human_duration(now.saturating_sub(e.created).max(0) as u64),
+            e.attempts,
+            next,
+            sender,
+            e.rcpts.join(", "),
+        ));
+        if !e.last_error.is_empty() {
+            out.push_str(&format!("  last error: {}\n", e.last_error));
+        }
+    }
+    out.trim_end().to_string()
+}
+
 fn human_duration(secs: u64) -> String {
     let plural = |n: u64, unit: &str| format!("{n} {unit}{}", if n == 1 { "" } else { "s" });
     match secs {
@@ -289,5 +335,54 @@ fn human_duration(secs: u64) -> String {
         s if s >= 3600 && s % 3600 == 0 => plural(s / 3600, "hour"),
         s if s >= 60 && s % 60 == 0 => plural(s / 60, "minute"),
         s => plural(s, "second"),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn report_lists_oldest_first_with_the_last_error() {
+        let e = |id, created, rcpts: &[&str], err: &str| Queued {
+            id,
+            body_id: id,
+            size: 1000,
+            sender: "alice0001@a.test".into(),
+            rcpts: rcpts.iter().map(|r| r.to_string()).collect(),
+            created,
+            next_attempt: 1000 + 120,
+            attempts: 2,
+            last_error: err.into(),
+        };
+        let text = report(
+            &[
+                e(2, 900, &["b@b.test"], ""),
+                e(1, 400, &["c@c.test", "d@c.test"], "421 Failed to connect"),
+            ],
+            1000,
+        );
+        assert!(
+            text.starts_with("2 message(s) for 3 recipient(s) waiting\n"),
+            "{text}"
+        );
+        let first = text.find("#1 ").unwrap();
+        assert!(first < text.find("#2 ").unwrap(), "{text}");
+        assert!(
+            text.contains("queued 10 minutes ago, 2 attempt(s), next in 2 minutes"),
+            "{text}"
+        );
+        assert!(
+            text.contains("  to c@c.test, d@c.test\n  last error: 421 Failed to connect"),
+            "{text}"
+        );
+        assert_eq!(report(&[], 0), "the outbound queue is empty");
+    }
+
+    #[test]
+    fn durations_read_naturally() {
+        assert_eq!(human_duration(86400), "1 day");
+        assert_eq!(human_duration(2 * 86400), "2 days");
+        assert_eq!(human_duration(90), "90 seconds");
     }
 }
