@@ -159,17 +159,17 @@ impl Transport {
                 return fill(results, r);
             }
             Ok(Mx::NoDomain) => {
-                let r = Reply::new(512, format!("5.1.2 Domain {domain} does not exist"));
+                let r = Reply::new(512, format!("Domain {domain} does not exist"));
                 tracing::info!(domain, reply = %r, "delivery failed");
                 return fill(results, r);
             }
             Err(e) if !e.is_temporary() => {
-                let r = Reply::new(512, format!("5.1.2 Domain {domain} does not exist"));
+                let r = Reply::new(512, format!("Domain {domain} does not exist"));
                 tracing::info!(domain, reply = %r, "delivery failed: {e}");
                 return fill(results, r);
             }
             Err(e) => {
-                let r = Reply::new(421, format!("4.4.3 DNS resolution failed for {domain}"));
+                let r = Reply::new(421, format!("DNS resolution failed for {domain}"));
                 tracing::info!(domain, reply = %r, "delivery failed: {e}");
                 return fill(results, r);
             }
@@ -198,9 +198,7 @@ impl Transport {
             let (host, err) = last.unwrap_or_else(|| (domain.to_string(), "no MX host".into()));
             Reply::new(
                 421,
-                format!(
-                    "4.4.1 Failed to connect to any mail server; last attempt to {host}: {err}"
-                ),
+                format!("Failed to connect to any mail server; last attempt to {host}: {err}"),
             )
         });
         fill(results, fallback)
@@ -245,6 +243,8 @@ impl Transport {
         let server_name =
             client_tls::server_name(host).map_err(|err| Unreachable { err, temp: None })?;
         let mut temp = None;
+        // The host answered that it has no /mxdeliv: that stays true even if SMTP fails.
+        let mut said_unsupported = false;
         let port = self.cfg.outbound_https_port;
         if !self.is_https_unsupported(host) {
             let pending: Vec<usize> = (0..rcpts.len()).filter(|&i| results[i].is_none()).collect();
@@ -305,7 +305,10 @@ impl Transport {
                         return Ok(());
                     }
                 }
-                https::Outcome::Unsupported(_) => self.mark_https_unsupported(host, true),
+                https::Outcome::Unsupported(_) => {
+                    self.mark_https_unsupported(host, true);
+                    said_unsupported = true;
+                }
                 https::Outcome::Failed { temp: t, .. } => temp = t,
             }
         }
@@ -344,7 +347,11 @@ impl Transport {
             }
             Err(err) => {
                 tracing::info!(domain, host, via = "smtp", error = %err, "delivery attempt failed");
-                self.mark_https_unsupported(host, false);
+                // As in the reference: a host we cannot reach by SMTP either gets HTTPS tried
+                // again next time, unless it said itself that it has no /mxdeliv.
+                if !said_unsupported {
+                    self.mark_https_unsupported(host, false);
+                }
                 Err(Unreachable { err, temp })
             }
         }

@@ -320,6 +320,80 @@ async fn without_https_smtp_delivers_and_the_host_is_remembered() {
     assert_eq!(inbox_len(&rx.relay, a).await, 1);
 }
 
+/// A fake HTTPS server with the receiver's certificate that answers every request with
+/// `status` and `body`, then closes the connection.
+async fn fake_https(rx: &Receiver, ip: [u8; 4], status: &'static str, body: &'static str) -> u16 {
+    let l = TcpListener::bind((IpAddr::from(ip), 0)).await.unwrap();
+    let port = l.local_addr().unwrap().port();
+    let acceptor = rx.relay.tls.https.clone();
+    tokio::spawn(async move {
+        while let Ok((tcp, _)) = l.accept().await {
+            let acceptor = acceptor.clone();
+            tokio::spawn(async move {
+                use tokio::io::AsyncReadExt;
+                let Ok(mut tls) = acceptor.accept(tcp).await else {
+                    return;
+                };
+                let mut req = Vec::new();
+                let mut buf = [0u8; 4096];
+                while !req.windows(4).any(|w| w == b"\r\n\r\n") {
+                    match tls.read(&mut buf).await {
+                        Ok(0) | Err(_) => return,
+                        Ok(n) => req.extend_from_slice(&buf[..n]),
+                    }
+                }
+                let resp = format!(
+                    "HTTP/1.1 {status}\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+                    body.len()
+                );
+                let _ = tls.write_all(resp.as_bytes()).await;
+                let _ = tls.shutdown().await;
+            });
+        }
+    });
+    port
+}
+
+#[tokio::test]
+async fn a_host_without_mxdeliv_is_remembered_and_smtp_used() {
+    let ip = [127, 0, 0, 8];
+    let rx = receiver(ip, "[127.0.0.8]", false, true, None).await;
+    let a = "rcptuser1@[127.0.0.8]";
+    add_user(&rx.relay, a).await;
+    let https = fake_https(&rx, ip, "404 Not Found", "Not Found").await;
+    let d = tempfile::tempdir().unwrap();
+    let t = transport(sender_cfg(d.path(), https, rx.smtp));
+    let replies = t
+        .deliver("[127.0.0.8]", SENDER, &[a.to_string()], msg(a))
+        .await;
+    assert_eq!(replies, vec![Reply::new(250, "OK (SMTP)")]);
+    assert!(t.is_https_unsupported("[127.0.0.8]"));
+    assert_eq!(inbox_len(&rx.relay, a).await, 1);
+}
+
+#[tokio::test]
+async fn a_temporary_https_refusal_is_reported_when_smtp_is_unreachable() {
+    let ip = [127, 0, 0, 9];
+    let rx = receiver(ip, "[127.0.0.9]", false, false, None).await;
+    let https = fake_https(
+        &rx,
+        ip,
+        "500 Internal Server Error",
+        "451 4.3.0 Temporary lookup failure",
+    )
+    .await;
+    let d = tempfile::tempdir().unwrap();
+    let t = transport(sender_cfg(d.path(), https, rx.smtp));
+    let replies = t
+        .deliver("[127.0.0.9]", SENDER, &["x@[127.0.0.9]".into()], msg("x@x"))
+        .await;
+    assert_eq!(
+        replies,
+        vec![Reply::new(451, "4.3.0 Temporary lookup failure")]
+    );
+    assert!(!t.is_https_unsupported("[127.0.0.9]"));
+}
+
 #[tokio::test]
 async fn nobody_listening_is_a_temporary_failure() {
     let ip = [127, 0, 0, 4];
