@@ -263,6 +263,47 @@ async fn https_delivery_lands_in_the_inbox_and_reuses_the_connection() {
     assert!(!t.is_https_unsupported("[127.0.0.2]"));
 }
 
+/// A TCP relay on `ip` in front of `target` that counts the connections it accepts.
+async fn counting_proxy(
+    ip: [u8; 4],
+    target: SocketAddr,
+) -> (u16, Arc<std::sync::atomic::AtomicUsize>) {
+    let l = TcpListener::bind((IpAddr::from(ip), 0)).await.unwrap();
+    let port = l.local_addr().unwrap().port();
+    let count = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let c = count.clone();
+    tokio::spawn(async move {
+        while let Ok((mut a, _)) = l.accept().await {
+            c.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+            tokio::spawn(async move {
+                if let Ok(mut b) = tokio::net::TcpStream::connect(target).await {
+                    let _ = tokio::io::copy_bidirectional(&mut a, &mut b).await;
+                }
+            });
+        }
+    });
+    (port, count)
+}
+
+#[tokio::test]
+async fn consecutive_https_deliveries_share_one_connection() {
+    let ip = [127, 0, 0, 10];
+    let rx = receiver(ip, "[127.0.0.10]", true, false, None).await;
+    let a = "rcptuser1@[127.0.0.10]";
+    add_user(&rx.relay, a).await;
+    let (port, count) = counting_proxy(ip, SocketAddr::from((ip, rx.https))).await;
+    let d = tempfile::tempdir().unwrap();
+    let t = transport(sender_cfg(d.path(), port, rx.smtp));
+    for _ in 0..3 {
+        let replies = t
+            .deliver("[127.0.0.10]", SENDER, &[a.to_string()], msg(a))
+            .await;
+        assert_eq!(replies, vec![Reply::new(250, "OK (HTTPS)")]);
+    }
+    assert_eq!(inbox_len(&rx.relay, a).await, 3);
+    assert_eq!(count.load(std::sync::atomic::Ordering::SeqCst), 1);
+}
+
 #[tokio::test]
 async fn unknown_and_mixed_recipients_get_their_own_answers_over_https() {
     let rx = receiver([127, 0, 0, 2], "[127.0.0.2]", true, true, None).await;
@@ -633,4 +674,36 @@ async fn named_domain_over_dns_with_strict_verification_against_a_private_ca() {
     );
     assert!(replies[0].text.contains("TLS"), "{replies:?}");
     assert_eq!(inbox_len(&rx.relay, a).await, 2);
+}
+
+#[tokio::test]
+async fn at_most_four_deliveries_run_at_once_per_domain() {
+    use std::sync::atomic::{AtomicUsize, Ordering};
+    let ip = [127, 0, 0, 11];
+    let l = TcpListener::bind((IpAddr::from(ip), 0)).await.unwrap();
+    let port = l.local_addr().unwrap().port();
+    let (now, max) = (Arc::new(AtomicUsize::new(0)), Arc::new(AtomicUsize::new(0)));
+    let (n2, m2) = (now.clone(), max.clone());
+    tokio::spawn(async move {
+        while let Ok((mut s, _)) = l.accept().await {
+            let (now, max) = (n2.clone(), m2.clone());
+            tokio::spawn(async move {
+                let cur = now.fetch_add(1, Ordering::SeqCst) + 1;
+                max.fetch_max(cur, Ordering::SeqCst);
+                tokio::time::sleep(Duration::from_millis(300)).await;
+                now.fetch_sub(1, Ordering::SeqCst);
+                // Refuse service: the reply is final for the attempt, no STARTTLS needed.
+                let _ = s.write_all(b"554 go away\r\n").await;
+            });
+        }
+    });
+    let d = tempfile::tempdir().unwrap();
+    let t = transport(sender_cfg(d.path(), free_port(ip), port));
+    let rcpts = vec!["x@[127.0.0.11]".to_string()];
+    let runs = (0..10).map(|_| t.deliver("[127.0.0.11]", SENDER, &rcpts, msg("x@x")));
+    let all = futures::future::join_all(runs).await;
+    assert!(all.iter().all(|r| r[0].code == 554), "{all:?}");
+    assert_eq!(max.load(Ordering::SeqCst), super::MAX_PER_DOMAIN);
+    // The domain's limiter is dropped once nobody uses it.
+    assert!(super::lock(&t.per_domain).is_empty());
 }
