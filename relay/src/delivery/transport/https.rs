@@ -1,0 +1,238 @@
+//! `POST /mxdeliv` to another relay (reference §3.8/§3.9), over HTTP/1.1 on TLS, with at most one
+//! idle connection kept per (host, port, verification) for reuse.
+
+use super::smtp::parse_reply_text;
+use crate::policy::Reply;
+use bytes::Bytes;
+use http_body_util::{BodyExt, Full, Limited};
+use hyper::client::conn::http1::SendRequest;
+use hyper::StatusCode;
+use hyper_util::rt::TokioIo;
+use rustls::pki_types::ServerName;
+use std::collections::HashMap;
+use std::net::IpAddr;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+use tokio_rustls::TlsConnector;
+
+/// Timeout for the whole request and response, as in the reference.
+pub const TIMEOUT: Duration = Duration::from_secs(60);
+/// How long an idle connection is kept for the next delivery to the same host.
+pub const IDLE: Duration = Duration::from_secs(100);
+/// The most of an error body we read: it is one SMTP reply line.
+const MAX_RESPONSE_BODY: usize = 64 * 1024;
+
+/// How one `/mxdeliv` request went.
+#[derive(Debug)]
+pub enum Outcome {
+    /// 2xx: delivered to every recipient in the request.
+    Delivered,
+    /// 400 with a 5xx SMTP reply: the receiving relay refuses the message for good.
+    Refused(Reply),
+    /// 404, 405 or 501: the host has no `/mxdeliv`.
+    Unsupported(u16),
+    /// Anything else: connect, TLS or I/O error, or another status. `temp` is a 4xx SMTP reply
+    /// found in the error body, worth reporting if SMTP does not get through either.
+    Failed { err: String, temp: Option<Reply> },
+}
+
+impl std::fmt::Display for Outcome {
+    fn fmt(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+        match self {
+            Outcome::Delivered => f.write_str("delivered"),
+            Outcome::Refused(r) => write!(f, "refused: {r}"),
+            Outcome::Unsupported(status) => write!(f, "no /mxdeliv (HTTP {status})"),
+            Outcome::Failed { err, .. } => write!(f, "failed: {err}"),
+        }
+    }
+}
+
+#[derive(Clone, PartialEq, Eq, Hash)]
+struct PoolKey {
+    host: String,
+    port: u16,
+    verified: bool,
+}
+
+type Sender = SendRequest<Full<Bytes>>;
+
+#[derive(Default)]
+pub struct Pool {
+    idle: Mutex<HashMap<PoolKey, (Sender, Instant)>>,
+}
+
+pub struct Request<'a> {
+    pub host: &'a str,
+    pub port: u16,
+    pub ips: &'a [IpAddr],
+    pub verified: bool,
+    pub connector: TlsConnector,
+    pub server_name: ServerName<'static>,
+    pub sender: &'a str,
+    pub rcpts: &'a [&'a str],
+    pub message: &'a Arc<[u8]>,
+}
+
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+impl Pool {
+    /// How many idle connections are kept (for tests).
+    #[cfg(test)]
+    pub fn idle_count(&self) -> usize {
+        lock(&self.idle).len()
+    }
+
+    /// The idle connection to `key`, if there is one that is still open and ready.
+    async fn take(&self, key: &PoolKey) -> Option<Sender> {
+        let (mut s, since) = lock(&self.idle).remove(key)?;
+        if since.elapsed() > IDLE || s.is_closed() {
+            return None;
+        }
+        match tokio::time::timeout(Duration::from_millis(500), s.ready()).await {
+            Ok(Ok(())) => Some(s),
+            _ => None,
+        }
+    }
+
+    /// Keeps `s` for the next request to `key` (one per key), dropping expired ones.
+    fn put(&self, key: PoolKey, s: Sender) {
+        if s.is_closed() {
+            return;
+        }
+        let mut idle = lock(&self.idle);
+        idle.retain(|_, (s, since)| since.elapsed() <= IDLE && !s.is_closed());
+        idle.entry(key).or_insert((s, Instant::now()));
+    }
+
+    pub async fn post(&self, req: &Request<'_>) -> Outcome {
+        let key = PoolKey {
+            host: req.host.to_string(),
+            port: req.port,
+            verified: req.verified,
+        };
+        if let Some(s) = self.take(&key).await {
+            match tokio::time::timeout(TIMEOUT, exchange(s, req)).await {
+                Ok(Ok((outcome, s))) => {
+                    if let Some(s) = s {
+                        self.put(key, s);
+                    }
+                    return outcome;
+                }
+                // The server may have closed the idle connection just as we used it: dial anew.
+                Ok(Err(e)) => tracing::debug!(host = req.host, "pooled connection failed: {e}"),
+                Err(_) => {
+                    return Outcome::Failed {
+                        err: "HTTPS request timed out".into(),
+                        temp: None,
+                    }
+                }
+            }
+        }
+        let fresh = async {
+            let s = connect(req).await?;
+            exchange(s, req).await
+        };
+        match tokio::time::timeout(TIMEOUT, fresh).await {
+            Ok(Ok((outcome, s))) => {
+                if let Some(s) = s {
+                    self.put(key, s);
+                }
+                outcome
+            }
+            Ok(Err(err)) => Outcome::Failed { err, temp: None },
+            Err(_) => Outcome::Failed {
+                err: "HTTPS request timed out".into(),
+                temp: None,
+            },
+        }
+    }
+}
+
+async fn connect(req: &Request<'_>) -> Result<Sender, String> {
+    let tcp = super::connect_tcp(req.ips, req.port).await?;
+    let tls = req
+        .connector
+        .connect(req.server_name.clone(), tcp)
+        .await
+        .map_err(|e| format!("TLS handshake failed: {e}"))?;
+    let (s, conn) = hyper::client::conn::http1::handshake(TokioIo::new(tls))
+        .await
+        .map_err(|e| format!("HTTP handshake failed: {e}"))?;
+    tokio::spawn(async move {
+        if let Err(e) = conn.await {
+            tracing::debug!("mxdeliv client connection ended: {e}");
+        }
+    });
+    Ok(s)
+}
+
+/// The `Host` header for `host` on `port`: IPv6 literals in brackets, the port only when not 443.
+pub fn host_header(host: &str, port: u16) -> String {
+    let h = match crate::dns::literal_ip(host) {
+        Some(IpAddr::V6(ip)) => format!("[{ip}]"),
+        Some(IpAddr::V4(ip)) => ip.to_string(),
+        None => host.to_string(),
+    };
+    if port == 443 {
+        h
+    } else {
+        format!("{h}:{port}")
+    }
+}
+
+/// One request on `s`. Gives the outcome and the connection back when it can be reused.
+async fn exchange(mut s: Sender, req: &Request<'_>) -> Result<(Outcome, Option<Sender>), String> {
+    let mut b = hyper::Request::post("/mxdeliv")
+        .header(hyper::header::HOST, host_header(req.host, req.port))
+        .header(hyper::header::CONTENT_TYPE, "message/rfc822")
+        .header(hyper::header::CONTENT_LENGTH, req.message.len());
+    if !req.sender.is_empty() {
+        b = b.header("X-MAIL-FROM", req.sender);
+    }
+    for r in req.rcpts {
+        b = b.header("X-MAIL-TO", *r);
+    }
+    let body = Full::new(Bytes::from_owner(req.message.clone()));
+    let request = b
+        .body(body)
+        .map_err(|e| format!("cannot build the request: {e}"))?;
+    s.ready()
+        .await
+        .map_err(|e| format!("connection not usable: {e}"))?;
+    let resp = s
+        .send_request(request)
+        .await
+        .map_err(|e| format!("HTTPS request failed: {e}"))?;
+    let status = resp.status();
+    let body = Limited::new(resp.into_body(), MAX_RESPONSE_BODY)
+        .collect()
+        .await
+        .map(|b| b.to_bytes())
+        .map_err(|e| format!("reading the response failed: {e}"))?;
+    let text = String::from_utf8_lossy(&body);
+    Ok((classify(status, &text), Some(s)))
+}
+
+/// What an `/mxdeliv` answer means for us (pure, so it is unit tested).
+pub fn classify(status: StatusCode, body: &str) -> Outcome {
+    let reply = parse_reply_text(body);
+    if status.is_success() {
+        return Outcome::Delivered;
+    }
+    match status.as_u16() {
+        400 if reply.as_ref().is_some_and(|r| r.code >= 500) => {
+            Outcome::Refused(reply.expect("checked above"))
+        }
+        404 | 405 | 501 => Outcome::Unsupported(status.as_u16()),
+        code => {
+            let first = body.lines().next().unwrap_or("").trim();
+            let first: String = first.chars().take(200).collect();
+            Outcome::Failed {
+                err: format!("HTTPS status {code}: {first}"),
+                temp: reply.filter(|r| r.is_temporary()),
+            }
+        }
+    }
+}
