@@ -313,3 +313,6 @@ impl Delivery {
 
 #[cfg(test)]
 mod tests;
+
+#[cfg(test)]
+mod queue_tests;
