@@ -9,6 +9,8 @@
 #   build     cargo build --release -p relaybox  (the one binary every later stage uses)
 #   unit      cargo nextest run (+ doctests), or cargo test when nextest is not installed
 #   e2e       pytest tests/ against target/release/relaybox (IMAP/SMTP + real Delta Chat core)
+#   federation  pytest tests/test_federation*.py: two relays (a.test, b.test) with dnsmasq and a
+#             private CA, IP-literal relays, Postfix + OpenDKIM interop, queue durability
 #   fuzz      a short smoke run of every cargo-fuzz target (scripts/fuzz.sh, FUZZ_SECONDS each)
 #
 # Environment: PYTEST_ADDOPTS (extra pytest options, e.g. "-k securejoin -x"),
@@ -26,7 +28,7 @@ cd "$ROOT"
 # shellcheck source=scripts/lib.sh
 . "$ROOT/scripts/lib.sh"
 
-ALL_STAGES=(setup fmt clippy build unit e2e fuzz)
+ALL_STAGES=(setup fmt clippy build unit e2e federation fuzz)
 
 VENV="$ROOT/tests/.venv"
 ARTIFACTS="$ROOT/test-artifacts"
@@ -94,10 +96,13 @@ summary() {
     for r in "${RESULTS[@]}"; do
         printf '  %s\n' "$r"
     done
-    if [ -f "$ARTIFACTS/idle_latency.txt" ]; then
-        printf '\n'
-        sed 's/^/  /' "$ARTIFACTS/idle_latency.txt"
-    fi
+    local f
+    for f in idle_latency.txt federation_rtt.txt; do
+        if [ -f "$ARTIFACTS/$f" ]; then
+            printf '\n'
+            sed 's/^/  /' "$ARTIFACTS/$f"
+        fi
+    done
     if [ "$FAILED" -ne 0 ]; then
         printf '\nRESULT: FAILED (artifacts, if any, in %s)\n' "$ARTIFACTS"
     else
@@ -116,6 +121,7 @@ stage_setup() {
     cargo --version
     # dnsmasq answers the loopback DNS zones of the resolver and DKIM tests
     [ -x /usr/sbin/dnsmasq ] || have dnsmasq || apt_install dnsmasq-base
+    ensure_mta_packages
     # Python 3 with venv (Debian splits venv/ensurepip into python3-venv)
     if ! have python3; then
         apt_install python3 python3-venv
@@ -141,6 +147,30 @@ stage_setup() {
     "$VENV/bin/python" --version
     echo "deltachat-rpc-server $("$VENV/bin/deltachat-rpc-server" --version 2>&1)"
     "$VENV/bin/python" -c 'import deltachat_rpc_client, pytest, pytest_timeout; print("pytest", pytest.__version__)'
+}
+
+# Postfix + OpenDKIM for the federation interop test. The tests run their own instance
+# (`postfix -c DIR`); the package must not set up or start a system one: debconf "No
+# configuration" (no /etc/postfix/main.cf), and services are not started during the install.
+ensure_mta_packages() {
+    local need=()
+    [ -x /usr/sbin/postfix ] || need+=(postfix)
+    [ -x /usr/sbin/opendkim ] || need+=(opendkim)
+    [ -x /usr/sbin/opendkim-genkey ] || need+=(opendkim-tools)
+    [ "${#need[@]}" -gt 0 ] || return 0
+    echo "postfix postfix/main_mailer_type select No configuration" | as_root debconf-set-selections
+    local added_policy=0
+    if [ ! -e /usr/sbin/policy-rc.d ]; then
+        printf '#!/bin/sh\nexit 101\n' | as_root tee /usr/sbin/policy-rc.d >/dev/null
+        as_root chmod 755 /usr/sbin/policy-rc.d
+        added_policy=1
+    fi
+    local rc=0
+    apt_install "${need[@]}" || rc=$?
+    if [ "$added_policy" = 1 ]; then
+        as_root rm -f /usr/sbin/policy-rc.d
+    fi
+    return "$rc"
 }
 
 stage_fmt() {
@@ -181,7 +211,32 @@ stage_e2e() {
     rm -f "$ARTIFACTS/idle_latency.txt"
     local rc=0
     "$VENV/bin/python" -m pytest tests -v --durations=15 \
+        --ignore-glob='*test_federation*' \
         --junitxml="$ARTIFACTS/pytest-junit.xml" || rc=$?
+    if [ "$rc" -eq 5 ]; then
+        echo "error: pytest collected no tests (exit 5): counted as a failure" >&2
+    fi
+    return "$rc"
+}
+
+stage_federation() {
+    if [ ! -x "$RELAYBOX_BIN" ]; then
+        echo "error: $RELAYBOX_BIN missing (stage build failed or was not run)" >&2
+        return 1
+    fi
+    if [ ! -x "$VENV/bin/python" ]; then
+        echo "error: tests/.venv missing: run the setup stage first (scripts/test.sh setup federation)" >&2
+        return 1
+    fi
+    mkdir -p "$ARTIFACTS"
+    rm -f "$ARTIFACTS/federation_rtt.txt"
+    local rc=0
+    "$VENV/bin/python" -m pytest tests/test_federation.py tests/test_federation_iplit.py \
+        tests/test_federation_durability.py tests/test_federation_postfix.py -v --durations=15 \
+        --junitxml="$ARTIFACTS/pytest-federation-junit.xml" || rc=$?
+    if [ -f "$ARTIFACTS/federation_rtt.txt" ]; then
+        cat "$ARTIFACTS/federation_rtt.txt"
+    fi
     if [ "$rc" -eq 5 ]; then
         echo "error: pytest collected no tests (exit 5): counted as a failure" >&2
     fi
@@ -226,11 +281,11 @@ for s in "${STAGES[@]}"; do
             exit 1
         }
         ;;
-    e2e)
+    e2e | federation)
         if [ -x "$RELAYBOX_BIN" ] && ! printf '%s\n' "${RESULTS[@]}" | grep -q '^FAIL .* build'; then
-            run_stage e2e stage_e2e || true
+            run_stage "$s" "stage_$s" || true
         else
-            skip_stage e2e "no relaybox binary: build failed"
+            skip_stage "$s" "no relaybox binary: build failed"
         fi
         ;;
     *)
