@@ -707,3 +707,56 @@ async fn at_most_four_deliveries_run_at_once_per_domain() {
     // The domain's limiter is dropped once nobody uses it.
     assert!(super::lock(&t.per_domain).is_empty());
 }
+
+mod props {
+    use super::super::smtp::{dot_stuff, parse_reply, parse_reply_text};
+    use proptest::prelude::*;
+
+    proptest! {
+        /// Whatever a remote server sends, the parser answers (reply, need more, or error) and
+        /// never claims more bytes than it was given.
+        #[test]
+        fn reply_parser_never_panics(buf in proptest::collection::vec(any::<u8>(), 0..600)) {
+            if let Ok(Some((r, n))) = parse_reply(&buf) {
+                prop_assert!(n <= buf.len());
+                prop_assert!((200..600).contains(&r.code));
+            }
+            let _ = parse_reply_text(&String::from_utf8_lossy(&buf));
+        }
+
+        /// A well-formed multiline reply parses back to its code and lines.
+        #[test]
+        fn replies_round_trip(code in 200u16..600, lines in proptest::collection::vec("[ -~]{0,40}", 1..5)) {
+            let mut wire = String::new();
+            for (i, l) in lines.iter().enumerate() {
+                let sep = if i + 1 == lines.len() { ' ' } else { '-' };
+                wire.push_str(&format!("{code}{sep}{l}\r\n"));
+            }
+            let (r, n) = parse_reply(wire.as_bytes()).unwrap().unwrap();
+            prop_assert_eq!(n, wire.len());
+            prop_assert_eq!(r.code, code);
+            prop_assert_eq!(r.lines, lines);
+        }
+
+        /// DATA never contains a lone "." line before the end, and un-stuffing gives the message
+        /// back with CRLF line ends.
+        #[test]
+        fn dot_stuffing_is_reversible(msg in proptest::collection::vec(prop_oneof![Just(b'.'), Just(b'\r'), Just(b'\n'), Just(b'a')], 0..200)) {
+            let out = dot_stuff(&msg);
+            let text = String::from_utf8(out).unwrap();
+            prop_assert!(text.ends_with(".\r\n"));
+            let body = &text[..text.len() - 3];
+            prop_assert!(body.is_empty() || body.ends_with("\r\n"));
+            let mut back = String::new();
+            for line in body.split_terminator("\r\n") {
+                prop_assert!(line != ".", "a lone dot inside the data");
+                prop_assert!(!line.contains('\r') && !line.contains('\n'));
+                back.push_str(line.strip_prefix('.').unwrap_or(line));
+                back.push_str("\r\n");
+            }
+            let normalized = String::from_utf8(msg.clone()).unwrap().replace("\r\n", "\n").replace('\r', "\n").replace('\n', "\r\n");
+            let normalized = if normalized.is_empty() || normalized.ends_with("\r\n") { normalized } else { normalized + "\r\n" };
+            prop_assert_eq!(back, normalized);
+        }
+    }
+}
