@@ -115,24 +115,12 @@ fn main() -> anyhow::Result<()> {
             config,
             data,
             dry_run,
-        } => {
-            let cfg = match config {
-                Some(path) => Config::load(&path)?,
-                None => Config::with_domain("[127.0.0.1]", &data)?,
-            };
-            rt.block_on(expire(cfg, dry_run))
-        }
+        } => rt.block_on(expire(admin_config(config, &data)?, dry_run)),
         Cmd::Queue {
             config,
             data,
             flush,
-        } => {
-            let cfg = match config {
-                Some(path) => Config::load(&path)?,
-                None => Config::with_domain("[127.0.0.1]", &data)?,
-            };
-            rt.block_on(queue(cfg, flush))
-        }
+        } => rt.block_on(queue(admin_config(config, &data)?, flush)),
         Cmd::Dns { config, data } => match config {
             Some(path) => print_dns(&Config::load(&path)?),
             None => {
@@ -150,6 +138,14 @@ fn main() -> anyhow::Result<()> {
             rt.block_on(relaybox::server::run(relay))
         }
     }
+}
+
+/// The config an admin command works on: the given file, or the `relaybox dev` data directory.
+fn admin_config(config: Option<PathBuf>, data: &std::path::Path) -> anyhow::Result<Config> {
+    Ok(match config {
+        Some(path) => Config::load(&path)?,
+        None => Config::with_domain("[127.0.0.1]", data)?,
+    })
 }
 
 async fn expire(cfg: Config, dry_run: bool) -> anyhow::Result<()> {

@@ -148,8 +148,16 @@ pub struct Queued {
 }
 
 pub(super) fn queue(db: &redb::Database) -> Result<Vec<Queued>, StoreError> {
+    all_records(db, QUEUE)
+}
+
+/// Every record of a table keyed by anything with postcard values, in key order.
+fn all_records<K: redb::Key + 'static, T: serde::de::DeserializeOwned>(
+    db: &redb::Database,
+    table: TableDefinition<K, &[u8]>,
+) -> Result<Vec<T>, StoreError> {
     let tx = db.begin_read()?;
-    let t = match tx.open_table(QUEUE) {
+    let t = match tx.open_table(table) {
         Ok(t) => t,
         Err(e) => return missing_table(e).map(|_: Option<()>| Vec::new()),
     };
@@ -215,17 +223,7 @@ pub(super) fn account_count(db: &redb::Database) -> Result<u64, StoreError> {
 }
 
 pub(super) fn all_accounts(db: &redb::Database) -> Result<Vec<Account>, StoreError> {
-    let tx = db.begin_read()?;
-    let t = match tx.open_table(ACCOUNTS) {
-        Ok(t) => t,
-        Err(e) => return missing_table(e).map(|_: Option<()>| Vec::new()),
-    };
-    let mut out = Vec::new();
-    for r in redb::ReadableTable::iter(&t)? {
-        let (_, v) = r?;
-        out.push(decode(v.value())?);
-    }
-    Ok(out)
+    all_records(db, ACCOUNTS)
 }
 
 pub(super) fn mailboxes(
