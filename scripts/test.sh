@@ -13,6 +13,8 @@
 #             private CA, IP-literal relays, Postfix + OpenDKIM interop, queue durability
 #   fuzz      a short smoke run of every cargo-fuzz target (scripts/fuzz.sh, FUZZ_SECONDS each)
 #
+# The fuzz stage runs in the background beside e2e and federation when they are in the same run
+# (RELAYBOX_SERIAL=1 runs it on its own).
 # Environment: PYTEST_ADDOPTS (extra pytest options, e.g. "-k securejoin -x"),
 # RELAYBOX_TEST_MAIL=encrypted (build test mails in the encrypted shape, see tests/mailhelpers.py).
 # Logs and measurements (relay logs of failed modules, idle_latency.txt, junit xml) go to
@@ -72,7 +74,13 @@ run_stage() {
     )
     rc=$?
     set -e
-    local took=$((SECONDS - start))
+    record_stage "$name" "$rc" $((SECONDS - start))
+    return "$rc"
+}
+
+# record_stage NAME RC SECONDS: note a stage's result for the summary.
+record_stage() {
+    local name=$1 rc=$2 took=$3
     if [ "$rc" -eq 0 ]; then
         RESULTS+=("PASS  $(fmt_secs "$took")  $name")
         printf '\n== stage %s: PASS in %s\n' "$name" "$(fmt_secs "$took")"
@@ -81,7 +89,34 @@ run_stage() {
         printf '\n== stage %s: FAIL (exit %d) after %s\n' "$name" "$rc" "$(fmt_secs "$took")"
         FAILED=1
     fi
-    return "$rc"
+}
+
+# The fuzz stage is CPU-bound and the end-to-end stages mostly wait on sockets, so on a 2-core
+# CI machine the fuzz stage runs in the background beside them (RELAYBOX_SERIAL=1: one after
+# the other). Its output goes to a log that is printed when it is waited for.
+BG_PID=""
+BG_START=0
+BG_LOG=""
+start_background_fuzz() {
+    mkdir -p "$ARTIFACTS"
+    BG_LOG="$ARTIFACTS/fuzz-stage.log"
+    banner "stage fuzz: started in the background beside the end-to-end stages (log: $BG_LOG)  [$(date -u +%H:%M:%S) UTC]"
+    BG_START=$SECONDS
+    (
+        set -euo pipefail
+        stage_fuzz
+    ) >"$BG_LOG" 2>&1 &
+    BG_PID=$!
+}
+
+wait_background_fuzz() {
+    [ -n "$BG_PID" ] || return 0
+    local rc=0
+    wait "$BG_PID" || rc=$?
+    banner "stage fuzz (ran in the background): its output"
+    cat "$BG_LOG"
+    record_stage fuzz "$rc" $((SECONDS - BG_START))
+    BG_PID=""
 }
 
 skip_stage() {
@@ -282,10 +317,20 @@ for s in "${STAGES[@]}"; do
         }
         ;;
     e2e | federation)
+        if [ -z "$BG_PID" ] && [ "${RELAYBOX_SERIAL:-}" != 1 ] && printf '%s\n' "${STAGES[@]}" | grep -qx fuzz; then
+            start_background_fuzz
+        fi
         if [ -x "$RELAYBOX_BIN" ] && ! printf '%s\n' "${RESULTS[@]}" | grep -q '^FAIL .* build'; then
             run_stage "$s" "stage_$s" || true
         else
             skip_stage "$s" "no relaybox binary: build failed"
+        fi
+        ;;
+    fuzz)
+        if [ -n "$BG_PID" ]; then
+            wait_background_fuzz
+        else
+            run_stage fuzz stage_fuzz || true
         fi
         ;;
     *)
@@ -293,6 +338,7 @@ for s in "${STAGES[@]}"; do
         ;;
     esac
 done
+wait_background_fuzz
 
 summary
 exit "$FAILED"
