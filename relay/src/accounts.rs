@@ -280,6 +280,7 @@ impl Accounts {
         };
         if let Some(reason) = SystemState::read(&self.cfg).refusal(&self.cfg) {
             tracing::warn!("registration rejected: {reason}");
+            crate::metrics::M.rejected_registrations.inc();
             return Err(LoginError::RegistrationRejected(reason));
         }
         let pw = password.to_string();
@@ -296,6 +297,7 @@ impl Accounts {
             .await?;
         if created {
             tracing::info!("Created address: {addr}");
+            crate::metrics::M.created_accounts.inc();
             self.remember(&addr, password, &account.password_hash);
             Ok(User {
                 account,
