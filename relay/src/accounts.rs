@@ -275,6 +275,7 @@ impl Accounts {
             Ok(a) => a,
             Err(why) => {
                 tracing::info!(%why, "login refused for a new address");
+                crate::metrics::M.rejected_registrations.inc();
                 return Err(LoginError::Failed);
             }
         };
