@@ -47,6 +47,7 @@ PORTS = {
     "submissions": 465,
     "submission": 587,
     "imaps": 993,
+    "metrics": 9464,
 }
 
 
@@ -73,7 +74,8 @@ def pick_address() -> tuple[str, int]:
         ip = f"127.0.0.{rng.randint(2, 250)}"
         if ip in _used_ips:
             continue
-        offset = rng.randrange(20000, 64000, 10)
+        # the highest port (metrics, 9464) + offset must stay below 65536
+        offset = rng.randrange(20000, 56000, 10)
         if _ports_free(ip, offset):
             _used_ips.add(ip)
             return ip, offset

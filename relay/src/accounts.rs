@@ -275,11 +275,13 @@ impl Accounts {
             Ok(a) => a,
             Err(why) => {
                 tracing::info!(%why, "login refused for a new address");
+                crate::metrics::M.rejected_registrations.inc();
                 return Err(LoginError::Failed);
             }
         };
         if let Some(reason) = SystemState::read(&self.cfg).refusal(&self.cfg) {
             tracing::warn!("registration rejected: {reason}");
+            crate::metrics::M.rejected_registrations.inc();
             return Err(LoginError::RegistrationRejected(reason));
         }
         let pw = password.to_string();
@@ -296,6 +298,7 @@ impl Accounts {
             .await?;
         if created {
             tracing::info!("Created address: {addr}");
+            crate::metrics::M.created_accounts.inc();
             self.remember(&addr, password, &account.password_hash);
             Ok(User {
                 account,

@@ -154,6 +154,9 @@ pub struct Listen {
     pub http: Vec<SocketAddr>,
     /// HTTPS (port 443).
     pub https: Vec<SocketAddr>,
+    /// Prometheus metrics over plain HTTP (`GET /metrics`); loopback only by default
+    /// (127.0.0.1:9464), since it is not authenticated.
+    pub metrics: Vec<SocketAddr>,
 }
 
 impl Listen {
@@ -174,13 +177,16 @@ impl Listen {
             imaps: at(993)?,
             http: at(80)?,
             https: at(443)?,
+            metrics: at(9464)?,
         })
     }
 }
 
 impl Default for Listen {
     fn default() -> Self {
-        Listen::standard(IpAddr::from([0, 0, 0, 0]), 0).expect("offset 0 always fits")
+        let mut l = Listen::standard(IpAddr::from([0, 0, 0, 0]), 0).expect("offset 0 always fits");
+        l.metrics = vec![SocketAddr::from(([127, 0, 0, 1], 9464))];
+        l
     }
 }
 
@@ -268,6 +274,25 @@ pub struct Config {
     #[serde(default = "d_443")]
     pub outbound_https_port: u16,
 
+    /// Where push notifications go: each device token is POSTed there as the raw body
+    /// (reference §5.4). Plain `http://` works too (tests).
+    #[serde(default = "d_push_url")]
+    pub push_url: String,
+    /// Waits before the retries of a failed push (reference: 8, 64, 512 and 4096 seconds).
+    #[serde(default = "d_push_retry_delays")]
+    pub push_retry_delays: Vec<Seconds>,
+    /// A push not delivered this long after its first attempt is dropped.
+    #[serde(default = "d_push_give_up_after")]
+    pub push_give_up_after: Seconds,
+    /// The iroh relay URL announced to clients (METADATA `/shared/vendor/deltachat/irohrelay`);
+    /// unset: NIL, clients use their default.
+    #[serde(default)]
+    pub iroh_relay: Option<String>,
+    /// The TURN server announced to clients (METADATA `/shared/vendor/deltachat/turn`), in the
+    /// reference's form `host:port:username:password`; unset: NIL.
+    #[serde(default)]
+    pub turn_server: Option<String>,
+
     #[serde(default)]
     pub privacy_postal: String,
     #[serde(default)]
@@ -278,6 +303,15 @@ pub struct Config {
     pub privacy_supervisor: String,
 }
 
+fn d_push_url() -> String {
+    "https://notifications.delta.chat/notify".into()
+}
+fn d_push_retry_delays() -> Vec<Seconds> {
+    [8, 64, 512, 4096].into_iter().map(Seconds).collect()
+}
+fn d_push_give_up_after() -> Seconds {
+    Seconds(5 * 3600)
+}
 fn d_dkim_selector() -> String {
     "opendkim".into()
 }
@@ -460,6 +494,34 @@ impl Config {
         if self.queue_lifetime.0 == 0 {
             return invalid("queue_lifetime", "must be longer than zero".into());
         }
+        let url = self.push_url.trim();
+        if !(url.starts_with("https://") || url.starts_with("http://"))
+            || url.parse::<hyper::Uri>().is_err()
+        {
+            return invalid(
+                "push_url",
+                format!(
+                    "expected an http:// or https:// URL, got {:?}",
+                    self.push_url
+                ),
+            );
+        }
+        if self.push_retry_delays.iter().any(|d| d.0 == 0) {
+            return invalid(
+                "push_retry_delays",
+                "every delay must be at least 1s".into(),
+            );
+        }
+        for (key, v) in [
+            ("iroh_relay", &self.iroh_relay),
+            ("turn_server", &self.turn_server),
+        ] {
+            if v.as_deref()
+                .is_some_and(|s| s.trim().is_empty() || s.contains(['\r', '\n']))
+            {
+                return invalid(key, "must be one non-empty line (or left out)".into());
+            }
+        }
         match (&self.tls_cert, &self.tls_key) {
             (Some(_), None) | (None, Some(_)) => {
                 return invalid(
@@ -611,6 +673,34 @@ mod tests {
             .unwrap_err()
             .to_string();
         assert!(e.contains("dkim_selector"), "{e}");
+    }
+
+    #[test]
+    fn push_metadata_and_metrics_keys() {
+        let c = parse("mail_domain = \"a.org\"").unwrap();
+        assert_eq!(c.push_url, "https://notifications.delta.chat/notify");
+        let d: Vec<u64> = c.push_retry_delays.iter().map(|s| s.0).collect();
+        assert_eq!(d, vec![8, 64, 512, 4096]);
+        assert_eq!(c.push_give_up_after, Seconds(5 * 3600));
+        assert_eq!(c.iroh_relay, None);
+        assert_eq!(c.listen.metrics, vec!["127.0.0.1:9464".parse().unwrap()]);
+        let c = parse(
+            "mail_domain = \"a.org\"\npush_url = \"http://127.0.0.1:8080/notify\"\n\
+             push_retry_delays = [1, \"2s\"]\npush_give_up_after = \"1m\"\n\
+             iroh_relay = \"https://iroh.a.org\"\nturn_server = \"a.org:3478:u:p\"\n\
+             [listen]\nmetrics = []\n",
+        )
+        .unwrap();
+        assert_eq!(c.push_retry_delays, vec![Seconds(1), Seconds(2)]);
+        assert_eq!(c.push_give_up_after, Seconds(60));
+        assert_eq!(c.turn_server.as_deref(), Some("a.org:3478:u:p"));
+        assert!(c.listen.metrics.is_empty());
+        let e = parse("mail_domain = \"a.org\"\npush_url = \"ftp://x\"")
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("push_url"), "{e}");
+        let l = Listen::standard("127.0.0.2".parse().unwrap(), 20000).unwrap();
+        assert_eq!(l.metrics, vec!["127.0.0.2:29464".parse().unwrap()]);
     }
 
     #[test]

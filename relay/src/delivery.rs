@@ -7,8 +7,10 @@ use crate::clock::Clock;
 use crate::config::Config;
 use crate::dkim::Dkim;
 use crate::dns::Dns;
+use crate::metrics::M;
 use crate::policy::ratelimit::SendLimiter;
 use crate::policy::{self, Direction, Envelope, Reply, Verdict};
+use crate::push::Push;
 use crate::store::{AccountId, Store};
 use queue::Queue;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -36,6 +38,7 @@ pub struct Delivery {
     rate_checks: AtomicU64,
     dkim: Arc<Dkim>,
     queue: Arc<Queue>,
+    push: Push,
 }
 
 /// The reply for a recipient whose mailbox cannot take the message (Dovecot's text, which the
@@ -75,12 +78,14 @@ impl Delivery {
             )
         })?);
         let transport = transport::Transport::new(cfg.clone(), dns.clone())?;
+        let push = Push::new(cfg.clone(), store.clone(), clock.clone())?;
         let queue = Arc::new(Queue::new(
             cfg.clone(),
             store.clone(),
             clock.clone(),
             dkim.clone(),
             transport,
+            push.clone(),
         ));
         Ok(Delivery {
             cfg,
@@ -91,7 +96,13 @@ impl Delivery {
             rate_checks: AtomicU64::new(0),
             dkim,
             queue,
+            push,
         })
+    }
+
+    /// The push notifier; the server runs it (`Push::run`).
+    pub fn push(&self) -> &Push {
+        &self.push
     }
 
     /// The outbound queue; the server runs it (`Queue::run`).
@@ -162,13 +173,17 @@ impl Delivery {
         data: Vec<u8>,
         dir: Direction,
     ) -> Reply {
-        let verdict = match dir {
-            Direction::Outgoing => policy::check_outgoing(env, &data),
-            Direction::Incoming => policy::check_incoming(env, &data),
+        let (verdict, kind) = match dir {
+            Direction::Outgoing => policy::check_outgoing_kind(env, &data),
+            Direction::Incoming => policy::check_incoming_kind(env, &data),
         };
+        crate::metrics::count_filtered(dir, kind, matches!(verdict, Verdict::Accept(_)));
         let data = match verdict {
             Verdict::Accept(d) => d,
             Verdict::Reject(r) => {
+                if r.code == 523 {
+                    M.rejected_unencrypted_mail.inc();
+                }
                 tracing::info!(reply = %r, "message refused by policy");
                 return r;
             }
@@ -220,6 +235,7 @@ impl Delivery {
                         .map(|a| a.addr)
                         .unwrap_or_default();
                     tracing::info!(rcpt = %addr, "Quota exceeded (mailbox for user is full)");
+                    M.quota_exceeded.inc();
                     return quota_exceeded(&addr);
                 }
                 Err(e) => {
@@ -234,6 +250,8 @@ impl Delivery {
         match self.store.deliver(&local, body).await {
             Ok(()) => {
                 tracing::info!(recipients = local.len(), "delivered");
+                M.delivered_mail.add(local.len() as u64);
+                self.push.notify(&local, &env.mail_from);
                 self.cleanup_after_delivery(local);
                 Reply::new(250, "2.0.0 OK")
             }
@@ -258,7 +276,10 @@ impl Delivery {
         remote: Vec<String>,
     ) -> Reply {
         let signed: Arc<[u8]> = match self.dkim.sign(data) {
-            Ok(s) => s.into(),
+            Ok(s) => {
+                M.dkim_signed.inc();
+                s.into()
+            }
             Err(e) => {
                 tracing::error!("DKIM signing failed: {e}");
                 return Reply::new(451, "4.3.0 Local error while signing, try again later");
@@ -275,6 +296,8 @@ impl Delivery {
                 tracing::info!(queue_id = id, remote = n, local = local.len(), "queued");
                 self.queue.wake();
                 if !local.is_empty() {
+                    M.delivered_mail.add(local.len() as u64);
+                    self.push.notify(local, &env.mail_from);
                     self.cleanup_after_delivery(local.to_vec());
                 }
                 Reply::new(250, format!("2.0.0 OK queued as {id}"))

@@ -20,6 +20,8 @@ pub struct Report {
     pub messages_total: u64,
     pub messages_removed: u64,
     pub bytes_removed: u64,
+    /// Push device tokens past their lifetime (90 days after they were last set).
+    pub tokens_removed: u64,
     pub elapsed: Duration,
 }
 
@@ -119,6 +121,8 @@ async fn quota_to_target(
         removed += store.remove_messages(mb, uids).await?.len() as u64;
     }
     if removed > 0 {
+        crate::metrics::M.quota_expire_runs.inc();
+        crate::metrics::M.quota_expire_removed_files.add(removed);
         tracing::info!("quota-expire: removed {removed} message(s) from account {account}");
     }
     Ok(removed)
@@ -147,9 +151,19 @@ pub async fn run(
             r.bytes_removed += acc.used_bytes;
             if !dry_run {
                 store.delete_account(acc.id).await?;
+                crate::metrics::M.expired_accounts.inc();
                 tracing::info!(addr = %acc.addr, "deleted inactive account");
             }
             continue;
+        }
+        for t in &acc.device_tokens {
+            if crate::push::token_valid(t, now) {
+                continue;
+            }
+            r.tokens_removed += 1;
+            if !dry_run {
+                store.remove_device_token(acc.id, &t.token).await?;
+            }
         }
         let mut used = acc.used_bytes;
         for mb in &boxes {
@@ -168,7 +182,9 @@ pub async fn run(
             if dry_run {
                 r.messages_removed += victims.len() as u64;
             } else {
-                r.messages_removed += store.remove_messages(mb.id, victims).await?.len() as u64;
+                let n = store.remove_messages(mb.id, victims).await?.len() as u64;
+                crate::metrics::M.expired_messages.add(n);
+                r.messages_removed += n;
             }
         }
         if !dry_run {
@@ -280,5 +296,51 @@ mod tests {
         assert_eq!(r.accounts_removed, 1);
         assert!(store.account("inactive1@x.org").unwrap().is_none());
         assert!(store.account("active001@x.org").unwrap().is_some());
+    }
+
+    #[tokio::test]
+    async fn device_tokens_expire_after_ninety_days() {
+        let d = tempfile::tempdir().unwrap();
+        let c = Config::with_domain("x.org", d.path()).unwrap();
+        let store = Store::open(&d.path().join("store")).unwrap();
+        let clock = Clock::system();
+        let (a, _) = store
+            .create_account("tokens001@x.org", "h", clock.now())
+            .await
+            .unwrap();
+        store
+            .add_device_token(a.id, "old", clock.now() - 80 * 86_400)
+            .await
+            .unwrap();
+        store
+            .add_device_token(a.id, "new", clock.now())
+            .await
+            .unwrap();
+        let r = run(&store, &c, &clock, false).await.unwrap();
+        assert_eq!(r.tokens_removed, 0);
+        clock.advance(11 * 86_400);
+        store.set_last_login_day(a.id, clock.today()).await.unwrap();
+        let dry = run(&store, &c, &clock, true).await.unwrap();
+        assert_eq!(dry.tokens_removed, 1);
+        assert_eq!(
+            store
+                .account_by_id(a.id)
+                .unwrap()
+                .unwrap()
+                .device_tokens
+                .len(),
+            2
+        );
+        let r = run(&store, &c, &clock, false).await.unwrap();
+        assert_eq!(r.tokens_removed, 1);
+        let left: Vec<String> = store
+            .account_by_id(a.id)
+            .unwrap()
+            .unwrap()
+            .device_tokens
+            .into_iter()
+            .map(|t| t.token)
+            .collect();
+        assert_eq!(left, vec!["new"]);
     }
 }

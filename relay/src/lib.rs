@@ -16,8 +16,10 @@ pub mod expiry;
 #[doc(hidden)]
 pub mod fuzzing;
 pub mod imap;
+pub mod metrics;
 pub mod net;
 pub mod policy;
+pub mod push;
 pub mod server;
 pub mod smtp;
 pub mod store;

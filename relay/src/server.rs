@@ -92,7 +92,13 @@ pub async fn run(relay: Arc<Relay>) -> anyhow::Result<()> {
             }
         });
     }
+    for a in &l.metrics {
+        let listener = bind(*a, "metrics").await?;
+        bound.push(format!("metrics={a}"));
+        tasks.spawn(crate::metrics::serve(relay.clone(), listener));
+    }
     tokio::spawn(crate::control::expiry_schedule(relay.clone()));
+    tokio::spawn(relay.delivery.push().clone().run(relay.shutdown.clone()));
     tokio::spawn(relay.delivery.queue().clone().run(relay.shutdown.clone()));
     tracing::info!(
         domain = %relay.cfg.mail_domain,

@@ -32,6 +32,7 @@ pub struct Queue {
     clock: Clock,
     dkim: Arc<Dkim>,
     transport: Transport,
+    push: crate::push::Push,
     wake: Notify,
     state: Mutex<State>,
 }
@@ -62,6 +63,7 @@ impl Queue {
         clock: Clock,
         dkim: Arc<Dkim>,
         transport: Transport,
+        push: crate::push::Push,
     ) -> Queue {
         Queue {
             cfg,
@@ -69,6 +71,7 @@ impl Queue {
             clock,
             dkim,
             transport,
+            push,
             wake: Notify::new(),
             state: Mutex::new(State::default()),
         }
@@ -247,9 +250,20 @@ impl Queue {
             let next = (now + self.retry_delay(e.attempts)).min(deadline.max(now + 1));
             (next, r.to_string())
         });
-        if let Err(err) = self.store.queue_update(e.id, done, retry, bounce).await {
+        let bounced_to = bounce.as_ref().map(|(a, _, _)| *a);
+        let (n_done, n_failed) = (done.len() as u64, failed.len() as u64);
+        match self.store.queue_update(e.id, done, retry, bounce).await {
+            Ok(()) => {
+                crate::metrics::M.outbound_bounced.add(n_failed);
+                crate::metrics::M.outbound_delivered.add(n_done - n_failed);
+                if let Some(a) = bounced_to {
+                    crate::metrics::M.delivered_mail.inc();
+                    // A bounce is mail from the mailer daemon: the sender's devices are woken.
+                    self.push.notify(&[a], "");
+                }
+            }
             // Nothing recorded: the whole attempt repeats later (at least once, never lost).
-            tracing::error!(queue_id = e.id, "cannot record a delivery attempt: {err}");
+            Err(err) => tracing::error!(queue_id = e.id, "cannot record a delivery attempt: {err}"),
         }
     }
 

@@ -11,7 +11,7 @@
 //! strictly (web PKI, SNI = the MX host) except for domain literals and `_` names, which are
 //! encrypted without verification. Plaintext is never used.
 
-mod client_tls;
+pub(crate) mod client_tls;
 mod https;
 mod smtp;
 

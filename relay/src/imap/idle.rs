@@ -36,6 +36,7 @@ impl Session {
         io.shrink();
         let relay = self.relay.clone();
         let deadline = Instant::now() + AUTH_TIMEOUT;
+        let _idling = crate::metrics::M.imap_idle.hold();
         loop {
             let changed = async {
                 match self.selected.as_mut() {

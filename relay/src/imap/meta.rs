@@ -21,8 +21,6 @@ use tokio::io::{AsyncRead, AsyncWrite};
 const DEVICE_TOKEN: &str = "/private/devicetoken";
 /// Delta Chat's tokens are up to 4096 bytes (chatmail/core `register_token`).
 const MAX_TOKEN: usize = 4096;
-/// The reference stops using a token 90 days after it was last set (chatmail-relay §5.3).
-const TOKEN_LIFETIME: i64 = 90 * 86_400;
 
 fn entry_name(e: &Entry<'_>) -> String {
     String::from_utf8_lossy(e.as_ref()).to_ascii_lowercase()
@@ -43,8 +41,15 @@ impl Session {
             "/shared/vendor/deltachat/maxsmtprecipients" => {
                 Some(cfg.max_smtp_recipients.to_string())
             }
+            "/shared/vendor/deltachat/irohrelay" => cfg.iroh_relay.clone(),
+            "/shared/vendor/deltachat/turn" => cfg.turn_server.clone(),
             "/shared/admin" if !cfg.privacy_mail.is_empty() => {
-                Some(format!("mailto:{}", cfg.privacy_mail))
+                let m = cfg.privacy_mail.trim();
+                Some(if m.starts_with("mailto:") {
+                    m.to_string()
+                } else {
+                    format!("mailto:{m}")
+                })
             }
             _ => None,
         }
@@ -74,12 +79,7 @@ impl Session {
                 tokens = match self.relay.store.account_by_id(self.account_id()) {
                     Ok(Some(a)) => {
                         let now = self.relay.clock.now();
-                        let valid: Vec<&str> = a
-                            .device_tokens
-                            .iter()
-                            .filter(|t| t.last_set + TOKEN_LIFETIME > now)
-                            .map(|t| t.token.as_str())
-                            .collect();
+                        let valid: Vec<&str> = crate::push::valid_tokens(&a, now).collect();
                         (!valid.is_empty()).then(|| valid.join(" "))
                     }
                     Ok(None) => None,

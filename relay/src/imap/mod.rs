@@ -76,6 +76,7 @@ pub async fn serve(relay: Arc<Relay>, listener: TcpListener, implicit_tls: bool)
                     return;
                 };
                 tracing::debug!("connected");
+                let _open = crate::metrics::M.imap_connections.hold();
                 connection(relay, tcp, implicit_tls).await;
                 tracing::debug!("disconnected");
             }

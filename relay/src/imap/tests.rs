@@ -334,6 +334,35 @@ async fn metadata_tokens_and_server_entries() {
 }
 
 #[tokio::test]
+async fn configured_iroh_relay_and_turn_server_are_announced() {
+    let env = env_with(|c| {
+        c.iroh_relay = Some("https://iroh.example.org".into());
+        c.turn_server = Some("example.org:3478:user:secret".into());
+        c.privacy_mail = "mailto:admin@example.org".into();
+    });
+    let mut c = Client::login(&env.relay).await;
+    let r = c
+        .cmd("GETMETADATA \"\" (/shared/vendor/deltachat/irohrelay /shared/vendor/deltachat/turn /shared/admin /shared/vendor/deltachat/maxsmtprecipients)")
+        .await;
+    assert_eq!(
+        r[0],
+        "* METADATA \"\" (/shared/vendor/deltachat/irohrelay \"https://iroh.example.org\" \
+         /shared/vendor/deltachat/turn \"example.org:3478:user:secret\" \
+         /shared/admin \"mailto:admin@example.org\" \
+         /shared/vendor/deltachat/maxsmtprecipients \"1000\")"
+    );
+    assert!(last(&r).contains("OK"), "{r:?}");
+    // Server entries are not readable as mailbox entries.
+    let r = c
+        .cmd("GETMETADATA INBOX /shared/vendor/deltachat/irohrelay")
+        .await;
+    assert_eq!(
+        r[0],
+        "* METADATA INBOX (/shared/vendor/deltachat/irohrelay NIL)"
+    );
+}
+
+#[tokio::test]
 async fn quota_root_comes_with_its_quota() {
     let env = env();
     let mut c = Client::login(&env.relay).await;

@@ -80,6 +80,7 @@ pub async fn serve(relay: Arc<Relay>, listener: TcpListener, kind: Kind) {
                 match permit {
                     Ok(permit) => {
                         tracing::debug!("connected");
+                        let _open = crate::metrics::M.smtp_connections.hold();
                         handle(relay, tcp, kind, Limits::default()).await;
                         drop(permit);
                     }
