@@ -116,6 +116,8 @@ stage_setup() {
     cargo --version
     # dnsmasq answers the loopback DNS zones of the resolver and DKIM tests
     [ -x /usr/sbin/dnsmasq ] || have dnsmasq || apt_install dnsmasq-base
+    # headless Chromium renders the public pages in tests/test_web.py
+    have chromium || apt_install chromium
     # Python 3 with venv (Debian splits venv/ensurepip into python3-venv)
     if ! have python3; then
         apt_install python3 python3-venv
