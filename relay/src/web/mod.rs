@@ -69,6 +69,8 @@ pub fn router(relay: Arc<Relay>, https: bool) -> Router {
             get(|| async { "User-agent: *\nDisallow: /\n" }),
         )
         .route("/new", get(new::get).post(new::post))
+        // The reference's legacy name for `/new`, still in old QR codes.
+        .route("/cgi-bin/newemail.py", get(new::get).post(new::post))
         .route("/qr-chatmail-invite.svg", get(qr::svg))
         .route("/qr-chatmail-invite.png", get(qr::png))
         .route(
@@ -81,7 +83,21 @@ pub fn router(relay: Arc<Relay>, https: bool) -> Router {
         // relays is never sent in the clear. `any`: the handler answers other methods itself
         // with the reference's 405.
         .route("/mxdeliv", any(mxdeliv::handle))
+        .fallback(reference_names)
         .with_state(state)
+}
+
+/// Names the reference uses that carry the domain: `/qr-chatmail-invite-<domain>.png`.
+async fn reference_names(
+    state: State<Web>,
+    client: Option<axum::Extension<ClientAddr>>,
+    uri: Uri,
+) -> Response {
+    let p = uri.path();
+    if p.starts_with("/qr-chatmail-invite-") && p.ends_with(".png") {
+        return qr::png(state, client).await;
+    }
+    (StatusCode::NOT_FOUND, "Not Found").into_response()
 }
 
 /// The host part of our URLs: the domain, or the bare IP of an IP-literal relay, with the HTTPS

@@ -298,6 +298,14 @@ async fn invite_qr_as_svg_and_png() {
         .read_to_end(&mut raw)
         .unwrap();
     assert_eq!(raw.len(), (w as usize / 8 + 1) * w as usize);
+    let (status, _, alias) = call(&relay, true, "GET", "/qr-chatmail-invite-[127.0.0.1].png").await;
+    assert_eq!(status, StatusCode::OK);
+    assert_eq!(&alias[..8], b"\x89PNG\r\n\x1a\n");
+    let (status, _, _) = call(&relay, true, "GET", "/nothing-here").await;
+    assert_eq!(status, StatusCode::NOT_FOUND);
+    let (status, _, body) = call(&relay, true, "POST", "/cgi-bin/newemail.py").await;
+    assert_eq!(status, StatusCode::OK);
+    assert!(String::from_utf8(body).unwrap().contains("\"email\""));
     // The corner is white (quiet zone), the finder pattern dark.
     assert_eq!(raw[1] & 0x80, 0x80);
     let row = 4 * 8 + 1; // first row of the code
