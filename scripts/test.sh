@@ -157,6 +157,8 @@ stage_setup() {
     # dnsmasq answers the loopback DNS zones of the resolver and DKIM tests
     [ -x /usr/sbin/dnsmasq ] || have dnsmasq || apt_install dnsmasq-base
     ensure_mta_packages
+    # headless Chromium renders the public pages in tests/test_web.py
+    have chromium || apt_install chromium
     # Python 3 with venv (Debian splits venv/ensurepip into python3-venv)
     if ! have python3; then
         apt_install python3 python3-venv

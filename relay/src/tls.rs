@@ -3,10 +3,12 @@
 
 use crate::config::Config;
 use rustls::pki_types::{CertificateDer, PrivateKeyDer};
-use rustls::server::ServerConfig;
+use rustls::server::{ClientHello, ResolvesServerCert, ServerConfig};
+use rustls::sign::CertifiedKey;
 use std::io::Write;
 use std::path::{Path, PathBuf};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant, SystemTime};
 use tokio_rustls::TlsAcceptor;
 
 #[derive(Debug, thiserror::Error)]
@@ -31,7 +33,8 @@ pub enum TlsError {
     Rustls(#[from] rustls::Error),
 }
 
-/// The acceptors for the kinds of listener we run.
+/// The acceptors for the kinds of listener we run. All of them take their certificate from one
+/// [`CertStore`], so a renewed certificate is used by every listener's next handshake.
 #[derive(Clone)]
 pub struct TlsConfigs {
     /// TLS 1.3 only, no ALPN requirement: 465, 587 STARTTLS, 993, 143 STARTTLS. The Delta Chat
@@ -39,38 +42,170 @@ pub struct TlsConfigs {
     /// handshake when the server has ALPN protocols and none overlap, and accepts any client when
     /// the client offers none.
     pub client: TlsAcceptor,
+    /// The same config as `client`, for port 443 when the ClientHello offers `imap` or `smtp`.
+    pub client_config: Arc<ServerConfig>,
     /// TLS 1.2 and 1.3, for port 25 where other MTAs connect.
     pub mx: TlsAcceptor,
-    /// HTTPS on 443.
+    /// HTTPS on 443 (ALPN `http/1.1`, or none).
     pub https: TlsAcceptor,
-    /// The certificate chain, for those who want to show its fingerprint or expiry.
+    pub https_config: Arc<ServerConfig>,
+    /// The certificate chain at start, for those who want to show its fingerprint or expiry
+    /// ([`CertStore::chain`] has the current one).
     pub chain: Arc<Vec<CertificateDer<'static>>>,
+    /// The certificate every config uses; it rereads the files when they change.
+    pub certs: Arc<CertStore>,
 }
 
 fn provider() -> Arc<rustls::crypto::CryptoProvider> {
     Arc::new(rustls::crypto::ring::default_provider())
 }
 
+/// How often at most a handshake looks at the certificate files' modification times.
+pub const RELOAD_CHECK: Duration = Duration::from_secs(10);
+
+/// The certificate and key, reread from their files when either file's modification time
+/// changes (checked at most every `check_every`, during a handshake). A renewal that writes an
+/// unreadable or mismatched pair keeps the old certificate and logs why.
+#[derive(Debug)]
+pub struct CertStore {
+    files: Option<(PathBuf, PathBuf)>,
+    check_every: Duration,
+    state: Mutex<CertState>,
+}
+
+#[derive(Debug)]
+struct CertState {
+    key: Arc<CertifiedKey>,
+    chain: Arc<Vec<CertificateDer<'static>>>,
+    stamp: Option<(SystemTime, SystemTime)>,
+    checked: Instant,
+}
+
+fn mtimes(files: &(PathBuf, PathBuf)) -> Option<(SystemTime, SystemTime)> {
+    let m = |p: &Path| std::fs::metadata(p).and_then(|m| m.modified()).ok();
+    Some((m(&files.0)?, m(&files.1)?))
+}
+
+fn certified(
+    chain: Vec<CertificateDer<'static>>,
+    key: &PrivateKeyDer<'static>,
+) -> Result<CertifiedKey, TlsError> {
+    let signing = provider().key_provider.load_private_key(key.clone_key())?;
+    let ck = CertifiedKey::new(chain, signing);
+    ck.keys_match()?;
+    Ok(ck)
+}
+
+impl CertStore {
+    /// A fixed certificate (tests, fuzzing): never reloaded.
+    pub fn fixed(
+        chain: Vec<CertificateDer<'static>>,
+        key: PrivateKeyDer<'static>,
+    ) -> Result<CertStore, TlsError> {
+        Ok(CertStore {
+            files: None,
+            check_every: RELOAD_CHECK,
+            state: Mutex::new(CertState {
+                key: Arc::new(certified(chain.clone(), &key)?),
+                chain: Arc::new(chain),
+                stamp: None,
+                checked: Instant::now(),
+            }),
+        })
+    }
+
+    /// The certificate in `cert` and the key in `key`, watched for changes.
+    pub fn watch(cert: &Path, key: &Path, check_every: Duration) -> Result<CertStore, TlsError> {
+        let files = (cert.to_owned(), key.to_owned());
+        let stamp = mtimes(&files);
+        let chain = read_chain(cert)?;
+        let ck = certified(chain.clone(), &read_key(key)?)?;
+        Ok(CertStore {
+            files: Some(files),
+            check_every,
+            state: Mutex::new(CertState {
+                key: Arc::new(ck),
+                chain: Arc::new(chain),
+                stamp,
+                checked: Instant::now(),
+            }),
+        })
+    }
+
+    /// The current chain (after any reload).
+    pub fn chain(&self) -> Arc<Vec<CertificateDer<'static>>> {
+        self.current();
+        self.state
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .chain
+            .clone()
+    }
+
+    /// The current certificate, reloading it first if the files changed.
+    pub fn current(&self) -> Arc<CertifiedKey> {
+        let mut st = self.state.lock().unwrap_or_else(|e| e.into_inner());
+        let Some(files) = &self.files else {
+            return st.key.clone();
+        };
+        if st.checked.elapsed() < self.check_every {
+            return st.key.clone();
+        }
+        st.checked = Instant::now();
+        let stamp = mtimes(files);
+        if stamp.is_none() || stamp == st.stamp {
+            return st.key.clone();
+        }
+        let loaded = read_chain(&files.0).and_then(|chain| {
+            let ck = certified(chain.clone(), &read_key(&files.1)?)?;
+            Ok((chain, ck))
+        });
+        match loaded {
+            Ok((chain, ck)) => {
+                tracing::info!(path = %files.0.display(), "certificate changed on disk; new handshakes use it");
+                st.key = Arc::new(ck);
+                st.chain = Arc::new(chain);
+                st.stamp = stamp;
+            }
+            Err(e) => {
+                // Half-written renewal: try again at the next check, keep serving the old one.
+                tracing::warn!("certificate files changed but cannot be used (keeping the old certificate): {e}");
+            }
+        }
+        st.key.clone()
+    }
+}
+
+impl ResolvesServerCert for CertStore {
+    fn resolve(&self, _hello: ClientHello<'_>) -> Option<Arc<CertifiedKey>> {
+        Some(self.current())
+    }
+}
+
 impl TlsConfigs {
     pub fn load(cfg: &Config) -> Result<TlsConfigs, TlsError> {
-        let (chain, key) = match (&cfg.tls_cert, &cfg.tls_key) {
-            (Some(c), Some(k)) => (read_chain(c)?, read_key(k)?),
+        let (cert, key) = match (&cfg.tls_cert, &cfg.tls_key) {
+            (Some(c), Some(k)) => (c.clone(), k.clone()),
             _ => self_signed(cfg)?,
         };
-        Self::from_parts(chain, key)
+        Self::from_store(Arc::new(CertStore::watch(&cert, &key, RELOAD_CHECK)?))
     }
 
     pub fn from_parts(
         chain: Vec<CertificateDer<'static>>,
         key: PrivateKeyDer<'static>,
     ) -> Result<TlsConfigs, TlsError> {
+        Self::from_store(Arc::new(CertStore::fixed(chain, key)?))
+    }
+
+    pub fn from_store(certs: Arc<CertStore>) -> Result<TlsConfigs, TlsError> {
         let build = |versions: &[&'static rustls::SupportedProtocolVersion],
                      alpn: &[&[u8]]|
          -> Result<Arc<ServerConfig>, TlsError> {
             let mut sc = ServerConfig::builder_with_provider(provider())
                 .with_protocol_versions(versions)?
                 .with_no_client_auth()
-                .with_single_cert(chain.clone(), key.clone_key())?;
+                .with_cert_resolver(certs.clone());
             sc.alpn_protocols = alpn.iter().map(|p| p.to_vec()).collect();
             // Clients cache sessions per (port, ALPN); resumption saves a full handshake on every
             // reconnect of a phone that wakes up.
@@ -81,11 +216,16 @@ impl TlsConfigs {
         let tls13: &[&'static rustls::SupportedProtocolVersion] = &[&rustls::version::TLS13];
         let tls12up: &[&'static rustls::SupportedProtocolVersion] =
             &[&rustls::version::TLS13, &rustls::version::TLS12];
+        let client_config = build(tls13, &[b"imap", b"smtp"])?;
+        let https_config = build(tls12up, &[b"http/1.1"])?;
         Ok(TlsConfigs {
-            client: TlsAcceptor::from(build(tls13, &[b"imap", b"smtp"])?),
+            client: TlsAcceptor::from(client_config.clone()),
+            client_config,
             mx: TlsAcceptor::from(build(tls12up, &[])?),
-            https: TlsAcceptor::from(build(tls12up, &[b"http/1.1"])?),
-            chain: Arc::new(chain),
+            https: TlsAcceptor::from(https_config.clone()),
+            https_config,
+            chain: certs.chain(),
+            certs,
         })
     }
 }
@@ -119,16 +259,14 @@ fn read_key(path: &Path) -> Result<PrivateKeyDer<'static>, TlsError> {
         })
 }
 
-/// Loads `<data>/tls/{cert,key}.pem`, making them on first start. The key is reused forever so
-/// that clients that pinned it (Delta Chat remembers the SPKI) keep trusting us.
-fn self_signed(
-    cfg: &Config,
-) -> Result<(Vec<CertificateDer<'static>>, PrivateKeyDer<'static>), TlsError> {
+/// Makes `<data>/tls/{cert,key}.pem` on first start and returns their paths. The key is reused
+/// forever so that clients that pinned it (Delta Chat remembers the SPKI) keep trusting us.
+fn self_signed(cfg: &Config) -> Result<(PathBuf, PathBuf), TlsError> {
     let dir = cfg.data_dir.join("tls");
     let cert_path = dir.join("cert.pem");
     let key_path = dir.join("key.pem");
     if cert_path.exists() && key_path.exists() {
-        return Ok((read_chain(&cert_path)?, read_key(&key_path)?));
+        return Ok((cert_path, key_path));
     }
     let (cert_pem, key_pem) = make_self_signed(cfg)?;
     std::fs::create_dir_all(&dir).map_err(|source| TlsError::Write {
@@ -138,7 +276,7 @@ fn self_signed(
     write_private(&key_path, key_pem.as_bytes())?;
     write_private(&cert_path, cert_pem.as_bytes())?;
     tracing::info!(path = %cert_path.display(), "made a self-signed certificate");
-    Ok((read_chain(&cert_path)?, read_key(&key_path)?))
+    Ok((cert_path, key_path))
 }
 
 /// A P-256 leaf certificate (CA:FALSE) for the domain and the names clients try, valid for a

@@ -14,8 +14,9 @@ pub enum Need {
     Required,
     /// Helps clients and other mail servers (autoconfiguration, SPF, DMARC).
     Recommended,
-    /// Only once the relay serves an MTA-STS policy at `https://mta-sts.<domain>/` (relaybox does
-    /// not yet); publishing `_mta-sts` before that points senders at a policy that is not there.
+    /// MTA-STS (RFC 8461): the relay serves the policy at
+    /// `https://mta-sts.<domain>/.well-known/mta-sts.txt`; the certificate must name
+    /// `mta-sts.<domain>` (the self-signed one does; an operator certificate has to).
     MtaSts,
 }
 
@@ -135,10 +136,10 @@ pub fn zone_text(domain: &str, dkim: &Dkim, mta_sts_id: &str) -> String {
     out.push_str("\n; Recommended:\n");
     section(&mut out, Need::Recommended, "");
     out.push_str(&format!(
-        "\n; MTA-STS, only once https://mta-sts.{d}/.well-known/mta-sts.txt is served \
-         (relaybox does not serve it yet):\n"
+        "\n; MTA-STS (the policy is served at https://mta-sts.{d}/.well-known/mta-sts.txt; \
+         the certificate must name mta-sts.{d}; change the id whenever the policy changes):\n"
     ));
-    section(&mut out, Need::MtaSts, "; ");
+    section(&mut out, Need::MtaSts, "");
     if let Some(txt) = dkim.txt_record() {
         out.push_str(&format!(
             "\n; The DKIM record's data in one piece, for web interfaces that split it \
@@ -152,6 +153,23 @@ pub fn zone_text(domain: &str, dkim: &Dkim, mta_sts_id: &str) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn mta_sts_records_are_published_now_that_the_policy_is_served() {
+        let dir = tempfile::tempdir().unwrap();
+        let cfg = crate::config::Config::with_domain("chat.example.org", dir.path()).unwrap();
+        let dkim = Dkim::load_or_create(&cfg).unwrap();
+        let z = zone_text("chat.example.org", &dkim, "202611230000");
+        let line = z
+            .lines()
+            .find(|l| l.contains("_mta-sts.chat.example.org."))
+            .unwrap();
+        assert!(!line.starts_with(';'), "{line}");
+        assert!(line.contains("\"v=STSv1; id=202611230000\""), "{line}");
+        assert!(z
+            .lines()
+            .any(|l| l.starts_with("mta-sts.chat.example.org.") && l.contains("CNAME")));
+    }
 
     #[test]
     fn txt_data_is_quoted_in_255_character_strings() {

@@ -100,6 +100,25 @@ async fn refuse(tcp: TcpStream, implicit_tls: bool, relay: &Relay) {
     io.shutdown().await;
 }
 
+/// A session on a TLS stream that another listener terminated: port 443 with ALPN `imap`.
+/// Behaves as on 993 (implicit TLS); the caller applies its own connection limit.
+pub async fn serve_tls(relay: Arc<Relay>, tls: tokio_rustls::server::TlsStream<TcpStream>) {
+    let span = tracing::info_span!(
+        "imap",
+        conn = next_conn_id(),
+        peer = ?tls.get_ref().0.peer_addr().ok(),
+        alpn = true,
+        user = tracing::field::Empty
+    );
+    async move {
+        tracing::debug!("connected (443, ALPN imap)");
+        run_conn(relay, Conn::Tls(Box::new(tls)), true).await;
+        tracing::debug!("disconnected");
+    }
+    .instrument(span)
+    .await
+}
+
 async fn connection(relay: Arc<Relay>, tcp: TcpStream, implicit_tls: bool) {
     let _ = tcp.set_nodelay(true);
     let conn = if implicit_tls {
@@ -114,6 +133,10 @@ async fn connection(relay: Arc<Relay>, tcp: TcpStream, implicit_tls: bool) {
     } else {
         Conn::Plain(tcp)
     };
+    run_conn(relay, conn, implicit_tls).await
+}
+
+async fn run_conn(relay: Arc<Relay>, conn: Conn, implicit_tls: bool) {
     let mut session = Session::new(relay.clone(), conn.is_tls(), !implicit_tls);
     let mut io = io::Framed::new(conn);
     let mut greet = true;

@@ -112,6 +112,26 @@ async fn refuse_busy(relay: &Relay, tcp: TcpStream, kind: Kind) {
     io.shutdown().await;
 }
 
+/// A submissions session (as on 465) on a TLS stream another listener terminated: port 443
+/// with ALPN `smtp`.
+pub async fn serve_tls(relay: Arc<Relay>, tls: tokio_rustls::server::TlsStream<TcpStream>) {
+    let peer = tls.get_ref().0.peer_addr().ok();
+    let span = tracing::info_span!("smtp", conn = next_conn_id(), ?peer, kind = ?Kind::Submissions, alpn = true);
+    async move {
+        tracing::debug!("connected (443, ALPN smtp)");
+        run_conn(
+            relay,
+            Conn::Tls(Box::new(tls)),
+            Kind::Submissions,
+            true,
+            Limits::default(),
+        )
+        .await
+    }
+    .instrument(span)
+    .await
+}
+
 /// One connection from accept to close.
 async fn handle(relay: Arc<Relay>, tcp: TcpStream, kind: Kind, limits: Limits) {
     let (conn, tls) = if kind == Kind::Submissions {
@@ -122,6 +142,10 @@ async fn handle(relay: Arc<Relay>, tcp: TcpStream, kind: Kind, limits: Limits) {
     } else {
         (Conn::Plain(tcp), false)
     };
+    run_conn(relay, conn, kind, tls, limits).await
+}
+
+async fn run_conn(relay: Arc<Relay>, conn: Conn, kind: Kind, tls: bool, limits: Limits) {
     let mut session = Session::new(relay.clone(), kind, tls, limits);
     let mut io = SmtpStream::new(conn, COMMAND_TIMEOUT);
     session.greet(&mut io);

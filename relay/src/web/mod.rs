@@ -1,56 +1,152 @@
-//! HTTP (80) and HTTPS (443). For now a minimal page that says what this box is and `/mxdeliv`
-//! (relay-to-relay delivery); the onboarding site, `/new` and autoconfig are built on this
-//! router.
+//! HTTP (80) and HTTPS (443).
+//!
+//! Port 443 is also the fallback port for mail clients: TLS is terminated once here, and the
+//! ALPN protocol the client asked for picks the service, like the reference's nginx `stream`
+//! map (reference §3.1): `imap` → an IMAP session as on 993, `smtp` → a submissions session as
+//! on 465, anything else (or none) → the HTTPS router. Port 80 only redirects to HTTPS.
+//!
+//! Files: `pages` renders the public pages, autoconfig and MTA-STS; `new` hands out random
+//! credentials (`/new`); `qr` draws the invite QR code; `mxdeliv` is relay-to-relay delivery.
 
 pub mod mxdeliv;
+mod new;
+mod pages;
+pub mod qr;
+#[cfg(test)]
+mod tests;
 
 use crate::Relay;
-use axum::extract::State;
-use axum::response::Html;
+use axum::extract::{FromRef, State};
+use axum::http::{header, StatusCode, Uri};
+use axum::response::{IntoResponse, Response};
 use axum::routing::{any, get};
 use axum::Router;
 use hyper_util::rt::{TokioIo, TokioTimer};
 use hyper_util::service::TowerToHyperService;
+use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
-use tokio::net::TcpListener;
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::Semaphore;
+
+pub use new::NewLimiter;
+
+/// The router's state: the relay and the `/new` rate limiter (shared by every connection).
+#[derive(Clone)]
+pub struct Web {
+    pub relay: Arc<Relay>,
+    pub limiter: Arc<NewLimiter>,
+}
+
+impl FromRef<Web> for Arc<Relay> {
+    fn from_ref(w: &Web) -> Arc<Relay> {
+        w.relay.clone()
+    }
+}
+
+/// The client's address, added to every request by `serve` (missing when the router is called
+/// without a socket, as in the fuzz target).
+#[derive(Clone, Copy, Debug)]
+pub struct ClientAddr(pub SocketAddr);
 
 /// The routes of the HTTPS (`https`) or the plain HTTP server.
 pub fn router(relay: Arc<Relay>, https: bool) -> Router {
-    let mut r = Router::new().route("/", get(index)).route(
-        "/robots.txt",
-        get(|| async { "User-agent: *\nDisallow: /\n" }),
-    );
-    if https {
+    let state = Web {
+        limiter: Arc::new(NewLimiter::new()),
+        relay,
+    };
+    if !https {
+        return Router::new().fallback(redirect_to_https).with_state(state);
+    }
+    Router::new()
+        .route("/", get(pages::page))
+        .route("/index.html", get(pages::page))
+        .route("/info.html", get(pages::page))
+        .route("/privacy.html", get(pages::page))
+        .route("/main.css", get(pages::css))
+        .route(
+            "/robots.txt",
+            get(|| async { "User-agent: *\nDisallow: /\n" }),
+        )
+        .route("/new", get(new::get).post(new::post))
+        // The reference's legacy name for `/new`, still in old QR codes.
+        .route("/cgi-bin/newemail.py", get(new::get).post(new::post))
+        .route("/qr-chatmail-invite.svg", get(qr::svg))
+        .route("/qr-chatmail-invite.png", get(qr::png))
+        .route(
+            "/.well-known/autoconfig/mail/config-v1.1.xml",
+            get(pages::autoconfig),
+        )
+        .route("/mail/config-v1.1.xml", get(pages::autoconfig))
+        .route("/.well-known/mta-sts.txt", get(pages::mta_sts))
         // Only over TLS, as in the reference (nginx serves it in the 443 vhost): mail between
         // relays is never sent in the clear. `any`: the handler answers other methods itself
         // with the reference's 405.
-        r = r.route("/mxdeliv", any(mxdeliv::handle));
+        .route("/mxdeliv", any(mxdeliv::handle))
+        .fallback(reference_names)
+        .with_state(state)
+}
+
+/// Names the reference uses that carry the domain: `/qr-chatmail-invite-<domain>.png`.
+async fn reference_names(
+    state: State<Web>,
+    client: Option<axum::Extension<ClientAddr>>,
+    uri: Uri,
+) -> Response {
+    let p = uri.path();
+    if p.starts_with("/qr-chatmail-invite-") && p.ends_with(".png") {
+        return qr::png(state, client).await;
     }
-    r.with_state(relay)
+    (StatusCode::NOT_FOUND, "Not Found").into_response()
 }
 
-async fn index(State(relay): State<Arc<Relay>>) -> Html<String> {
-    let d = html_escape(&relay.cfg.mail_domain);
-    Html(format!(
-        "<!doctype html><html><head><meta charset=\"utf-8\">\
-         <meta name=\"viewport\" content=\"width=device-width, initial-scale=1\">\
-         <title>{d} chatmail relay</title></head><body>\
-         <h1>{d}</h1><p>This is a <a href=\"https://chatmail.at\">chatmail</a> relay run by relaybox. \
-         It accepts only end-to-end encrypted mail for Delta Chat and other chatmail clients.</p>\
-         </body></html>"
-    ))
+/// The host part of our URLs: the domain, or the bare IP of an IP-literal relay, with the HTTPS
+/// port when it is not 443 (`relaybox dev` with a port offset).
+pub fn https_origin(cfg: &crate::config::Config) -> String {
+    let host = match cfg.literal_ip() {
+        Some(std::net::IpAddr::V6(ip)) => format!("[{ip}]"),
+        Some(ip) => ip.to_string(),
+        None => cfg.mail_domain.clone(),
+    };
+    match cfg.listen.https.first().map(|a| a.port()) {
+        Some(443) | None => format!("https://{host}"),
+        Some(p) => format!("https://{host}:{p}"),
+    }
 }
 
-fn html_escape(s: &str) -> String {
-    s.replace('&', "&amp;")
-        .replace('<', "&lt;")
-        .replace('>', "&gt;")
-        .replace('"', "&quot;")
+/// Port 80: everything moves to HTTPS, except the ACME HTTP-01 challenge path, which the setup
+/// wizard will serve (404 until then), and `/mxdeliv`: mail between relays is never sent in the
+/// clear, and a redirect would invite a sender to retry a POST it should not have made.
+async fn redirect_to_https(State(w): State<Web>, uri: Uri) -> Response {
+    let path = uri.path_and_query().map_or("/", |p| p.as_str());
+    if uri.path().starts_with("/.well-known/acme-challenge/") || uri.path() == "/mxdeliv" {
+        return (StatusCode::NOT_FOUND, "Not Found").into_response();
+    }
+    let to = format!("{}{path}", https_origin(&w.relay.cfg));
+    (
+        StatusCode::MOVED_PERMANENTLY,
+        [(header::LOCATION, to)],
+        "Moved Permanently",
+    )
+        .into_response()
+}
+
+/// A TLS handshake on 443 that takes longer than this is abandoned.
+const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// What the ClientHello on 443 asked for.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Alpn {
+    Imap,
+    Smtp,
+    Http,
 }
 
 pub async fn serve(relay: Arc<Relay>, listener: TcpListener, https: bool) {
     let app = router(relay.clone(), https);
+    // Mail sessions on 443 get their own limits, the size of those of 993/465.
+    let imap_limit = Arc::new(Semaphore::new(relay.cfg.max_imap_connections.max(1)));
+    let smtp_limit = Arc::new(Semaphore::new(relay.cfg.max_smtp_connections.max(1)));
     loop {
         let (tcp, peer) = tokio::select! {
             r = listener.accept() => match r {
@@ -64,25 +160,96 @@ pub async fn serve(relay: Arc<Relay>, listener: TcpListener, https: bool) {
             },
             _ = relay.shutdown.wait() => break,
         };
-        let svc = TowerToHyperService::new(app.clone());
-        let acceptor = relay.tls.https.clone();
+        let svc = TowerToHyperService::new(
+            tower::ServiceBuilder::new()
+                .layer(axum::Extension(ClientAddr(peer)))
+                .service(app.clone()),
+        );
+        let relay = relay.clone();
+        let (imap_limit, smtp_limit) = (imap_limit.clone(), smtp_limit.clone());
         tokio::spawn(async move {
             let mut http = hyper::server::conn::http1::Builder::new();
             // A client that trickles its request headers is cut off after 60 s (the reference's
             // read timeout); bodies are timed by the handlers that read them.
             http.timer(TokioTimer::new())
                 .header_read_timeout(mxdeliv::READ_TIMEOUT);
-            if https {
-                match tokio::time::timeout(Duration::from_secs(10), acceptor.accept(tcp)).await {
-                    Ok(Ok(tls)) => {
-                        let _ = http.serve_connection(TokioIo::new(tls), svc).await;
-                    }
-                    Ok(Err(e)) => tracing::debug!(%peer, "TLS handshake failed: {e}"),
-                    Err(_) => tracing::debug!(%peer, "TLS handshake timed out"),
-                }
-            } else {
+            if !https {
                 let _ = http.serve_connection(TokioIo::new(tcp), svc).await;
+                return;
+            }
+            let tls = match tokio::time::timeout(HANDSHAKE_TIMEOUT, accept_443(&relay, tcp)).await {
+                Ok(Ok(x)) => x,
+                Ok(Err(e)) => {
+                    tracing::debug!(%peer, "TLS handshake on 443 failed: {e}");
+                    return;
+                }
+                Err(_) => {
+                    tracing::debug!(%peer, "TLS handshake on 443 timed out");
+                    return;
+                }
+            };
+            match tls.1 {
+                Alpn::Imap => {
+                    let Ok(_permit) = imap_limit.try_acquire_owned() else {
+                        tracing::warn!(%peer, "too many IMAP connections on 443");
+                        return;
+                    };
+                    crate::imap::serve_tls(relay, tls.0).await;
+                }
+                Alpn::Smtp => {
+                    let Ok(_permit) = smtp_limit.try_acquire_owned() else {
+                        tracing::warn!(%peer, "too many SMTP connections on 443");
+                        return;
+                    };
+                    crate::smtp::serve_tls(relay, tls.0).await;
+                }
+                Alpn::Http => {
+                    let _ = http.serve_connection(TokioIo::new(tls.0), svc).await;
+                }
             }
         });
     }
+}
+
+/// The handshake on 443. A ClientHello that offers `imap` or `smtp` gets the mail clients'
+/// config (TLS 1.3 only, as on 993/465); anything else the HTTPS config. The protocol the
+/// handshake agreed on picks the service.
+async fn accept_443(
+    relay: &Relay,
+    tcp: TcpStream,
+) -> std::io::Result<(tokio_rustls::server::TlsStream<TcpStream>, Alpn)> {
+    let _ = tcp.set_nodelay(true);
+    let start =
+        tokio_rustls::LazyConfigAcceptor::new(rustls::server::Acceptor::default(), tcp).await?;
+    let mail = start
+        .client_hello()
+        .alpn()
+        .is_some_and(|mut l| l.any(|p| p == b"imap" || p == b"smtp"));
+    let config = if mail {
+        relay.tls.client_config.clone()
+    } else {
+        relay.tls.https_config.clone()
+    };
+    let tls = start.into_stream(config).await?;
+    let alpn = match tls.get_ref().1.alpn_protocol() {
+        Some(b"imap") => Alpn::Imap,
+        Some(b"smtp") => Alpn::Smtp,
+        _ => Alpn::Http,
+    };
+    Ok((tls, alpn))
+}
+
+pub(crate) fn html_escape(s: &str) -> String {
+    let mut out = String::with_capacity(s.len());
+    for c in s.chars() {
+        match c {
+            '&' => out.push_str("&amp;"),
+            '<' => out.push_str("&lt;"),
+            '>' => out.push_str("&gt;"),
+            '"' => out.push_str("&quot;"),
+            '\'' => out.push_str("&#39;"),
+            c => out.push(c),
+        }
+    }
+    out
 }
