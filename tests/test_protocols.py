@@ -564,3 +564,41 @@ def test_restart_keeps_mail_and_uids(tmp_path, how):
         raise
     finally:
         r.stop()
+
+
+def test_queue_command_shows_and_flushes_waiting_mail(relay):
+    """Mail for a domain nobody answers for waits in the outbound queue; `relaybox queue`
+    shows it with its last error (through the running relay's control socket), and `--flush`
+    retries it at once."""
+    import subprocess
+    import time
+
+    from conftest import RELAYBOX_BIN
+
+    addr, pw = create_account(relay)
+    # 127.0.0.254: nothing listens there on 443 or 25, so each attempt fails at once
+    rcpt = f"{random_localpart()}@[127.0.0.254]"
+    code, text = send_raw(relay, addr, pw, rcpt, build_message(addr, rcpt, encrypted=True))
+    assert code == 250 and b"queued" in text, (code, text)
+
+    def queue(*extra):
+        out = subprocess.run([str(RELAYBOX_BIN), "queue", "--data", str(relay.data_dir), *extra],
+                             capture_output=True, text=True, timeout=30)
+        assert out.returncode == 0, out.stderr
+        return out.stdout
+
+    deadline = time.monotonic() + 30
+    while True:
+        text = queue()
+        if rcpt in text and "last error: 4" in text:
+            break
+        assert time.monotonic() < deadline, f"no failed attempt shown within 30 s:\n{text}"
+        time.sleep(0.3)
+    assert text.startswith("1 message(s) for 1 recipient(s) waiting"), text
+    assert f"from {addr}" in text and "1 attempt(s)" in text, text
+    flushed = queue("--flush")
+    assert "retrying all of them now" in flushed, flushed
+    deadline = time.monotonic() + 30
+    while "2 attempt(s)" not in queue():
+        assert time.monotonic() < deadline, "--flush did not retry"
+        time.sleep(0.3)
