@@ -61,6 +61,9 @@ banner() {
 }
 
 # run_stage NAME CMD...: run CMD (a command or a shell function) with `set -e` in a subshell,
+# and leave its exit status in LAST_RC. It always returns 0: a caller must never write
+# `run_stage … || …`, because bash ignores `set -e` inside anything run on the left of `||`,
+# so a failing command in the middle of a stage would go unnoticed.
 # time it, record PASS/FAIL. A failing stage does not stop the run; the final exit status does.
 run_stage() {
     local name=$1 start rc
@@ -75,7 +78,8 @@ run_stage() {
     rc=$?
     set -e
     record_stage "$name" "$rc" $((SECONDS - start))
-    return "$rc"
+    LAST_RC=$rc
+    return 0
 }
 
 # record_stage NAME RC SECONDS: note a stage's result for the summary.
@@ -313,17 +317,18 @@ for s in "${STAGES[@]}"; do
     case "$s" in
     setup)
         # nothing else can run without the toolchain and the venv
-        run_stage setup stage_setup || {
+        run_stage setup stage_setup
+        if [ "$LAST_RC" -ne 0 ]; then
             summary
             exit 1
-        }
+        fi
         ;;
     e2e | federation)
         if [ -z "$BG_PID" ] && [ "${RELAYBOX_SERIAL:-}" != 1 ] && printf '%s\n' "${STAGES[@]}" | grep -qx fuzz; then
             start_background_fuzz
         fi
         if [ -x "$RELAYBOX_BIN" ] && ! printf '%s\n' "${RESULTS[@]}" | grep -q '^FAIL .* build'; then
-            run_stage "$s" "stage_$s" || true
+            run_stage "$s" "stage_$s"
         else
             skip_stage "$s" "no relaybox binary: build failed"
         fi
@@ -332,11 +337,11 @@ for s in "${STAGES[@]}"; do
         if [ -n "$BG_PID" ]; then
             wait_background_fuzz
         else
-            run_stage fuzz stage_fuzz || true
+            run_stage fuzz stage_fuzz
         fi
         ;;
     *)
-        run_stage "$s" "stage_$s" || true
+        run_stage "$s" "stage_$s"
         ;;
     esac
 done
