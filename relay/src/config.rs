@@ -205,6 +205,27 @@ pub struct Config {
     pub tls_cert: Option<PathBuf>,
     #[serde(default)]
     pub tls_key: Option<PathBuf>,
+    /// Where the certificate comes from: `"files"` (`tls_cert`/`tls_key`), `"self-signed"` (made
+    /// on first start in `<data_dir>/tls/`) or `"acme"` (obtained and renewed from
+    /// `acme_directory` with HTTP-01 on port 80; written to `tls_cert`/`tls_key` when given, else
+    /// to `<data_dir>/acme/`). Unset: `"files"` when `tls_cert` is given, else `"self-signed"`.
+    #[serde(default)]
+    pub tls: Option<TlsMode>,
+    /// The ACME server's directory URL (Let's Encrypt production by default; its staging
+    /// directory or another CA's work too).
+    #[serde(default = "d_acme_directory")]
+    pub acme_directory: String,
+    /// Contact address given to the ACME CA when the account is created (optional).
+    #[serde(default)]
+    pub acme_email: Option<String>,
+    /// PEM CA certificate that the ACME server's own HTTPS is verified against instead of the
+    /// system roots (a test CA such as pebble's, or a private ACME server).
+    #[serde(default)]
+    pub acme_ca_file: Option<PathBuf>,
+    /// Renew when the certificate has fewer days than this left (unless the CA's ACME renewal
+    /// information suggests an earlier time).
+    #[serde(default = "d_30")]
+    pub acme_renew_days: u32,
     #[serde(default)]
     pub listen: Listen,
 
@@ -303,6 +324,21 @@ pub struct Config {
     pub privacy_supervisor: String,
 }
 
+/// The `tls` config key.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum TlsMode {
+    Files,
+    SelfSigned,
+    Acme,
+}
+
+fn d_acme_directory() -> String {
+    "https://acme-v02.api.letsencrypt.org/directory".into()
+}
+fn d_30() -> u32 {
+    30
+}
 fn d_push_url() -> String {
     "https://notifications.delta.chat/notify".into()
 }
@@ -531,7 +567,47 @@ impl Config {
             }
             _ => {}
         }
+        match self.tls {
+            Some(TlsMode::Files) if self.tls_cert.is_none() => {
+                return invalid("tls", "\"files\" needs tls_cert and tls_key".into())
+            }
+            Some(TlsMode::SelfSigned) if self.tls_cert.is_some() => {
+                return invalid(
+                    "tls",
+                    "\"self-signed\" makes its own certificate; leave out tls_cert and tls_key"
+                        .into(),
+                )
+            }
+            Some(TlsMode::Acme) if self.is_ip_literal() => {
+                return invalid(
+                    "tls",
+                    "\"acme\" needs a domain name; IP-literal relays use a self-signed certificate"
+                        .into(),
+                )
+            }
+            _ => {}
+        }
+        if !self.acme_directory.starts_with("https://") {
+            return invalid("acme_directory", "must be an https:// URL".into());
+        }
+        if self.acme_renew_days == 0 {
+            return invalid("acme_renew_days", "must be at least 1".into());
+        }
         Ok(())
+    }
+
+    /// The effective certificate source (see the `tls` key).
+    pub fn tls_mode(&self) -> TlsMode {
+        match self.tls {
+            Some(m) => m,
+            None if self.tls_cert.is_some() => TlsMode::Files,
+            None => TlsMode::SelfSigned,
+        }
+    }
+
+    /// True when certificates come from an ACME CA.
+    pub fn is_acme(&self) -> bool {
+        self.tls_mode() == TlsMode::Acme
     }
 
     /// True for `[a.b.c.d]` domains: no DNS, self-signed certificate, clients accept it by `ic=3`.
@@ -547,7 +623,7 @@ impl Config {
 
     /// Self-signed mode: IP literals and `_`-prefixed domains (reference §2).
     pub fn is_self_signed(&self) -> bool {
-        self.tls_cert.is_none()
+        self.tls_mode() == TlsMode::SelfSigned
     }
 
     /// Is `domain` (from an address) ours? Compared case-insensitively.
