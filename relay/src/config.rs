@@ -703,6 +703,31 @@ mod tests {
     }
 
     #[test]
+    fn tls_mode_defaults_and_acme_rules() {
+        let d = "mail_domain = \"chat.example.org\"\n";
+        let c = parse(d).unwrap();
+        assert_eq!(c.tls_mode(), TlsMode::SelfSigned);
+        assert!(c.is_self_signed() && !c.is_acme());
+        assert_eq!(
+            c.acme_directory,
+            "https://acme-v02.api.letsencrypt.org/directory"
+        );
+        assert_eq!(c.acme_renew_days, 30);
+        let files = format!("{d}tls_cert = \"/c.pem\"\ntls_key = \"/k.pem\"\n");
+        assert_eq!(parse(&files).unwrap().tls_mode(), TlsMode::Files);
+        let acme = parse(&format!("{d}tls = \"acme\"\nacme_email = \"a@b.org\"\n")).unwrap();
+        assert!(acme.is_acme() && !acme.is_self_signed());
+        let err = |t: &str| parse(t).unwrap_err().to_string();
+        assert!(err("mail_domain = \"[192.0.2.1]\"\ntls = \"acme\"\n").contains("IP-literal"));
+        assert!(err(&format!("{d}tls = \"files\"\n")).contains("tls_cert"));
+        assert!(err(&format!(
+            "{d}tls = \"acme\"\nacme_directory = \"http://x/dir\"\n"
+        ))
+        .contains("https://"));
+        assert!(err(&format!("{d}tls = \"letsencrypt\"\n")).contains("tls"));
+    }
+
+    #[test]
     fn defaults_follow_the_reference() {
         let c = parse("mail_domain = \"chat.example.org\"").unwrap();
         assert_eq!(c.max_user_send_per_minute, 60);
