@@ -2,7 +2,8 @@
 //! on the relay's HTTP port, with the names resolved by a dnsmasq we start. The relay
 //! (`tls = "acme"`) obtains a certificate at start, serves it on HTTPS, IMAPS and SMTPS without a
 //! restart, renews it on `relaybox cert --renew`, and keeps it when an order fails (the DNS then
-//! points elsewhere), printing pebble's own error. Skipped, with a notice, when pebble or dnsmasq
+//! points elsewhere), printing pebble's own error, and renews at start when fewer than
+//! `acme_renew_days` days remain, reusing its stored account. Skipped, with a notice, when pebble or dnsmasq
 //! is missing (outside CI; under CI the setup stage installs both).
 
 use rustls::pki_types::{CertificateDer, ServerName};
@@ -412,5 +413,51 @@ async fn pebble_issues_renews_and_a_failed_order_keeps_the_old_certificate() {
         served_leaf(at(https), DOMAIN, &roots).await.unwrap(),
         second
     );
+
+    // Renewal by the threshold: restarted with acme_renew_days above the certificate's lifetime
+    // (pebble issues for 5 years), the relay renews at start with the account it already has.
     drop(dns);
+    let _dns = dnsmasq(&dnsmasq_bin, dns_port, "127.0.0.1");
+    drop(relay);
+    let text = std::fs::read_to_string(&config).unwrap();
+    std::fs::write(
+        &config,
+        text.replace(
+            "tls = \"acme\"\n",
+            "tls = \"acme\"\nacme_renew_days = 3000\n",
+        ),
+    )
+    .unwrap();
+    let relay_log = dir.path().join("relay2.log");
+    let mut relay = Kill(
+        Command::new(BIN)
+            .args(["serve", "--config"])
+            .arg(&config)
+            .env("RUST_LOG", "info")
+            .stdout(Stdio::null())
+            .stderr(std::fs::File::create(&relay_log).unwrap())
+            .spawn()
+            .unwrap(),
+    );
+    let deadline = Instant::now() + Duration::from_secs(120);
+    let third = loop {
+        match served_leaf(at(https), DOMAIN, &roots).await {
+            Ok(c) if c != second => break c,
+            other => {
+                if let Ok(Some(st)) = relay.0.try_wait() {
+                    panic!("relay exited: {st}");
+                }
+                assert!(
+                    Instant::now() < deadline,
+                    "no renewal at start ({other:?})\n{}",
+                    std::fs::read_to_string(&relay_log).unwrap_or_default()
+                );
+                tokio::time::sleep(Duration::from_millis(500)).await;
+            }
+        }
+    };
+    assert_eq!(served_leaf(at(imaps), DOMAIN, &roots).await.unwrap(), third);
+    let log = std::fs::read_to_string(&relay_log).unwrap();
+    assert!(log.contains("less than 3000 days left"), "{log}");
+    assert!(!log.contains("created ACME account"), "{log}");
 }
