@@ -38,6 +38,12 @@ impl Acme {
         self.map().get(token).cloned()
     }
 
+    /// Serves `key_authorization` at `/.well-known/acme-challenge/<token>` until the order ends.
+    pub fn set_challenge(&self, token: &str, key_authorization: &str) {
+        self.map()
+            .insert(token.to_string(), key_authorization.to_string());
+    }
+
     fn map(&self) -> std::sync::MutexGuard<'_, HashMap<String, String>> {
         self.challenges.lock().unwrap_or_else(|e| e.into_inner())
     }
@@ -205,8 +211,7 @@ async fn run_locked(relay: &Relay, force: bool, p: &mut Progress) -> Result<(), 
             let token = ch.token.clone();
             relay
                 .acme
-                .map()
-                .insert(token.clone(), ch.key_authorization().as_str().to_string());
+                .set_challenge(&token, ch.key_authorization().as_str());
             ch.set_ready()
                 .await
                 .map_err(|e| format!("{ident}: cannot start the challenge: {e}"))?;

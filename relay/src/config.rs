@@ -578,6 +578,13 @@ impl Config {
                         .into(),
                 )
             }
+            Some(TlsMode::Acme) if self.mail_domain.starts_with('_') => {
+                return invalid(
+                    "tls",
+                    "\"acme\" cannot certify a `_`-prefixed domain (no CA issues for it); use \"self-signed\""
+                        .into(),
+                )
+            }
             Some(TlsMode::Acme) if self.is_ip_literal() => {
                 return invalid(
                     "tls",
@@ -725,6 +732,7 @@ mod tests {
         ))
         .contains("https://"));
         assert!(err(&format!("{d}tls = \"letsencrypt\"\n")).contains("tls"));
+        assert!(err("mail_domain = \"_chat.example.org\"\ntls = \"acme\"\n").contains("_"));
     }
 
     #[test]

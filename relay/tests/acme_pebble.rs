@@ -3,8 +3,8 @@
 //! (`tls = "acme"`) obtains a certificate at start, serves it on HTTPS, IMAPS and SMTPS without a
 //! restart, renews it on `relaybox cert --renew`, and keeps it when an order fails (the DNS then
 //! points elsewhere), printing pebble's own error, and renews at start when fewer than
-//! `acme_renew_days` days remain, reusing its stored account. Skipped, with a notice, when pebble or dnsmasq
-//! is missing (outside CI; under CI the setup stage installs both).
+//! `acme_renew_days` days remain, reusing its stored account. Skipped, with a notice, when
+//! pebble or dnsmasq is missing (outside CI; under CI the setup stage installs both).
 
 use rustls::pki_types::{CertificateDer, ServerName};
 use std::net::SocketAddr;
