@@ -298,6 +298,54 @@ async fn ari_says_renew(account: &Account, c: &CertInfo, now: i64) -> Option<Str
     }
 }
 
+/// The HTTPS client for the ACME server: our rustls config (ring only) trusting the same roots
+/// as outbound delivery (the system's, webpki-roots when it has none) plus `acme_ca_file`.
+fn http_client(
+    cfg: &Config,
+) -> Result<
+    hyper_util::client::legacy::Client<
+        hyper_rustls::HttpsConnector<hyper_util::client::legacy::connect::HttpConnector>,
+        instant_acme::BodyWrapper<bytes::Bytes>,
+    >,
+    String,
+> {
+    let mut roots = crate::delivery::transport::client_tls::system_roots().clone();
+    if let Some(path) = &cfg.acme_ca_file {
+        let pem = std::fs::read(path)
+            .map_err(|e| format!("cannot read acme_ca_file {}: {e}", path.display()))?;
+        let certs: Vec<_> = rustls_pemfile::certs(&mut pem.as_slice())
+            .filter_map(Result::ok)
+            .collect();
+        if certs.is_empty() {
+            return Err(format!(
+                "acme_ca_file {} holds no certificate",
+                path.display()
+            ));
+        }
+        for c in certs {
+            roots
+                .add(c)
+                .map_err(|e| format!("unusable certificate in {}: {e}", path.display()))?;
+        }
+    }
+    let tls = rustls::ClientConfig::builder_with_provider(Arc::new(
+        rustls::crypto::ring::default_provider(),
+    ))
+    .with_safe_default_protocol_versions()
+    .map_err(|e| e.to_string())?
+    .with_root_certificates(roots)
+    .with_no_client_auth();
+    let https = hyper_rustls::HttpsConnectorBuilder::new()
+        .with_tls_config(tls)
+        .https_only()
+        .enable_http1()
+        .build();
+    Ok(
+        hyper_util::client::legacy::Client::builder(hyper_util::rt::TokioExecutor::new())
+            .build(https),
+    )
+}
+
 /// `<data_dir>/acme/account.json`: the directory URL and the account's credentials.
 #[derive(serde::Serialize, serde::Deserialize)]
 struct Stored {
@@ -306,12 +354,8 @@ struct Stored {
 }
 
 async fn load_account(cfg: &Config, p: &mut Progress) -> Result<Account, String> {
-    // hyper-rustls builds its client config from the process default: make it ring.
-    let _ = rustls::crypto::ring::default_provider().install_default();
-    let builder = || match &cfg.acme_ca_file {
-        Some(ca) => Account::builder_with_root(ca)
-            .map_err(|e| format!("cannot use acme_ca_file {}: {e}", ca.display())),
-        None => Account::builder().map_err(|e| format!("cannot set up the HTTPS client: {e}")),
+    let builder = || -> Result<instant_acme::AccountBuilder, String> {
+        Ok(Account::builder_with_http(Box::new(http_client(cfg)?)))
     };
     let path = cfg.data_dir.join("acme").join("account.json");
     if let Ok(text) = std::fs::read(&path) {

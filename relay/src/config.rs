@@ -218,8 +218,8 @@ pub struct Config {
     /// Contact address given to the ACME CA when the account is created (optional).
     #[serde(default)]
     pub acme_email: Option<String>,
-    /// PEM CA certificate that the ACME server's own HTTPS is verified against instead of the
-    /// system roots (a test CA such as pebble's, or a private ACME server).
+    /// PEM CA certificate(s) trusted for the ACME server's own HTTPS, besides the system roots
+    /// (a test CA such as pebble's, or a private ACME server).
     #[serde(default)]
     pub acme_ca_file: Option<PathBuf>,
     /// Renew when the certificate has fewer days than this left (unless the CA's ACME renewal
