@@ -160,6 +160,8 @@ stage_setup() {
     cargo --version
     # dnsmasq answers the loopback DNS zones of the resolver and DKIM tests
     [ -x /usr/sbin/dnsmasq ] || have dnsmasq || apt_install dnsmasq-base
+    # pebble is the ACME server of the certificate test (relay/tests/acme_pebble.rs)
+    have pebble || apt_install pebble
     ensure_mta_packages
     # headless Chromium renders the public pages in tests/test_web.py
     have chromium || apt_install chromium

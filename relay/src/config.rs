@@ -205,6 +205,27 @@ pub struct Config {
     pub tls_cert: Option<PathBuf>,
     #[serde(default)]
     pub tls_key: Option<PathBuf>,
+    /// Where the certificate comes from: `"files"` (`tls_cert`/`tls_key`), `"self-signed"` (made
+    /// on first start in `<data_dir>/tls/`) or `"acme"` (obtained and renewed from
+    /// `acme_directory` with HTTP-01 on port 80; written to `tls_cert`/`tls_key` when given, else
+    /// to `<data_dir>/acme/`). Unset: `"files"` when `tls_cert` is given, else `"self-signed"`.
+    #[serde(default)]
+    pub tls: Option<TlsMode>,
+    /// The ACME server's directory URL (Let's Encrypt production by default; its staging
+    /// directory or another CA's work too).
+    #[serde(default = "d_acme_directory")]
+    pub acme_directory: String,
+    /// Contact address given to the ACME CA when the account is created (optional).
+    #[serde(default)]
+    pub acme_email: Option<String>,
+    /// PEM CA certificate(s) trusted for the ACME server's own HTTPS, besides the system roots
+    /// (a test CA such as pebble's, or a private ACME server).
+    #[serde(default)]
+    pub acme_ca_file: Option<PathBuf>,
+    /// Renew when the certificate has fewer days than this left (unless the CA's ACME renewal
+    /// information suggests an earlier time).
+    #[serde(default = "d_30")]
+    pub acme_renew_days: u32,
     #[serde(default)]
     pub listen: Listen,
 
@@ -303,6 +324,21 @@ pub struct Config {
     pub privacy_supervisor: String,
 }
 
+/// The `tls` config key.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum TlsMode {
+    Files,
+    SelfSigned,
+    Acme,
+}
+
+fn d_acme_directory() -> String {
+    "https://acme-v02.api.letsencrypt.org/directory".into()
+}
+fn d_30() -> u32 {
+    30
+}
 fn d_push_url() -> String {
     "https://notifications.delta.chat/notify".into()
 }
@@ -531,7 +567,54 @@ impl Config {
             }
             _ => {}
         }
+        match self.tls {
+            Some(TlsMode::Files) if self.tls_cert.is_none() => {
+                return invalid("tls", "\"files\" needs tls_cert and tls_key".into())
+            }
+            Some(TlsMode::SelfSigned) if self.tls_cert.is_some() => {
+                return invalid(
+                    "tls",
+                    "\"self-signed\" makes its own certificate; leave out tls_cert and tls_key"
+                        .into(),
+                )
+            }
+            Some(TlsMode::Acme) if self.mail_domain.starts_with('_') => {
+                return invalid(
+                    "tls",
+                    "\"acme\" cannot certify a `_`-prefixed domain (no CA issues for it); use \"self-signed\""
+                        .into(),
+                )
+            }
+            Some(TlsMode::Acme) if self.is_ip_literal() => {
+                return invalid(
+                    "tls",
+                    "\"acme\" needs a domain name; IP-literal relays use a self-signed certificate"
+                        .into(),
+                )
+            }
+            _ => {}
+        }
+        if !self.acme_directory.starts_with("https://") {
+            return invalid("acme_directory", "must be an https:// URL".into());
+        }
+        if self.acme_renew_days == 0 {
+            return invalid("acme_renew_days", "must be at least 1".into());
+        }
         Ok(())
+    }
+
+    /// The effective certificate source (see the `tls` key).
+    pub fn tls_mode(&self) -> TlsMode {
+        match self.tls {
+            Some(m) => m,
+            None if self.tls_cert.is_some() => TlsMode::Files,
+            None => TlsMode::SelfSigned,
+        }
+    }
+
+    /// True when certificates come from an ACME CA.
+    pub fn is_acme(&self) -> bool {
+        self.tls_mode() == TlsMode::Acme
     }
 
     /// True for `[a.b.c.d]` domains: no DNS, self-signed certificate, clients accept it by `ic=3`.
@@ -547,7 +630,7 @@ impl Config {
 
     /// Self-signed mode: IP literals and `_`-prefixed domains (reference §2).
     pub fn is_self_signed(&self) -> bool {
-        self.tls_cert.is_none()
+        self.tls_mode() == TlsMode::SelfSigned
     }
 
     /// Is `domain` (from an address) ours? Compared case-insensitively.
@@ -624,6 +707,32 @@ mod tests {
 
     fn parse(t: &str) -> Result<Config, ConfigError> {
         Config::from_toml(t, Path::new("test.toml"))
+    }
+
+    #[test]
+    fn tls_mode_defaults_and_acme_rules() {
+        let d = "mail_domain = \"chat.example.org\"\n";
+        let c = parse(d).unwrap();
+        assert_eq!(c.tls_mode(), TlsMode::SelfSigned);
+        assert!(c.is_self_signed() && !c.is_acme());
+        assert_eq!(
+            c.acme_directory,
+            "https://acme-v02.api.letsencrypt.org/directory"
+        );
+        assert_eq!(c.acme_renew_days, 30);
+        let files = format!("{d}tls_cert = \"/c.pem\"\ntls_key = \"/k.pem\"\n");
+        assert_eq!(parse(&files).unwrap().tls_mode(), TlsMode::Files);
+        let acme = parse(&format!("{d}tls = \"acme\"\nacme_email = \"a@b.org\"\n")).unwrap();
+        assert!(acme.is_acme() && !acme.is_self_signed());
+        let err = |t: &str| parse(t).unwrap_err().to_string();
+        assert!(err("mail_domain = \"[192.0.2.1]\"\ntls = \"acme\"\n").contains("IP-literal"));
+        assert!(err(&format!("{d}tls = \"files\"\n")).contains("tls_cert"));
+        assert!(err(&format!(
+            "{d}tls = \"acme\"\nacme_directory = \"http://x/dir\"\n"
+        ))
+        .contains("https://"));
+        assert!(err(&format!("{d}tls = \"letsencrypt\"\n")).contains("tls"));
+        assert!(err("mail_domain = \"_chat.example.org\"\ntls = \"acme\"\n").contains("_"));
     }
 
     #[test]

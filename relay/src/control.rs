@@ -19,6 +19,10 @@ pub enum Request {
     Queue {
         flush: bool,
     },
+    /// Obtain the ACME certificate now if needed; with `renew`, always.
+    Cert {
+        renew: bool,
+    },
 }
 
 impl Request {
@@ -28,6 +32,8 @@ impl Request {
             Request::Expire { dry_run: true } => "expire --dry-run".into(),
             Request::Queue { flush: false } => "queue".into(),
             Request::Queue { flush: true } => "queue --flush".into(),
+            Request::Cert { renew: false } => "cert".into(),
+            Request::Cert { renew: true } => "cert --renew".into(),
         }
     }
 
@@ -37,6 +43,8 @@ impl Request {
             "expire --dry-run" => Some(Request::Expire { dry_run: true }),
             "queue" => Some(Request::Queue { flush: false }),
             "queue --flush" => Some(Request::Queue { flush: true }),
+            "cert" => Some(Request::Cert { renew: false }),
+            "cert --renew" => Some(Request::Cert { renew: true }),
             _ => None,
         }
     }
@@ -69,6 +77,7 @@ pub async fn execute(relay: &Relay, req: &Request) -> Result<String, String> {
             }
             Ok(text)
         }
+        Request::Cert { renew } => crate::acme::run(relay, *renew).await,
     }
 }
 
@@ -204,6 +213,8 @@ mod tests {
             Request::Expire { dry_run: false },
             Request::Queue { flush: false },
             Request::Queue { flush: true },
+            Request::Cert { renew: false },
+            Request::Cert { renew: true },
         ] {
             assert_eq!(Request::parse(&r.to_line()), Some(r));
         }

@@ -6,6 +6,7 @@
 //! verdict out) and never touches the store or a socket.
 
 pub mod accounts;
+pub mod acme;
 pub mod clock;
 pub mod config;
 pub mod control;
@@ -37,6 +38,8 @@ pub struct Relay {
     /// The resolver: DKIM keys of incoming mail now, MX lookups for outbound delivery later.
     pub dns: dns::Dns,
     pub tls: tls::TlsConfigs,
+    /// The ACME client's state: the HTTP-01 answers port 80 serves, the running order.
+    pub acme: acme::Acme,
     pub clock: clock::Clock,
     pub shutdown: net::Shutdown,
 }

@@ -58,6 +58,15 @@ enum Cmd {
         #[arg(long)]
         flush: bool,
     },
+    /// Ask the running relay (tls = "acme") to obtain its certificate now if it has none or it
+    /// is due for renewal, and print the progress and the result.
+    Cert {
+        #[arg(long)]
+        config: PathBuf,
+        /// Renew even if the certificate is still valid.
+        #[arg(long)]
+        renew: bool,
+    },
     /// Print the DNS records to publish for the mail domain, the DKIM key's included. Only
     /// reads the key file, so it is safe beside a running relay.
     Dns {
@@ -121,6 +130,7 @@ fn main() -> anyhow::Result<()> {
             data,
             flush,
         } => rt.block_on(queue(admin_config(config, &data)?, flush)),
+        Cmd::Cert { config, renew } => rt.block_on(cert(Config::load(&config)?, renew)),
         Cmd::Dns { config, data } => match config {
             Some(path) => print_dns(&Config::load(&path)?),
             None => {
@@ -201,6 +211,25 @@ async fn queue(cfg: Config, flush: bool) -> anyhow::Result<()> {
         relaybox::delivery::queue::report(&store.queued()?, now)
     );
     Ok(())
+}
+
+async fn cert(cfg: Config, renew: bool) -> anyhow::Result<()> {
+    use relaybox::control::{request, Request};
+    match request(&cfg.control_socket(), &Request::Cert { renew }).await {
+        Ok(Some(Ok(text))) => {
+            println!("{text}");
+            Ok(())
+        }
+        Ok(Some(Err(e))) => anyhow::bail!("{e}"),
+        Ok(None) => anyhow::bail!(
+            "no relay is running on {} (start it: the certificate is validated through its port 80)",
+            cfg.data_dir.display()
+        ),
+        Err(e) => anyhow::bail!(
+            "cannot reach the relay at {}: {e}",
+            cfg.control_socket().display()
+        ),
+    }
 }
 
 fn print_dns(cfg: &Config) -> anyhow::Result<()> {

@@ -28,6 +28,7 @@ pub fn build(cfg: config::Config) -> anyhow::Result<Arc<Relay>> {
         cfg,
         store,
         tls,
+        acme: crate::acme::Acme::default(),
         clock,
         shutdown: net::Shutdown::new(),
     }))
@@ -98,6 +99,9 @@ pub async fn run(relay: Arc<Relay>) -> anyhow::Result<()> {
         tasks.spawn(crate::metrics::serve(relay.clone(), listener));
     }
     tokio::spawn(crate::control::expiry_schedule(relay.clone()));
+    if relay.cfg.is_acme() {
+        tokio::spawn(crate::acme::renewal_schedule(relay.clone()));
+    }
     tokio::spawn(relay.delivery.push().clone().run(relay.shutdown.clone()));
     tokio::spawn(relay.delivery.queue().clone().run(relay.shutdown.clone()));
     tracing::info!(

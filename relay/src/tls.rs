@@ -79,6 +79,8 @@ struct CertState {
     chain: Arc<Vec<CertificateDer<'static>>>,
     stamp: Option<(SystemTime, SystemTime)>,
     checked: Instant,
+    /// Look at the files at the next handshake, whenever the last look was.
+    force: bool,
 }
 
 fn mtimes(files: &(PathBuf, PathBuf)) -> Option<(SystemTime, SystemTime)> {
@@ -110,6 +112,7 @@ impl CertStore {
                 chain: Arc::new(chain),
                 stamp: None,
                 checked: Instant::now(),
+                force: false,
             }),
         })
     }
@@ -128,6 +131,7 @@ impl CertStore {
                 chain: Arc::new(chain),
                 stamp,
                 checked: Instant::now(),
+                force: false,
             }),
         })
     }
@@ -142,16 +146,23 @@ impl CertStore {
             .clone()
     }
 
+    /// Makes the next handshake look at the files at once (after the ACME client wrote them)
+    /// instead of within [`RELOAD_CHECK`].
+    pub fn recheck(&self) {
+        self.state.lock().unwrap_or_else(|e| e.into_inner()).force = true;
+    }
+
     /// The current certificate, reloading it first if the files changed.
     pub fn current(&self) -> Arc<CertifiedKey> {
         let mut st = self.state.lock().unwrap_or_else(|e| e.into_inner());
         let Some(files) = &self.files else {
             return st.key.clone();
         };
-        if st.checked.elapsed() < self.check_every {
+        if st.checked.elapsed() < self.check_every && !st.force {
             return st.key.clone();
         }
         st.checked = Instant::now();
+        st.force = false;
         let stamp = mtimes(files);
         if stamp.is_none() || stamp == st.stamp {
             return st.key.clone();
@@ -184,8 +195,9 @@ impl ResolvesServerCert for CertStore {
 
 impl TlsConfigs {
     pub fn load(cfg: &Config) -> Result<TlsConfigs, TlsError> {
-        let (cert, key) = match (&cfg.tls_cert, &cfg.tls_key) {
-            (Some(c), Some(k)) => (c.clone(), k.clone()),
+        let (cert, key) = match (cfg.tls_mode(), &cfg.tls_cert, &cfg.tls_key) {
+            (crate::config::TlsMode::Acme, _, _) => acme_placeholder(cfg)?,
+            (_, Some(c), Some(k)) => (c.clone(), k.clone()),
             _ => self_signed(cfg)?,
         };
         Self::from_store(Arc::new(CertStore::watch(&cert, &key, RELOAD_CHECK)?))
@@ -279,6 +291,27 @@ fn self_signed(cfg: &Config) -> Result<(PathBuf, PathBuf), TlsError> {
     Ok((cert_path, key_path))
 }
 
+/// ACME mode: the files the ACME client writes (see [`crate::acme::cert_paths`]). Until the
+/// first certificate is issued they hold a self-signed one, so the listeners can start (port 80
+/// must be up to answer the HTTP-01 challenge) and pick up the real one when it is written.
+fn acme_placeholder(cfg: &Config) -> Result<(PathBuf, PathBuf), TlsError> {
+    let (cert_path, key_path) = crate::acme::cert_paths(cfg);
+    if cert_path.exists() && key_path.exists() {
+        return Ok((cert_path, key_path));
+    }
+    let (cert_pem, key_pem) = make_self_signed(cfg)?;
+    if let Some(dir) = cert_path.parent() {
+        std::fs::create_dir_all(dir).map_err(|source| TlsError::Write {
+            path: dir.to_owned(),
+            source,
+        })?;
+    }
+    write_private(&key_path, key_pem.as_bytes())?;
+    write_private(&cert_path, cert_pem.as_bytes())?;
+    tracing::info!(path = %cert_path.display(), "no ACME certificate yet: serving a self-signed one until it is issued");
+    Ok((cert_path, key_path))
+}
+
 /// A P-256 leaf certificate (CA:FALSE) for the domain and the names clients try, valid for a
 /// century like the reference's `openssl req -days 36500`.
 pub fn make_self_signed(cfg: &Config) -> Result<(String, String), TlsError> {
@@ -318,7 +351,8 @@ pub fn make_self_signed(cfg: &Config) -> Result<(String, String), TlsError> {
     Ok((cert.pem(), key.serialize_pem()))
 }
 
-fn write_private(path: &Path, data: &[u8]) -> Result<(), TlsError> {
+/// Writes `data` to `path` atomically (temporary file, fsync, rename), readable by the owner only.
+pub(crate) fn write_private(path: &Path, data: &[u8]) -> Result<(), TlsError> {
     use std::os::unix::fs::OpenOptionsExt;
     let tmp = path.with_extension("tmp");
     let werr = |source| TlsError::Write {

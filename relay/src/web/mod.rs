@@ -114,12 +114,21 @@ pub fn https_origin(cfg: &crate::config::Config) -> String {
     }
 }
 
-/// Port 80: everything moves to HTTPS, except the ACME HTTP-01 challenge path, which the setup
-/// wizard will serve (404 until then), and `/mxdeliv`: mail between relays is never sent in the
+/// Port 80: everything moves to HTTPS, except the ACME HTTP-01 challenge path (the key
+/// authorization of a running order, else 404), and `/mxdeliv`: mail between relays is never sent in the
 /// clear, and a redirect would invite a sender to retry a POST it should not have made.
 async fn redirect_to_https(State(w): State<Web>, uri: Uri) -> Response {
     let path = uri.path_and_query().map_or("/", |p| p.as_str());
-    if uri.path().starts_with("/.well-known/acme-challenge/") || uri.path() == "/mxdeliv" {
+    if let Some(token) = uri.path().strip_prefix("/.well-known/acme-challenge/") {
+        return match w.relay.acme.key_authorization(token) {
+            Some(ka) => {
+                tracing::info!(token, "answering an ACME HTTP-01 challenge");
+                ([(header::CONTENT_TYPE, "text/plain")], ka).into_response()
+            }
+            None => (StatusCode::NOT_FOUND, "Not Found").into_response(),
+        };
+    }
+    if uri.path() == "/mxdeliv" {
         return (StatusCode::NOT_FOUND, "Not Found").into_response();
     }
     let to = format!("{}{path}", https_origin(&w.relay.cfg));

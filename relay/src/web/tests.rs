@@ -430,6 +430,15 @@ async fn http_redirects_to_https_except_acme_challenges_and_mxdeliv_is_https_onl
     assert_eq!(headers["location"], "https://127.0.0.1/info.html?x=1");
     let (status, _, _) = call(&relay, false, "GET", "/.well-known/acme-challenge/abc").await;
     assert_eq!(status, StatusCode::NOT_FOUND);
+    // While an order runs, port 80 answers its HTTP-01 token with the key authorization.
+    relay.acme.set_challenge("abc", "abc.thumbprint");
+    let (status, headers, body) =
+        call(&relay, false, "GET", "/.well-known/acme-challenge/abc").await;
+    assert_eq!(status, StatusCode::OK);
+    assert_eq!(headers["content-type"], "text/plain");
+    assert_eq!(body, b"abc.thumbprint");
+    let (status, _, _) = call(&relay, false, "GET", "/.well-known/acme-challenge/abd").await;
+    assert_eq!(status, StatusCode::NOT_FOUND);
     let (status, _, _) = call(&relay, false, "POST", "/mxdeliv").await;
     assert_eq!(status, StatusCode::NOT_FOUND, "no delivery over plain HTTP");
     let (status, _, _) = call(&relay, true, "GET", "/mxdeliv").await;

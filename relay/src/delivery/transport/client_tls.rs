@@ -66,7 +66,7 @@ impl Connectors {
 }
 
 /// The system's trust anchors, read once per process; webpki-roots when the system has none.
-fn system_roots() -> &'static RootCertStore {
+pub(crate) fn system_roots() -> &'static RootCertStore {
     static ROOTS: OnceLock<RootCertStore> = OnceLock::new();
     ROOTS.get_or_init(|| {
         let mut roots = RootCertStore::empty();
