@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # relaybox against the Postfix + Dovecot reference stack, side by side (issue 8).
 #
-#   scripts/bench/run.sh [--quick] [--idle-clients N] [--latency-count N]
+#   scripts/bench/run.sh [--quick | --smoke] [--idle-clients N] [--latency-count N]
 #
 # Starts relaybox (`relaybox serve`, IP-literal domain on 127.0.0.19) and the reference stack
 # (scripts/bench/reference-stack.sh, bench.test on 127.0.0.20), measures both with the same load
@@ -12,10 +12,11 @@ cd "$(dirname "${BASH_SOURCE[0]}")/../.."
 ROOT=$PWD
 export CARGO_TARGET_DIR=${CARGO_TARGET_DIR:-$ROOT/target}
 
-QUICK=0 IDLE_CLIENTS=1000 LAT_COUNT=1000 TP_SECS=5 DISK_MSGS=400
+QUICK=0 SMOKE=0 IDLE_CLIENTS=1000 LAT_COUNT=1000 TP_SECS=5 DISK_MSGS=400
 while [ $# -gt 0 ]; do
     case "$1" in
     --quick) QUICK=1 IDLE_CLIENTS=100 LAT_COUNT=30 TP_SECS=1 DISK_MSGS=100 ;;
+    --smoke) QUICK=1 SMOKE=1 IDLE_CLIENTS=20 LAT_COUNT=4 TP_SECS=0.3 DISK_MSGS=20 ;;
     --idle-clients) IDLE_CLIENTS=$2; shift ;;
     --latency-count) LAT_COUNT=$2; shift ;;
     *) echo "unknown option $1" >&2; exit 2 ;;
@@ -25,6 +26,7 @@ done
 # Dovecot hands an IDLE session to imap-hibernate after imap_hibernate_timeout (30 s, as chatmail
 # sets it); the memory with idle clients is read after that.
 IDLE_SETTLE=$([ "$QUICK" = 1 ] && echo 3 || echo 35)
+[ "$SMOKE" = 1 ] && IDLE_SETTLE=1
 
 RBX_IP=127.0.0.19 REF_IP=127.0.0.20
 BIN=$CARGO_TARGET_DIR/release
@@ -191,6 +193,12 @@ for s in relaybox reference; do
     echo "{\"rss_kib\": $rss, \"pss_kib\": $pss, \"procs\": $n, \"settled_rss_kib\": $rss2, \"settled_pss_kib\": $pss2, \"settled_procs\": $n2, \"settle_s\": $IDLE_SETTLE}" >"$RES/$s-mem-clients.json"
 done
 
-out="bench/results/$(date -u +%Y-%m-%dT%H%M%SZ)$([ "$QUICK" = 1 ] && echo -quick).json"
+suffix=""
+[ "$QUICK" = 1 ] && suffix=-quick
+[ "$SMOKE" = 1 ] && suffix=-smoke
+# smoke results (CI) are not kept in bench/results/
+out_dir=bench/results
+[ "$SMOKE" = 1 ] && out_dir=$WORK
+out="$out_dir/$(date -u +%Y-%m-%dT%H%M%SZ)$suffix.json"
 python3 scripts/bench/report.py "$RES" "$out" "$(cut -d' ' -f1-3 /proc/loadavg)" "$QUICK" "$IDLE_CLIENTS" "$DISK_MSGS"
 echo "wrote $out ($((SECONDS - started)) s)"
