@@ -291,6 +291,13 @@ stage_fuzz() {
     bash scripts/fuzz.sh "${FUZZ_SECONDS:-30}"
 }
 
+# Not in ALL_STAGES (it installs Postfix + Dovecot if missing and takes about a minute):
+# `scripts/test.sh bench-smoke` runs the benchmark in its smallest form, both stacks, to keep
+# scripts/bench/ and loadgen working. The full benchmark is scripts/bench/run.sh (BENCHMARKS.md).
+stage_bench-smoke() {
+    bash scripts/bench/run.sh --smoke
+}
+
 # ------------------------------------------------------------------------------------------------
 # main
 # ------------------------------------------------------------------------------------------------

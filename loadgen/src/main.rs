@@ -1,0 +1,738 @@
+//! `loadgen`: the load generator of the relaybox benchmarks (`scripts/bench/run.sh`).
+//!
+//! It speaks SMTP submission (implicit TLS, AUTH PLAIN) and IMAP (implicit TLS, IDLE) itself,
+//! so the same client code measures relaybox and the Postfix + Dovecot reference stack. The
+//! messages are real PGP/MIME: one rPGP-encrypted message per size is made at start and wrapped
+//! in per-message headers (From, To, Message-ID), so they pass a chatmail encryption gate.
+//!
+//! Accounts are `<prefix><NNNNN>@<domain>` (9-character local part with the default prefix)
+//! with one shared password: relaybox creates them on first login, the reference stack has them
+//! in its passwd-file.
+
+use anyhow::{anyhow, bail, Context, Result};
+use base64::Engine;
+use clap::{Parser, Subcommand};
+use serde_json::{json, Value};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufStream};
+use tokio::net::TcpStream;
+use tokio_rustls::client::TlsStream;
+
+mod pgpmsg;
+
+#[derive(Parser)]
+#[command(
+    name = "loadgen",
+    about = "SMTP/IMAP load generator for relaybox benchmarks"
+)]
+struct Cli {
+    /// The server's address (both SMTP submission and IMAP).
+    #[arg(long, default_value = "127.0.0.1")]
+    host: String,
+    /// SMTP submission port with implicit TLS.
+    #[arg(long, default_value_t = 465)]
+    smtp_port: u16,
+    /// IMAP port with implicit TLS.
+    #[arg(long, default_value_t = 993)]
+    imap_port: u16,
+    /// The mail domain of the accounts (`[127.0.0.19]` or `bench.test`).
+    #[arg(long)]
+    domain: String,
+    /// Local parts are PREFIX followed by a 5-digit number.
+    #[arg(long, default_value = "bnch")]
+    prefix: String,
+    /// The password of every account.
+    #[arg(long, default_value = "benchpass12345")]
+    password: String,
+    /// First account number used by this run (runs that must not share accounts use different
+    /// ranges).
+    #[arg(long, default_value_t = 0)]
+    first_account: u32,
+    /// Where to write the JSON result (also printed on stdout).
+    #[arg(long)]
+    json: Option<std::path::PathBuf>,
+    /// A label stored in the result (e.g. `relaybox` or `reference`).
+    #[arg(long, default_value = "")]
+    label: String,
+    #[command(subcommand)]
+    mode: Mode,
+}
+
+#[derive(Subcommand)]
+enum Mode {
+    /// One sender submits N messages one after another while the recipient IDLEs: time from the
+    /// end of DATA to the 250, to the untagged EXISTS and to the fetched body.
+    Latency {
+        #[arg(long, default_value_t = 100)]
+        count: usize,
+        /// Plaintext size in bytes before encryption.
+        #[arg(long, default_value_t = 4096)]
+        size: usize,
+    },
+    /// C concurrent submitting clients for a duration (or until COUNT messages): accepted
+    /// messages/s (each 250 means durable), then waits until all of them are in the
+    /// recipients' INBOXes (delivered messages/s).
+    Throughput {
+        #[arg(long, default_value_t = 8)]
+        clients: usize,
+        #[arg(long, default_value_t = 4096)]
+        size: usize,
+        #[arg(long, default_value_t = 10.0)]
+        duration: f64,
+        /// Stop after this many messages in all (0: only the duration counts).
+        #[arg(long, default_value_t = 0)]
+        count: u64,
+        /// Give up waiting for delivery after this many seconds.
+        #[arg(long, default_value_t = 60.0)]
+        drain_timeout: f64,
+    },
+    /// Opens K authenticated IMAP connections in IDLE and holds them until HOLD seconds pass or
+    /// the file given by --until-file exists; writes --ready-file once all are idle.
+    Idle {
+        #[arg(long, default_value_t = 100)]
+        clients: usize,
+        #[arg(long, default_value_t = 30.0)]
+        hold: f64,
+        #[arg(long)]
+        ready_file: Option<std::path::PathBuf>,
+        #[arg(long)]
+        until_file: Option<std::path::PathBuf>,
+        /// Logins in flight at once.
+        #[arg(long, default_value_t = 64)]
+        parallel: usize,
+    },
+    /// Logs in once (IMAP) with accounts FIRST..FIRST+N, so that create-on-login relays have them.
+    Accounts {
+        #[arg(long, default_value_t = 10)]
+        count: usize,
+    },
+}
+
+struct Target {
+    host: String,
+    smtp_port: u16,
+    imap_port: u16,
+    domain: String,
+    prefix: String,
+    password: String,
+    tls: tokio_rustls::TlsConnector,
+}
+
+impl Target {
+    fn addr(&self, n: u32) -> String {
+        format!("{}{:05}@{}", self.prefix, n, self.domain)
+    }
+
+    async fn connect(&self, port: u16) -> Result<BufStream<TlsStream<TcpStream>>> {
+        let tcp = TcpStream::connect((self.host.as_str(), port))
+            .await
+            .with_context(|| format!("connect {}:{port}", self.host))?;
+        tcp.set_nodelay(true)?;
+        let name = match self.host.parse::<std::net::IpAddr>() {
+            Ok(ip) => rustls::pki_types::ServerName::IpAddress(ip.into()),
+            Err(_) => rustls::pki_types::ServerName::try_from(self.host.clone())?,
+        };
+        let tls = self.tls.connect(name, tcp).await.context("TLS handshake")?;
+        Ok(BufStream::with_capacity(64 * 1024, 64 * 1024, tls))
+    }
+}
+
+/// Accepts any server certificate: both stacks use self-signed ones, and only loopback is used.
+#[derive(Debug)]
+struct AnyCert(Arc<rustls::crypto::CryptoProvider>);
+
+impl rustls::client::danger::ServerCertVerifier for AnyCert {
+    fn verify_server_cert(
+        &self,
+        _: &rustls::pki_types::CertificateDer<'_>,
+        _: &[rustls::pki_types::CertificateDer<'_>],
+        _: &rustls::pki_types::ServerName<'_>,
+        _: &[u8],
+        _: rustls::pki_types::UnixTime,
+    ) -> std::result::Result<rustls::client::danger::ServerCertVerified, rustls::Error> {
+        Ok(rustls::client::danger::ServerCertVerified::assertion())
+    }
+    fn verify_tls12_signature(
+        &self,
+        message: &[u8],
+        cert: &rustls::pki_types::CertificateDer<'_>,
+        dss: &rustls::DigitallySignedStruct,
+    ) -> std::result::Result<rustls::client::danger::HandshakeSignatureValid, rustls::Error> {
+        rustls::crypto::verify_tls12_signature(
+            message,
+            cert,
+            dss,
+            &self.0.signature_verification_algorithms,
+        )
+    }
+    fn verify_tls13_signature(
+        &self,
+        message: &[u8],
+        cert: &rustls::pki_types::CertificateDer<'_>,
+        dss: &rustls::DigitallySignedStruct,
+    ) -> std::result::Result<rustls::client::danger::HandshakeSignatureValid, rustls::Error> {
+        rustls::crypto::verify_tls13_signature(
+            message,
+            cert,
+            dss,
+            &self.0.signature_verification_algorithms,
+        )
+    }
+    fn supported_verify_schemes(&self) -> Vec<rustls::SignatureScheme> {
+        self.0.signature_verification_algorithms.supported_schemes()
+    }
+}
+
+fn tls_connector() -> Result<tokio_rustls::TlsConnector> {
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let cfg = rustls::ClientConfig::builder_with_provider(provider.clone())
+        .with_protocol_versions(&[&rustls::version::TLS13])?
+        .dangerous()
+        .with_custom_certificate_verifier(Arc::new(AnyCert(provider)))
+        .with_no_client_auth();
+    Ok(tokio_rustls::TlsConnector::from(Arc::new(cfg)))
+}
+
+type Conn = BufStream<TlsStream<TcpStream>>;
+
+async fn read_line(c: &mut Conn) -> Result<String> {
+    let mut buf = Vec::new();
+    let n = c.read_until(b'\n', &mut buf).await?;
+    if n == 0 {
+        bail!("connection closed by the server");
+    }
+    Ok(String::from_utf8_lossy(&buf).into_owned())
+}
+
+// ---------------------------------------------------------------- SMTP
+
+struct Smtp {
+    c: Conn,
+}
+
+impl Smtp {
+    /// Reads a (possibly multi-line) reply; returns the code and the last line.
+    async fn reply(&mut self) -> Result<(u16, String)> {
+        loop {
+            let line = read_line(&mut self.c).await?;
+            if line.len() < 4 {
+                bail!("short SMTP reply {line:?}");
+            }
+            if line.as_bytes()[3] == b'-' {
+                continue;
+            }
+            let code = line[..3]
+                .parse()
+                .with_context(|| format!("reply {line:?}"))?;
+            return Ok((code, line));
+        }
+    }
+
+    async fn cmd(&mut self, line: &str, want: u16) -> Result<String> {
+        self.c.write_all(line.as_bytes()).await?;
+        self.c.write_all(b"\r\n").await?;
+        self.c.flush().await?;
+        let (code, text) = self.reply().await?;
+        if code != want {
+            bail!("SMTP {:?}: {}", line.split(' ').next(), text.trim_end());
+        }
+        Ok(text)
+    }
+
+    async fn login(t: &Target, user: &str) -> Result<Smtp> {
+        let mut s = Smtp {
+            c: t.connect(t.smtp_port).await?,
+        };
+        let (code, text) = s.reply().await?;
+        if code != 220 {
+            bail!("SMTP greeting {text:?}");
+        }
+        s.cmd("EHLO loadgen.invalid", 250).await?;
+        let plain =
+            base64::engine::general_purpose::STANDARD.encode(format!("\0{user}\0{}", t.password));
+        s.cmd(&format!("AUTH PLAIN {plain}"), 235).await?;
+        Ok(s)
+    }
+
+    /// Sends one message; returns (end of DATA instant, 250 instant).
+    async fn send(&mut self, from: &str, to: &str, data: &[u8]) -> Result<(Instant, Instant)> {
+        self.cmd(&format!("MAIL FROM:<{from}>"), 250).await?;
+        self.cmd(&format!("RCPT TO:<{to}>"), 250).await?;
+        self.cmd("DATA", 354).await?;
+        self.c.write_all(data).await?;
+        self.c.write_all(b".\r\n").await?;
+        self.c.flush().await?;
+        let end = Instant::now();
+        let (code, text) = self.reply().await?;
+        let done = Instant::now();
+        if code != 250 {
+            bail!("end of DATA: {}", text.trim_end());
+        }
+        Ok((end, done))
+    }
+}
+
+// ---------------------------------------------------------------- IMAP
+
+struct Imap {
+    c: Conn,
+    tag: u32,
+    exists: u64,
+}
+
+impl Imap {
+    fn next_tag(&mut self) -> String {
+        self.tag += 1;
+        format!("t{}", self.tag)
+    }
+
+    /// Sends a command and reads until its tagged reply; returns the untagged data (literals
+    /// included) and the tagged line.
+    async fn cmd(&mut self, cmd: &str) -> Result<(Vec<u8>, String)> {
+        let tag = self.next_tag();
+        self.c
+            .write_all(format!("{tag} {cmd}\r\n").as_bytes())
+            .await?;
+        self.c.flush().await?;
+        let mut data = Vec::new();
+        loop {
+            let line = read_line(&mut self.c).await?;
+            if let Some(rest) = line.strip_prefix(&tag) {
+                if !rest.starts_with(" OK") {
+                    bail!(
+                        "IMAP {}: {}",
+                        cmd.split(' ').next().unwrap_or(""),
+                        line.trim_end()
+                    );
+                }
+                return Ok((data, line));
+            }
+            self.note_exists(&line);
+            data.extend_from_slice(line.as_bytes());
+            if let Some(n) = literal_len(&line) {
+                let mut lit = vec![0; n];
+                self.c.read_exact(&mut lit).await?;
+                data.extend_from_slice(&lit);
+            }
+        }
+    }
+
+    fn note_exists(&mut self, line: &str) -> bool {
+        let mut w = line.split_ascii_whitespace();
+        if let (Some("*"), Some(n), Some(kw)) = (w.next(), w.next(), w.next()) {
+            if kw.eq_ignore_ascii_case("EXISTS") {
+                if let Ok(n) = n.parse() {
+                    self.exists = n;
+                    return true;
+                }
+            }
+        }
+        false
+    }
+
+    async fn login(t: &Target, user: &str) -> Result<Imap> {
+        let mut i = Imap {
+            c: t.connect(t.imap_port).await?,
+            tag: 0,
+            exists: 0,
+        };
+        let greet = read_line(&mut i.c).await?;
+        if !greet.starts_with("* OK") {
+            bail!("IMAP greeting {greet:?}");
+        }
+        i.cmd(&format!("LOGIN \"{user}\" \"{}\"", t.password))
+            .await?;
+        Ok(i)
+    }
+
+    async fn select(&mut self) -> Result<()> {
+        self.cmd("SELECT INBOX").await?;
+        Ok(())
+    }
+
+    async fn idle(&mut self) -> Result<String> {
+        let tag = self.next_tag();
+        self.c
+            .write_all(format!("{tag} IDLE\r\n").as_bytes())
+            .await?;
+        self.c.flush().await?;
+        loop {
+            let line = read_line(&mut self.c).await?;
+            if line.starts_with('+') {
+                return Ok(tag);
+            }
+            if line.starts_with(&tag) {
+                bail!("IDLE refused: {}", line.trim_end());
+            }
+            self.note_exists(&line);
+        }
+    }
+
+    /// In IDLE: waits for an EXISTS above `above`.
+    async fn wait_exists(&mut self, above: u64) -> Result<()> {
+        loop {
+            let line = read_line(&mut self.c).await?;
+            if self.note_exists(&line) && self.exists > above {
+                return Ok(());
+            }
+        }
+    }
+
+    async fn done(&mut self, tag: &str) -> Result<()> {
+        self.c.write_all(b"DONE\r\n").await?;
+        self.c.flush().await?;
+        loop {
+            let line = read_line(&mut self.c).await?;
+            if line.starts_with(tag) {
+                return Ok(());
+            }
+            self.note_exists(&line);
+        }
+    }
+
+    async fn messages(&mut self) -> Result<u64> {
+        let (data, _) = self.cmd("STATUS INBOX (MESSAGES)").await?;
+        let s = String::from_utf8_lossy(&data);
+        let i = s
+            .find("MESSAGES ")
+            .ok_or_else(|| anyhow!("no MESSAGES in {s:?}"))?;
+        let n: String = s[i + 9..]
+            .chars()
+            .take_while(char::is_ascii_digit)
+            .collect();
+        Ok(n.parse()?)
+    }
+}
+
+fn literal_len(line: &str) -> Option<usize> {
+    let l = line.trim_end();
+    if !l.ends_with('}') {
+        return None;
+    }
+    let open = l.rfind('{')?;
+    l[open + 1..l.len() - 1].trim_end_matches('+').parse().ok()
+}
+
+// ---------------------------------------------------------------- statistics
+
+fn stats_ms(mut v: Vec<Duration>) -> Value {
+    if v.is_empty() {
+        return json!({"n": 0});
+    }
+    v.sort();
+    let ms = |d: Duration| (d.as_secs_f64() * 1e6).round() / 1e3;
+    let pct = |p: f64| ms(v[((v.len() as f64 * p).ceil() as usize).clamp(1, v.len()) - 1]);
+    let mean = v.iter().map(|d| d.as_secs_f64()).sum::<f64>() / v.len() as f64;
+    json!({
+        "n": v.len(),
+        "p50_ms": pct(0.50),
+        "p90_ms": pct(0.90),
+        "p99_ms": pct(0.99),
+        "max_ms": ms(v[v.len() - 1]),
+        "min_ms": ms(v[0]),
+        "mean_ms": (mean * 1e6).round() / 1e3,
+    })
+}
+
+// ---------------------------------------------------------------- modes
+
+async fn latency(t: &Target, first: u32, count: usize, size: usize) -> Result<Value> {
+    let body = pgpmsg::make(size)?;
+    let (from, to) = (t.addr(first), t.addr(first + 1));
+    // Create-on-login relays need the recipient to exist before mail reaches it.
+    let mut imap = Imap::login(t, &to).await?;
+    imap.select().await?;
+    let mut smtp = Smtp::login(t, &from).await?;
+    let (mut to_250, mut to_exists, mut to_body) = (Vec::new(), Vec::new(), Vec::new());
+    let started = Instant::now();
+    for i in 0..count {
+        let msg = pgpmsg::wrap(&body, &from, &to, &format!("lat{i}"));
+        let before = imap.exists;
+        let tag = imap.idle().await?;
+        let send = smtp.send(&from, &to, &msg);
+        let wait = imap.wait_exists(before);
+        let (sent, got) = tokio::time::timeout(Duration::from_secs(60), async {
+            tokio::join!(send, async {
+                wait.await?;
+                Ok::<_, anyhow::Error>(Instant::now())
+            })
+        })
+        .await
+        .map_err(|_| anyhow!("message {i}: no EXISTS within 60 s"))?;
+        let (end, ok) = sent?;
+        let exists_at = got?;
+        imap.done(&tag).await?;
+        let (data, _) = imap
+            .cmd(&format!("FETCH {} BODY.PEEK[]", imap.exists))
+            .await?;
+        let body_at = Instant::now();
+        if data.len() < msg.len() {
+            bail!(
+                "message {i}: fetched {} bytes, sent {}",
+                data.len(),
+                msg.len()
+            );
+        }
+        to_250.push(ok - end);
+        to_exists.push(exists_at.saturating_duration_since(end));
+        to_body.push(body_at - end);
+    }
+    Ok(json!({
+        "mode": "latency",
+        "count": count,
+        "size": size,
+        "wire_bytes": pgpmsg::wrap(&body, &from, &to, "x").len(),
+        "elapsed_s": started.elapsed().as_secs_f64(),
+        "data_to_250": stats_ms(to_250),
+        "data_to_exists": stats_ms(to_exists),
+        "data_to_body": stats_ms(to_body),
+    }))
+}
+
+async fn count_inboxes(t: &Target, users: &[String]) -> Result<u64> {
+    let mut total = 0;
+    for u in users {
+        let mut i = Imap::login(t, u).await?;
+        total += i.messages().await?;
+        let _ = i.cmd("LOGOUT").await;
+    }
+    Ok(total)
+}
+
+async fn throughput(
+    t: Arc<Target>,
+    first: u32,
+    clients: usize,
+    size: usize,
+    duration: f64,
+    count: u64,
+    drain_timeout: f64,
+) -> Result<Value> {
+    let body = Arc::new(pgpmsg::make(size)?);
+    // Sender k sends to recipient k; senders are FIRST.., recipients FIRST+clients...
+    let senders: Vec<String> = (0..clients as u32).map(|k| t.addr(first + k)).collect();
+    let rcpts: Vec<String> = (0..clients as u32)
+        .map(|k| t.addr(first + clients as u32 + k))
+        .collect();
+    let base = count_inboxes(&t, &rcpts).await?;
+    let stop = Arc::new(AtomicBool::new(false));
+    let sent = Arc::new(AtomicU64::new(0));
+    let errors = Arc::new(AtomicU64::new(0));
+    let mut smtps = Vec::new();
+    for s in &senders {
+        smtps.push(Smtp::login(&t, s).await?);
+    }
+    let started = Instant::now();
+    let deadline = started + Duration::from_secs_f64(duration);
+    let mut tasks = Vec::new();
+    for (k, mut smtp) in smtps.into_iter().enumerate() {
+        let (from, to) = (senders[k].clone(), rcpts[k].clone());
+        let (body, stop, sent, errors) = (body.clone(), stop.clone(), sent.clone(), errors.clone());
+        tasks.push(tokio::spawn(async move {
+            let mut lat = Vec::new();
+            let mut i = 0u64;
+            while !stop.load(Ordering::Relaxed) && Instant::now() < deadline {
+                if count > 0 && sent.fetch_add(1, Ordering::Relaxed) >= count {
+                    stop.store(true, Ordering::Relaxed);
+                    break;
+                }
+                let msg = pgpmsg::wrap(&body, &from, &to, &format!("tp{k}.{i}"));
+                i += 1;
+                let t0 = Instant::now();
+                match smtp.send(&from, &to, &msg).await {
+                    Ok((_, done)) => lat.push(done - t0),
+                    Err(e) => {
+                        errors.fetch_add(1, Ordering::Relaxed);
+                        eprintln!("client {k}: {e:#}");
+                        break;
+                    }
+                }
+            }
+            lat
+        }));
+    }
+    let mut lat = Vec::new();
+    for task in tasks {
+        lat.extend(task.await?);
+    }
+    let send_elapsed = started.elapsed().as_secs_f64();
+    let accepted = lat.len() as u64;
+    // Wait until everything accepted is in the recipients' INBOXes.
+    let drain_deadline = Instant::now() + Duration::from_secs_f64(drain_timeout);
+    let mut delivered;
+    loop {
+        delivered = count_inboxes(&t, &rcpts).await? - base;
+        if delivered >= accepted || Instant::now() > drain_deadline {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let all_elapsed = started.elapsed().as_secs_f64();
+    Ok(json!({
+        "mode": "throughput",
+        "clients": clients,
+        "size": size,
+        "wire_bytes": pgpmsg::wrap(&body, &senders[0], &rcpts[0], "x").len(),
+        "accepted": accepted,
+        "errors": errors.load(Ordering::Relaxed),
+        "send_elapsed_s": send_elapsed,
+        "accepted_per_s": accepted as f64 / send_elapsed,
+        "delivered": delivered,
+        "delivered_elapsed_s": all_elapsed,
+        "delivered_per_s": delivered as f64 / all_elapsed,
+        "submit_latency": stats_ms(lat),
+    }))
+}
+
+fn raise_nofile(want: u64) -> u64 {
+    use nix::sys::resource::{getrlimit, setrlimit, Resource};
+    let Ok((soft, hard)) = getrlimit(Resource::RLIMIT_NOFILE) else {
+        return 0;
+    };
+    if soft >= want {
+        return soft;
+    }
+    let new = want.min(hard);
+    match setrlimit(Resource::RLIMIT_NOFILE, new, hard) {
+        Ok(()) => new,
+        Err(_) => soft,
+    }
+}
+
+async fn idle(
+    t: Arc<Target>,
+    first: u32,
+    clients: usize,
+    hold: f64,
+    ready_file: Option<std::path::PathBuf>,
+    until_file: Option<std::path::PathBuf>,
+    parallel: usize,
+) -> Result<Value> {
+    let nofile = raise_nofile(clients as u64 + 256);
+    let sem = Arc::new(tokio::sync::Semaphore::new(parallel));
+    let started = Instant::now();
+    let mut tasks = Vec::new();
+    for k in 0..clients as u32 {
+        let (t, sem) = (t.clone(), sem.clone());
+        tasks.push(tokio::spawn(async move {
+            let _permit = sem.acquire_owned().await?;
+            let t0 = Instant::now();
+            let mut i = Imap::login(&t, &t.addr(first + k)).await?;
+            i.select().await?;
+            i.idle().await?;
+            Ok::<_, anyhow::Error>((i, t0.elapsed()))
+        }));
+    }
+    let (mut conns, mut setup, mut failed, mut first_err) = (Vec::new(), Vec::new(), 0, None);
+    for task in tasks {
+        match task.await? {
+            Ok((c, d)) => {
+                conns.push(c);
+                setup.push(d);
+            }
+            Err(e) => {
+                failed += 1;
+                first_err.get_or_insert(format!("{e:#}"));
+            }
+        }
+    }
+    let ramp = started.elapsed().as_secs_f64();
+    if let Some(f) = &ready_file {
+        std::fs::write(f, format!("{}\n", conns.len()))?;
+    }
+    let hold_until = Instant::now() + Duration::from_secs_f64(hold);
+    while Instant::now() < hold_until {
+        if until_file.as_ref().is_some_and(|f| f.exists()) {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    // Check that the connections are still alive: nothing to read is the healthy case.
+    let mut alive = 0;
+    for c in &mut conns {
+        let mut b = [0u8; 1];
+        match tokio::time::timeout(Duration::from_millis(1), c.c.read(&mut b)).await {
+            Err(_) => alive += 1,
+            Ok(Ok(n)) if n > 0 => alive += 1,
+            _ => {}
+        }
+    }
+    drop(conns);
+    Ok(json!({
+        "mode": "idle",
+        "clients": clients,
+        "established": setup.len(),
+        "failed": failed,
+        "first_error": first_err,
+        "alive_at_end": alive,
+        "ramp_s": ramp,
+        "nofile_limit": nofile,
+        "login_to_idle": stats_ms(setup),
+    }))
+}
+
+async fn accounts(t: Arc<Target>, first: u32, count: usize) -> Result<Value> {
+    let sem = Arc::new(tokio::sync::Semaphore::new(32));
+    let started = Instant::now();
+    let mut tasks = Vec::new();
+    for k in 0..count as u32 {
+        let (t, sem) = (t.clone(), sem.clone());
+        tasks.push(tokio::spawn(async move {
+            let _p = sem.acquire_owned().await?;
+            let mut i = Imap::login(&t, &t.addr(first + k)).await?;
+            i.cmd("LOGOUT").await.ok();
+            Ok::<_, anyhow::Error>(())
+        }));
+    }
+    for task in tasks {
+        task.await??;
+    }
+    Ok(json!({"mode": "accounts", "count": count, "elapsed_s": started.elapsed().as_secs_f64()}))
+}
+
+fn main() -> Result<()> {
+    let cli = Cli::parse();
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()?;
+    let t = Arc::new(Target {
+        host: cli.host.clone(),
+        smtp_port: cli.smtp_port,
+        imap_port: cli.imap_port,
+        domain: cli.domain.clone(),
+        prefix: cli.prefix.clone(),
+        password: cli.password.clone(),
+        tls: tls_connector()?,
+    });
+    let first = cli.first_account;
+    let mut result = rt.block_on(async {
+        match cli.mode {
+            Mode::Latency { count, size } => latency(&t, first, count, size).await,
+            Mode::Throughput {
+                clients,
+                size,
+                duration,
+                count,
+                drain_timeout,
+            } => throughput(t, first, clients, size, duration, count, drain_timeout).await,
+            Mode::Idle {
+                clients,
+                hold,
+                ready_file,
+                until_file,
+                parallel,
+            } => idle(t, first, clients, hold, ready_file, until_file, parallel).await,
+            Mode::Accounts { count } => accounts(t, first, count).await,
+        }
+    })?;
+    result["label"] = json!(cli.label);
+    result["host"] = json!(cli.host);
+    let text = serde_json::to_string(&result)?;
+    println!("{text}");
+    if let Some(path) = cli.json {
+        std::fs::write(path, text + "\n")?;
+    }
+    Ok(())
+}
