@@ -96,8 +96,10 @@ def _tcp_free(ip: str, port: int) -> bool:
 def pick_offset(ips: list[str]) -> int:
     """A port offset N such that every relay port + N is free on all of `ips`."""
     rng = random.Random()
+    # the highest service port (metrics, 9464) + N must stay a valid port
+    top = 65535 - max(PORTS.values())
     for _ in range(300):
-        offset = rng.randrange(20000, 64000, 10)
+        offset = rng.randrange(20000, top, 10)
         if all(_tcp_free(ip, p + offset) for ip in ips for p in PORTS.values()):
             return offset
     raise RuntimeError(f"no port offset free on all of {ips}")
