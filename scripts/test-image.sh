@@ -82,6 +82,7 @@ rustup target list --installed 2>/dev/null | grep -qx "$TARGET" || rustup target
 export CARGO_TARGET_AARCH64_UNKNOWN_LINUX_MUSL_LINKER=aarch64-linux-gnu-gcc
 export CC_aarch64_unknown_linux_musl=aarch64-linux-gnu-gcc
 export AR_aarch64_unknown_linux_musl=aarch64-linux-gnu-ar
+export CARGO_TARGET_AARCH64_UNKNOWN_LINUX_MUSL_RUSTFLAGS="-C target-feature=+crt-static"
 export CARGO_TARGET_AARCH64_UNKNOWN_LINUX_MUSL_RUNNER=qemu-aarch64-static
 cargo build --release --locked --target "$TARGET" -p relaybox 2>&1 | tail -n 3
 BIN=$REPO/target/$TARGET/release/relaybox
@@ -125,6 +126,8 @@ rm -f "$ROOT"/boot/vmlinuz-* "$ROOT"/boot/initrd.img-* "$ROOT"/boot/System.map-*
 cp -a buildroot-overlay/. "$ROOT"/
 cp -a scripts/test-image/overlay/. "$ROOT"/
 install -m 0755 "$BIN" "$ROOT/usr/bin/relaybox"
+aarch64-linux-gnu-strip "$ROOT/usr/bin/relaybox"   # as Buildroot does
+BIN_STRIPPED=$(stat -c %s "$ROOT/usr/bin/relaybox")
 mkdir -p "$ROOT/data" "$ROOT/boot"
 # What Buildroot does for the production image, done here for the Debian base:
 #   the relaybox user (RELAYBOX_USERS in image/package/relaybox/relaybox.mk)
@@ -145,6 +148,10 @@ SYSTEMCTL=(systemctl --root="$ROOT" --quiet)
 printf '[Unit]\nDescription=volatile /var (test image)\nDefaultDependencies=no\nConflicts=umount.target\nBefore=local-fs.target umount.target\n[Mount]\nWhat=tmpfs\nWhere=/var\nType=tmpfs\nOptions=mode=0755,nosuid,nodev\n[Install]\nWantedBy=local-fs.target\n' \
     >"$ROOT/etc/systemd/system/var.mount"
 "${SYSTEMCTL[@]}" enable var.mount
+#   /tmp on tmpfs as in the Buildroot image (Debian ships tmp.mount but does not enable it;
+#   PrivateDevices=/PrivateTmp= of the units need a writable /tmp)
+cp "$ROOT/usr/share/systemd/tmp.mount" "$ROOT/etc/systemd/system/tmp.mount"
+"${SYSTEMCTL[@]}" enable tmp.mount
 # the production post-build checks: no password hash, no private key
 if grep -qE '^[^:]+:\$' "$ROOT/etc/shadow"; then die "a password hash is in /etc/shadow"; fi
 
@@ -207,7 +214,7 @@ QEMU_PID=
 
 TOTAL=$(( $(date +%s) - T0 ))
 {
-    echo "binary (static aarch64, release): $BIN_SIZE bytes ($(( BIN_SIZE / 1024 )) KiB)"
+    echo "binary (static aarch64, release): $BIN_SIZE bytes, stripped in the image $BIN_STRIPPED bytes ($(( BIN_STRIPPED / 1024 )) KiB)"
     echo "root image (EROFS lz4hc, Debian arm64 minbase + systemd + kernel modules): $ROOT_SIZE bytes ($(( ROOT_SIZE / MiB )) MiB)"
     echo "unit tests under qemu-user: $UNIT"
     [ -f "$ART/results.txt" ] && cat "$ART/results.txt"
