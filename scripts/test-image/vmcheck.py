@@ -110,6 +110,14 @@ class VM:
         with socket.socket(socket.AF_UNIX) as s:
             s.settimeout(timeout)
             s.connect(self.ctl_path)
+            # drop what is left of an earlier, abandoned answer
+            s.settimeout(0.3)
+            try:
+                while s.recv(65536):
+                    pass
+            except socket.timeout:
+                pass
+            s.settimeout(timeout)
             s.sendall(cmd.encode() + b"\n")
             buf = b""
             deadline = time.monotonic() + timeout
@@ -134,6 +142,8 @@ class VM:
                 out[f"size_{name}"] = int(val)
             else:
                 out[k] = v.strip()
+        if "boot_id" not in out or "uptime" not in out:
+            raise ValueError(f"incomplete status answer: {out}")
         return out
 
 
