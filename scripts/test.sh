@@ -12,6 +12,8 @@
 #   federation  pytest tests/test_federation*.py: two relays (a.test, b.test) with dnsmasq and a
 #             private CA, IP-literal relays, Postfix + OpenDKIM interop, queue durability
 #   fuzz      a short smoke run of every cargo-fuzz target (scripts/fuzz.sh, FUZZ_SECONDS each)
+#   image     scripts/test-image.sh: the appliance overlay + an aarch64 relaybox on a read-only
+#             EROFS root booted in qemu-system-aarch64 (TCG); installs its Debian tools if missing
 #
 # The fuzz stage runs in the background beside e2e and federation when they are in the same run
 # (RELAYBOX_SERIAL=1 runs it on its own).
@@ -284,6 +286,10 @@ stage_federation() {
         echo "error: pytest collected no tests (exit 5): counted as a failure" >&2
     fi
     return "$rc"
+}
+
+stage_image() {
+    bash scripts/test-image.sh
 }
 
 stage_fuzz() {
