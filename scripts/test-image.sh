@@ -6,7 +6,7 @@
 #   2. an arm64 Debian root (mmdebstrap, cached in ~/.cache/relaybox-image keyed by its recipe)
 #      + buildroot-overlay/ + scripts/test-image/overlay/ (test-only units) + the binary
 #      -> EROFS; a disk laid out like the SD card (p1 FAT RELAYBOOT, p2 EROFS root, p3 32 MiB ext4
-#      relaybox-data), 1 GiB so first boot grows p3
+#      relaybox-data), 4 GiB (sparse) so first boot grows p3
 #   3. boot it; scripts/test-image/vmcheck.py does the checks from the host (see there)
 #
 # Logs, the serial console and results: test-artifacts/image/. Bounded: every wait has a deadline
@@ -160,11 +160,11 @@ mkfs.erofs -zlz4hc "$WORK/root.erofs" "$ROOT" >"$ART/mkfs.erofs.log" 2>&1 || { c
 ROOT_SIZE=$(stat -c %s "$WORK/root.erofs")
 rm -rf "$ROOT"
 
-step "disk: p1 FAT RELAYBOOT, p2 EROFS, p3 32 MiB ext4 relaybox-data, 1 GiB (like genimage.cfg.in)"
+step "disk: p1 FAT RELAYBOOT, p2 EROFS, p3 32 MiB ext4 relaybox-data, 4 GiB sparse (like genimage.cfg.in)"
 MiB=$((1024 * 1024))
 ROOT_MIB=$(( (ROOT_SIZE + MiB - 1) / MiB ))
 DISK=$WORK/disk.img
-truncate -s 1G "$DISK"
+truncate -s 4G "$DISK"
 sfdisk --quiet "$DISK" <<EOF
 label: dos
 label-id: 0x52424f58
