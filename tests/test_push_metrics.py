@@ -99,6 +99,7 @@ class ConfigRelay(Relay):
             f'mail_domain = "{self.domain}"\n'
             f'data_dir = "{self.data_dir}"\n'
             "max_load_1m = 1000.0\n"
+            'min_free_disk_space = "64M"\n'
             f'push_url = "{push_url}"\n'
             f"push_retry_delays = {PUSH_DELAYS}\n"
             'push_give_up_after = "1h"\n'

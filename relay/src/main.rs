@@ -116,6 +116,9 @@ fn main() -> anyhow::Result<()> {
             // A dev relay runs beside compilers and test suites, whose load would otherwise
             // refuse new accounts (the reference's max_load_1m is not scaled by core count).
             cfg.max_load_1m = 1000.0;
+            // A laptop or CI disk shared with build trees often has less than the production 1G
+            // free; a dev relay only needs room for its own test mail.
+            cfg.min_free_disk_space = config::ByteSize(64 << 20);
             let relay = relaybox::server::build(cfg)?;
             print_invite(&relay.cfg, ip, port_offset);
             rt.block_on(relaybox::server::run(relay))
