@@ -9,7 +9,8 @@ from pathlib import Path
 
 res, out, load, quick, idle_clients, disk_msgs = sys.argv[1:7]
 res = Path(res)
-idle_clients, disk_msgs = int(idle_clients), int(disk_msgs)
+idle_counts = [int(n) for n in idle_clients.split(",") if n]
+disk_msgs = int(disk_msgs)
 
 
 def load_json(name):
@@ -53,20 +54,26 @@ for size in (4096, 102400):
 row("memory", "idle RSS (sum)", "MiB", lambda r: r["mem-idle"]["rss_kib"] / 1024)
 row("memory", "idle PSS (sum)", "MiB", lambda r: r["mem-idle"]["pss_kib"] / 1024)
 row("memory", "idle processes", "", lambda r: r["mem-idle"]["procs"])
-row("memory", f"{idle_clients} IDLE: RSS (sum)", "MiB", lambda r: r["mem-clients"]["settled_rss_kib"] / 1024)
-row("memory", f"{idle_clients} IDLE: PSS (sum)", "MiB", lambda r: r["mem-clients"]["settled_pss_kib"] / 1024)
-row("memory", f"{idle_clients} IDLE: processes", "", lambda r: r["mem-clients"]["settled_procs"])
-row("memory", f"{idle_clients} IDLE: PSS before settling", "MiB", lambda r: r["mem-clients"]["pss_kib"] / 1024)
-row("memory", "PSS per IDLE connection", "KiB",
-    lambda r: (r["mem-clients"]["settled_pss_kib"] - r["mem-idle"]["pss_kib"]) / r["idle"]["established"])
-row("memory", "RSS per IDLE connection", "KiB",
-    lambda r: (r["mem-clients"]["settled_rss_kib"] - r["mem-idle"]["rss_kib"]) / r["idle"]["established"])
+for n in idle_counts:
+    m, k = f"mem-clients-{n}", f"idle-{n}"
+    row("memory", f"{n} IDLE: RSS (sum)", "MiB", lambda r, m=m: r[m]["settled_rss_kib"] / 1024)
+    row("memory", f"{n} IDLE: PSS (sum)", "MiB", lambda r, m=m: r[m]["settled_pss_kib"] / 1024)
+    row("memory", f"{n} IDLE: processes", "", lambda r, m=m: r[m]["settled_procs"])
+    row("memory", f"{n} IDLE: PSS before settling", "MiB", lambda r, m=m: r[m]["pss_kib"] / 1024)
+    row("memory", f"{n} IDLE: connections established", "", lambda r, k=k: r[k]["established"], lower=False)
+    row("memory", f"{n} IDLE: PSS per connection", "KiB",
+        lambda r, m=m, k=k: (r[m]["settled_pss_kib"] - r["mem-idle"]["pss_kib"]) / r[k]["established"])
+    row("memory", f"{n} IDLE: RSS per connection", "KiB",
+        lambda r, m=m, k=k: (r[m]["settled_rss_kib"] - r["mem-idle"]["rss_kib"]) / r[k]["established"])
 for size in (4096, 102400):
     row("disk writes", f"{size // 1024} KB: write_bytes/msg", "KiB",
         lambda r, s=size: r[f"diskio-{s}"]["write_bytes"] / r[f"disk-{s}"]["delivered"] / 1024)
     row("disk writes", f"{size // 1024} KB: net of cancelled/msg", "KiB",
         lambda r, s=size: (r[f"diskio-{s}"]["write_bytes"] - r[f"diskio-{s}"]["cancelled_write_bytes"])
         / r[f"disk-{s}"]["delivered"] / 1024)
+row("Delta Chat", "ping-pong round trip median", "ms", lambda r: r["dc"]["median_ms"])
+row("Delta Chat", "ping-pong round trip max", "ms", lambda r: r["dc"]["max_ms"])
+row("Delta Chat", "samples", "", lambda r: r["dc"]["count"], lower=False)
 rows.append(("cold start", "start to all listeners", "s", cold.get("relaybox"), cold.get("reference"), True))
 
 
@@ -89,7 +96,7 @@ doc = {
     "date": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
     "machine": {"cpus": os.cpu_count(), "kernel": platform.release(), "loadavg_at_end": load},
     "quick": quick == "1",
-    "idle_clients": idle_clients,
+    "idle_clients": idle_counts,
     "disk_messages": disk_msgs,
     "rows": [dict(section=r[0], metric=r[1], unit=r[2], relaybox=r[3], reference=r[4]) for r in rows],
     "coldstart_s": cold,

@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # relaybox against the Postfix + Dovecot reference stack, side by side (issue 8).
 #
-#   scripts/bench/run.sh [--quick | --smoke] [--idle-clients N] [--latency-count N]
+#   scripts/bench/run.sh [--quick | --smoke] [--idle-clients N[,N...]] [--latency-count N] [--dc-count N]
 #
 # Starts relaybox (`relaybox serve`, IP-literal domain on 127.0.0.19) and the reference stack
 # (scripts/bench/reference-stack.sh, bench.test on 127.0.0.20), measures both with the same load
@@ -12,13 +12,14 @@ cd "$(dirname "${BASH_SOURCE[0]}")/../.."
 ROOT=$PWD
 export CARGO_TARGET_DIR=${CARGO_TARGET_DIR:-$ROOT/target}
 
-QUICK=0 SMOKE=0 IDLE_CLIENTS=1000 LAT_COUNT=1000 TP_SECS=5 DISK_MSGS=400
+QUICK=0 SMOKE=0 IDLE_CLIENTS=1000,10000 LAT_COUNT=1000 TP_SECS=5 DISK_MSGS=400 DC_COUNT=20
 while [ $# -gt 0 ]; do
     case "$1" in
-    --quick) QUICK=1 IDLE_CLIENTS=100 LAT_COUNT=30 TP_SECS=1 DISK_MSGS=100 ;;
-    --smoke) QUICK=1 SMOKE=1 IDLE_CLIENTS=20 LAT_COUNT=4 TP_SECS=0.3 DISK_MSGS=20 ;;
+    --quick) QUICK=1 IDLE_CLIENTS=100 LAT_COUNT=30 TP_SECS=1 DISK_MSGS=100 DC_COUNT=5 ;;
+    --smoke) QUICK=1 SMOKE=1 IDLE_CLIENTS=20 LAT_COUNT=4 TP_SECS=0.3 DISK_MSGS=20 DC_COUNT=2 ;;
     --idle-clients) IDLE_CLIENTS=$2; shift ;;
     --latency-count) LAT_COUNT=$2; shift ;;
+    --dc-count) DC_COUNT=$2; shift ;;
     *) echo "unknown option $1" >&2; exit 2 ;;
     esac
     shift
@@ -122,6 +123,17 @@ io_delta() {
                       { dw += $2 - w[$1]; dc += $3 - c[$1] } END { print dw + 0, dc + 0 }' "$2" -
 }
 
+# The Delta Chat round trip (two real cores, tests/.venv from scripts/test.sh setup).
+VENV_PY=$ROOT/tests/.venv/bin/python
+PASSWORD=benchpass12345  # loadgen's default, and the reference stack's pre-created accounts' password
+dc() { # dc STACK FIRST-ACCOUNT
+    local host=$REF_IP domain=bench.test
+    [ "$1" = relaybox ] && host=$RBX_IP domain="[$RBX_IP]"
+    "$VENV_PY" scripts/bench/dc_pingpong.py --label "$1" --host "$host" --domain "$domain" \
+        --first-account "$2" --password "$PASSWORD" --count "$DC_COUNT" --json "$RES/$1-dc.json" \
+        >>"$WORK/dc-$1.log" 2>&1 || { echo "Delta Chat round trip on $1 failed (see $WORK/dc-$1.log)" >&2; tail -20 "$WORK/dc-$1.log" >&2; }
+}
+
 lg() { # lg STACK NAME loadgen-args...
     local stack=$1 name=$2
     shift 2
@@ -156,6 +168,12 @@ next_range() { acct=$((acct + ${1})); echo $((acct - ${1})); }
 for s in relaybox reference; do
     echo "== $s: latency 4 KB x$LAT_COUNT ($((SECONDS - started)) s)"
     lg $s latency --first-account "$(next_range 2)" latency --count "$LAT_COUNT" --size 4096
+    if [ -x "$VENV_PY" ]; then
+        echo "== $s: Delta Chat ping-pong x$DC_COUNT"
+        dc $s "$(next_range 2)"
+    else
+        echo "== $s: no tests/.venv (run scripts/test.sh setup): Delta Chat row skipped" >&2
+    fi
     for size in 4096 102400; do
         for c in 1 8 64; do
             echo "== $s: throughput C=$c size=$size"
@@ -177,20 +195,24 @@ for s in relaybox reference; do
         read -r w c <<<"$(io_delta $s "$WORK/io-before")"
         echo "{\"write_bytes\": $w, \"cancelled_write_bytes\": $c}" >"$RES/$s-diskio-$size.json"
     done
-    echo "== $s: $IDLE_CLIENTS IDLE clients"
-    rm -f "$WORK/ready" "$WORK/until"
-    first=$(next_range "$IDLE_CLIENTS")
-    lg $s "idle" --first-account "$first" idle --clients "$IDLE_CLIENTS" --hold 900 \
-        --ready-file "$WORK/ready" --until-file "$WORK/until" &
-    lgpid=$!
-    while [ ! -e "$WORK/ready" ] && kill -0 $lgpid 2>/dev/null; do sleep 0.2; done
-    sleep 2
-    read -r rss pss n <<<"$(mem_of $s)"
-    sleep "$IDLE_SETTLE"
-    read -r rss2 pss2 n2 <<<"$(mem_of $s)"
-    touch "$WORK/until"
-    wait $lgpid
-    echo "{\"rss_kib\": $rss, \"pss_kib\": $pss, \"procs\": $n, \"settled_rss_kib\": $rss2, \"settled_pss_kib\": $pss2, \"settled_procs\": $n2, \"settle_s\": $IDLE_SETTLE}" >"$RES/$s-mem-clients.json"
+    for n in ${IDLE_CLIENTS//,/ }; do
+        echo "== $s: $n IDLE clients"
+        rm -f "$WORK/ready" "$WORK/until"
+        first=$(next_range "$n")
+        lg $s "idle-$n" --first-account "$first" idle --clients "$n" --hold 900 \
+            --ready-file "$WORK/ready" --until-file "$WORK/until" &
+        lgpid=$!
+        while [ ! -e "$WORK/ready" ] && kill -0 $lgpid 2>/dev/null; do sleep 0.2; done
+        sleep 2
+        read -r rss pss np <<<"$(mem_of $s)"
+        sleep "$IDLE_SETTLE"
+        read -r rss2 pss2 n2 <<<"$(mem_of $s)"
+        touch "$WORK/until"
+        wait $lgpid
+        echo "{\"rss_kib\": $rss, \"pss_kib\": $pss, \"procs\": $np, \"settled_rss_kib\": $rss2, \"settled_pss_kib\": $pss2, \"settled_procs\": $n2, \"settle_s\": $IDLE_SETTLE}" >"$RES/$s-mem-clients-$n.json"
+        # the next count starts from an idle stack again (Dovecot's processes exit lazily)
+        sleep 3
+    done
 done
 
 suffix=""
