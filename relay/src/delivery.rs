@@ -289,12 +289,18 @@ impl Delivery {
         let n = remote.len();
         match self
             .store
-            .enqueue(&env.mail_from, remote, signed, self.clock.now(), copy)
+            .enqueue(
+                &env.mail_from,
+                remote.clone(),
+                signed,
+                self.clock.now(),
+                copy,
+            )
             .await
         {
             Ok(id) => {
                 tracing::info!(queue_id = id, remote = n, local = local.len(), "queued");
-                self.queue.wake();
+                self.queue.queued(id, &remote);
                 if !local.is_empty() {
                     M.delivered_mail.add(local.len() as u64);
                     self.push.notify(local, &env.mail_from);

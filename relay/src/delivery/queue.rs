@@ -37,8 +37,32 @@ pub struct Queue {
     state: Mutex<State>,
 }
 
+/// What the scheduler needs of an entry. Kept in memory beside the table so that a wake (every
+/// enqueue, every finished attempt) costs a scan of small structs instead of reading and
+/// decoding the whole table, which made draining a large backlog after an outage quadratic.
+#[derive(Debug, Clone)]
+struct Due {
+    next_attempt: i64,
+    /// The domains of the recipients still waiting (for the hot-domain retry).
+    domains: Vec<String>,
+}
+
+impl Due {
+    fn new(next_attempt: i64, rcpts: &[String]) -> Due {
+        let mut domains: Vec<String> = rcpts.iter().map(|r| domain_of(r)).collect();
+        domains.sort();
+        domains.dedup();
+        Due {
+            next_attempt,
+            domains,
+        }
+    }
+}
+
 #[derive(Default)]
 struct State {
+    /// Every entry of the queue table, once `run` has loaded it.
+    due: BTreeMap<u64, Due>,
     in_flight: HashSet<u64>,
     /// When each entry was last tried by this process.
     tried: HashMap<u64, i64>,
@@ -92,6 +116,25 @@ impl Queue {
         self.wake.notify_one();
     }
 
+    /// Entry `id` (for `rcpts`) is now durable in the store: schedule it at once.
+    pub fn queued(&self, id: u64, rcpts: &[String]) {
+        self.state().due.insert(id, Due::new(i64::MIN, rcpts));
+        self.wake();
+    }
+
+    /// Reads the queue table into the scheduler's index (at start, and again after a read error).
+    fn load(&self) -> Result<usize, crate::store::StoreError> {
+        let entries = self.store.queued()?;
+        let n = entries.len();
+        let mut st = self.state();
+        for e in entries {
+            st.due
+                .entry(e.id)
+                .or_insert_with(|| Due::new(e.next_attempt, &e.rcpts));
+        }
+        Ok(n)
+    }
+
     /// The delay before retry number `attempts + 1`.
     pub fn retry_delay(&self, attempts: u32) -> i64 {
         let initial = self.cfg.queue_retry_initial.0 as i64;
@@ -105,15 +148,24 @@ impl Queue {
     /// Runs until shutdown: starts every due entry, sleeps until the next one is due or
     /// [`Queue::wake`] is called.
     pub async fn run(self: Arc<Self>, shutdown: Shutdown) {
-        match self.store.queued() {
-            Ok(q) if !q.is_empty() => {
-                tracing::info!(
-                    messages = q.len(),
-                    "outbound queue holds mail from before the start"
-                )
+        loop {
+            match self.load() {
+                Ok(0) => break,
+                Ok(n) => {
+                    tracing::info!(
+                        messages = n,
+                        "outbound queue holds mail from before the start"
+                    );
+                    break;
+                }
+                Err(e) => {
+                    tracing::error!("cannot read the outbound queue (retrying in 10 s): {e}");
+                    tokio::select! {
+                        _ = tokio::time::sleep(std::time::Duration::from_secs(10)) => {}
+                        _ = shutdown.wait() => return,
+                    }
+                }
             }
-            Ok(_) => {}
-            Err(e) => tracing::error!("cannot read the outbound queue: {e}"),
         }
         loop {
             let next = self.start_due();
@@ -133,38 +185,42 @@ impl Queue {
     fn start_due(self: &Arc<Self>) -> i64 {
         let now = self.clock.now();
         let mut next = now + 3600;
-        let entries = match self.store.queued() {
-            Ok(e) => e,
-            Err(e) => {
-                tracing::error!("cannot read the outbound queue: {e}");
-                return now + 10;
-            }
-        };
         let mut st = self.state();
         let flush = std::mem::take(&mut st.flush);
         st.hot.retain(|_, until| *until > now);
-        let live: HashSet<u64> = entries.iter().map(|e| e.id).collect();
-        st.tried.retain(|id, _| live.contains(id));
-        for e in entries {
-            if st.in_flight.contains(&e.id) {
+        let State {
+            due,
+            in_flight,
+            tried,
+            hot,
+            ..
+        } = &mut *st;
+        tried.retain(|id, _| due.contains_key(id));
+        for (&id, d) in due.iter() {
+            if in_flight.contains(&id) {
                 continue;
             }
-            let last = st.tried.get(&e.id).copied().unwrap_or(i64::MIN);
-            let hot = last + HOT_RETRY_GAP <= now
-                && e.rcpts.iter().any(|r| st.hot.contains_key(&domain_of(r)));
-            if e.next_attempt <= now || hot || flush {
-                st.in_flight.insert(e.id);
-                st.tried.insert(e.id, now);
+            let last = tried.get(&id).copied().unwrap_or(i64::MIN);
+            let is_hot = last.saturating_add(HOT_RETRY_GAP) <= now
+                && d.domains.iter().any(|dom| hot.contains_key(dom));
+            if d.next_attempt <= now || is_hot || flush {
+                in_flight.insert(id);
+                tried.insert(id, now);
                 let q = self.clone();
                 tokio::spawn(async move {
-                    let id = e.id;
-                    q.attempt(e).await;
-                    q.state().in_flight.remove(&id);
+                    let after = q.attempt_id(id).await;
+                    let mut st = q.state();
+                    st.in_flight.remove(&id);
+                    match after {
+                        Some(d) => st.due.insert(id, d),
+                        None => st.due.remove(&id),
+                    };
+                    drop(st);
                     q.wake();
                 });
             } else {
-                next = next.min(e.next_attempt);
-                if hot {
+                next = next.min(d.next_attempt);
+                if is_hot {
                     next = next.min(last + HOT_RETRY_GAP);
                 }
             }
@@ -172,8 +228,28 @@ impl Queue {
         next
     }
 
-    /// One delivery attempt for every remaining recipient of `e`.
-    async fn attempt(&self, e: Queued) {
+    /// Reads entry `id` and tries it; returns its schedule afterwards, `None` when it has left
+    /// the queue.
+    async fn attempt_id(&self, id: u64) -> Option<Due> {
+        match self.store.queue_entry(id) {
+            Ok(Some(e)) => self.attempt(e).await,
+            Ok(None) => None,
+            Err(err) => {
+                tracing::error!(
+                    queue_id = id,
+                    "cannot read a queue entry (retrying in 60 s): {err}"
+                );
+                Some(Due {
+                    next_attempt: self.clock.now() + 60,
+                    domains: Vec::new(),
+                })
+            }
+        }
+    }
+
+    /// One delivery attempt for every remaining recipient of `e`; returns its schedule
+    /// afterwards (`None`: it has left the queue).
+    async fn attempt(&self, e: Queued) -> Option<Due> {
         let body: Arc<[u8]> = match self.store.read_body(e.body_id).await {
             Ok(b) => b.into(),
             Err(err) => {
@@ -182,11 +258,12 @@ impl Queue {
                     self.clock.now() + self.retry_delay(e.attempts),
                     err.to_string(),
                 );
+                let due = Due::new(retry.0, &e.rcpts);
                 let _ = self
                     .store
                     .queue_update(e.id, Vec::new(), Some(retry), None)
                     .await;
-                return;
+                return Some(due);
             }
         };
         let mut by_domain: BTreeMap<String, Vec<String>> = BTreeMap::new();
@@ -252,6 +329,8 @@ impl Queue {
         });
         let bounced_to = bounce.as_ref().map(|(a, _, _)| *a);
         let (n_done, n_failed) = (done.len() as u64, failed.len() as u64);
+        let waiting_rcpts: Vec<String> = waiting.into_iter().map(|(r, _)| r).collect();
+        let after = retry.as_ref().map(|(t, _)| Due::new(*t, &waiting_rcpts));
         match self.store.queue_update(e.id, done, retry, bounce).await {
             Ok(()) => {
                 crate::metrics::M.outbound_bounced.add(n_failed);
@@ -263,8 +342,12 @@ impl Queue {
                 }
             }
             // Nothing recorded: the whole attempt repeats later (at least once, never lost).
-            Err(err) => tracing::error!(queue_id = e.id, "cannot record a delivery attempt: {err}"),
+            Err(err) => {
+                tracing::error!(queue_id = e.id, "cannot record a delivery attempt: {err}");
+                return Some(Due::new(now + self.retry_delay(e.attempts), &e.rcpts));
+            }
         }
+        after
     }
 
     /// The signed report for the sender's INBOX, or `None` when the sender is not one of ours

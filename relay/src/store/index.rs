@@ -151,6 +151,18 @@ pub(super) fn queue(db: &redb::Database) -> Result<Vec<Queued>, StoreError> {
     all_records(db, QUEUE)
 }
 
+pub(super) fn queue_entry(db: &redb::Database, id: u64) -> Result<Option<Queued>, StoreError> {
+    let tx = db.begin_read()?;
+    let t = match tx.open_table(QUEUE) {
+        Ok(t) => t,
+        Err(e) => return missing_table(e),
+    };
+    match t.get(id)? {
+        Some(v) => Ok(Some(decode(v.value())?)),
+        None => Ok(None),
+    }
+}
+
 /// Every record of a table keyed by anything with postcard values, in key order.
 fn all_records<K: redb::Key + 'static, T: serde::de::DeserializeOwned>(
     db: &redb::Database,

@@ -451,6 +451,11 @@ impl Store {
         index::queue(&self.inner.db)
     }
 
+    /// One queue entry, `None` once it has left the queue.
+    pub fn queue_entry(&self, id: u64) -> Result<Option<Queued>, StoreError> {
+        index::queue_entry(&self.inner.db, id)
+    }
+
     /// Records the outcome of a delivery attempt: `done` recipients leave the queue; `bounce`
     /// (the sender's account and the report) is stored in the same transaction; the others
     /// wait until `retry` = (unix seconds, last error).
