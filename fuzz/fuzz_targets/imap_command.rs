@@ -6,30 +6,9 @@
 #![no_main]
 
 use libfuzzer_sys::fuzz_target;
-use relaybox::fuzzing::{imap_session, relay, reset, PASS, USER};
-use relaybox::Relay;
-use std::sync::{Arc, OnceLock};
+use relaybox::fuzzing::{env, imap_session, reset, PASS, USER};
 use std::time::Duration;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
-
-struct Env {
-    rt: tokio::runtime::Runtime,
-    relay: Arc<Relay>,
-}
-
-fn env() -> &'static Env {
-    static ENV: OnceLock<Env> = OnceLock::new();
-    ENV.get_or_init(|| {
-        let rt = tokio::runtime::Builder::new_current_thread()
-            .enable_all()
-            .build()
-            .expect("runtime");
-        // Kept for the whole run (scripts/fuzz.sh points TMPDIR at a directory it removes).
-        let dir = tempfile::tempdir().expect("tempdir").keep();
-        let relay = rt.block_on(relay(&dir)).expect("relay");
-        Env { rt, relay }
-    })
-}
 
 fuzz_target!(|data: &[u8]| {
     let Some((&mode, rest)) = data.split_first() else {

@@ -6,27 +6,7 @@
 #![no_main]
 
 use libfuzzer_sys::fuzz_target;
-use relaybox::fuzzing::{https_request, relay, reset};
-use relaybox::Relay;
-use std::sync::{Arc, OnceLock};
-
-struct Env {
-    rt: tokio::runtime::Runtime,
-    relay: Arc<Relay>,
-}
-
-fn env() -> &'static Env {
-    static ENV: OnceLock<Env> = OnceLock::new();
-    ENV.get_or_init(|| {
-        let rt = tokio::runtime::Builder::new_current_thread()
-            .enable_all()
-            .build()
-            .expect("runtime");
-        let dir = tempfile::tempdir().expect("tempdir").keep();
-        let relay = rt.block_on(relay(&dir)).expect("relay");
-        Env { rt, relay }
-    })
-}
+use relaybox::fuzzing::{env, https_request, reset};
 
 fuzz_target!(|data: &[u8]| {
     let Some((&mode, rest)) = data.split_first() else {

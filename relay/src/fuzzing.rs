@@ -54,6 +54,30 @@ pub async fn relay(dir: &Path) -> anyhow::Result<Arc<Relay>> {
     Ok(relay)
 }
 
+/// The fuzz targets' process-wide state: a single-threaded runtime and the relay of [`relay`],
+/// built on first use in a directory under `$TMPDIR` that is kept for the whole run
+/// (scripts/fuzz.sh points TMPDIR at a directory it removes afterwards).
+pub struct FuzzEnv {
+    pub rt: tokio::runtime::Runtime,
+    pub relay: Arc<Relay>,
+}
+
+/// The one [`FuzzEnv`] of this process.
+pub fn env() -> &'static FuzzEnv {
+    static ENV: std::sync::OnceLock<FuzzEnv> = std::sync::OnceLock::new();
+    ENV.get_or_init(|| {
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .expect("runtime");
+        let dir = std::env::temp_dir().join(format!("relaybox-fuzz-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir).expect("fuzz data directory");
+        let relay = rt.block_on(relay(&dir)).expect("relay");
+        FuzzEnv { rt, relay }
+    })
+}
+
 /// Brings the store back to the state `relay` left it in: only `USER` and `RCPT`, each with an
 /// empty INBOX and nothing else, so that every fuzz input starts alike (otherwise delivered and
 /// APPENDed messages and LOGIN-created accounts pile up, later inputs get slower and the run
