@@ -322,7 +322,20 @@ pub struct Config {
     pub privacy_pdo: String,
     #[serde(default)]
     pub privacy_supervisor: String,
+    /// Serve the set-up wizard (until an admin password is set) and the admin pages after
+    /// (`relay/src/admin/`). The appliance turns it on; `relaybox dev --wizard` too.
+    #[serde(default)]
+    pub admin_ui: bool,
 }
+
+/// The wizard's settings file inside `data_dir`: same keys as the config file, its values win.
+/// The appliance's config lives on a read-only image or is generated once, so what the operator
+/// chooses in the browser goes here.
+pub const SETTINGS_FILE: &str = "settings.toml";
+
+/// Keys the settings file may not change: they decide where the settings file itself and the
+/// listeners are, and a wrong value there would lock the operator out of the wizard.
+const NOT_IN_SETTINGS: &[&str] = &["data_dir", "listen", "admin_ui"];
 
 /// The `tls` config key.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
@@ -431,13 +444,51 @@ impl Config {
         Config::from_toml(&text, path)
     }
 
+    /// Parses a config file's text, then applies `<data_dir>/settings.toml` on top if it
+    /// exists.
     pub fn from_toml(text: &str, path: &Path) -> Result<Config, ConfigError> {
-        let mut cfg: Config = toml::from_str(text).map_err(|e| ConfigError::Parse {
+        let parse_err = |path: &Path, e: toml::de::Error| ConfigError::Parse {
             path: path.to_owned(),
             message: e.to_string().trim_end().to_string(),
-        })?;
+        };
+        let mut table: toml::Table = toml::from_str(text).map_err(|e| parse_err(path, e))?;
+        let data_dir = table
+            .get("data_dir")
+            .and_then(|v| v.as_str())
+            .map_or_else(d_data_dir, PathBuf::from);
+        let settings = data_dir.join(SETTINGS_FILE);
+        let mut source = path.to_owned();
+        match std::fs::read_to_string(&settings) {
+            Ok(t) => {
+                let overlay: toml::Table =
+                    toml::from_str(&t).map_err(|e| parse_err(&settings, e))?;
+                for (k, v) in overlay {
+                    if NOT_IN_SETTINGS.contains(&k.as_str()) {
+                        return Err(ConfigError::Parse {
+                            path: settings,
+                            message: format!("`{k}` can only be set in the config file"),
+                        });
+                    }
+                    table.insert(k, v);
+                }
+                source = PathBuf::from(format!("{} + {}", path.display(), settings.display()));
+            }
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+            Err(e) => {
+                return Err(ConfigError::Read {
+                    path: settings,
+                    source: e,
+                })
+            }
+        }
+        let mut cfg: Config = table.try_into().map_err(|e| parse_err(&source, e))?;
         cfg.normalize()?;
         Ok(cfg)
+    }
+
+    /// Where the wizard's settings are kept.
+    pub fn settings_path(&self) -> PathBuf {
+        self.data_dir.join(SETTINGS_FILE)
     }
 
     fn normalize(&mut self) -> Result<(), ConfigError> {
@@ -892,5 +943,58 @@ mod tests {
             .unwrap_err()
             .to_string();
         assert!(e.contains("imaps"), "{e}");
+    }
+
+    #[test]
+    fn settings_file_overrides_the_config_file_but_not_its_own_location() {
+        let dir = tempfile::tempdir().unwrap();
+        let base = format!(
+            "mail_domain = \"[192.0.2.1]\"\ndata_dir = {:?}\nmax_message_size = 5000\n",
+            dir.path().display().to_string()
+        );
+        let c = Config::from_toml(&base, Path::new("base.toml")).unwrap();
+        assert_eq!(
+            (c.mail_domain.as_str(), c.max_message_size),
+            ("[192.0.2.1]", 5000)
+        );
+
+        std::fs::write(
+            dir.path().join(SETTINGS_FILE),
+            "mail_domain = \"Chat.Example.org\"\ntls = \"acme\"\n",
+        )
+        .unwrap();
+        let c = Config::from_toml(&base, Path::new("base.toml")).unwrap();
+        assert_eq!(
+            c.mail_domain, "chat.example.org",
+            "settings win and are normalised"
+        );
+        assert_eq!(
+            c.max_message_size, 5000,
+            "keys the settings leave alone stay"
+        );
+        assert!(c.is_acme());
+
+        std::fs::write(
+            dir.path().join(SETTINGS_FILE),
+            "data_dir = \"/elsewhere\"\n",
+        )
+        .unwrap();
+        let e = Config::from_toml(&base, Path::new("base.toml"))
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("settings.toml") && e.contains("data_dir"), "{e}");
+
+        std::fs::write(
+            dir.path().join(SETTINGS_FILE),
+            "max_message_size = \"big\"\n",
+        )
+        .unwrap();
+        let e = Config::from_toml(&base, Path::new("base.toml"))
+            .unwrap_err()
+            .to_string();
+        assert!(
+            e.contains("settings.toml"),
+            "errors name the settings file: {e}"
+        );
     }
 }

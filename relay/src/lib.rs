@@ -7,6 +7,7 @@
 
 pub mod accounts;
 pub mod acme;
+pub mod admin;
 pub mod clock;
 pub mod config;
 pub mod control;
@@ -40,6 +41,8 @@ pub struct Relay {
     pub tls: tls::TlsConfigs,
     /// The ACME client's state: the HTTP-01 answers port 80 serves, the running order.
     pub acme: acme::Acme,
+    /// The set-up wizard's and admin pages' state (setup code, password, sessions).
+    pub admin: admin::Admin,
     pub clock: clock::Clock,
     pub shutdown: net::Shutdown,
 }

@@ -26,6 +26,10 @@ enum Cmd {
         /// Shift every port by N (e.g. 10000: IMAPS on 10993), for users without root.
         #[arg(long, default_value_t = 0)]
         port_offset: u16,
+        /// Serve the set-up wizard and admin pages (as the appliance does); the setup code is
+        /// printed at start.
+        #[arg(long)]
+        wizard: bool,
     },
     /// Run in production from a TOML config file.
     Serve {
@@ -110,6 +114,7 @@ fn main() -> anyhow::Result<()> {
             ip,
             data,
             port_offset,
+            wizard,
         } => {
             let mut cfg = Config::with_domain(&config::domain_literal(ip), &data)?;
             cfg.listen = Listen::standard(ip, port_offset)?;
@@ -119,9 +124,18 @@ fn main() -> anyhow::Result<()> {
             // A laptop or CI disk shared with build trees often has less than the production 1G
             // free; a dev relay only needs room for its own test mail.
             cfg.min_free_disk_space = config::ByteSize(64 << 20);
+            cfg.admin_ui = wizard;
             let relay = relaybox::server::build(cfg)?;
             print_invite(&relay.cfg, ip, port_offset);
-            rt.block_on(relaybox::server::run(relay))
+            if relay.admin.pending() {
+                let code = std::fs::read_to_string(relay.admin.code_path()).unwrap_or_default();
+                eprintln!(
+                    "set-up wizard: {}/setup  (setup code: {})",
+                    relaybox::web::https_origin(&relay.cfg),
+                    code.trim()
+                );
+            }
+            serve_until_done(rt, relay)
         }
         Cmd::Expire {
             config,
@@ -148,9 +162,28 @@ fn main() -> anyhow::Result<()> {
         Cmd::Serve { config } => {
             let cfg = Config::load(&config)?;
             let relay = relaybox::server::build(cfg)?;
-            rt.block_on(relaybox::server::run(relay))
+            serve_until_done(rt, relay)
         }
     }
+}
+
+/// Runs the relay; when the admin pages asked for a restart with new settings, starts the
+/// binary afresh in this process once everything has stopped.
+fn serve_until_done(
+    rt: tokio::runtime::Runtime,
+    relay: std::sync::Arc<relaybox::Relay>,
+) -> anyhow::Result<()> {
+    let restart = {
+        let r = relay.clone();
+        rt.block_on(relaybox::server::run(relay))?;
+        r.admin.restart_requested()
+    };
+    rt.shutdown_timeout(std::time::Duration::from_secs(2));
+    if restart {
+        let e = relaybox::admin::reexec();
+        anyhow::bail!("cannot restart relaybox with the new settings: {e}");
+    }
+    Ok(())
 }
 
 /// The config an admin command works on: the given file, or the `relaybox dev` data directory.

@@ -21,7 +21,20 @@ pub fn build(cfg: config::Config) -> anyhow::Result<Arc<Relay>> {
     // Its error already says what failed ("cannot set up the DNS resolver: …").
     let dns = dns::Dns::new(&cfg)?;
     let delivery = delivery::Delivery::new(cfg.clone(), store.clone(), clock.clone(), dns.clone())?;
+    let (admin, new_code) = crate::admin::Admin::open(&cfg).with_context(|| {
+        format!(
+            "cannot set up the admin state in {}",
+            cfg.data_dir.display()
+        )
+    })?;
+    if new_code.is_some() {
+        tracing::info!(
+            path = %admin.code_path().display(),
+            "set-up wizard enabled: a new one-time setup code was written"
+        );
+    }
     Ok(Arc::new(Relay {
+        admin,
         accounts: accounts::Accounts::new(cfg.clone(), store.clone(), clock.clone()),
         delivery,
         dns,
@@ -116,6 +129,8 @@ pub async fn run(relay: Arc<Relay>) -> anyhow::Result<()> {
     // that systemd restarts it instead of leaving a port silently dead.
     let failure = tokio::select! {
         _ = signals.wait() => None,
+        // The admin pages asked for a restart with new settings.
+        _ = relay.shutdown.wait() => None,
         r = tasks.join_next() => Some(match r {
             Some(Err(e)) if e.is_panic() => "a listener panicked".to_string(),
             Some(Err(e)) => format!("a listener failed: {e}"),

@@ -186,8 +186,8 @@ pub fn check_incoming_kind(env: &Envelope, data: &[u8]) -> (Verdict, MailKind) {
 
 pub use headers::prepare_local_delivery;
 
-/// Test messages shared by the policy tests and the protocol tests of other modules.
-#[cfg(test)]
+/// Test messages shared by the policy tests, the protocol tests of other modules and the admin
+/// page's self-test (a message of the shape the gate accepts, with random content).
 pub mod testmsg {
     use base64::Engine;
 

@@ -36,6 +36,8 @@ pub use new::NewLimiter;
 pub struct Web {
     pub relay: Arc<Relay>,
     pub limiter: Arc<NewLimiter>,
+    /// This router serves port 443 (else plain HTTP on 80).
+    pub https: bool,
 }
 
 impl FromRef<Web> for Arc<Relay> {
@@ -54,12 +56,23 @@ pub fn router(relay: Arc<Relay>, https: bool) -> Router {
     let state = Web {
         limiter: Arc::new(NewLimiter::new()),
         relay,
+        https,
     };
+    // The wizard and admin pages; they refuse themselves on port 80 once set-up is done.
+    let admin = Router::new()
+        .route("/setup", get(pages::admin_page))
+        .route("/admin", get(pages::admin_page))
+        .route("/admin.js", get(pages::admin_asset))
+        .route("/api/admin/{*rest}", any(crate::admin::api::handle));
     if !https {
-        return Router::new().fallback(redirect_to_https).with_state(state);
+        return admin
+            .route("/", get(pages::page_or_wizard))
+            .route("/main.css", get(pages::css_if_wizard))
+            .fallback(redirect_to_https)
+            .with_state(state);
     }
-    Router::new()
-        .route("/", get(pages::page))
+    admin
+        .route("/", get(pages::page_or_wizard))
         .route("/index.html", get(pages::page))
         .route("/info.html", get(pages::page))
         .route("/privacy.html", get(pages::page))
@@ -117,7 +130,7 @@ pub fn https_origin(cfg: &crate::config::Config) -> String {
 /// Port 80: everything moves to HTTPS, except the ACME HTTP-01 challenge path (the key
 /// authorization of a running order, else 404), and `/mxdeliv`: mail between relays is never sent in the
 /// clear, and a redirect would invite a sender to retry a POST it should not have made.
-async fn redirect_to_https(State(w): State<Web>, uri: Uri) -> Response {
+pub(crate) async fn redirect_to_https(State(w): State<Web>, uri: Uri) -> Response {
     let path = uri.path_and_query().map_or("/", |p| p.as_str());
     if let Some(token) = uri.path().strip_prefix("/.well-known/acme-challenge/") {
         return match w.relay.acme.key_authorization(token) {

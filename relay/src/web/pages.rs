@@ -16,6 +16,9 @@ const INDEX: &str = include_str!("../../../firmware-ui/index.html");
 const INFO: &str = include_str!("../../../firmware-ui/info.html");
 const PRIVACY: &str = include_str!("../../../firmware-ui/privacy.html");
 const CSS: &str = include_str!("../../../firmware-ui/main.css");
+const SETUP: &str = include_str!("../../../firmware-ui/setup.html");
+const ADMIN: &str = include_str!("../../../firmware-ui/admin.html");
+const ADMIN_JS: &str = include_str!("../../../firmware-ui/admin.js");
 
 /// Placeholders whose values are markup, not text.
 const RAW: &[&str] = &["qr_svg"];
@@ -139,6 +142,71 @@ pub async fn page(State(w): State<Web>, uri: Uri) -> Response {
         Html(render(&t, &values(cfg))),
     )
         .into_response()
+}
+
+/// `/`: the set-up wizard while set-up is pending, else the public page (port 80 redirects).
+pub async fn page_or_wizard(state: State<Web>, uri: Uri) -> Response {
+    let w = &state.0;
+    if w.relay.admin.pending() {
+        return wizard_html(w).await;
+    }
+    if !w.https {
+        return super::redirect_to_https(state, uri).await;
+    }
+    page(state, uri).await
+}
+
+async fn wizard_html(w: &Web) -> Response {
+    let t = template(&w.relay.cfg, "setup.html", SETUP).await;
+    (
+        [(header::CACHE_CONTROL, "no-store")],
+        Html(render(&t, &values(&w.relay.cfg))),
+    )
+        .into_response()
+}
+
+/// `/setup` and `/admin`: the wizard while set-up is pending, the admin page after (HTTPS only).
+pub async fn admin_page(state: State<Web>, uri: Uri) -> Response {
+    let w = &state.0;
+    if !crate::admin::api::reachable(&w.relay, w.https) {
+        return if w.https {
+            (StatusCode::NOT_FOUND, "Not Found").into_response()
+        } else {
+            super::redirect_to_https(state, uri).await
+        };
+    }
+    if w.relay.admin.pending() {
+        return wizard_html(w).await;
+    }
+    let t = template(&w.relay.cfg, "admin.html", ADMIN).await;
+    (
+        [(header::CACHE_CONTROL, "no-store")],
+        Html(render(&t, &values(&w.relay.cfg))),
+    )
+        .into_response()
+}
+
+pub async fn admin_asset(state: State<Web>, uri: Uri) -> Response {
+    let w = &state.0;
+    if !crate::admin::api::reachable(&w.relay, w.https) {
+        return super::redirect_to_https(state, uri).await;
+    }
+    (
+        [
+            (header::CONTENT_TYPE, "text/javascript; charset=utf-8"),
+            (header::CACHE_CONTROL, "no-store"),
+        ],
+        ADMIN_JS,
+    )
+        .into_response()
+}
+
+/// Port 80 serves the stylesheet only for the wizard.
+pub async fn css_if_wizard(state: State<Web>, uri: Uri) -> Response {
+    if state.0.relay.admin.pending() {
+        return css(state).await;
+    }
+    super::redirect_to_https(state, uri).await
 }
 
 pub async fn css(State(w): State<Web>) -> Response {

@@ -1,0 +1,279 @@
+// relaybox set-up wizard (setup.html) and admin page (admin.html). No framework, no build step:
+// every action is one call to the JSON API under /api/admin/ (relay/src/admin/api.rs).
+"use strict";
+
+const $ = (id) => document.getElementById(id);
+let csrf = "";
+
+function showError(msg) {
+  $("error").textContent = msg || "";
+}
+
+async function api(method, path, body) {
+  const opts = { method, headers: {}, credentials: "same-origin" };
+  if (method !== "GET") opts.headers["X-CSRF-Token"] = csrf;
+  if (body !== undefined) {
+    opts.headers["Content-Type"] = "application/json";
+    opts.body = JSON.stringify(body);
+  }
+  const r = await fetch("/api/admin/" + path, opts);
+  let data = {};
+  try { data = await r.json(); } catch (e) { /* a file or an empty answer */ }
+  if (!r.ok) {
+    const err = new Error(data.error || (r.status + " " + r.statusText));
+    err.status = r.status;
+    throw err;
+  }
+  if (data.csrf) csrf = data.csrf;
+  return data;
+}
+
+const sleep = (ms) => new Promise((res) => setTimeout(res, ms));
+
+// After a restart: wait until the relay answers again (any HTTP status counts).
+async function waitForRestart() {
+  await sleep(800);
+  for (let i = 0; i < 120; i++) {
+    try { await fetch("/api/admin/state", { credentials: "same-origin" }); return; } catch (e) { await sleep(500); }
+  }
+  throw new Error("the relay did not come back after the restart; reload the page in a minute");
+}
+
+function button(id, fn) {
+  const b = $(id);
+  if (!b) return;
+  b.addEventListener("click", async (ev) => {
+    ev.preventDefault();
+    showError("");
+    b.disabled = true;
+    try { await fn(); } catch (e) { showError(e.message); } finally { b.disabled = false; }
+  });
+}
+
+function human(bytes) {
+  if (bytes === null || bytes === undefined) return "—";
+  const u = ["bytes", "KiB", "MiB", "GiB", "TiB"];
+  let i = 0;
+  while (bytes >= 1024 && i < u.length - 1) { bytes /= 1024; i++; }
+  return (i ? bytes.toFixed(1) : bytes) + " " + u[i];
+}
+
+// ---- settings form (both pages) ------------------------------------------------------------
+
+let settingsLoaded = [];
+
+async function loadSettings() {
+  const form = $("settings-form");
+  const data = await api("GET", "settings");
+  settingsLoaded = data.settings;
+  form.textContent = "";
+  for (const s of data.settings) {
+    const label = document.createElement("label");
+    label.htmlFor = "set-" + s.key;
+    label.textContent = s.key.replace(/_/g, " ");
+    const input = document.createElement("input");
+    input.id = "set-" + s.key;
+    input.type = s.kind === "int" ? "number" : "text";
+    input.value = s.value === null ? "" : s.value;
+    input.dataset.key = s.key;
+    const help = document.createElement("p");
+    help.className = "help";
+    help.textContent = s.help + (s.default !== null && s.default !== "" ? " Default: " + s.default + "." : "");
+    form.append(label, input, help);
+  }
+}
+
+function changedSettings() {
+  const out = {};
+  for (const s of settingsLoaded) {
+    const v = $("set-" + s.key).value.trim();
+    if (String(s.value === null ? "" : s.value) !== v && !(s.kind !== "text" && v === "")) out[s.key] = v;
+  }
+  return out;
+}
+
+// ---- the wizard ------------------------------------------------------------------------------
+
+const STEPS = ["welcome", "mode", "dns", "cert", "settings"];
+
+function go(step) {
+  for (const s of STEPS) {
+    $("step-" + s).classList.toggle("active", s === step);
+  }
+  let passed = true;
+  for (const li of document.querySelectorAll("#steps li")) {
+    const cur = li.dataset.step === step;
+    if (cur) passed = false;
+    li.className = cur ? "current" : passed ? "done" : "";
+  }
+  sessionStorage.setItem("relaybox-step", step);
+  if (step === "dns") loadDns().catch((e) => showError(e.message));
+  if (step === "settings") loadSettings().catch((e) => showError(e.message));
+  if (step === "cert") certStatus().catch(() => {});
+}
+
+async function loadDns() {
+  const d = await api("GET", "dns");
+  $("dns-domain").textContent = d.domain;
+  $("dns-address-hint").textContent = d.address_records;
+  const body = $("dns-records").tBodies[0];
+  body.textContent = "";
+  for (const r of d.records) {
+    const tr = body.insertRow();
+    for (const v of [r.name, r.type, r.value]) tr.insertCell().textContent = v;
+    const b = document.createElement("button");
+    b.className = "secondary";
+    b.textContent = "copy";
+    b.addEventListener("click", () => navigator.clipboard && navigator.clipboard.writeText(r.value));
+    tr.insertCell().append(b);
+  }
+  const ports = $("ports").tBodies[0];
+  ports.textContent = "";
+  for (const p of d.ports) {
+    const tr = ports.insertRow();
+    tr.insertCell().textContent = p.port + " (" + p.need + ")";
+    tr.insertCell().textContent = p.what;
+  }
+  $("hairpin").textContent = d.hairpin;
+}
+
+async function certStatus() {
+  const c = await api("GET", "cert");
+  const j = c.job;
+  let text = "";
+  if (j.running) text = "Asking the certificate authority… (started " + new Date(j.started * 1000).toLocaleTimeString() + ")";
+  else if (j.ok === true) text = "Certificate obtained. " + j.report;
+  else if (j.ok === false) text = "The certificate authority said: " + j.report;
+  if (c.certificate && c.certificate.days_left !== undefined) {
+    text += (text ? " " : "") + "Current certificate: " + (c.certificate.self_issued ? "self-signed" : "issued") +
+      ", valid for " + c.certificate.days_left + " more days.";
+  }
+  $("cert-status").textContent = text;
+  $("cert-status").className = j.ok === false ? "error" : "";
+  return j;
+}
+
+function setupPage() {
+  button("login", async () => {
+    await api("POST", "login", { setup_code: $("setup-code").value });
+    go("mode");
+  });
+  $("setup-code").addEventListener("keydown", (e) => { if (e.key === "Enter") $("login").click(); });
+  for (const r of document.querySelectorAll("input[name=mode]")) {
+    r.addEventListener("change", () => { $("domain-fields").hidden = !$("mode-domain").checked; });
+  }
+  button("save-mode", async () => {
+    const domain = $("mode-domain").checked;
+    const body = domain
+      ? { mode: "domain", domain: $("domain").value, acme_email: $("acme-email").value }
+      : { mode: "lan" };
+    await api("POST", "mode", body);
+    go(domain ? "dns" : "settings");
+  });
+  button("dns-next", async () => go("cert"));
+  button("apply-domain", async () => {
+    $("cert-status").textContent = "Restarting…";
+    await api("POST", "apply");
+    await waitForRestart();
+    await api("GET", "state");
+    $("cert-status").textContent = "Restarted with the new domain.";
+  });
+  button("get-cert", async () => {
+    await api("POST", "cert");
+    for (let i = 0; i < 600; i++) {
+      const j = await certStatus();
+      if (!j.running) break;
+      await sleep(1000);
+    }
+  });
+  button("cert-next", async () => go("settings"));
+  button("finish", async () => {
+    const pw = $("admin-password").value;
+    if (pw !== $("admin-password2").value) throw new Error("the two passwords differ");
+    const changed = changedSettings();
+    if (Object.keys(changed).length) await api("POST", "settings", changed);
+    const state = await api("GET", "state");
+    await api("POST", "password", { password: pw, apply: true });
+    sessionStorage.removeItem("relaybox-step");
+    await waitForRestart();
+    // Set-up is over: the admin pages live on HTTPS only.
+    location.href = state.https_origin + "/admin?welcome";
+  });
+  // A reload (or the restart) keeps the step as long as the session is valid.
+  api("GET", "state").then((s) => {
+    if (!s.pending) { location.href = s.https_origin + "/admin"; return; }
+    go(sessionStorage.getItem("relaybox-step") || "mode");
+  }).catch(() => go("welcome"));
+}
+
+// ---- the admin page ----------------------------------------------------------------------------
+
+async function loadStatus() {
+  const s = await api("GET", "status");
+  const rows = [
+    ["Addresses", s.accounts],
+    ["Active today / 7 days / 30 days", s.active["1d"] + " / " + s.active["7d"] + " / " + s.active["30d"]],
+    ["Mail stored", human(s.stored_bytes)],
+    ["Waiting for other relays", s.queue_length + (s.queue_oldest ? " (oldest " + new Date(s.queue_oldest * 1000).toLocaleString() + ")" : "")],
+    ["Delivered since start", s.delivered_since_start],
+    ["Written to the SD card since start", human(s.written_bytes_since_start)],
+    ["Data partition free", s.disk ? human(s.disk.free_bytes) + " of " + human(s.disk.total_bytes) : "—"],
+    ["Certificate expires in", s.certificate_expires_in_s === null ? "—" : Math.floor(s.certificate_expires_in_s / 86400) + " days"],
+  ];
+  const body = $("status").tBodies[0];
+  body.textContent = "";
+  for (const [k, v] of rows) {
+    const tr = body.insertRow();
+    tr.insertCell().textContent = k;
+    tr.insertCell().textContent = v;
+  }
+  $("nocreate").checked = s.nocreate;
+}
+
+async function showAdmin() {
+  $("login-box").hidden = true;
+  $("admin-box").hidden = false;
+  $("welcome").hidden = !location.search.includes("welcome");
+  await Promise.all([loadStatus(), loadSettings()]);
+}
+
+function adminPage() {
+  button("login", async () => {
+    await api("POST", "login", { password: $("password").value });
+    await showAdmin();
+  });
+  $("password").addEventListener("keydown", (e) => { if (e.key === "Enter") $("login").click(); });
+  $("logout").addEventListener("click", async (e) => {
+    e.preventDefault();
+    await api("POST", "logout").catch(() => {});
+    location.reload();
+  });
+  $("nocreate").addEventListener("change", async () => {
+    try { await api("POST", "toggles", { nocreate: $("nocreate").checked }); } catch (e) { showError(e.message); }
+  });
+  button("save-settings", async () => {
+    const changed = changedSettings();
+    if (!Object.keys(changed).length) { $("settings-result").textContent = "Nothing changed."; return; }
+    await api("POST", "settings", changed);
+    await api("POST", "apply");
+    $("settings-result").textContent = "Saved; restarting…";
+    await waitForRestart();
+    await showAdmin();
+    $("settings-result").textContent = "Saved and applied.";
+  });
+  api("GET", "state").then(() => showAdmin()).catch(() => { $("login-box").hidden = false; });
+}
+
+function selfTest() {
+  button("run-test", async () => {
+    $("test-result").textContent = "Testing…";
+    const r = await api("POST", "test");
+    $("test-result").className = r.ok ? "ok" : "error";
+    $("test-result").textContent = r.ok
+      ? "Works: a test message was delivered in " + r.ms + " ms."
+      : "Failed: " + r.error;
+  });
+}
+
+if (document.body.dataset.page === "setup") setupPage();
+if (document.body.dataset.page === "admin") { adminPage(); selfTest(); }

@@ -1,0 +1,330 @@
+//! The set-up wizard and the admin pages (config key `admin_ui`; the appliance turns it on,
+//! `relaybox dev --wizard` too).
+//!
+//! Set-up is *pending* until an admin password exists. While pending, the one-time setup code in
+//! `<data_dir>/setup-code` (made on the appliance's first boot, or here when missing) is the
+//! only way in, the wizard is served on port 80 as well as 443 (a fresh box has no trusted
+//! certificate yet), and logging in with the code is rate-limited. Setting the password deletes
+//! the code; from then on the admin pages are HTTPS only and need the password.
+//!
+//! Sessions are stateless: the cookie carries its expiry and an HMAC over it with a secret kept
+//! in `<data_dir>/admin/secret`, so a session outlives the restart that applies new settings.
+//! Setting a new password replaces the secret, which ends every other session. Every request
+//! that changes something must carry the CSRF token (an HMAC of the session cookie) in the
+//! `X-CSRF-Token` header, which a cross-site form cannot set.
+//!
+//! The operator's choices are written to `<data_dir>/settings.toml` (see `config`), applied by a
+//! graceful restart that re-executes the binary (`api` → `Apply`, `main`).
+//!
+//! Files: `api` is the JSON API behind the pages (`firmware-ui/setup.html`, `admin.html`,
+//! `admin.js`).
+
+pub mod api;
+#[cfg(test)]
+mod tests;
+
+use crate::config::Config;
+use governor::{DefaultDirectRateLimiter, DefaultKeyedRateLimiter, Quota};
+use std::io::Write;
+use std::net::IpAddr;
+use std::num::NonZeroU32;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Mutex;
+
+/// How long a login lasts.
+pub const SESSION_SECS: i64 = 12 * 3600;
+/// The shortest admin password accepted.
+pub const MIN_PASSWORD: usize = 12;
+/// The setup code's alphabet: no 0/O/1/I, as in the first-boot script.
+const CODE_ALPHABET: &[u8] = b"ABCDEFGHJKLMNPQRSTUVWXYZ23456789";
+
+pub struct Admin {
+    enabled: bool,
+    dir: PathBuf,
+    code_path: PathBuf,
+    secret: Mutex<ring::hmac::Key>,
+    per_client: DefaultKeyedRateLimiter<IpAddr>,
+    global: DefaultDirectRateLimiter,
+    restart: AtomicBool,
+    /// The last certificate order started from the wizard: running, and its report.
+    pub cert_job: Mutex<CertJob>,
+}
+
+#[derive(Debug, Clone, Default, serde::Serialize)]
+pub struct CertJob {
+    pub running: bool,
+    pub started: Option<i64>,
+    pub finished: Option<i64>,
+    pub ok: Option<bool>,
+    pub report: String,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum AdminError {
+    #[error("{0}")]
+    Io(#[from] std::io::Error),
+    #[error("{0}")]
+    Invalid(String),
+}
+
+fn write_atomic(path: &Path, data: &[u8]) -> std::io::Result<()> {
+    use std::os::unix::fs::OpenOptionsExt;
+    let dir = path.parent().unwrap_or(Path::new("."));
+    std::fs::create_dir_all(dir)?;
+    let tmp = path.with_extension("tmp");
+    {
+        let mut f = std::fs::OpenOptions::new()
+            .write(true)
+            .create(true)
+            .truncate(true)
+            .mode(0o600)
+            .open(&tmp)?;
+        f.write_all(data)?;
+        f.sync_all()?;
+    }
+    std::fs::rename(&tmp, path)?;
+    std::fs::File::open(dir)?.sync_all()
+}
+
+/// Writes the wizard's settings file durably (the relay reads it at its next start).
+pub fn write_settings(cfg: &Config, table: &toml::Table) -> std::io::Result<()> {
+    let text = format!(
+        "# Written by the relaybox admin pages; these values override the config file.\n{}",
+        toml::to_string(table).map_err(std::io::Error::other)?
+    );
+    write_atomic(&cfg.settings_path(), text.as_bytes())
+}
+
+/// The settings file's table (empty when there is none).
+pub fn read_settings(cfg: &Config) -> Result<toml::Table, AdminError> {
+    match std::fs::read_to_string(cfg.settings_path()) {
+        Ok(t) => toml::from_str(&t)
+            .map_err(|e| AdminError::Invalid(format!("{}: {e}", cfg.settings_path().display()))),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(toml::Table::new()),
+        Err(e) => Err(e.into()),
+    }
+}
+
+fn random_code() -> String {
+    use rand::Rng;
+    let mut rng = rand::thread_rng();
+    let raw: String = (0..16)
+        .map(|_| CODE_ALPHABET[rng.gen_range(0..CODE_ALPHABET.len())] as char)
+        .collect();
+    format!(
+        "{}-{}-{}-{}",
+        &raw[..4],
+        &raw[4..8],
+        &raw[8..12],
+        &raw[12..]
+    )
+}
+
+/// Uppercase, without blanks and dashes: people type codes as they like.
+fn normalize_code(s: &str) -> String {
+    s.chars()
+        .filter(|c| c.is_ascii_alphanumeric())
+        .map(|c| c.to_ascii_uppercase())
+        .collect()
+}
+
+fn new_secret() -> ring::hmac::Key {
+    use rand::RngCore;
+    let mut b = [0u8; 32];
+    rand::thread_rng().fill_bytes(&mut b);
+    ring::hmac::Key::new(ring::hmac::HMAC_SHA256, &b)
+}
+
+fn b64(b: &[u8]) -> String {
+    use base64::Engine;
+    base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(b)
+}
+
+impl Admin {
+    /// Opens (and on first use creates) the admin state under `cfg.data_dir`. Returns the setup
+    /// code when this call made a new one, for `relaybox dev` to print.
+    pub fn open(cfg: &Config) -> Result<(Admin, Option<String>), AdminError> {
+        let dir = cfg.data_dir.join("admin");
+        let code_path = cfg.data_dir.join("setup-code");
+        let secret_path = dir.join("secret");
+        let secret = match std::fs::read(&secret_path) {
+            Ok(b) if b.len() >= 32 => ring::hmac::Key::new(ring::hmac::HMAC_SHA256, &b),
+            _ if !cfg.admin_ui => new_secret(),
+            _ => {
+                use rand::RngCore;
+                let mut b = [0u8; 32];
+                rand::thread_rng().fill_bytes(&mut b);
+                write_atomic(&secret_path, &b)?;
+                ring::hmac::Key::new(ring::hmac::HMAC_SHA256, &b)
+            }
+        };
+        let per_client = DefaultKeyedRateLimiter::keyed(
+            Quota::per_minute(NonZeroU32::new(5).expect("5 > 0"))
+                .allow_burst(NonZeroU32::new(5).expect("5 > 0")),
+        );
+        let global =
+            DefaultDirectRateLimiter::direct(Quota::per_minute(NonZeroU32::new(30).expect("> 0")));
+        let admin = Admin {
+            enabled: cfg.admin_ui,
+            dir,
+            code_path,
+            secret: Mutex::new(secret),
+            per_client,
+            global,
+            restart: AtomicBool::new(false),
+            cert_job: Mutex::new(CertJob::default()),
+        };
+        let mut made = None;
+        if admin.enabled && admin.pending() && admin.setup_code().is_none() {
+            let code = random_code();
+            write_atomic(&admin.code_path, format!("{code}\n").as_bytes())?;
+            made = Some(code);
+        }
+        Ok((admin, made))
+    }
+
+    pub fn enabled(&self) -> bool {
+        self.enabled
+    }
+
+    fn password_path(&self) -> PathBuf {
+        self.dir.join("password")
+    }
+
+    pub fn code_path(&self) -> &Path {
+        &self.code_path
+    }
+
+    /// Set-up is not finished: no admin password yet.
+    pub fn pending(&self) -> bool {
+        self.enabled && !self.password_path().exists()
+    }
+
+    fn setup_code(&self) -> Option<String> {
+        let t = std::fs::read_to_string(&self.code_path).ok()?;
+        let n = normalize_code(&t);
+        (n.len() >= 8).then_some(n)
+    }
+
+    /// Whether another login attempt from `ip` may be tried now.
+    pub fn allow_attempt(&self, ip: IpAddr) -> bool {
+        if self.per_client.len() > 10_000 {
+            self.per_client.retain_recent();
+        }
+        self.per_client.check_key(&ip).is_ok() && self.global.check().is_ok()
+    }
+
+    /// The setup code is right (and set-up still pending).
+    pub fn check_code(&self, given: &str) -> bool {
+        if !self.pending() {
+            return false;
+        }
+        match self.setup_code() {
+            Some(code) => self.same(normalize_code(given).as_bytes(), code.as_bytes()),
+            None => false,
+        }
+    }
+
+    pub fn check_password(&self, given: &str) -> bool {
+        match std::fs::read_to_string(self.password_path()) {
+            Ok(hash) => crate::accounts::verify_hash(given, hash.trim()),
+            Err(_) => false,
+        }
+    }
+
+    /// Sets the admin password: ends the pending state, deletes the setup code and every other
+    /// session.
+    pub fn set_password(&self, password: &str) -> Result<(), AdminError> {
+        if password.chars().count() < MIN_PASSWORD {
+            return Err(AdminError::Invalid(format!(
+                "the admin password needs at least {MIN_PASSWORD} characters"
+            )));
+        }
+        if password.len() > 1024 {
+            return Err(AdminError::Invalid("the admin password is too long".into()));
+        }
+        let hash = crate::accounts::make_hash(password).map_err(AdminError::Invalid)?;
+        use rand::RngCore;
+        let mut b = [0u8; 32];
+        rand::thread_rng().fill_bytes(&mut b);
+        write_atomic(&self.dir.join("secret"), &b)?;
+        write_atomic(&self.password_path(), format!("{hash}\n").as_bytes())?;
+        *self.secret.lock().unwrap_or_else(|p| p.into_inner()) =
+            ring::hmac::Key::new(ring::hmac::HMAC_SHA256, &b);
+        match std::fs::remove_file(&self.code_path) {
+            Ok(()) => tracing::info!("admin password set; the setup code is no longer valid"),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+            Err(e) => tracing::warn!(
+                path = %self.code_path.display(),
+                "admin password set, but the setup code file could not be deleted: {e}"
+            ),
+        }
+        Ok(())
+    }
+
+    /// Compares secrets in constant time: `a` against an HMAC of `b` (ring's verify is
+    /// constant-time; its plain slice comparison is deprecated for outside use).
+    fn same(&self, a: &[u8], b: &[u8]) -> bool {
+        let key = self.secret.lock().unwrap_or_else(|p| p.into_inner());
+        let tag = ring::hmac::sign(&key, b);
+        ring::hmac::verify(&key, a, tag.as_ref()).is_ok()
+    }
+
+    fn sign(&self, what: &str) -> String {
+        let key = self.secret.lock().unwrap_or_else(|p| p.into_inner());
+        b64(ring::hmac::sign(&key, what.as_bytes()).as_ref())
+    }
+
+    /// A new session cookie value, valid until `now + SESSION_SECS`.
+    pub fn new_session(&self, now: i64) -> String {
+        let exp = now + SESSION_SECS;
+        format!("{exp}.{}", self.sign(&format!("session:{exp}")))
+    }
+
+    /// The session is ours and not expired.
+    pub fn session_valid(&self, cookie: &str, now: i64) -> bool {
+        let Some((exp, mac)) = cookie.split_once('.') else {
+            return false;
+        };
+        let Ok(e) = exp.parse::<i64>() else {
+            return false;
+        };
+        e > now
+            && self.same(mac.as_bytes(), self.sign(&format!("session:{e}")).as_bytes())
+    }
+
+    /// The CSRF token that goes with a session.
+    pub fn csrf_token(&self, cookie: &str) -> String {
+        self.sign(&format!("csrf:{cookie}"))
+    }
+
+    pub fn csrf_valid(&self, cookie: &str, token: &str) -> bool {
+        self.same(token.as_bytes(), self.csrf_token(cookie).as_bytes())
+    }
+
+    /// Ask for a graceful restart (new settings); `main` re-executes the binary once the relay
+    /// has shut down.
+    pub fn request_restart(&self) {
+        self.restart.store(true, Ordering::SeqCst);
+    }
+
+    pub fn restart_requested(&self) -> bool {
+        self.restart.load(Ordering::SeqCst)
+    }
+}
+
+/// Replaces this process with a fresh start of the same binary and arguments (new settings),
+/// keeping the PID so systemd's `Type=notify` service and a terminal's `relaybox dev` go on.
+/// Every descriptor we opened is close-on-exec, so the store's lock and the ports are free
+/// for the new image. Returns only on failure.
+pub fn reexec() -> std::io::Error {
+    use std::os::unix::process::CommandExt;
+    let exe = match std::env::current_exe() {
+        Ok(e) => e,
+        Err(e) => return e,
+    };
+    let args: Vec<std::ffi::OsString> = std::env::args_os().skip(1).collect();
+    tracing::info!(exe = %exe.display(), "restarting with the new settings");
+    std::process::Command::new(exe).args(args).exec()
+}

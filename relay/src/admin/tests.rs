@@ -1,0 +1,406 @@
+use super::api::{Endpoint, COOKIE, PREFIX};
+use crate::fuzzing::{https_request, test_relay};
+use crate::Relay;
+use std::sync::Arc;
+
+fn relay(dir: &std::path::Path) -> Arc<Relay> {
+    test_relay(dir, |c| c.admin_ui = true).unwrap()
+}
+
+fn code(relay: &Relay) -> String {
+    std::fs::read_to_string(relay.admin.code_path())
+        .unwrap()
+        .trim()
+        .to_string()
+}
+
+async fn call(
+    relay: &Arc<Relay>,
+    method: &str,
+    path: &str,
+    cookie: Option<&str>,
+    csrf: Option<&str>,
+    body: &str,
+) -> (u16, serde_json::Value, Vec<u8>) {
+    let mut headers: Vec<(Vec<u8>, Vec<u8>)> =
+        vec![(b"content-type".to_vec(), b"application/json".to_vec())];
+    if let Some(c) = cookie {
+        headers.push((b"cookie".to_vec(), format!("{COOKIE}={c}").into_bytes()));
+    }
+    if let Some(t) = csrf {
+        headers.push((b"x-csrf-token".to_vec(), t.as_bytes().to_vec()));
+    }
+    let (status, bytes) = https_request(relay, method, path, &headers, body.as_bytes().to_vec())
+        .await
+        .unwrap();
+    let v = serde_json::from_slice(&bytes).unwrap_or(serde_json::Value::Null);
+    (status, v, bytes)
+}
+
+/// Logs in with the setup code; the session cookie and the CSRF token.
+async fn login(relay: &Arc<Relay>) -> (String, String) {
+    let now = relay.clock.now();
+    let body = format!("{{\"setup_code\":\"{}\"}}", code(relay));
+    let (status, v, _) = call(relay, "POST", "/api/admin/login", None, None, &body).await;
+    assert_eq!(status, 200, "{v}");
+    // The cookie is stateless: any session the admin makes is as good as the one in the header.
+    let session = relay.admin.new_session(now);
+    let csrf = relay.admin.csrf_token(&session);
+    assert!(v["csrf"].as_str().is_some_and(|c| !c.is_empty()));
+    (session, csrf)
+}
+
+#[tokio::test]
+async fn every_endpoint_refuses_without_session_and_without_csrf() {
+    let dir = tempfile::tempdir().unwrap();
+    let relay = relay(dir.path());
+    let (session, csrf) = login(&relay).await;
+    for ep in Endpoint::ALL {
+        let (method, path) = ep.route();
+        let url = format!("{PREFIX}{path}");
+        if !ep.needs_session() {
+            continue;
+        }
+        let (status, v, _) = call(&relay, method.as_str(), &url, None, None, "{}").await;
+        assert_eq!(status, 401, "{method} {url} without a session: {v}");
+        let (status, v, _) = call(
+            &relay,
+            method.as_str(),
+            &url,
+            Some("1.forged"),
+            Some(&csrf),
+            "{}",
+        )
+        .await;
+        assert_eq!(status, 401, "{method} {url} with a forged session: {v}");
+        if method != axum::http::Method::GET {
+            let (status, v, _) =
+                call(&relay, method.as_str(), &url, Some(&session), None, "{}").await;
+            assert_eq!(status, 403, "{method} {url} without CSRF token: {v}");
+            let (status, v, _) = call(
+                &relay,
+                method.as_str(),
+                &url,
+                Some(&session),
+                Some("wrong"),
+                "{}",
+            )
+            .await;
+            assert_eq!(status, 403, "{method} {url} with a wrong CSRF token: {v}");
+        }
+    }
+    // With both, the read-only ones answer.
+    let (status, v, _) = call(&relay, "GET", "/api/admin/state", Some(&session), None, "").await;
+    assert_eq!(status, 200, "{v}");
+    assert_eq!(v["pending"], true);
+    assert_eq!(v["csrf"], csrf.as_str());
+}
+
+#[tokio::test]
+async fn setup_code_then_password_then_only_the_password() {
+    let dir = tempfile::tempdir().unwrap();
+    let relay = relay(dir.path());
+    assert!(relay.admin.pending());
+    let c = code(&relay);
+    assert_eq!(c.len(), 19, "{c}");
+    let (status, v, _) = call(
+        &relay,
+        "POST",
+        "/api/admin/login",
+        None,
+        None,
+        r#"{"setup_code":"AAAA-BBBB-CCCC-DDDD"}"#,
+    )
+    .await;
+    assert_eq!(status, 401, "{v}");
+    // Lower case and without dashes is the same code.
+    let typed = c.replace('-', " ").to_lowercase();
+    let (status, _, _) = call(
+        &relay,
+        "POST",
+        "/api/admin/login",
+        None,
+        None,
+        &format!("{{\"setup_code\":\"{typed}\"}}"),
+    )
+    .await;
+    assert_eq!(status, 200);
+
+    let (session, csrf) = login(&relay).await;
+    let (status, v, _) = call(
+        &relay,
+        "POST",
+        "/api/admin/password",
+        Some(&session),
+        Some(&csrf),
+        r#"{"password":"short"}"#,
+    )
+    .await;
+    assert_eq!(status, 400, "{v}");
+    assert!(v["error"].as_str().unwrap().contains("12"), "{v}");
+    let (status, v, _) = call(
+        &relay,
+        "POST",
+        "/api/admin/password",
+        Some(&session),
+        Some(&csrf),
+        r#"{"password":"correct horse battery"}"#,
+    )
+    .await;
+    assert_eq!(status, 200, "{v}");
+    assert!(!relay.admin.pending());
+    assert!(
+        !relay.admin.code_path().exists(),
+        "the setup code is deleted"
+    );
+    // The old session died with the old secret.
+    let (status, _, _) = call(&relay, "GET", "/api/admin/state", Some(&session), None, "").await;
+    assert_eq!(status, 401);
+    let (status, _, _) = call(
+        &relay,
+        "POST",
+        "/api/admin/login",
+        None,
+        None,
+        &format!("{{\"setup_code\":\"{c}\"}}"),
+    )
+    .await;
+    assert_eq!(status, 401, "the setup code no longer works");
+    let (status, v, _) = call(
+        &relay,
+        "POST",
+        "/api/admin/login",
+        None,
+        None,
+        r#"{"password":"correct horse battery"}"#,
+    )
+    .await;
+    assert_eq!(status, 200, "{v}");
+}
+
+#[tokio::test]
+async fn login_attempts_are_rate_limited() {
+    let dir = tempfile::tempdir().unwrap();
+    let relay = relay(dir.path());
+    let mut codes = Vec::new();
+    for _ in 0..8 {
+        let (status, _, _) = call(
+            &relay,
+            "POST",
+            "/api/admin/login",
+            None,
+            None,
+            r#"{"setup_code":"wrong"}"#,
+        )
+        .await;
+        codes.push(status);
+    }
+    assert_eq!(&codes[..5], &[401; 5], "{codes:?}");
+    assert!(codes[5..].iter().all(|&c| c == 429), "{codes:?}");
+    // Even the right code waits now.
+    let body = format!("{{\"setup_code\":\"{}\"}}", code(&relay));
+    let (status, _, _) = call(&relay, "POST", "/api/admin/login", None, None, &body).await;
+    assert_eq!(status, 429);
+}
+
+#[tokio::test]
+async fn settings_are_validated_saved_and_read_back_at_the_next_start() {
+    let dir = tempfile::tempdir().unwrap();
+    let relay = relay(dir.path());
+    let (session, csrf) = login(&relay).await;
+    for bad in [
+        r#"{"max_mailbox_size":"lots"}"#,
+        r#"{"max_user_send_per_minute":0}"#,
+        r#"{"data_dir":"/tmp"}"#,
+        r#"{"privacy_mail":"a\nb"}"#,
+    ] {
+        let (status, v, _) = call(
+            &relay,
+            "POST",
+            "/api/admin/settings",
+            Some(&session),
+            Some(&csrf),
+            bad,
+        )
+        .await;
+        assert_eq!(status, 400, "{bad}: {v}");
+    }
+    assert!(
+        !relay.cfg.settings_path().exists(),
+        "nothing written for refused input"
+    );
+    let (status, v, _) = call(
+        &relay,
+        "POST",
+        "/api/admin/settings",
+        Some(&session),
+        Some(&csrf),
+        r#"{"max_mailbox_size":"200M","delete_mails_after":"7","privacy_mail":"privacy@example.org"}"#,
+    )
+    .await;
+    assert_eq!(status, 200, "{v}");
+    let (_, v, _) = call(
+        &relay,
+        "GET",
+        "/api/admin/settings",
+        Some(&session),
+        None,
+        "",
+    )
+    .await;
+    let get = |k: &str| {
+        v["settings"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|s| s["key"] == k)
+            .unwrap()["value"]
+            .clone()
+    };
+    assert_eq!(get("max_mailbox_size"), "200M");
+    assert_eq!(get("delete_mails_after"), 7);
+    // What `relaybox serve` would load after the restart.
+    let cfg = crate::config::Config::with_domain("[127.0.0.1]", dir.path()).unwrap();
+    assert_eq!(cfg.max_mailbox_size, crate::config::ByteSize(200 << 20));
+    assert_eq!(cfg.delete_mails_after, 7);
+    assert_eq!(cfg.privacy_mail, "privacy@example.org");
+
+    // Domain mode: the domain is checked, then saved with ACME.
+    let (status, v, _) = call(
+        &relay,
+        "POST",
+        "/api/admin/mode",
+        Some(&session),
+        Some(&csrf),
+        r#"{"mode":"domain","domain":"not a domain"}"#,
+    )
+    .await;
+    assert_eq!(status, 400, "{v}");
+    let (status, v, _) = call(
+        &relay,
+        "POST",
+        "/api/admin/mode",
+        Some(&session),
+        Some(&csrf),
+        r#"{"mode":"domain","domain":"Chat.Example.org","acme_email":"op@example.org"}"#,
+    )
+    .await;
+    assert_eq!(status, 200, "{v}");
+    let cfg = crate::config::Config::with_domain("[127.0.0.1]", dir.path()).unwrap();
+    assert_eq!(cfg.mail_domain, "chat.example.org");
+    assert!(cfg.is_acme());
+    assert_eq!(cfg.delete_mails_after, 7, "the limits stay");
+    let (status, v, zone) = call(
+        &relay,
+        "GET",
+        "/api/admin/dns/zone",
+        Some(&session),
+        None,
+        "",
+    )
+    .await;
+    assert_eq!(status, 200, "{v}");
+    let zone = String::from_utf8(zone).unwrap();
+    assert!(
+        zone.contains("chat.example.org.") && zone.contains("_domainkey"),
+        "{zone}"
+    );
+    let (_, v, _) = call(&relay, "GET", "/api/admin/dns", Some(&session), None, "").await;
+    assert!(
+        v["records"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|r| r["type"] == "MX"),
+        "{v}"
+    );
+    // And back to LAN mode.
+    let (status, _, _) = call(
+        &relay,
+        "POST",
+        "/api/admin/mode",
+        Some(&session),
+        Some(&csrf),
+        r#"{"mode":"lan"}"#,
+    )
+    .await;
+    assert_eq!(status, 200);
+    let cfg = crate::config::Config::with_domain("[127.0.0.1]", dir.path()).unwrap();
+    assert_eq!(cfg.mail_domain, "[127.0.0.1]");
+}
+
+#[tokio::test]
+async fn self_test_delivers_through_the_relay_and_cleans_up() {
+    let dir = tempfile::tempdir().unwrap();
+    let relay = relay(dir.path());
+    let (session, csrf) = login(&relay).await;
+    let before = relay.store.accounts().unwrap().len();
+    let (status, v, _) = call(
+        &relay,
+        "POST",
+        "/api/admin/test",
+        Some(&session),
+        Some(&csrf),
+        "",
+    )
+    .await;
+    assert_eq!(status, 200, "{v}");
+    assert_eq!(v["ok"], true, "{v}");
+    assert_eq!(
+        relay.store.accounts().unwrap().len(),
+        before,
+        "test accounts removed"
+    );
+    // With sign-ups stopped, the test says so instead of passing.
+    let (status, _, _) = call(
+        &relay,
+        "POST",
+        "/api/admin/toggles",
+        Some(&session),
+        Some(&csrf),
+        r#"{"nocreate":true}"#,
+    )
+    .await;
+    assert_eq!(status, 200);
+    let (_, v, _) = call(
+        &relay,
+        "POST",
+        "/api/admin/test",
+        Some(&session),
+        Some(&csrf),
+        "",
+    )
+    .await;
+    assert_eq!(v["ok"], false, "{v}");
+    assert!(v["error"].as_str().unwrap().contains("creating"), "{v}");
+}
+
+#[tokio::test]
+async fn without_admin_ui_there_is_no_admin_api_and_no_wizard() {
+    let dir = tempfile::tempdir().unwrap();
+    let relay = test_relay(dir.path(), |_| {}).unwrap();
+    assert!(!relay.admin.pending());
+    assert!(!relay.admin.code_path().exists());
+    let (status, _, _) = call(
+        &relay,
+        "POST",
+        "/api/admin/login",
+        None,
+        None,
+        r#"{"setup_code":"x"}"#,
+    )
+    .await;
+    assert_eq!(status, 404);
+    let (status, _, page) = call(&relay, "GET", "/", None, None, "").await;
+    assert_eq!(status, 200);
+    assert!(!String::from_utf8_lossy(&page).contains("setup code"));
+}
+
+#[tokio::test]
+async fn the_wizard_is_the_front_page_while_pending() {
+    let dir = tempfile::tempdir().unwrap();
+    let relay = relay(dir.path());
+    let (status, _, page) = call(&relay, "GET", "/", None, None, "").await;
+    assert_eq!(status, 200);
+    assert!(String::from_utf8_lossy(&page).contains("setup code"));
+}
