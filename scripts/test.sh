@@ -138,7 +138,7 @@ summary() {
         printf '  %s\n' "$r"
     done
     local f
-    for f in idle_latency.txt federation_rtt.txt; do
+    for f in idle_latency.txt federation_rtt.txt wizard-time.txt; do
         if [ -f "$ARTIFACTS/$f" ]; then
             printf '\n'
             sed 's/^/  /' "$ARTIFACTS/$f"
@@ -195,6 +195,17 @@ stage_setup() {
     "$VENV/bin/python" --version
     echo "deltachat-rpc-server $("$VENV/bin/deltachat-rpc-server" --version 2>&1)"
     "$VENV/bin/python" -c 'import deltachat_rpc_client, pytest, pytest_timeout; print("pytest", pytest.__version__)'
+    # playwright-core for the wizard's browser test (tests/test_wizard.py); it drives the
+    # Chromium installed above and downloads no browser of its own
+    have node && have npm || apt_install nodejs npm
+    local lock_sum stamp=tests/web/node_modules/.lock.sha256
+    lock_sum="$(sha256sum tests/web/package-lock.json | cut -d' ' -f1)"
+    if [ ! -f "$stamp" ] || [ "$(cat "$stamp")" != "$lock_sum" ]; then
+        (cd tests/web && npm ci --no-audit --no-fund)
+        echo "$lock_sum" >"$stamp"
+    else
+        echo "tests/web/node_modules is up to date with package-lock.json"
+    fi
 }
 
 # Postfix + OpenDKIM for the federation interop test. The tests run their own instance

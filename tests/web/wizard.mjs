@@ -1,0 +1,108 @@
+// The set-up wizard in a real browser (Debian's Chromium, headless, driven by playwright-core):
+// the path a new owner takes from the first page to the invite QR code in LAN mode, then the
+// admin page. Run by tests/test_wizard.py, which starts the relay and checks the JSON printed
+// on stdout.
+//
+//   node wizard.mjs '{"http":"http://127.0.0.5:10080","code":"ABCD-...","password":"...","shots":"/dir"}'
+import { chromium } from "playwright-core";
+import fs from "node:fs";
+import path from "node:path";
+
+const args = JSON.parse(process.argv[2]);
+const result = { ok: false, steps: [] };
+const t0 = Date.now();
+const step = (name) => result.steps.push({ name, at_ms: Date.now() - t0 });
+fs.mkdirSync(args.shots, { recursive: true });
+let n = 0;
+const shot = async (page, name) =>
+  page.screenshot({ path: path.join(args.shots, `${String(++n).padStart(2, "0")}-${name}.png`), fullPage: true });
+
+const browser = await chromium.launch({
+  executablePath: args.chromium || "/usr/bin/chromium",
+  args: ["--no-sandbox", "--disable-dev-shm-usage"],
+});
+const page = await (await browser.newContext({ ignoreHTTPSErrors: true, viewport: { width: 420, height: 900 } })).newPage();
+const visible = (sel, timeout = 30000) => page.locator(sel).waitFor({ state: "visible", timeout });
+try {
+  // 1. The box's address in a browser: the wizard, asking for the setup code.
+  await page.goto(args.http + "/");
+  await visible("#step-welcome");
+  await shot(page, "welcome");
+  step("welcome");
+
+  await page.fill("#setup-code", "AAAA-BBBB-CCCC-DDDD");
+  await page.click("#login");
+  await page.waitForFunction(() => document.getElementById("error").textContent.length > 0);
+  result.wrong_code_error = await page.textContent("#error");
+  if (await page.locator("#step-mode").isVisible()) throw new Error("a wrong setup code was accepted");
+  await shot(page, "wrong-code");
+
+  // 2. The right code (typed in lower case, as people do).
+  await page.fill("#setup-code", args.code.toLowerCase());
+  await page.click("#login");
+  await visible("#step-mode");
+  await shot(page, "mode");
+  step("mode");
+
+  // 3. LAN mode: no DNS, no certificate; straight to the limits and the password.
+  await page.check("#mode-lan");
+  await page.click("#save-mode");
+  await visible("#step-settings");
+  await visible("#set-delete_mails_after");
+  await page.fill("#set-delete_mails_after", String(args.delete_days));
+  await page.fill("#admin-password", args.password);
+  await page.fill("#admin-password2", args.password);
+  await shot(page, "settings");
+  step("settings");
+
+  // 4. Finish: the relay restarts with the settings; the browser lands on the admin page over
+  //    HTTPS with the invite QR code.
+  await page.click("#finish");
+  await page.waitForURL(/\/admin\?welcome/, { timeout: 60000 });
+  await visible("#admin-box");
+  await page.waitForFunction(() => {
+    const img = document.getElementById("invite-img");
+    return img && img.complete && img.naturalWidth > 0;
+  });
+  result.seconds_to_qr = (Date.now() - t0) / 1000;
+  result.admin_url = page.url();
+  await shot(page, "invite-qr");
+  step("invite-qr");
+
+  // 5. "Test my relay".
+  await page.click("#run-test");
+  await page.waitForFunction(() => /Works|Failed/.test(document.getElementById("test-result").textContent), null, { timeout: 30000 });
+  result.test_result = await page.textContent("#test-result");
+  await visible("#status tr >> nth=0");
+  result.status_rows = await page.locator("#status tr").count();
+  result.delete_days_shown = await page.inputValue("#set-delete_mails_after");
+  await shot(page, "self-test");
+  step("self-test");
+
+  // 6. Log out, a wrong password, then the right one.
+  await page.click("#logout");
+  await visible("#login-box");
+  await page.fill("#password", args.password + "x");
+  await page.click("#login");
+  await page.waitForFunction(() => document.getElementById("error").textContent.length > 0);
+  result.wrong_password_error = await page.textContent("#error");
+  await page.fill("#password", args.password);
+  await page.click("#login");
+  await visible("#admin-box");
+  await shot(page, "admin");
+  step("admin-login");
+
+  // 7. The setup code is dead now: the plain-HTTP address sends to HTTPS, the API refuses it.
+  const r = await page.request.post(args.http + "/api/admin/login", {
+    data: { setup_code: args.code },
+    maxRedirects: 0,
+  });
+  result.code_after_setup_status = r.status();
+  result.ok = true;
+} catch (e) {
+  result.error = String(e && e.stack || e);
+  try { await shot(page, "failure"); } catch (_) { /* the page may be gone */ }
+} finally {
+  await browser.close();
+}
+process.stdout.write(JSON.stringify(result) + "\n");
