@@ -170,6 +170,27 @@ function setupPage() {
     await api("POST", "mode", body);
     go(domain ? "dns" : "settings");
   });
+  button("dns-check", async () => {
+    $("dns-check-summary").textContent = "Checking…";
+    const r = await api("POST", "dns/check");
+    const body = $("dns-check-table").tBodies[0];
+    body.textContent = "";
+    for (const c of r.records) {
+      const tr = body.insertRow();
+      tr.dataset.state = c.state;
+      tr.insertCell().textContent = c.name;
+      tr.insertCell().textContent = c.type;
+      const st = tr.insertCell();
+      st.textContent = c.state + (c.need !== "required" ? " (" + c.need + ")" : "");
+      st.className = c.state === "ok" ? "ok" : c.need === "required" ? "error" : "";
+      tr.insertCell().textContent = c.state === "ok" ? c.found.join(", ")
+        : "expected: " + c.expected + (c.found.length ? " — found: " + c.found.join(", ") : "") + (c.note ? " (" + c.note + ")" : "");
+    }
+    $("dns-check-summary").textContent = r.required_ok
+      ? "All required records are in place (asked: " + r.resolver + ")."
+      : "Some required records are missing or wrong (asked: " + r.resolver + ").";
+    $("dns-check-summary").className = r.required_ok ? "ok" : "error";
+  });
   button("dns-next", async () => go("cert"));
   button("apply-domain", async () => {
     $("cert-status").textContent = "Restarting…";

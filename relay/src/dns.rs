@@ -8,6 +8,7 @@
 //! Errors keep what the delivery queue needs to know: NXDOMAIN is permanent, everything that might
 //! go away on retry (timeout, SERVFAIL, REFUSED, an unreachable server) is temporary.
 
+pub mod check;
 pub mod records;
 
 use hickory_resolver::config::{
@@ -289,6 +290,35 @@ impl Dns {
             None if no_domain == 2 => Err(DnsError::NoDomain(host.to_string())),
             None => Ok(ips),
         }
+    }
+
+    /// Every record of type `rtype` (`MX`, `TXT`, `CNAME`, `SRV`, `A`, …) at `name` in
+    /// presentation form, for the wizard's DNS check: TXT strings joined and unquoted, names as
+    /// hickory prints them. `None`: the name does not exist.
+    pub async fn rdata(&self, name: &str, rtype: &str) -> Result<Option<Vec<String>>, DnsError> {
+        let t: RecordType = rtype.parse().map_err(|_| DnsError::Temporary {
+            name: name.to_string(),
+            reason: format!("unknown record type {rtype}"),
+        })?;
+        Ok(match self.query(name, t).await? {
+            Answer::NoDomain => None,
+            Answer::NoData => Some(Vec::new()),
+            Answer::Records(l) => Some(
+                l.answers()
+                    .iter()
+                    .filter(|r| r.record_type() == t)
+                    .map(|r| match &r.data {
+                        RData::TXT(txt) => txt
+                            .txt_data
+                            .iter()
+                            .map(|s| String::from_utf8_lossy(s))
+                            .collect::<String>(),
+                        RData::MX(mx) => format!("{} {}", mx.preference, mx.exchange.to_ascii()),
+                        other => other.to_string(),
+                    })
+                    .collect(),
+            ),
+        })
     }
 
     /// The TXT records at `name`, each record's strings joined into one. No records: empty.

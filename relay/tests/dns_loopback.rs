@@ -221,3 +221,101 @@ async fn dkim_key_published_in_dns_verifies_the_signature() {
     let r = dkim::verify_origin(&dns_b, &unpublished).await.unwrap_err();
     assert_eq!(r.to_string(), "554 5.7.1 No valid DKIM signature found");
 }
+
+/// dnsmasq options publishing `records` (as the wizard shows them) for `relay.test`, plus its
+/// address; `skip` leaves out records of that name and type, `mx` replaces the MX target.
+fn publish(
+    records: &[relaybox::dns::records::Record],
+    skip: Option<(&str, &str)>,
+    mx: &str,
+) -> Vec<String> {
+    let mut out = vec!["--host-record=relay.test,127.0.0.9".to_string()];
+    for r in records {
+        let name = r.name.trim_end_matches('.');
+        if skip.is_some_and(|(n, t)| r.name.starts_with(n) && r.rtype == t) {
+            continue;
+        }
+        let f: Vec<&str> = r.rdata.split_whitespace().collect();
+        match r.rtype {
+            "MX" => out.push(format!("--mx-host={name},{mx},{}", f[0])),
+            "CNAME" => out.push(format!("--cname={name},{}", f[0].trim_end_matches('.'))),
+            "SRV" => out.push(format!(
+                "--srv-host={name},{},{},{},{}",
+                f[3].trim_end_matches('.'),
+                f[2],
+                f[0],
+                f[1]
+            )),
+            "TXT" => {
+                let text: String = r.rdata.split('"').skip(1).step_by(2).collect();
+                out.push(format!("--txt-record={name},{text}"));
+            }
+            t => panic!("no dnsmasq form for {t}"),
+        }
+    }
+    out
+}
+
+#[tokio::test]
+async fn live_check_says_exactly_which_record_is_missing_or_wrong() {
+    use relaybox::dns::check::{check, State};
+    let dir = tempfile::tempdir().unwrap();
+    let cfg0 = Config::with_domain("relay.test", dir.path()).unwrap();
+    let dkim = Dkim::load_or_create(&cfg0).unwrap();
+    let records = relaybox::dns::records::expected("relay.test", &dkim, "202611240000");
+    let bad = |report: &relaybox::dns::check::Report| -> Vec<(String, String, State)> {
+        report
+            .records
+            .iter()
+            .filter(|c| c.state != State::Ok)
+            .map(|c| (c.name.clone(), c.rtype.clone(), c.state))
+            .collect()
+    };
+
+    // Everything published: all ok.
+    let Some(server) = dnsmasq(&publish(&records, None, "relay.test")) else {
+        return;
+    };
+    let (cfg, _) = resolver(&server, dir.path(), "relay.test");
+    let report = check(&cfg, "relay.test", &records).await;
+    assert_eq!(bad(&report), vec![], "{report:#?}");
+    assert!(report.required_ok);
+    drop(server);
+
+    // No DKIM key: exactly that one is missing, and required records are not all ok.
+    let server = dnsmasq(&publish(
+        &records,
+        Some(("opendkim._domainkey", "TXT")),
+        "relay.test",
+    ))
+    .unwrap();
+    let (cfg, _) = resolver(&server, dir.path(), "relay.test");
+    let report = check(&cfg, "relay.test", &records).await;
+    assert_eq!(
+        bad(&report),
+        vec![(
+            "opendkim._domainkey.relay.test.".to_string(),
+            "TXT".to_string(),
+            State::Missing
+        )],
+        "{report:#?}"
+    );
+    assert!(!report.required_ok);
+    drop(server);
+
+    // MX pointing elsewhere: MX wrong, with what was expected and what was found.
+    let server = dnsmasq(&publish(&records, None, "mail.elsewhere.test")).unwrap();
+    let (cfg, _) = resolver(&server, dir.path(), "relay.test");
+    let report = check(&cfg, "relay.test", &records).await;
+    assert_eq!(
+        bad(&report),
+        vec![("relay.test.".to_string(), "MX".to_string(), State::Wrong)],
+        "{report:#?}"
+    );
+    let mx = report.records.iter().find(|c| c.rtype == "MX").unwrap();
+    assert_eq!(mx.expected, "10 relay.test.");
+    assert!(
+        mx.found.iter().any(|f| f.contains("mail.elsewhere.test")),
+        "{mx:?}"
+    );
+}

@@ -27,6 +27,7 @@ pub enum Endpoint {
     Mode,
     Dns,
     DnsZone,
+    DnsCheck,
     Settings,
     SaveSettings,
     Password,
@@ -46,6 +47,7 @@ impl Endpoint {
         Endpoint::Mode,
         Endpoint::Dns,
         Endpoint::DnsZone,
+        Endpoint::DnsCheck,
         Endpoint::Settings,
         Endpoint::SaveSettings,
         Endpoint::Password,
@@ -67,6 +69,7 @@ impl Endpoint {
             Mode => (Method::POST, "mode"),
             Dns => (Method::GET, "dns"),
             DnsZone => (Method::GET, "dns/zone"),
+            DnsCheck => (Method::POST, "dns/check"),
             Settings => (Method::GET, "settings"),
             SaveSettings => (Method::POST, "settings"),
             Password => (Method::POST, "password"),
@@ -321,6 +324,13 @@ async fn run(
                 text,
             )
                 .into_response()
+        }
+        Endpoint::DnsCheck => {
+            let (domain, dkim) = dns_domain_and_key(relay)?;
+            let records = crate::dns::records::expected(&domain, &dkim, &mta_sts_id(now));
+            let report = crate::dns::check::check(cfg, &domain, &records).await;
+            ok(serde_json::to_value(report)
+                .map_err(|e| ApiError(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()))?)
         }
         Endpoint::Settings => ok(settings(cfg)?),
         Endpoint::SaveSettings => {
