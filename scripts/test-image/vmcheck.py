@@ -319,20 +319,23 @@ def main() -> int:
 
         # 5. hard reset during a burst
         dave = mh.create_account(relay)
+        # Several senders at once, so that the reset lands while transactions are in flight
+        # (one sender alone runs into its send-rate limit after 10 messages).
+        senders = [alice] + [mh.create_account(relay) for _ in range(3)]
         acked: list[str] = []
         stop = threading.Event()
         errors: list[str] = []
 
-        def burst():
+        def burst(k, sender):
             i = 0
             try:
-                s = mh.smtp_login(relay, alice[0], alice[1])
+                s = mh.smtp_login(relay, sender[0], sender[1])
                 s.sock.settimeout(20)
                 while not stop.is_set():
-                    subj = f"burst-{i}"
-                    raw = mh.build_message(alice[0], dave[0], body=marked(subj), subject=subj)
+                    subj = f"burst-{k}-{i}"
+                    raw = mh.build_message(sender[0], dave[0], body=marked(subj), subject=subj)
                     try:
-                        s.sendmail(alice[0], [dave[0]], raw)  # raises unless every step got 2xx
+                        s.sendmail(sender[0], [dave[0]], raw)  # raises unless every step got 2xx
                     except smtplib.SMTPSenderRefused as e:
                         # the send rate limit (burst of 10, then 60/min): a real client waits
                         if e.smtp_code != 450:
@@ -345,15 +348,18 @@ def main() -> int:
                 errors.append(repr(e))
 
         boot_id = st["boot_id"]
-        th = threading.Thread(target=burst, daemon=True)
-        th.start()
-        wait_for("10 acknowledged burst messages", lambda: len(acked) >= 10 or not th.is_alive(), 120, vm, every=0.05)
-        assert th.is_alive(), f"the burst stopped before the reset: {errors}"
-        say(f"system_reset after {len(acked)} acknowledged messages")
+        threads = [threading.Thread(target=burst, args=(k, snd), daemon=True) for k, snd in enumerate(senders)]
+        for th in threads:
+            th.start()
+        alive = lambda: sum(th.is_alive() for th in threads)  # noqa: E731
+        wait_for("25 acknowledged burst messages", lambda: len(acked) >= 25 or alive() < len(threads), 120, vm, every=0.05)
+        assert alive() == len(threads), f"a sender stopped before the reset: {errors}"
+        say(f"system_reset after {len(acked)} acknowledged messages from {len(threads)} senders")
         vm.monitor("system_reset")
         n_at_reset = len(acked)
         stop.set()
-        th.join(60)
+        for th in threads:
+            th.join(60)
         results["burst_acked"] = len(acked)
         results["burst_acked_at_reset"] = n_at_reset
         results["reset_to_listening_s"] = round(wait_boot(vm, relay, boot_id, "hard reset"), 1)
