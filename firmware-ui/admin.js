@@ -170,6 +170,19 @@ function setupPage() {
     await api("POST", "mode", body);
     go(domain ? "dns" : "settings");
   });
+  button("restore", async () => {
+    const f = $("restore-file").files[0];
+    if (!f) throw new Error("choose the backup file first");
+    const text = await f.text();
+    const before = await api("GET", "state");
+    const r = await api("POST", "restore", { backup: text, passphrase: $("restore-passphrase").value });
+    $("restore-result").className = "ok";
+    $("restore-result").textContent = "Restored " + r.restored.domain + ": " + r.restored.accounts +
+      " addresses, " + r.restored.files + " files. Restarting…";
+    await waitForRestart();
+    // With the old box's admin password restored, set-up is over: the admin pages are HTTPS.
+    location.href = before.https_origin + "/admin";
+  });
   button("dns-check", async () => {
     $("dns-check-summary").textContent = "Checking…";
     const r = await api("POST", "dns/check");
@@ -271,6 +284,29 @@ function adminPage() {
   });
   $("nocreate").addEventListener("change", async () => {
     try { await api("POST", "toggles", { nocreate: $("nocreate").checked }); } catch (e) { showError(e.message); }
+  });
+  button("download-backup", async () => {
+    const r = await fetch("/api/admin/backup", {
+      method: "POST",
+      credentials: "same-origin",
+      headers: { "X-CSRF-Token": csrf, "Content-Type": "application/json" },
+      body: JSON.stringify({ passphrase: $("backup-passphrase").value }),
+    });
+    if (!r.ok) {
+      let msg = r.status + " " + r.statusText;
+      try { msg = (await r.json()).error || msg; } catch (e) { /* keep the status */ }
+      throw new Error(msg);
+    }
+    const name = (r.headers.get("Content-Disposition") || "").match(/filename="([^"]+)"/);
+    const url = URL.createObjectURL(await r.blob());
+    const a = document.createElement("a");
+    a.href = url;
+    a.download = name ? name[1] : "relaybox-backup.asc";
+    document.body.append(a);
+    a.click();
+    a.remove();
+    URL.revokeObjectURL(url);
+    $("backup-result").textContent = "Backup downloaded: " + a.download;
   });
   button("save-settings", async () => {
     const changed = changedSettings();

@@ -167,6 +167,8 @@ stage_setup() {
     [ -x /usr/sbin/dnsmasq ] || have dnsmasq || apt_install dnsmasq-base
     # pebble is the ACME server of the certificate test (relay/tests/acme_pebble.rs)
     have pebble || apt_install pebble
+    # gpg reads relaybox backups in a Rust test (they are plain OpenPGP)
+    have gpg || apt_install gnupg
     ensure_mta_packages
     # headless Chromium renders the public pages in tests/test_web.py
     have chromium || apt_install chromium

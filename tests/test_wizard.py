@@ -38,6 +38,16 @@ def wizard_relay(tmp_path):
         r.keep_logs("wizard")
 
 
+@pytest.fixture
+def second_box(tmp_path):
+    """A second new box, to move the first one's identity to."""
+    r = WizardRelay("wizard2", tmp_path / "relay2")
+    r.start()
+    yield r
+    if r.stop() not in (0, None, -15):
+        r.keep_logs("wizard2")
+
+
 def _browser() -> str:
     for name in ("chromium", "chromium-browser", "google-chrome"):
         p = shutil.which(name)
@@ -46,7 +56,7 @@ def _browser() -> str:
     pytest.skip("no Chromium installed (scripts/test.sh setup installs Debian's chromium)")
 
 
-def test_lan_wizard_from_setup_code_to_invite_qr_and_admin_login(wizard_relay):
+def test_lan_wizard_from_setup_code_to_invite_qr_and_admin_login(wizard_relay, second_box):
     chromium = _browser()
     if not (WEB / "node_modules" / "playwright-core").exists() or not shutil.which("node"):
         pytest.skip("playwright-core missing: run `scripts/test.sh setup` (npm ci in tests/web)")
@@ -64,6 +74,8 @@ def test_lan_wizard_from_setup_code_to_invite_qr_and_admin_login(wizard_relay):
         "delete_days": 15,
         "shots": str(shots),
         "chromium": chromium,
+        "http2": f"http://{second_box.ip}:{second_box.port('http')}",
+        "code2": (second_box.data_dir / "setup-code").read_text().strip(),
     }
     t0 = time.monotonic()
     out = subprocess.run(
@@ -83,6 +95,12 @@ def test_lan_wizard_from_setup_code_to_invite_qr_and_admin_login(wizard_relay):
     assert res["delete_days_shown"] == "15", "the setting survived the restart"
     assert res["code_after_setup_status"] == 404, res
     assert not code_file.exists(), "the setup code is gone after set-up"
+    # The backup moved the relay's identity to the second box: its admin pages opened with the
+    # first box's password, and the first box's DKIM key and admin files are there.
+    assert res["backup_name"].startswith("relaybox-backup-") and res["backup_bytes"] > 500, res
+    assert res["restored_admin_url"].startswith(f"https://{second_box.ip}:{second_box.port('https')}/admin"), res
+    assert (second_box.data_dir / "admin" / "password").read_bytes() == (r.data_dir / "admin" / "password").read_bytes()
+    assert not (second_box.data_dir / "setup-code").exists()
     # The restart really applied the setting: the public page says 15 days now.
     ctx = ssl.create_default_context()
     ctx.check_hostname = False

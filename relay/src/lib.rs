@@ -8,6 +8,7 @@
 pub mod accounts;
 pub mod acme;
 pub mod admin;
+pub mod backup;
 pub mod clock;
 pub mod config;
 pub mod control;

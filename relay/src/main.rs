@@ -81,6 +81,60 @@ enum Cmd {
         #[arg(long, default_value = "relaybox-data")]
         data: PathBuf,
     },
+    /// Write an encrypted backup of the relay's identity (keys, settings, accounts; not the
+    /// mail). The passphrase comes from --passphrase-file or RELAYBOX_BACKUP_PASSPHRASE.
+    Backup {
+        #[arg(long, conflicts_with = "data")]
+        config: Option<PathBuf>,
+        #[arg(long, default_value = "relaybox-data")]
+        data: PathBuf,
+        /// Where to write the backup (ASCII-armored OpenPGP; `gpg --decrypt` reads it too).
+        #[arg(long)]
+        out: PathBuf,
+        #[arg(long)]
+        passphrase_file: Option<PathBuf>,
+    },
+    /// Restore a backup into a new relay's data directory (the relay must be stopped).
+    Restore {
+        #[arg(long, conflicts_with = "data")]
+        config: Option<PathBuf>,
+        #[arg(long, default_value = "relaybox-data")]
+        data: PathBuf,
+        #[arg(long)]
+        passphrase_file: Option<PathBuf>,
+        /// Restore even if the relay already has accounts (the backup's are added).
+        #[arg(long)]
+        force: bool,
+        backup: PathBuf,
+    },
+}
+
+/// The backup passphrase: from a file (first line) or the environment, never the command line
+/// (other users can read it from /proc).
+fn passphrase(file: Option<PathBuf>) -> anyhow::Result<String> {
+    match file {
+        Some(f) => Ok(std::fs::read_to_string(&f)
+            .with_context(|| format!("cannot read {}", f.display()))?
+            .lines()
+            .next()
+            .unwrap_or("")
+            .to_string()),
+        None => std::env::var(relaybox::backup::PASSPHRASE_ENV).with_context(|| {
+            format!(
+                "no passphrase: give --passphrase-file or set {}",
+                relaybox::backup::PASSPHRASE_ENV
+            )
+        }),
+    }
+}
+
+fn open_store_offline(cfg: &Config) -> anyhow::Result<relaybox::store::Store> {
+    relaybox::store::Store::open(&cfg.data_dir.join("store")).with_context(|| {
+        format!(
+            "cannot open the store in {} (stop the relay first)",
+            cfg.data_dir.display()
+        )
+    })
 }
 
 fn init_logging() {
@@ -147,6 +201,66 @@ fn main() -> anyhow::Result<()> {
             data,
             flush,
         } => rt.block_on(queue(admin_config(config, &data)?, flush)),
+        Cmd::Backup {
+            config,
+            data,
+            out,
+            passphrase_file,
+        } => {
+            let text = config
+                .as_ref()
+                .and_then(|p| std::fs::read_to_string(p).ok());
+            let cfg = admin_config(config, &data)?;
+            let pass = passphrase(passphrase_file)?;
+            let store = open_store_offline(&cfg)?;
+            let now = std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .map_or(0, |d| d.as_secs() as i64);
+            let armored = relaybox::backup::create(&cfg, text, &store, &pass, now)?;
+            std::fs::write(&out, armored)
+                .with_context(|| format!("cannot write {}", out.display()))?;
+            let m = relaybox::backup::inspect(&std::fs::read(&out)?, &pass)?;
+            println!(
+                "{}: backup of {} ({} files, {} accounts)",
+                out.display(),
+                m.domain,
+                m.files.len(),
+                m.accounts
+            );
+            Ok(())
+        }
+        Cmd::Restore {
+            config,
+            data,
+            passphrase_file,
+            force,
+            backup,
+        } => {
+            let cfg = admin_config(config, &data)?;
+            let pass = passphrase(passphrase_file)?;
+            let bytes = std::fs::read(&backup)
+                .with_context(|| format!("cannot read {}", backup.display()))?;
+            std::fs::create_dir_all(&cfg.data_dir)?;
+            let store = open_store_offline(&cfg)?;
+            let r = rt.block_on(relaybox::backup::restore(
+                &bytes,
+                &pass,
+                &cfg.data_dir,
+                &store,
+                force,
+            ))?;
+            println!(
+                "restored {} into {}: {} files, {} accounts{}",
+                r.domain,
+                cfg.data_dir.display(),
+                r.files,
+                r.accounts,
+                r.config_copy
+                    .map(|p| format!("; the backed-up config file is in {}", p.display()))
+                    .unwrap_or_default()
+            );
+            Ok(())
+        }
         Cmd::Cert { config, renew } => rt.block_on(cert(Config::load(&config)?, renew)),
         Cmd::Dns { config, data } => match config {
             Some(path) => print_dns(&Config::load(&path)?),
@@ -162,6 +276,11 @@ fn main() -> anyhow::Result<()> {
         Cmd::Serve { config } => {
             let cfg = Config::load(&config)?;
             let relay = relaybox::server::build(cfg)?;
+            *relay
+                .admin
+                .config_path
+                .lock()
+                .unwrap_or_else(|p| p.into_inner()) = Some(config);
             serve_until_done(rt, relay)
         }
     }

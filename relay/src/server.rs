@@ -131,11 +131,14 @@ pub async fn run(relay: Arc<Relay>) -> anyhow::Result<()> {
         _ = signals.wait() => None,
         // The admin pages asked for a restart with new settings.
         _ = relay.shutdown.wait() => None,
-        r = tasks.join_next() => Some(match r {
-            Some(Err(e)) if e.is_panic() => "a listener panicked".to_string(),
-            Some(Err(e)) => format!("a listener failed: {e}"),
-            _ => "a listener stopped".to_string(),
-        }),
+        r = tasks.join_next() => match r {
+            Some(Err(e)) if e.is_panic() => Some("a listener panicked".to_string()),
+            Some(Err(e)) => Some(format!("a listener failed: {e}")),
+            // A requested shutdown (a restart from the admin pages) also ends the listeners,
+            // and this branch may see that first.
+            _ if relay.shutdown.is_triggered() => None,
+            _ => Some("a listener stopped".to_string()),
+        },
     };
     if let Some(f) = &failure {
         tracing::error!("{f}; shutting down");

@@ -10,6 +10,7 @@ import path from "node:path";
 
 const args = JSON.parse(process.argv[2]);
 const result = { ok: false, steps: [] };
+let p2 = null;
 const t0 = Date.now();
 const step = (name) => result.steps.push({ name, at_ms: Date.now() - t0 });
 fs.mkdirSync(args.shots, { recursive: true });
@@ -92,7 +93,39 @@ try {
   await shot(page, "admin");
   step("admin-login");
 
-  // 7. The setup code is dead now: the plain-HTTP address sends to HTTPS, the API refuses it.
+  // 7. An encrypted backup, downloaded from the admin page.
+  if (args.http2) {
+    await page.fill("#backup-passphrase", "passphrase of the backup");
+    const [download] = await Promise.all([page.waitForEvent("download"), page.click("#download-backup")]);
+    const backupFile = path.join(args.shots, "..", "relaybox-backup.asc");
+    await download.saveAs(backupFile);
+    result.backup_name = download.suggestedFilename();
+    result.backup_bytes = fs.statSync(backupFile).size;
+    step("backup");
+
+    // 8. A second, new box: the wizard's first steps, then "move a relay to this box".
+    p2 = await page.context().newPage();
+    await p2.goto(args.http2 + "/");
+    await p2.locator("#step-welcome").waitFor({ state: "visible" });
+    await p2.fill("#setup-code", args.code2);
+    await p2.click("#login");
+    await p2.locator("#step-mode").waitFor({ state: "visible" });
+    await p2.setInputFiles("#restore-file", backupFile);
+    await p2.fill("#restore-passphrase", "passphrase of the backup");
+    await p2.click("#restore");
+    await p2.waitForURL(/\/admin/, { timeout: 60000 });
+    // The restored admin password of the old box opens the new one.
+    await p2.locator("#login-box").waitFor({ state: "visible" });
+    await p2.fill("#password", args.password);
+    await p2.click("#login");
+    await p2.locator("#admin-box").waitFor({ state: "visible" });
+    await p2.locator("#status tr >> nth=0").waitFor({ state: "visible" });
+    result.restored_admin_url = p2.url();
+    await p2.screenshot({ path: path.join(args.shots, `${String(++n).padStart(2, "0")}-restored.png`), fullPage: true });
+    step("restored");
+  }
+
+  // 9. The setup code is dead now: the plain-HTTP address sends to HTTPS, the API refuses it.
   const r = await page.request.post(args.http + "/api/admin/login", {
     data: { setup_code: args.code },
     maxRedirects: 0,
@@ -102,6 +135,12 @@ try {
 } catch (e) {
   result.error = String(e && e.stack || e);
   try { await shot(page, "failure"); } catch (_) { /* the page may be gone */ }
+  if (p2) {
+    try {
+      result.second_box = { url: p2.url(), error: await p2.textContent("#error"), restore: await p2.textContent("#restore-result") };
+      await p2.screenshot({ path: path.join(args.shots, "failure-second-box.png"), fullPage: true });
+    } catch (_) { /* gone */ }
+  }
 } finally {
   await browser.close();
 }

@@ -37,6 +37,8 @@ pub enum Endpoint {
     Test,
     Status,
     Toggles,
+    Backup,
+    Restore,
 }
 
 impl Endpoint {
@@ -57,6 +59,8 @@ impl Endpoint {
         Endpoint::Test,
         Endpoint::Status,
         Endpoint::Toggles,
+        Endpoint::Backup,
+        Endpoint::Restore,
     ];
 
     /// Method and path below [`PREFIX`].
@@ -79,6 +83,8 @@ impl Endpoint {
             Test => (Method::POST, "test"),
             Status => (Method::GET, "status"),
             Toggles => (Method::POST, "toggles"),
+            Backup => (Method::POST, "backup"),
+            Restore => (Method::POST, "restore"),
         }
     }
 
@@ -424,6 +430,57 @@ async fn run(
                 .unwrap_or_else(|p| p.into_inner())
                 .clone();
             ok(json!({ "job": job, "certificate": cert_info(relay) }))
+        }
+        Endpoint::Backup => {
+            let pass = str_field(input, "passphrase").unwrap_or("");
+            let config_text = admin
+                .config_path
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .as_ref()
+                .and_then(|p| std::fs::read_to_string(p).ok());
+            let armored = crate::backup::create(cfg, config_text, &relay.store, pass, now)
+                .map_err(|e| match e {
+                    crate::backup::BackupError::Refused(m) => bad(m),
+                    e => ApiError(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()),
+                })?;
+            tracing::info!("admin: backup downloaded");
+            let day = mta_sts_id(now);
+            (
+                [
+                    (
+                        header::CONTENT_TYPE,
+                        "application/pgp-encrypted".to_string(),
+                    ),
+                    (
+                        header::CONTENT_DISPOSITION,
+                        format!(
+                            "attachment; filename=\"relaybox-backup-{}-{}.asc\"",
+                            cfg.mail_domain.trim_matches(['[', ']']).replace(':', "_"),
+                            &day[..day.len().min(8)]
+                        ),
+                    ),
+                ],
+                armored,
+            )
+                .into_response()
+        }
+        Endpoint::Restore => {
+            let pass = str_field(input, "passphrase").unwrap_or("");
+            let text = str_field(input, "backup").unwrap_or("");
+            let force = input.get("force").and_then(|v| v.as_bool()) == Some(true);
+            let report =
+                crate::backup::restore(text.as_bytes(), pass, &cfg.data_dir, &relay.store, force)
+                    .await
+                    .map_err(|e| match e {
+                        crate::backup::BackupError::Io(e) => {
+                            ApiError(StatusCode::INTERNAL_SERVER_ERROR, e.to_string())
+                        }
+                        e => bad(e.to_string()),
+                    })?;
+            // The restored keys and settings are read at start.
+            restart_soon(relay);
+            ok(json!({ "restored": report, "restarting": true }))
         }
         Endpoint::Test => ok(self_test(relay).await),
         Endpoint::Status => ok(status(relay)),

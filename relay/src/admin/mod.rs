@@ -49,6 +49,8 @@ pub struct Admin {
     restart: AtomicBool,
     /// The last certificate order started from the wizard: running, and its report.
     pub cert_job: Mutex<CertJob>,
+    /// The config file `relaybox serve` was started with (its text goes into backups).
+    pub config_path: Mutex<Option<PathBuf>>,
 }
 
 #[derive(Debug, Clone, Default, serde::Serialize)]
@@ -174,6 +176,7 @@ impl Admin {
             global,
             restart: AtomicBool::new(false),
             cert_job: Mutex::new(CertJob::default()),
+            config_path: Mutex::new(None),
         };
         let mut made = None;
         if admin.enabled && admin.pending() && admin.setup_code().is_none() {
@@ -291,7 +294,10 @@ impl Admin {
             return false;
         };
         e > now
-            && self.same(mac.as_bytes(), self.sign(&format!("session:{e}")).as_bytes())
+            && self.same(
+                mac.as_bytes(),
+                self.sign(&format!("session:{e}")).as_bytes(),
+            )
     }
 
     /// The CSRF token that goes with a session.

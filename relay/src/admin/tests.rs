@@ -404,3 +404,81 @@ async fn the_wizard_is_the_front_page_while_pending() {
     assert_eq!(status, 200);
     assert!(String::from_utf8_lossy(&page).contains("setup code"));
 }
+
+#[tokio::test]
+async fn backup_from_one_relay_restores_into_a_new_one_through_the_api() {
+    let a_dir = tempfile::tempdir().unwrap();
+    let a = relay(a_dir.path());
+    a.accounts
+        .login("movingme1@[127.0.0.1]", "moving password")
+        .await
+        .unwrap();
+    let (session, csrf) = login(&a).await;
+    let (status, v, _) = call(
+        &a,
+        "POST",
+        "/api/admin/backup",
+        Some(&session),
+        Some(&csrf),
+        r#"{"passphrase":"short"}"#,
+    )
+    .await;
+    assert_eq!(status, 400, "{v}");
+    let (status, _, armored) = call(
+        &a,
+        "POST",
+        "/api/admin/backup",
+        Some(&session),
+        Some(&csrf),
+        r#"{"passphrase":"moving day passphrase"}"#,
+    )
+    .await;
+    assert_eq!(status, 200);
+    let armored = String::from_utf8(armored).unwrap();
+    assert!(
+        armored.starts_with("-----BEGIN PGP MESSAGE-----"),
+        "{armored:.200}"
+    );
+
+    let b_dir = tempfile::tempdir().unwrap();
+    let b = relay(b_dir.path());
+    let (session, csrf) = login(&b).await;
+    let body =
+        |pass: &str| serde_json::json!({ "passphrase": pass, "backup": armored }).to_string();
+    let (status, v, _) = call(
+        &b,
+        "POST",
+        "/api/admin/restore",
+        Some(&session),
+        Some(&csrf),
+        &body("not the passphrase"),
+    )
+    .await;
+    assert_eq!(status, 400, "{v}");
+    assert!(
+        v["error"].as_str().unwrap().contains("wrong passphrase"),
+        "{v}"
+    );
+    assert!(!b.admin.restart_requested());
+    let (status, v, _) = call(
+        &b,
+        "POST",
+        "/api/admin/restore",
+        Some(&session),
+        Some(&csrf),
+        &body("moving day passphrase"),
+    )
+    .await;
+    assert_eq!(status, 200, "{v}");
+    assert_eq!(v["restored"]["accounts"], 1);
+    assert!(b.admin.restart_requested(), "restored keys need a restart");
+    let acc = b
+        .store
+        .account("movingme1@[127.0.0.1]")
+        .unwrap()
+        .expect("account restored");
+    assert!(crate::accounts::verify_hash(
+        "moving password",
+        &acc.password_hash
+    ));
+}

@@ -63,7 +63,11 @@ pub fn router(relay: Arc<Relay>, https: bool) -> Router {
         .route("/setup", get(pages::admin_page))
         .route("/admin", get(pages::admin_page))
         .route("/admin.js", get(pages::admin_asset))
-        .route("/api/admin/{*rest}", any(crate::admin::api::handle));
+        .route(
+            "/api/admin/{*rest}",
+            // Restoring a backup of a relay with many accounts is larger than axum's 2 MB.
+            any(crate::admin::api::handle).layer(axum::extract::DefaultBodyLimit::max(32 << 20)),
+        );
     if !https {
         return admin
             .route("/", get(pages::page_or_wizard))
