@@ -238,26 +238,6 @@ pub fn inspect(armored: &[u8], passphrase: &str) -> Result<Manifest, BackupError
     })
 }
 
-fn write_file(path: &Path, data: &[u8]) -> std::io::Result<()> {
-    use std::io::Write;
-    use std::os::unix::fs::OpenOptionsExt;
-    let dir = path.parent().unwrap_or(Path::new("."));
-    std::fs::create_dir_all(dir)?;
-    let tmp = path.with_extension("restore-tmp");
-    {
-        let mut f = std::fs::OpenOptions::new()
-            .write(true)
-            .create(true)
-            .truncate(true)
-            .mode(0o600)
-            .open(&tmp)?;
-        f.write_all(data)?;
-        f.sync_all()?;
-    }
-    std::fs::rename(&tmp, path)?;
-    std::fs::File::open(dir)?.sync_all()
-}
-
 /// Restores a backup into `data_dir` and `store`: the files (atomically each), then the
 /// accounts with their password hashes, creation times and last logins. Refuses a relay that
 /// already has accounts unless `force` (the accounts of the backup are then added; existing
@@ -277,12 +257,12 @@ pub async fn restore(
         )));
     }
     for f in &b.files {
-        write_file(&data_dir.join(&f.path), &f.data)?;
+        crate::admin::write_atomic(&data_dir.join(&f.path), &f.data)?;
     }
     let config_copy = match &b.config {
         Some(text) => {
             let p = data_dir.join("config-from-backup.toml");
-            write_file(&p, text.as_bytes())?;
+            crate::admin::write_atomic(&p, text.as_bytes())?;
             Some(p)
         }
         None => None,

@@ -70,7 +70,9 @@ pub enum AdminError {
     Invalid(String),
 }
 
-fn write_atomic(path: &Path, data: &[u8]) -> std::io::Result<()> {
+/// Writes a private file (0600) so that a crash leaves the old or the new content, never a mix:
+/// tmp file, fsync, rename, directory fsync.
+pub(crate) fn write_atomic(path: &Path, data: &[u8]) -> std::io::Result<()> {
     use std::os::unix::fs::OpenOptionsExt;
     let dir = path.parent().unwrap_or(Path::new("."));
     std::fs::create_dir_all(dir)?;
