@@ -251,8 +251,12 @@ async function loadStatus() {
     ["Waiting for other relays", s.queue_length + (s.queue_oldest ? " (oldest " + new Date(s.queue_oldest * 1000).toLocaleString() + ")" : "")],
     ["Delivered since start", s.delivered_since_start],
     ["Written to the SD card since start", human(s.written_bytes_since_start)],
+    ["Written per day (SD card wear)", s.written_bytes_per_day == null ? "— (after 10 minutes)" : human(s.written_bytes_per_day)],
     ["Data partition free", s.disk ? human(s.disk.free_bytes) + " of " + human(s.disk.total_bytes) : "—"],
     ["Certificate expires in", s.certificate_expires_in_s === null ? "—" : Math.floor(s.certificate_expires_in_s / 86400) + " days"],
+    ["DNS check", dnsSummary(s.last_dns_check)],
+    ["Last clean-up of old mail", expirySummary(s.last_expiry, s.expiry_time_utc)],
+    ["Running for", duration(s.uptime_s)],
   ];
   const body = $("status").tBodies[0];
   body.textContent = "";
@@ -262,6 +266,52 @@ async function loadStatus() {
     tr.insertCell().textContent = v;
   }
   $("nocreate").checked = s.nocreate;
+  $("maintenance").checked = s.maintenance;
+  $("maintenance-note").hidden = !s.maintenance;
+  const list = $("warnings");
+  list.textContent = "";
+  for (const w of s.warnings.slice().reverse()) list.append(logItem(w));
+  $("no-warnings").hidden = s.warnings.length > 0;
+}
+
+function duration(secs) {
+  if (secs < 3600) return Math.floor(secs / 60) + " min";
+  if (secs < 86400) return Math.floor(secs / 3600) + " h";
+  return Math.floor(secs / 86400) + " days";
+}
+
+function dnsSummary(c) {
+  if (!c) return "not run since start";
+  const when = new Date(c.at * 1000).toLocaleString();
+  if (c.required_ok && c.recommended_not_ok === 0) return "all records ok (" + when + ")";
+  if (c.required_ok) return "required ok, " + c.recommended_not_ok + " recommended missing (" + when + ")";
+  return c.required_not_ok + " required records missing or wrong (" + when + ")";
+}
+
+function expirySummary(e, at) {
+  if (!e) return "not yet (runs daily at " + at + " UTC)";
+  const when = new Date(e.at * 1000).toLocaleString();
+  if (!e.ok) return "failed " + when + ": " + e.error;
+  return when + ": " + e.messages_removed + " messages, " + e.accounts_removed + " addresses removed";
+}
+
+function logItem(l) {
+  const li = document.createElement("li");
+  li.className = "log-" + l.level;
+  const t = document.createElement("time");
+  t.textContent = new Date(l.at * 1000).toLocaleString() + " ";
+  const b = document.createElement("b");
+  b.textContent = l.level + " ";
+  li.append(t, b, document.createTextNode(l.text + " (" + l.origin + ")"));
+  return li;
+}
+
+async function loadLogs() {
+  const j = await api("GET", "logs");
+  const list = $("log-lines");
+  list.textContent = "";
+  for (const l of j.lines.slice().reverse()) list.append(logItem(l));
+  $("log-count").textContent = j.lines.length + " latest lines, newest first";
 }
 
 async function showAdmin() {
@@ -285,6 +335,13 @@ function adminPage() {
   $("nocreate").addEventListener("change", async () => {
     try { await api("POST", "toggles", { nocreate: $("nocreate").checked }); } catch (e) { showError(e.message); }
   });
+  $("maintenance").addEventListener("change", async () => {
+    try {
+      const j = await api("POST", "toggles", { maintenance: $("maintenance").checked });
+      $("maintenance-note").hidden = !j.maintenance;
+    } catch (e) { showError(e.message); }
+  });
+  button("show-logs", loadLogs);
   button("download-backup", async () => {
     const r = await fetch("/api/admin/backup", {
       method: "POST",

@@ -54,8 +54,13 @@ impl Request {
 pub async fn execute(relay: &Relay, req: &Request) -> Result<String, String> {
     match req {
         Request::Expire { dry_run } => {
-            crate::expiry::run(&relay.store, &relay.cfg, &relay.clock, *dry_run)
+            let result = crate::expiry::run(&relay.store, &relay.cfg, &relay.clock, *dry_run)
                 .await
+                .map_err(|e| e.to_string());
+            if !*dry_run {
+                relay.admin.record_expiry(relay.clock.now(), &result);
+            }
+            result
                 .map(|r| {
                     if *dry_run {
                         format!("dry run: {r}")
@@ -173,9 +178,13 @@ pub async fn expiry_schedule(relay: Arc<Relay>) {
             _ = tokio::time::sleep(std::time::Duration::from_secs(wait)) => {}
             _ = relay.shutdown.wait() => return,
         }
-        if let Err(e) = crate::expiry::run(&relay.store, &relay.cfg, &relay.clock, false).await {
+        let result = crate::expiry::run(&relay.store, &relay.cfg, &relay.clock, false)
+            .await
+            .map_err(|e| e.to_string());
+        if let Err(e) = &result {
             tracing::error!("daily expiry failed: {e}");
         }
+        relay.admin.record_expiry(relay.clock.now(), &result);
         // Never run twice within the same minute.
         tokio::time::sleep(std::time::Duration::from_secs(61)).await;
     }

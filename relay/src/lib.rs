@@ -19,6 +19,7 @@ pub mod expiry;
 #[doc(hidden)]
 pub mod fuzzing;
 pub mod imap;
+pub mod logbuf;
 pub mod metrics;
 pub mod net;
 pub mod policy;

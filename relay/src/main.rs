@@ -143,7 +143,9 @@ fn init_logging() {
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
     // Under systemd, stderr would land in the journal a second time; log to journald directly.
     let journald = std::env::var_os("JOURNAL_STREAM").and_then(|_| tracing_journald::layer().ok());
-    let registry = tracing_subscriber::registry().with(filter);
+    let registry = tracing_subscriber::registry()
+        .with(filter)
+        .with(relaybox::logbuf::Recent);
     match journald {
         Some(j) => registry.with(j).init(),
         None => registry

@@ -39,6 +39,7 @@ pub enum Endpoint {
     Toggles,
     Backup,
     Restore,
+    Logs,
 }
 
 impl Endpoint {
@@ -61,6 +62,7 @@ impl Endpoint {
         Endpoint::Toggles,
         Endpoint::Backup,
         Endpoint::Restore,
+        Endpoint::Logs,
     ];
 
     /// Method and path below [`PREFIX`].
@@ -85,6 +87,7 @@ impl Endpoint {
             Toggles => (Method::POST, "toggles"),
             Backup => (Method::POST, "backup"),
             Restore => (Method::POST, "restore"),
+            Logs => (Method::GET, "logs"),
         }
     }
 
@@ -335,6 +338,23 @@ async fn run(
             let (domain, dkim) = dns_domain_and_key(relay)?;
             let records = crate::dns::records::expected(&domain, &dkim, &mta_sts_id(now));
             let report = crate::dns::check::check(cfg, &domain, &records).await;
+            let bad = |need: &str| {
+                report
+                    .records
+                    .iter()
+                    .filter(|r| r.need == need && r.state != crate::dns::check::State::Ok)
+                    .count()
+            };
+            *admin
+                .last_dns_check
+                .lock()
+                .unwrap_or_else(|p| p.into_inner()) = Some(json!({
+                "at": now,
+                "domain": report.domain,
+                "required_ok": report.required_ok,
+                "required_not_ok": bad("required"),
+                "recommended_not_ok": bad("recommended"),
+            }));
             ok(serde_json::to_value(report)
                 .map_err(|e| ApiError(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()))?)
         }
@@ -484,7 +504,19 @@ async fn run(
         }
         Endpoint::Test => ok(self_test(relay).await),
         Endpoint::Status => ok(status(relay)),
+        Endpoint::Logs => ok(json!({
+            "lines": crate::logbuf::recent(crate::logbuf::LINES),
+            "warnings": crate::logbuf::warnings(crate::logbuf::WARNINGS),
+        })),
         Endpoint::Toggles => {
+            if let Some(on) = input.get("maintenance").and_then(|v| v.as_bool()) {
+                admin.set_maintenance(on).map_err(AdminError::from)?;
+                if on {
+                    tracing::warn!("admin: maintenance on: new mail connections are turned away");
+                } else {
+                    tracing::info!("admin: maintenance off");
+                }
+            }
             if let Some(on) = input.get("nocreate").and_then(|v| v.as_bool()) {
                 let p = cfg.nocreate_path();
                 if on {
@@ -503,7 +535,10 @@ async fn run(
                     if on { "off" } else { "on" }
                 );
             }
-            ok(json!({ "nocreate": cfg.nocreate_path().exists() }))
+            ok(json!({
+                "nocreate": cfg.nocreate_path().exists(),
+                "maintenance": admin.maintenance(),
+            }))
         }
     })
 }
@@ -775,9 +810,23 @@ fn status(relay: &Relay) -> Value {
         "written_bytes_since_start": s.written_bytes,
         "certificate_expires_in_s": s.cert_expiry_seconds,
         "disk": disk,
+        "written_bytes_per_day": written_per_day(s.written_bytes, relay.clock.now() - relay.admin.started),
         "nocreate": relay.cfg.nocreate_path().exists(),
+        "maintenance": relay.admin.maintenance(),
         "delivered_since_start": crate::metrics::M.delivered_mail.get(),
+        "uptime_s": relay.clock.now() - relay.admin.started,
+        "last_expiry": relay.admin.last_expiry(),
+        "expiry_time_utc": relay.cfg.expiry_time,
+        "last_dns_check": relay.admin.last_dns_check.lock().unwrap_or_else(|p| p.into_inner()).clone(),
+        "warnings": crate::logbuf::warnings(10),
     })
+}
+
+/// Bytes written per day, extrapolated from the time since start (an SD-card wear estimate);
+/// none in the first ten minutes, when start-up writes (keys, store) would dominate.
+fn written_per_day(written: Option<u64>, uptime_s: i64) -> Option<u64> {
+    let w = written?;
+    (uptime_s >= 600).then(|| (w as f64 * 86_400.0 / uptime_s as f64) as u64)
 }
 
 /// Makes two fresh addresses, sends a message of the shape the gate accepts from one to the

@@ -32,6 +32,10 @@ use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Mutex;
 
+/// Present while the relay is in maintenance (in `data_dir`).
+pub const MAINTENANCE_FILE: &str = "maintenance";
+/// The last expiry run's summary (in `data_dir`).
+pub const LAST_EXPIRY_FILE: &str = "last-expiry.json";
 /// How long a login lasts.
 pub const SESSION_SECS: i64 = 12 * 3600;
 /// The shortest admin password accepted.
@@ -51,6 +55,15 @@ pub struct Admin {
     pub cert_job: Mutex<CertJob>,
     /// The config file `relaybox serve` was started with (its text goes into backups).
     pub config_path: Mutex<Option<PathBuf>>,
+    /// Maintenance: new SMTP, IMAP and relay-to-relay connections are told to come back later.
+    /// Kept as a file so that it holds across the restarts the admin pages cause.
+    maintenance: AtomicBool,
+    maintenance_path: PathBuf,
+    /// The latest DNS live check (its summary), for the status page.
+    pub last_dns_check: Mutex<Option<serde_json::Value>>,
+    last_expiry_path: PathBuf,
+    /// When this process started (Unix time), for the uptime and per-day figures.
+    pub started: i64,
 }
 
 #[derive(Debug, Clone, Default, serde::Serialize)]
@@ -179,6 +192,13 @@ impl Admin {
             restart: AtomicBool::new(false),
             cert_job: Mutex::new(CertJob::default()),
             config_path: Mutex::new(None),
+            maintenance: AtomicBool::new(cfg.data_dir.join(MAINTENANCE_FILE).exists()),
+            maintenance_path: cfg.data_dir.join(MAINTENANCE_FILE),
+            last_dns_check: Mutex::new(None),
+            last_expiry_path: cfg.data_dir.join(LAST_EXPIRY_FILE),
+            started: std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .map_or(0, |d| d.as_secs() as i64),
         };
         let mut made = None;
         if admin.enabled && admin.pending() && admin.setup_code().is_none() {
@@ -191,6 +211,51 @@ impl Admin {
 
     pub fn enabled(&self) -> bool {
         self.enabled
+    }
+
+    /// Whether the relay is in maintenance (new mail connections are turned away).
+    pub fn maintenance(&self) -> bool {
+        self.maintenance.load(Ordering::Relaxed)
+    }
+
+    pub fn set_maintenance(&self, on: bool) -> std::io::Result<()> {
+        if on {
+            write_atomic(&self.maintenance_path, b"set from the admin page\n")?;
+        } else {
+            match std::fs::remove_file(&self.maintenance_path) {
+                Ok(()) => {}
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+                Err(e) => return Err(e),
+            }
+        }
+        self.maintenance.store(on, Ordering::Relaxed);
+        Ok(())
+    }
+
+    /// Remembers an expiry run (on the data partition, once a day: the status page shows it
+    /// after a restart too).
+    pub fn record_expiry(&self, at: i64, result: &Result<crate::expiry::Report, String>) {
+        let v = match result {
+            Ok(r) => serde_json::json!({
+                "at": at,
+                "ok": true,
+                "accounts_removed": r.accounts_removed,
+                "messages_removed": r.messages_removed,
+                "bytes_removed": r.bytes_removed,
+                "tokens_removed": r.tokens_removed,
+                "seconds": r.elapsed.as_secs_f64(),
+            }),
+            Err(e) => serde_json::json!({ "at": at, "ok": false, "error": e }),
+        };
+        if let Err(e) = write_atomic(&self.last_expiry_path, v.to_string().as_bytes()) {
+            tracing::warn!(path = %self.last_expiry_path.display(), "cannot record the expiry run: {e}");
+        }
+    }
+
+    /// The last recorded expiry run, if any.
+    pub fn last_expiry(&self) -> Option<serde_json::Value> {
+        let t = std::fs::read(&self.last_expiry_path).ok()?;
+        serde_json::from_slice(&t).ok()
     }
 
     fn password_path(&self) -> PathBuf {

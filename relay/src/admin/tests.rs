@@ -482,3 +482,81 @@ async fn backup_from_one_relay_restores_into_a_new_one_through_the_api() {
         &acc.password_hash
     ));
 }
+
+#[tokio::test]
+async fn status_logs_toggles_and_the_last_expiry_run() {
+    let dir = tempfile::tempdir().unwrap();
+    let relay = relay(dir.path());
+    let (session, csrf) = login(&relay).await;
+    let (status, v, _) = call(&relay, "GET", "/api/admin/status", Some(&session), None, "").await;
+    assert_eq!(status, 200, "{v}");
+    assert_eq!(v["maintenance"], false);
+    assert!(v["last_expiry"].is_null(), "{v}");
+    assert!(v["last_dns_check"].is_null(), "{v}");
+    assert!(v["warnings"].is_array(), "{v}");
+    assert!(
+        v["written_bytes_per_day"].is_null(),
+        "not in the first minutes: {v}"
+    );
+
+    let (status, v, _) = call(
+        &relay,
+        "POST",
+        "/api/admin/toggles",
+        Some(&session),
+        Some(&csrf),
+        r#"{"maintenance": true}"#,
+    )
+    .await;
+    assert_eq!(status, 200, "{v}");
+    assert_eq!(v["maintenance"], true);
+    assert!(relay.admin.maintenance());
+    assert!(relay.cfg.data_dir.join(super::MAINTENANCE_FILE).exists());
+    // Relay-to-relay mail is turned away with a temporary failure while in maintenance.
+    let (status, body) = https_request(&relay, "POST", "/mxdeliv", &[], b"irrelevant".to_vec())
+        .await
+        .unwrap();
+    assert_eq!(status, 500, "{}", String::from_utf8_lossy(&body));
+    assert!(String::from_utf8_lossy(&body).starts_with("421 4.3.2"));
+    let (_, v, _) = call(
+        &relay,
+        "POST",
+        "/api/admin/toggles",
+        Some(&session),
+        Some(&csrf),
+        r#"{"maintenance": false}"#,
+    )
+    .await;
+    assert_eq!(v["maintenance"], false);
+    assert!(!relay.cfg.data_dir.join(super::MAINTENANCE_FILE).exists());
+
+    // An expiry run through the control channel is recorded and shown.
+    crate::control::execute(&relay, &crate::control::Request::Expire { dry_run: false })
+        .await
+        .unwrap();
+    let (_, v, _) = call(&relay, "GET", "/api/admin/status", Some(&session), None, "").await;
+    assert_eq!(v["last_expiry"]["ok"], true, "{v}");
+    assert_eq!(v["last_expiry"]["messages_removed"], 0, "{v}");
+
+    // The log view answers with the buffered lines (the binary installs the layer; here the
+    // buffer gets a line directly).
+    crate::logbuf::push(crate::logbuf::Line {
+        at: relay.clock.now(),
+        level: "warn",
+        origin: "test".into(),
+        text: "a warning for the admin".into(),
+    });
+    let (status, v, _) = call(&relay, "GET", "/api/admin/logs", Some(&session), None, "").await;
+    assert_eq!(status, 200, "{v}");
+    assert!(v["warnings"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .any(|w| w["text"] == "a warning for the admin"));
+    let (_, v, _) = call(&relay, "GET", "/api/admin/status", Some(&session), None, "").await;
+    assert!(v["warnings"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .any(|w| w["text"] == "a warning for the admin"));
+}

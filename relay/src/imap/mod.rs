@@ -72,9 +72,20 @@ pub async fn serve(relay: Arc<Relay>, listener: TcpListener, implicit_tls: bool)
             async move {
                 let Ok(_permit) = permit else {
                     tracing::warn!("too many IMAP connections");
-                    refuse(tcp, implicit_tls, &relay).await;
+                    refuse(
+                        tcp,
+                        implicit_tls,
+                        &relay,
+                        "Too many connections, try again later",
+                    )
+                    .await;
                     return;
                 };
+                if relay.admin.maintenance() {
+                    tracing::info!("in maintenance: connection turned away");
+                    refuse(tcp, implicit_tls, &relay, "In maintenance, try again later").await;
+                    return;
+                }
                 tracing::debug!("connected");
                 let _open = crate::metrics::M.imap_connections.hold();
                 connection(relay, tcp, implicit_tls).await;
@@ -85,8 +96,8 @@ pub async fn serve(relay: Arc<Relay>, listener: TcpListener, implicit_tls: bool)
     }
 }
 
-/// Tells a client over the limit to go away (over TLS on 993, else it would not understand).
-async fn refuse(tcp: TcpStream, implicit_tls: bool, relay: &Relay) {
+/// Tells a client to go away (over TLS on 993, else it would not understand).
+async fn refuse(tcp: TcpStream, implicit_tls: bool, relay: &Relay, why: &str) {
     let conn = if implicit_tls {
         match tokio::time::timeout(TLS_HANDSHAKE_TIMEOUT, relay.tls.client.accept(tcp)).await {
             Ok(Ok(s)) => Conn::Tls(Box::new(s)),
@@ -96,7 +107,7 @@ async fn refuse(tcp: TcpStream, implicit_tls: bool, relay: &Relay) {
         Conn::Plain(tcp)
     };
     let mut io = io::Framed::new(conn);
-    let _ = io.send(&bye("Too many connections, try again later")).await;
+    let _ = io.send(&bye(why)).await;
     io.shutdown().await;
 }
 
@@ -112,6 +123,13 @@ pub async fn serve_tls(relay: Arc<Relay>, tls: tokio_rustls::server::TlsStream<T
     );
     async move {
         tracing::debug!("connected (443, ALPN imap)");
+        if relay.admin.maintenance() {
+            tracing::info!("in maintenance: connection turned away");
+            let mut io = io::Framed::new(Conn::Tls(Box::new(tls)));
+            let _ = io.send(&bye("In maintenance, try again later")).await;
+            io.shutdown().await;
+            return;
+        }
         run_conn(relay, Conn::Tls(Box::new(tls)), true).await;
         tracing::debug!("disconnected");
     }

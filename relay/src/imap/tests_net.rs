@@ -127,3 +127,15 @@ async fn connection_limit_and_shutdown() {
         .expect("serve returns on shutdown")
         .unwrap();
 }
+
+#[tokio::test]
+async fn maintenance_turns_new_connections_away_and_back() {
+    let env = env_with(|_| {});
+    let (addr, _task) = start(&env, false).await;
+    env.relay.admin.set_maintenance(true).unwrap();
+    let mut c = BufReader::new(TcpStream::connect(addr).await.unwrap());
+    assert_eq!(line(&mut c).await, "* BYE In maintenance, try again later");
+    env.relay.admin.set_maintenance(false).unwrap();
+    let mut c = BufReader::new(TcpStream::connect(addr).await.unwrap());
+    assert!(line(&mut c).await.starts_with("* OK"));
+}

@@ -78,13 +78,32 @@ pub async fn serve(relay: Arc<Relay>, listener: TcpListener, kind: Kind) {
         tokio::spawn(
             async move {
                 match permit {
+                    Ok(_) if relay.admin.maintenance() => {
+                        tracing::info!("in maintenance: connection turned away");
+                        refuse(
+                            &relay,
+                            tcp,
+                            kind,
+                            "4.3.2 {} In maintenance, try again later",
+                        )
+                        .await
+                    }
                     Ok(permit) => {
                         tracing::debug!("connected");
                         let _open = crate::metrics::M.smtp_connections.hold();
                         handle(relay, tcp, kind, Limits::default()).await;
                         drop(permit);
                     }
-                    Err(_) => refuse_busy(&relay, tcp, kind).await,
+                    Err(_) => {
+                        tracing::warn!("too many SMTP connections, refusing one");
+                        refuse(
+                            &relay,
+                            tcp,
+                            kind,
+                            "4.7.0 {} Too many connections, try again later",
+                        )
+                        .await
+                    }
                 }
             }
             .instrument(span),
@@ -94,21 +113,14 @@ pub async fn serve(relay: Arc<Relay>, listener: TcpListener, kind: Kind) {
     let _ = tokio::time::timeout(DRAIN_TIMEOUT, permits.acquire_many(max as u32)).await;
 }
 
-/// Over the connection limit: say so on plain-text ports and hang up; on 465 we cannot speak
-/// before a handshake we do not want to pay for, so just close.
-async fn refuse_busy(relay: &Relay, tcp: TcpStream, kind: Kind) {
-    tracing::warn!("too many SMTP connections, refusing one");
+/// Turns a connection away with a 421 (`text`'s `{}` is our hostname) on plain-text ports; on
+/// 465 we cannot speak before a handshake we do not want to pay for, so just close.
+async fn refuse(relay: &Relay, tcp: TcpStream, kind: Kind, text: &str) {
     if kind == Kind::Submissions {
         return;
     }
     let mut io = SmtpStream::new(tcp, Duration::from_secs(10));
-    io.reply(
-        421,
-        &format!(
-            "4.7.0 {} Too many connections, try again later",
-            relay.cfg.hostname()
-        ),
-    );
+    io.reply(421, &text.replacen("{}", &relay.cfg.hostname(), 1));
     io.shutdown().await;
 }
 
@@ -119,6 +131,11 @@ pub async fn serve_tls(relay: Arc<Relay>, tls: tokio_rustls::server::TlsStream<T
     let span = tracing::info_span!("smtp", conn = next_conn_id(), ?peer, kind = ?Kind::Submissions, alpn = true);
     async move {
         tracing::debug!("connected (443, ALPN smtp)");
+        if relay.admin.maintenance() {
+            // as on 465: closed without a word (the client retries later)
+            tracing::info!("in maintenance: connection turned away");
+            return;
+        }
         run_conn(
             relay,
             Conn::Tls(Box::new(tls)),

@@ -226,3 +226,23 @@ async fn shutdown_stops_the_listener_and_ends_idle_sessions() {
         .expect("serve returns after shutdown")
         .unwrap();
 }
+
+#[tokio::test]
+async fn maintenance_gets_421_until_it_is_turned_off_and_survives_a_restart() {
+    let d = tempfile::tempdir().unwrap();
+    let r = relay_with(d.path(), |_| {});
+    let (addr, _server) = listen(&r, Kind::Mx).await;
+    r.admin.set_maintenance(true).unwrap();
+    let mut c = Line(BufReader::new(TcpStream::connect(addr).await.unwrap()));
+    assert_eq!(
+        c.reply().await.unwrap(),
+        "421 4.3.2 [127.0.0.1] In maintenance, try again later"
+    );
+    assert_eq!(c.reply().await, None);
+    // The switch is a file in the data directory: a relay started on it is in maintenance too.
+    let (again, _) = crate::admin::Admin::open(&r.cfg).unwrap();
+    assert!(again.maintenance());
+    r.admin.set_maintenance(false).unwrap();
+    let mut c = Line(BufReader::new(TcpStream::connect(addr).await.unwrap()));
+    assert!(c.reply().await.unwrap().starts_with("220 "));
+}

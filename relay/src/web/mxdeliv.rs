@@ -32,6 +32,10 @@ pub async fn handle(
         )
             .into_response();
     }
+    if relay.admin.maintenance() {
+        // A temporary failure: the sending relay keeps the message and retries.
+        return reply_response(&Reply::new(421, "4.3.2 In maintenance, try again later"));
+    }
     let env = match envelope(&relay, &headers) {
         Ok(env) => env,
         Err(reply) => return reply_response(&reply),
