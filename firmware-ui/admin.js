@@ -375,7 +375,12 @@ function adminPage() {
     await showAdmin();
     $("settings-result").textContent = "Saved and applied.";
   });
-  api("GET", "state").then(() => showAdmin()).catch(() => { $("login-box").hidden = false; });
+  api("GET", "state").then(() => showAdmin()).catch(() => {
+    $("login-box").hidden = false;
+    // A domain-mode set-up ends on https://<domain>, a host the wizard's session cookie (made on
+    // the box's LAN address) does not reach: say why the password is asked for again.
+    $("login-welcome").hidden = !location.search.includes("welcome");
+  });
 }
 
 function selfTest() {

@@ -138,7 +138,7 @@ summary() {
         printf '  %s\n' "$r"
     done
     local f
-    for f in idle_latency.txt federation_rtt.txt wizard-time.txt; do
+    for f in idle_latency.txt federation_rtt.txt wizard-time.txt wizard-domain-time.txt; do
         if [ -f "$ARTIFACTS/$f" ]; then
             printf '\n'
             sed 's/^/  /' "$ARTIFACTS/$f"

@@ -212,7 +212,8 @@ impl Snapshot {
         s.written_bytes = proc_write_bytes();
         s.cert_expiry_seconds = relay
             .tls
-            .chain
+            .certs
+            .chain()
             .first()
             .and_then(|c| cert_not_after(c.as_ref()))
             .map(|t| t - relay.clock.now());

@@ -586,7 +586,13 @@ fn dns_domain_and_key(relay: &Relay) -> Result<(String, crate::dkim::Dkim), ApiE
             "this relay has an IP-literal address (LAN mode): it needs no DNS records",
         ));
     }
-    let dkim = crate::dkim::Dkim::load_or_create(&relay.cfg)
+    // The key of the saved domain: before the domain is applied the running config is still the
+    // IP literal, which signs nothing and has no key, and the required DKIM record would be
+    // missing from the records, the zone file and the check. The key file does not depend on
+    // the domain, so the relay signs with this key once it runs with the domain.
+    let mut named = (*relay.cfg).clone();
+    named.mail_domain = domain.clone();
+    let dkim = crate::dkim::Dkim::load_or_create(&named)
         .map_err(|e| ApiError(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()))?;
     Ok((domain, dkim))
 }
@@ -724,8 +730,9 @@ fn settings(cfg: &Config) -> Result<Value, ApiError> {
     Ok(json!({ "settings": list }))
 }
 
+/// The certificate served now: after an ACME order it is the new one, not the one of the start.
 fn cert_info(relay: &Relay) -> Value {
-    match relay.tls.chain.first() {
+    match relay.tls.certs.chain().first() {
         Some(c) => match crate::acme::inspect(pem_of(c.as_ref()).as_bytes()) {
             Ok(info) => json!({
                 "not_after": info.not_after,
