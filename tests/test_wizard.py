@@ -97,6 +97,10 @@ def test_lan_wizard_from_setup_code_to_invite_qr_and_admin_login(wizard_relay, s
     assert res["ok"], f"{res.get('error')}\nrelay stderr:\n{r.stderr()[-4000:]}"
     assert "wrong setup code" in res["wrong_code_error"]
     assert "wrong password" in res["wrong_password_error"]
+    # The log view shows the relay's own log lines (the restart that applied the settings).
+    assert res["log_lines"] > 3 and "listening" in res["log_text"], res["log_text"][:2000]
+    assert "In maintenance" in res["maintenance_note"]
+    assert not (r.data_dir / "maintenance").exists(), "maintenance was switched off again"
     assert res["admin_url"].startswith(f"https://{r.ip}:{r.port('https')}/admin"), res["admin_url"]
     assert res["test_result"].startswith("Works"), res["test_result"]
     assert res["status_rows"] >= 5

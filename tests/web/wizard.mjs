@@ -93,6 +93,19 @@ try {
   await shot(page, "admin");
   step("admin-login");
 
+  // 6b. The log view, and maintenance on and off again (the note says what it means).
+  await page.click("#show-logs");
+  await page.waitForFunction(() => document.querySelectorAll("#log-lines li").length > 0);
+  result.log_lines = await page.locator("#log-lines li").count();
+  result.log_text = await page.textContent("#log-lines");
+  await page.check("#maintenance");
+  await visible("#maintenance-note");
+  result.maintenance_note = await page.textContent("#maintenance-note");
+  await shot(page, "maintenance-and-log");
+  await page.uncheck("#maintenance");
+  await page.locator("#maintenance-note").waitFor({ state: "hidden" });
+  step("log-and-maintenance");
+
   // 7. An encrypted backup, downloaded from the admin page.
   if (args.http2) {
     await page.fill("#backup-passphrase", "passphrase of the backup");
