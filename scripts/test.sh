@@ -15,8 +15,8 @@
 #   image     scripts/test-image.sh: the appliance overlay + an aarch64 relaybox on a read-only
 #             EROFS root booted in qemu-system-aarch64 (TCG); installs its Debian tools if missing
 #
-# The fuzz stage runs in the background beside e2e and federation when they are in the same run
-# (RELAYBOX_SERIAL=1 runs it on its own).
+# The fuzz and image stages run in the background beside e2e and federation when they are in the
+# same run (RELAYBOX_SERIAL=1 runs them on their own).
 # Environment: PYTEST_ADDOPTS (extra pytest options, e.g. "-k securejoin -x"),
 # RELAYBOX_TEST_MAIL=encrypted (build test mails in the encrypted shape, see tests/mailhelpers.py).
 # Logs and measurements (relay logs of failed modules, idle_latency.txt, junit xml) go to
@@ -32,7 +32,7 @@ cd "$ROOT"
 # shellcheck source=scripts/lib.sh
 . "$ROOT/scripts/lib.sh"
 
-ALL_STAGES=(setup fmt clippy build unit e2e federation fuzz)
+ALL_STAGES=(setup fmt clippy build unit e2e federation fuzz image)
 
 VENV="$ROOT/tests/.venv"
 ARTIFACTS="$ROOT/test-artifacts"
@@ -97,32 +97,32 @@ record_stage() {
     fi
 }
 
-# The fuzz stage is CPU-bound and the end-to-end stages mostly wait on sockets, so on a 2-core
-# CI machine the fuzz stage runs in the background beside them (RELAYBOX_SERIAL=1: one after
-# the other). Its output goes to a log that is printed when it is waited for.
-BG_PID=""
-BG_START=0
-BG_LOG=""
-start_background_fuzz() {
+# The fuzz and image stages are CPU-bound and the end-to-end stages mostly wait on sockets, so
+# on a 2-core CI machine they run in the background beside them (RELAYBOX_SERIAL=1: one after
+# the other). Their output goes to a log each that is printed when it is waited for.
+BACKGROUND=(fuzz image)
+declare -A BG_PID=() BG_START=() BG_LOG=() BG_DONE=()
+start_background() {
+    local name=$1
     mkdir -p "$ARTIFACTS"
-    BG_LOG="$ARTIFACTS/fuzz-stage.log"
-    banner "stage fuzz: started in the background beside the end-to-end stages (log: $BG_LOG)  [$(date -u +%H:%M:%S) UTC]"
-    BG_START=$SECONDS
+    BG_LOG[$name]="$ARTIFACTS/$name-stage.log"
+    banner "stage $name: started in the background beside the end-to-end stages (log: ${BG_LOG[$name]})  [$(date -u +%H:%M:%S) UTC]"
+    BG_START[$name]=$SECONDS
     (
         set -euo pipefail
-        stage_fuzz
-    ) >"$BG_LOG" 2>&1 &
-    BG_PID=$!
+        "stage_$name"
+    ) >"${BG_LOG[$name]}" 2>&1 &
+    BG_PID[$name]=$!
 }
 
-wait_background_fuzz() {
-    [ -n "$BG_PID" ] || return 0
-    local rc=0
-    wait "$BG_PID" || rc=$?
-    banner "stage fuzz (ran in the background): its output"
-    cat "$BG_LOG"
-    record_stage fuzz "$rc" $((SECONDS - BG_START))
-    BG_PID=""
+wait_background() {
+    local name=$1 rc=0
+    [ -n "${BG_PID[$name]:-}" ] || return 0
+    wait "${BG_PID[$name]}" || rc=$?
+    banner "stage $name (ran in the background): its output"
+    cat "${BG_LOG[$name]}"
+    record_stage "$name" "$rc" $((SECONDS - BG_START[$name]))
+    unset "BG_PID[$name]"
 }
 
 skip_stage() {
@@ -361,8 +361,13 @@ for s in "${STAGES[@]}"; do
         fi
         ;;
     e2e | federation)
-        if [ -z "$BG_PID" ] && [ "${RELAYBOX_SERIAL:-}" != 1 ] && printf '%s\n' "${STAGES[@]}" | grep -qx fuzz; then
-            start_background_fuzz
+        if [ "${RELAYBOX_SERIAL:-}" != 1 ]; then
+            for b in "${BACKGROUND[@]}"; do
+                if [ -z "${BG_PID[$b]:-}" ] && [ -z "${BG_DONE[$b]:-}" ] && printf '%s\n' "${STAGES[@]}" | grep -qx "$b"; then
+                    BG_DONE[$b]=1
+                    start_background "$b"
+                fi
+            done
         fi
         if [ -x "$RELAYBOX_BIN" ] && ! printf '%s\n' "${RESULTS[@]}" | grep -q '^FAIL .* build'; then
             run_stage "$s" "stage_$s"
@@ -370,11 +375,11 @@ for s in "${STAGES[@]}"; do
             skip_stage "$s" "no relaybox binary: build failed"
         fi
         ;;
-    fuzz)
-        if [ -n "$BG_PID" ]; then
-            wait_background_fuzz
+    fuzz | image)
+        if [ -n "${BG_DONE[$s]:-}" ]; then
+            wait_background "$s"
         else
-            run_stage fuzz stage_fuzz
+            run_stage "$s" "stage_$s"
         fi
         ;;
     *)
@@ -382,7 +387,9 @@ for s in "${STAGES[@]}"; do
         ;;
     esac
 done
-wait_background_fuzz
+for b in "${BACKGROUND[@]}"; do
+    wait_background "$b"
+done
 
 summary
 exit "$FAILED"
