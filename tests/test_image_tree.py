@@ -4,7 +4,7 @@ What can be checked here is checked: every file a defconfig names exists, the ov
 read-only compressed root, the cargo-package fields, the partition layout agreeing between the
 genimage config, cmdline.txt, the first-boot scripts and fstab, the hardening of relaybox.service,
 and that nothing secret is in the tree. Building and booting the image is not (scripts/build-image.sh
-needs Buildroot and hours; the QEMU boot test is still to come).
+needs Buildroot and hours; scripts/test-image.sh boots the overlay in QEMU).
 """
 
 import configparser
