@@ -203,6 +203,21 @@ function setupPage() {
       ? "All required records are in place (asked: " + r.resolver + ")."
       : "Some required records are missing or wrong (asked: " + r.resolver + ").";
     $("dns-check-summary").className = r.required_ok ? "ok" : "error";
+    const reach = $("reach");
+    reach.textContent = "";
+    const item = (cls, text) => {
+      const li = document.createElement("li");
+      li.className = cls;
+      li.textContent = text;
+      reach.append(li);
+    };
+    item(r.addresses.state === "this_box" ? "ok" : r.addresses.state === "behind_nat" ? "" : "error",
+      "Address: " + r.addresses.note);
+    for (const p of r.outbound) {
+      item(p.ok ? "ok" : "error", "Out to " + p.target + ": " +
+        (p.ok ? "works (" + p.ms + " ms)" : "blocked or unreachable — " + p.error +
+          (p.target.endsWith(":25") ? ". Mail to relays without HTTPS delivery needs port 25 out; ask your provider to open it." : "")));
+    }
   });
   button("dns-next", async () => go("cert"));
   button("apply-domain", async () => {

@@ -324,6 +324,8 @@ def domain_box(request, tmp_path):
             f'acme_directory = "https://127.0.0.1:{acme}/dir"\n'
             f"acme_ca_file = {json.dumps(str(ca))}\n"
             f'dns_servers = ["{dns.ip}:{dns.port}"]\n'
+            # the outbound probe: one target that answers (pebble), one that does not
+            f'outbound_probes = ["127.0.0.1:{acme}", "127.0.0.1:{_free_port("127.0.0.1")}"]\n'
         )
         relay.start()
         yield DomainBox(relay, dns, mgmt, ca, work)
@@ -421,6 +423,14 @@ def test_domain_wizard_with_dns_check_and_acme_certificate_to_invite_qr(domain_b
     assert all(rows[k]["state"] == "missing" for k in not_ok), before["rows"]
     required_missing = {k for k in not_ok if rows[k]["state_text"] == "missing"}
     assert required_missing == {(f"{DOMAIN}.", "MX"), (dkim_name, "TXT")}, before["rows"]
+
+    # What the box can tell about reachability: the A record is its own address; the outbound
+    # probe names the target that answered and the one that did not.
+    reach = before["reach"]
+    assert len(reach) == 3, reach
+    assert reach[0]["cls"] == "ok" and "points at this box directly" in reach[0]["text"], reach
+    assert reach[1]["cls"] == "ok" and "works" in reach[1]["text"], reach
+    assert reach[2]["cls"] == "error" and "blocked or unreachable" in reach[2]["text"], reach
 
     # Second check, with the zone file published: everything is in place.
     after = res["check_after"]

@@ -272,6 +272,11 @@ pub struct Config {
     /// default is the reference's, so a migrated relay keeps its DNS record.
     #[serde(default = "d_dkim_selector")]
     pub dkim_selector: String,
+    /// `host:port` targets the wizard's DNS step connects to, to see whether this network lets
+    /// the relay out on 25 (mail to other relays) and 443 (`/mxdeliv`, ACME). The default is the
+    /// reference's public chatmail relay; an empty list turns the probe off.
+    #[serde(default = "d_outbound_probes")]
+    pub outbound_probes: Vec<String>,
 
     /// How long outbound mail is retried before it bounces (Postfix's `maximal_queue_lifetime`,
     /// 2 days in the reference).
@@ -360,6 +365,9 @@ fn d_push_retry_delays() -> Vec<Seconds> {
 }
 fn d_push_give_up_after() -> Seconds {
     Seconds(5 * 3600)
+}
+fn d_outbound_probes() -> Vec<String> {
+    vec!["nine.testrun.org:25".into(), "nine.testrun.org:443".into()]
 }
 fn d_dkim_selector() -> String {
     "opendkim".into()

@@ -9,6 +9,7 @@
 //! go away on retry (timeout, SERVFAIL, REFUSED, an unreachable server) is temporary.
 
 pub mod check;
+pub mod reach;
 pub mod records;
 
 use hickory_resolver::config::{

@@ -56,7 +56,8 @@ async function dnsCheck() {
     state_text: tr.cells[2].textContent,
     detail: tr.cells[3].textContent,
   })));
-  return { summary: await page.textContent("#dns-check-summary"), rows, error: await page.textContent("#error") };
+  const reach = await page.$$eval("#reach li", (lis) => lis.map((li) => ({ cls: li.className, text: li.textContent })));
+  return { summary: await page.textContent("#dns-check-summary"), rows, reach, error: await page.textContent("#error") };
 }
 
 try {

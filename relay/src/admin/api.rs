@@ -337,7 +337,25 @@ async fn run(
         Endpoint::DnsCheck => {
             let (domain, dkim) = dns_domain_and_key(relay)?;
             let records = crate::dns::records::expected(&domain, &dkim, &mta_sts_id(now));
-            let report = crate::dns::check::check(cfg, &domain, &records).await;
+            let (report, outbound) = tokio::join!(
+                crate::dns::check::check(cfg, &domain, &records),
+                crate::dns::reach::outbound(&cfg.outbound_probes)
+            );
+            let found: Vec<std::net::IpAddr> = report
+                .records
+                .iter()
+                .filter(|r| r.rtype == "A/AAAA")
+                .flat_map(|r| r.found.iter().filter_map(|f| f.parse().ok()))
+                .collect();
+            let mut local = box_addresses(false);
+            // An address is this box's if a socket can be bound to it: that also covers what
+            // the interface list does not show (127.0.0.0/8, addresses on a local route).
+            for ip in &found {
+                if !local.contains(ip) && std::net::UdpSocket::bind((*ip, 0)).is_ok() {
+                    local.push(*ip);
+                }
+            }
+            let addresses = crate::dns::reach::address_verdict(&found, &local);
             let bad = |need: &str| {
                 report
                     .records
@@ -355,8 +373,11 @@ async fn run(
                 "required_not_ok": bad("required"),
                 "recommended_not_ok": bad("recommended"),
             }));
-            ok(serde_json::to_value(report)
-                .map_err(|e| ApiError(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()))?)
+            let mut v = serde_json::to_value(report)
+                .map_err(|e| ApiError(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()))?;
+            v["outbound"] = json!(outbound);
+            v["addresses"] = json!(addresses);
+            ok(v)
         }
         Endpoint::Settings => ok(settings(cfg)?),
         Endpoint::SaveSettings => {
@@ -641,6 +662,11 @@ fn dns(relay: &Relay, now: i64) -> Result<Value, ApiError> {
 
 /// The box's own non-loopback addresses, for the DNS and port-forwarding hints.
 fn local_addresses() -> Vec<std::net::IpAddr> {
+    box_addresses(false)
+}
+
+/// This machine's interface addresses (link-local ones never, loopback only when asked).
+fn box_addresses(with_loopback: bool) -> Vec<std::net::IpAddr> {
     let mut out = Vec::new();
     if let Ok(addrs) = nix::ifaddrs::getifaddrs() {
         for a in addrs {
@@ -653,7 +679,7 @@ fn local_addresses() -> Vec<std::net::IpAddr> {
             if let Some(ip) = ip {
                 let link_local =
                     matches!(ip, std::net::IpAddr::V6(v6) if (v6.segments()[0] & 0xffc0) == 0xfe80);
-                if !ip.is_loopback() && !link_local && !out.contains(&ip) {
+                if (with_loopback || !ip.is_loopback()) && !link_local && !out.contains(&ip) {
                     out.push(ip);
                 }
             }

@@ -120,7 +120,7 @@ async fn refuse(relay: &Relay, tcp: TcpStream, kind: Kind, text: &str) {
         return;
     }
     let mut io = SmtpStream::new(tcp, Duration::from_secs(10));
-    io.reply(421, &text.replacen("{}", &relay.cfg.hostname(), 1));
+    io.reply(421, &text.replacen("{}", relay.cfg.hostname(), 1));
     io.shutdown().await;
 }
 

@@ -1,0 +1,194 @@
+//! What the wizard's DNS step can find out about reachability from inside the box: whether the
+//! network lets the relay out on ports 25 and 443 (home and mobile networks often block 25), and
+//! how the domain's address records relate to this box's own addresses. Nothing here can see
+//! the router's public address or test inbound ports: a box behind NAT cannot reach itself
+//! through its public address on many routers (no hairpin NAT), so the verdicts say what is
+//! known and what only an outside check can tell.
+
+use serde::Serialize;
+use std::net::IpAddr;
+use std::time::{Duration, Instant};
+
+/// How long one outbound connection attempt may take.
+pub const PROBE_TIMEOUT: Duration = Duration::from_secs(6);
+
+#[derive(Debug, Clone, Serialize, PartialEq)]
+pub struct Probe {
+    pub target: String,
+    pub ok: bool,
+    /// Connect time in milliseconds when it worked.
+    pub ms: Option<f64>,
+    pub error: Option<String>,
+}
+
+/// Connects to every `host:port` at once (TCP only: the handshake is the question) and says which
+/// answered.
+pub async fn outbound(targets: &[String]) -> Vec<Probe> {
+    let probes = targets.iter().map(|t| async move {
+        let t0 = Instant::now();
+        let r =
+            tokio::time::timeout(PROBE_TIMEOUT, tokio::net::TcpStream::connect(t.as_str())).await;
+        let (ok, error) = match r {
+            Ok(Ok(_)) => (true, None),
+            Ok(Err(e)) => (false, Some(e.to_string())),
+            Err(_) => (
+                false,
+                Some(format!(
+                    "no answer within {} s (a firewall dropping the connection?)",
+                    PROBE_TIMEOUT.as_secs()
+                )),
+            ),
+        };
+        Probe {
+            target: t.clone(),
+            ok,
+            ms: ok.then(|| (t0.elapsed().as_secs_f64() * 10_000.0).round() / 10.0),
+            error,
+        }
+    });
+    futures::future::join_all(probes).await
+}
+
+#[derive(Debug, Clone, Copy, Serialize, PartialEq, Eq)]
+#[serde(rename_all = "snake_case")]
+pub enum AddressState {
+    /// No A/AAAA record found.
+    None,
+    /// A record names one of this box's own addresses.
+    ThisBox,
+    /// The box has only private addresses and the record is public: presumably the router's
+    /// address, which only an outside check can confirm.
+    BehindNat,
+    /// The record points somewhere this box is not, as far as it can tell.
+    Elsewhere,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct AddressVerdict {
+    pub state: AddressState,
+    pub found: Vec<IpAddr>,
+    pub local: Vec<IpAddr>,
+    pub note: String,
+}
+
+fn is_public(ip: &IpAddr) -> bool {
+    match ip {
+        IpAddr::V4(v4) => {
+            !(v4.is_private()
+                || v4.is_loopback()
+                || v4.is_link_local()
+                || v4.is_unspecified()
+                || v4.is_documentation()
+                // 100.64.0.0/10: carrier-grade NAT, not reachable from outside either
+                || (v4.octets()[0] == 100 && (v4.octets()[1] & 0xc0) == 64))
+        }
+        IpAddr::V6(v6) => {
+            let first = v6.segments()[0];
+            !(v6.is_loopback()
+                || v6.is_unspecified()
+                || (first & 0xfe00) == 0xfc00 // unique local
+                || (first & 0xffc0) == 0xfe80) // link local
+        }
+    }
+}
+
+fn list(ips: &[IpAddr]) -> String {
+    ips.iter()
+        .map(|i| i.to_string())
+        .collect::<Vec<_>>()
+        .join(", ")
+}
+
+/// How the domain's address records (`found`) relate to this box's addresses (`local`).
+pub fn address_verdict(found: &[IpAddr], local: &[IpAddr]) -> AddressVerdict {
+    let (state, note) = if found.is_empty() {
+        (
+            AddressState::None,
+            "No A or AAAA record yet: nothing can reach the relay by name.".to_string(),
+        )
+    } else if let Some(ip) = found.iter().find(|f| local.contains(f)) {
+        (
+            AddressState::ThisBox,
+            format!("The record points at this box directly ({ip})."),
+        )
+    } else if !local.iter().any(is_public) && found.iter().any(is_public) {
+        (
+            AddressState::BehindNat,
+            format!(
+                "This box has only private addresses ({}); {} should be your router's public \
+                 address, with the ports above forwarded to this box. That cannot be seen from \
+                 inside: check from outside your network (a phone on mobile data).",
+                list(local),
+                list(found)
+            ),
+        )
+    } else {
+        (
+            AddressState::Elsewhere,
+            format!(
+                "The record points at {}, which is not this box (its addresses: {}).",
+                list(found),
+                if local.is_empty() {
+                    "none found".to_string()
+                } else {
+                    list(local)
+                }
+            ),
+        )
+    };
+    AddressVerdict {
+        state,
+        found: found.to_vec(),
+        local: local.to_vec(),
+        note,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn ips(s: &[&str]) -> Vec<IpAddr> {
+        s.iter().map(|i| i.parse().unwrap()).collect()
+    }
+
+    #[test]
+    fn verdicts() {
+        let lan = ips(&["192.168.1.20", "fd00::20"]);
+        let v = |found: &[&str], local: &[IpAddr]| address_verdict(&ips(found), local).state;
+        assert_eq!(v(&[], &lan), AddressState::None);
+        assert_eq!(v(&["192.168.1.20"], &lan), AddressState::ThisBox);
+        assert_eq!(v(&["203.0.114.7"], &lan), AddressState::BehindNat);
+        assert_eq!(v(&["192.168.1.99"], &lan), AddressState::Elsewhere);
+        // carrier-grade NAT space is not a public address
+        assert_eq!(v(&["100.64.3.4"], &lan), AddressState::Elsewhere);
+        let public = ips(&["203.0.114.7", "2a01:4f8::7"]);
+        assert_eq!(v(&["2a01:4f8::7"], &public), AddressState::ThisBox);
+        assert_eq!(v(&["198.51.99.1"], &public), AddressState::Elsewhere);
+        let n = address_verdict(&ips(&["203.0.114.7"]), &lan).note;
+        assert!(
+            n.contains("router's public address") && n.contains("192.168.1.20"),
+            "{n}"
+        );
+    }
+
+    #[tokio::test]
+    async fn outbound_probe_says_which_targets_answer() {
+        let open = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let open_addr = open.local_addr().unwrap().to_string();
+        let closed = {
+            let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+            l.local_addr().unwrap().to_string()
+        };
+        let r = outbound(&[open_addr.clone(), closed.clone()]).await;
+        assert!(
+            r[0].ok && r[0].ms.is_some() && r[0].error.is_none(),
+            "{r:?}"
+        );
+        assert!(!r[1].ok && r[1].error.is_some(), "{r:?}");
+        assert_eq!(
+            (r[0].target.as_str(), r[1].target.as_str()),
+            (open_addr.as_str(), closed.as_str())
+        );
+    }
+}
