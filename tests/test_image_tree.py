@@ -215,6 +215,12 @@ def test_package_cargo_fields():
     assert "RELAYBOX_USERS" in mk and re.search(r"^\s*relaybox -1 relaybox -1 \* ", mk, re.M), \
         "relaybox system user with login disabled"
     assert (pkg / "relaybox.hash").is_file()
+    # legal-info copies the license files from the source tree: they must be there
+    license_files = fields.get("RELAYBOX_LICENSE_FILES", "").split()
+    assert license_files, "RELAYBOX_LICENSE_FILES missing"
+    for f in license_files:
+        assert (REPO / f).is_file(), f"{f} (RELAYBOX_LICENSE_FILES) is not in the source tree"
+    assert "AFFERO GENERAL PUBLIC LICENSE" in (REPO / "LICENSE").read_text()
     conf = (pkg / "Config.in").read_text()
     assert "config BR2_PACKAGE_RELAYBOX" in conf
     assert "depends on BR2_PACKAGE_HOST_RUSTC_TARGET_ARCH_SUPPORTS" in conf

@@ -20,7 +20,7 @@ RELAYBOX_VERSION = 0.1.0
 RELAYBOX_SITE = https://github.com/relaybox/relaybox/releases/download/v$(RELAYBOX_VERSION)
 RELAYBOX_SOURCE = relaybox-$(RELAYBOX_VERSION).tar.gz
 RELAYBOX_LICENSE = AGPL-3.0-or-later
-# TODO: add LICENSE to the source tree, then: RELAYBOX_LICENSE_FILES = LICENSE
+RELAYBOX_LICENSE_FILES = LICENSE
 # Cargo.toml of the binary crate; Cargo.lock is at the workspace root.
 RELAYBOX_SUBDIR = relay
 
