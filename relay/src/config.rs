@@ -268,6 +268,10 @@ pub struct Config {
     /// system resolver from `/etc/resolv.conf`. Tests point this at a loopback server.
     #[serde(default)]
     pub dns_servers: Vec<SocketAddr>,
+    /// The port the wizard's DNS check asks a zone's authoritative servers on (always 53 on
+    /// the internet; tests run their servers elsewhere).
+    #[serde(default = "d_dns_port")]
+    pub dns_authoritative_port: u16,
     /// The DKIM selector: the key is published at `<selector>._domainkey.<mail_domain>`. The
     /// default is the reference's, so a migrated relay keeps its DNS record.
     #[serde(default = "d_dkim_selector")]
@@ -365,6 +369,9 @@ fn d_push_retry_delays() -> Vec<Seconds> {
 }
 fn d_push_give_up_after() -> Seconds {
     Seconds(5 * 3600)
+}
+fn d_dns_port() -> u16 {
+    53
 }
 fn d_outbound_probes() -> Vec<String> {
     vec!["nine.testrun.org:25".into(), "nine.testrun.org:443".into()]

@@ -33,12 +33,12 @@ fn find_dnsmasq() -> Option<PathBuf> {
         .find(|p| p.is_file())
 }
 
-/// A port free for both UDP and TCP on the loopback address (dnsmasq serves both).
-fn free_port() -> u16 {
+/// A port free for both UDP and TCP on a loopback address (dnsmasq serves both).
+fn free_port(ip: &str) -> u16 {
     loop {
-        let udp = std::net::UdpSocket::bind((LISTEN, 0)).unwrap();
+        let udp = std::net::UdpSocket::bind((ip, 0)).unwrap();
         let port = udp.local_addr().unwrap().port();
-        if std::net::TcpListener::bind((LISTEN, port)).is_ok() {
+        if std::net::TcpListener::bind((ip, port)).is_ok() {
             return port;
         }
     }
@@ -47,6 +47,10 @@ fn free_port() -> u16 {
 /// Starts dnsmasq answering for `.test` from `records` only (anything else in `.test` is
 /// NXDOMAIN); `None` when dnsmasq is not installed.
 fn dnsmasq(records: &[String]) -> Option<Dnsmasq> {
+    dnsmasq_on(LISTEN, free_port(LISTEN), records)
+}
+
+fn dnsmasq_on(listen: &str, port: u16, records: &[String]) -> Option<Dnsmasq> {
     let Some(bin) = find_dnsmasq() else {
         // CI installs it (scripts/test.sh setup): there, a missing dnsmasq is a failure, not a skip.
         assert!(
@@ -56,7 +60,6 @@ fn dnsmasq(records: &[String]) -> Option<Dnsmasq> {
         eprintln!("SKIPPED: dnsmasq not found (install the Debian package dnsmasq-base)");
         return None;
     };
-    let port = free_port();
     let child = Command::new(bin)
         .args([
             "--no-daemon",
@@ -66,7 +69,7 @@ fn dnsmasq(records: &[String]) -> Option<Dnsmasq> {
             "--no-hosts",
             "--bind-interfaces",
             "--local=/test/",
-            &format!("--listen-address={LISTEN}"),
+            &format!("--listen-address={listen}"),
             &format!("--port={port}"),
         ])
         .args(records)
@@ -74,7 +77,7 @@ fn dnsmasq(records: &[String]) -> Option<Dnsmasq> {
         .stderr(Stdio::null())
         .spawn()
         .unwrap();
-    let addr = SocketAddr::new(LISTEN.parse().unwrap(), port);
+    let addr = SocketAddr::new(listen.parse().unwrap(), port);
     let server = Dnsmasq { child, addr };
     let deadline = Instant::now() + Duration::from_secs(10);
     while std::net::TcpStream::connect(addr).is_err() {
@@ -317,5 +320,50 @@ async fn live_check_says_exactly_which_record_is_missing_or_wrong() {
     assert!(
         mx.found.iter().any(|f| f.contains("mail.elsewhere.test")),
         "{mx:?}"
+    );
+}
+
+#[tokio::test]
+async fn live_check_asks_the_zones_authoritative_servers_not_the_resolver() {
+    use relaybox::dns::check::{check, State};
+    const AUTH: &str = "127.0.0.56";
+    let dir = tempfile::tempdir().unwrap();
+    let cfg0 = Config::with_domain("relay.test", dir.path()).unwrap();
+    let dkim = Dkim::load_or_create(&cfg0).unwrap();
+    let records = relaybox::dns::records::expected("relay.test", &dkim, "202612040000");
+    // The zone's server has every record, just published.
+    let auth_port = free_port(AUTH);
+    let Some(_auth) = dnsmasq_on(AUTH, auth_port, &publish(&records, None, "relay.test")) else {
+        return;
+    };
+    // The resolver still has the old MX, and names ns1.relay.test as the zone's server.
+    let mut stale = publish(&records, None, "mail.old.test");
+    stale.extend([
+        "--auth-zone=relay.test".to_string(),
+        format!("--auth-server=ns1.relay.test,{LISTEN}"),
+        format!("--host-record=ns1.relay.test,{AUTH}"),
+    ]);
+    let resolver_server = dnsmasq(&stale).unwrap();
+    let (mut cfg, dns) = resolver(&resolver_server, dir.path(), "relay.test");
+    assert_eq!(
+        dns.rdata("relay.test", "MX").await.unwrap(),
+        Some(vec!["10 mail.old.test.".to_string()]),
+        "the resolver serves the stale MX"
+    );
+    assert_eq!(
+        dns.rdata("relay.test", "NS").await.unwrap(),
+        Some(vec!["ns1.relay.test.".to_string()])
+    );
+    cfg.dns_authoritative_port = auth_port;
+    let report = check(&cfg, "relay.test", &records).await;
+    let bad: Vec<_> = report
+        .records
+        .iter()
+        .filter(|c| c.state != State::Ok)
+        .collect();
+    assert!(bad.is_empty(), "{report:#?}");
+    assert_eq!(
+        report.resolver,
+        format!("the authoritative servers ns1.relay.test ({AUTH})")
     );
 }

@@ -1,9 +1,12 @@
 //! The wizard's live DNS check: each record the relay needs ([`super::records::expected`]) is
 //! looked up and reported as ok, missing or wrong, with what was expected and what was found.
 //!
-//! It asks the configured resolver (the system's, or `dns_servers`) through a fresh resolver
-//! per check, so a record just fixed is not hidden by our own cache; a resolver in between may
-//! still serve an older answer until its TTL runs out, which the report says.
+//! Like `cmdeploy dns`, it asks the domain's authoritative servers: the NS records of the closest
+//! enclosing zone (found through the configured resolver, the system's or `dns_servers`), then
+//! each record straight from those servers, so a record just created or fixed shows at once
+//! instead of after a resolver's cached answer expires. When no NS can be found or none answers,
+//! it asks the configured resolver (fresh per check, so at least our own cache hides nothing)
+//! and the report says which was asked.
 
 use super::records::{Need, Record};
 use super::Dns;
@@ -168,6 +171,10 @@ pub async fn check(cfg: &Config, domain: &str, records: &[Record]) -> Report {
             }
         }
     };
+    let (dns, resolver) = match authoritative(cfg, &dns, domain).await {
+        Some((auth, names)) => (auth, format!("the authoritative servers {names}")),
+        None => (dns, resolver),
+    };
     let mut out = Vec::new();
     // Addresses first: nothing works without them, and only the operator knows the values.
     let addrs = dns.ips(domain).await;
@@ -240,6 +247,53 @@ pub async fn check(cfg: &Config, domain: &str, records: &[Record]) -> Report {
         required_ok,
         resolver,
     }
+}
+
+/// A resolver that asks the authoritative servers of `domain`'s zone, and their names with
+/// addresses for the report; `None` when no NS record is found below the top-level domain or
+/// none of the servers answers.
+async fn authoritative(cfg: &Config, dns: &Dns, domain: &str) -> Option<(Dns, String)> {
+    let mut zone = domain.trim_end_matches('.').to_ascii_lowercase();
+    let ns = loop {
+        if let Ok(Some(ns)) = dns.rdata(&zone, "NS").await {
+            if !ns.is_empty() {
+                break ns;
+            }
+        }
+        // Never up to the top-level domain: its servers only refer.
+        match zone.split_once('.') {
+            Some((_, parent)) if parent.contains('.') => zone = parent.to_string(),
+            _ => return None,
+        }
+    };
+    let mut servers = Vec::new();
+    let mut names = Vec::new();
+    for n in &ns {
+        let host = n.trim_end_matches('.');
+        let ips = dns.ips(host).await.unwrap_or_default();
+        if !ips.is_empty() {
+            names.push(format!(
+                "{host} ({})",
+                ips.iter()
+                    .map(|i| i.to_string())
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            ));
+        }
+        servers.extend(
+            ips.into_iter()
+                .map(|ip| std::net::SocketAddr::new(ip, cfg.dns_authoritative_port)),
+        );
+    }
+    if servers.is_empty() {
+        return None;
+    }
+    let mut c = cfg.clone();
+    c.dns_servers = servers;
+    let auth = Dns::new(&c).ok()?;
+    // Does one of them answer for the zone at all? (A firewall may keep us from port 53 out.)
+    auth.rdata(&zone, "SOA").await.ok()?;
+    Some((auth, names.join(", ")))
 }
 
 #[cfg(test)]
