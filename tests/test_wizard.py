@@ -28,6 +28,7 @@ from pathlib import Path
 import pytest
 
 from conftest import REPO, Relay, artifacts_dir, pick_address
+from fedhelpers import zone_to_dnsmasq
 
 WEB = REPO / "tests" / "web"
 
@@ -220,31 +221,6 @@ def _address_records(ip: str) -> list[str]:
     return [f"--host-record={n},{ip}" for n in (DOMAIN, f"mta-sts.{DOMAIN}", f"www.{DOMAIN}")]
 
 
-def zone_to_dnsmasq(zone: str) -> list[str]:
-    """The records of the wizard's zone file as dnsmasq options (as relay/tests/dns_loopback.rs
-    `publish()` maps them); comment lines are not published."""
-    out = []
-    for line in zone.splitlines():
-        line = line.strip()
-        if not line or line.startswith(";"):
-            continue
-        m = re.match(r"^(\S+)\s+\d+\s+IN\s+(\S+)\s+(.*)$", line)
-        assert m, f"not a zone line: {line!r}"
-        name, rtype, rdata = m.group(1).rstrip("."), m.group(2), m.group(3).strip()
-        f = rdata.split()
-        if rtype == "MX":
-            out.append(f"--mx-host={name},{f[1].rstrip('.')},{f[0]}")
-        elif rtype == "CNAME":
-            out.append(f"--cname={name},{f[0].rstrip('.')}")
-        elif rtype == "SRV":
-            out.append(f"--srv-host={name},{f[3].rstrip('.')},{f[2]},{f[0]},{f[1]}")
-        elif rtype == "TXT":
-            text = "".join(re.findall(r'"([^"]*)"', rdata))
-            assert "," not in text, f"dnsmasq would split {text!r}"
-            out.append(f"--txt-record={name},{text}")
-        else:
-            raise AssertionError(f"no dnsmasq form for {rtype}: {line!r}")
-    return out
 
 
 def _pebble_tls(d: Path) -> tuple[Path, Path, Path]:

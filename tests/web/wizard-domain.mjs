@@ -13,17 +13,11 @@
 //   node wizard-domain.mjs '{"http":"http://127.0.0.5:10080","code":"ABCD-...","domain":"wizard.test",
 //     "relay_ip":"127.0.0.5","password":"...","shots":"/dir","zone_out":"/tmp/z","dns_ready":"/tmp/r"}'
 import { chromium } from "playwright-core";
+import { run } from "./run.mjs";
 import fs from "node:fs";
-import path from "node:path";
 
 const args = JSON.parse(process.argv[2]);
-const result = { ok: false, steps: [] };
-const t0 = Date.now();
-const step = (name) => result.steps.push({ name, at_ms: Date.now() - t0 });
-fs.mkdirSync(args.shots, { recursive: true });
-let n = 0;
-const shot = async (page, name) =>
-  page.screenshot({ path: path.join(args.shots, `${String(++n).padStart(2, "0")}-${name}.png`), fullPage: true });
+const { result, t0, step, shot } = run(args);
 const sleep = (ms) => new Promise((res) => setTimeout(res, ms));
 
 const browser = await chromium.launch({

@@ -5,18 +5,13 @@
 //
 //   node wizard.mjs '{"http":"http://127.0.0.5:10080","code":"ABCD-...","password":"...","shots":"/dir"}'
 import { chromium } from "playwright-core";
+import { run } from "./run.mjs";
 import fs from "node:fs";
 import path from "node:path";
 
 const args = JSON.parse(process.argv[2]);
-const result = { ok: false, steps: [] };
+const { result, t0, step, shot, nextShotPath } = run(args);
 let p2 = null;
-const t0 = Date.now();
-const step = (name) => result.steps.push({ name, at_ms: Date.now() - t0 });
-fs.mkdirSync(args.shots, { recursive: true });
-let n = 0;
-const shot = async (page, name) =>
-  page.screenshot({ path: path.join(args.shots, `${String(++n).padStart(2, "0")}-${name}.png`), fullPage: true });
 
 const browser = await chromium.launch({
   executablePath: args.chromium || "/usr/bin/chromium",
@@ -134,7 +129,7 @@ try {
     await p2.locator("#admin-box").waitFor({ state: "visible" });
     await p2.locator("#status tr >> nth=0").waitFor({ state: "visible" });
     result.restored_admin_url = p2.url();
-    await p2.screenshot({ path: path.join(args.shots, `${String(++n).padStart(2, "0")}-restored.png`), fullPage: true });
+    await p2.screenshot({ path: nextShotPath("restored"), fullPage: true });
     step("restored");
   }
 
