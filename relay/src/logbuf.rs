@@ -141,22 +141,16 @@ pub fn push(line: Line) {
 
 /// The latest `n` lines, oldest first.
 pub fn recent(n: usize) -> Vec<Line> {
-    let b = BUF.lock().unwrap_or_else(|p| p.into_inner());
-    b.lines
-        .iter()
-        .skip(b.lines.len().saturating_sub(n))
-        .cloned()
-        .collect()
+    latest(&BUF.lock().unwrap_or_else(|p| p.into_inner()).lines, n)
 }
 
 /// The latest `n` warnings and errors, oldest first.
 pub fn warnings(n: usize) -> Vec<Line> {
-    let b = BUF.lock().unwrap_or_else(|p| p.into_inner());
-    b.warnings
-        .iter()
-        .skip(b.warnings.len().saturating_sub(n))
-        .cloned()
-        .collect()
+    latest(&BUF.lock().unwrap_or_else(|p| p.into_inner()).warnings, n)
+}
+
+fn latest(q: &VecDeque<Line>, n: usize) -> Vec<Line> {
+    q.iter().skip(q.len().saturating_sub(n)).cloned().collect()
 }
 
 #[cfg(test)]

@@ -347,7 +347,7 @@ async fn run(
                 .filter(|r| r.rtype == "A/AAAA")
                 .flat_map(|r| r.found.iter().filter_map(|f| f.parse().ok()))
                 .collect();
-            let mut local = box_addresses(false);
+            let mut local = local_addresses();
             // An address is this box's if a socket can be bound to it: that also covers what
             // the interface list does not show (127.0.0.0/8, addresses on a local route).
             for ip in &found {
@@ -539,17 +539,7 @@ async fn run(
                 }
             }
             if let Some(on) = input.get("nocreate").and_then(|v| v.as_bool()) {
-                let p = cfg.nocreate_path();
-                if on {
-                    super::write_atomic(&p, b"set from the admin page\n")
-                        .map_err(AdminError::from)?;
-                } else {
-                    match std::fs::remove_file(&p) {
-                        Ok(()) => {}
-                        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
-                        Err(e) => return Err(AdminError::from(e).into()),
-                    }
-                }
+                super::set_flag_file(&cfg.nocreate_path(), on).map_err(AdminError::from)?;
                 tracing::info!(
                     nocreate = on,
                     "admin: new accounts {}",
@@ -662,11 +652,6 @@ fn dns(relay: &Relay, now: i64) -> Result<Value, ApiError> {
 
 /// The box's own non-loopback addresses, for the DNS and port-forwarding hints.
 fn local_addresses() -> Vec<std::net::IpAddr> {
-    box_addresses(false)
-}
-
-/// This machine's interface addresses (link-local ones never, loopback only when asked).
-fn box_addresses(with_loopback: bool) -> Vec<std::net::IpAddr> {
     let mut out = Vec::new();
     if let Ok(addrs) = nix::ifaddrs::getifaddrs() {
         for a in addrs {
@@ -679,7 +664,7 @@ fn box_addresses(with_loopback: bool) -> Vec<std::net::IpAddr> {
             if let Some(ip) = ip {
                 let link_local =
                     matches!(ip, std::net::IpAddr::V6(v6) if (v6.segments()[0] & 0xffc0) == 0xfe80);
-                if (with_loopback || !ip.is_loopback()) && !link_local && !out.contains(&ip) {
+                if !ip.is_loopback() && !link_local && !out.contains(&ip) {
                     out.push(ip);
                 }
             }

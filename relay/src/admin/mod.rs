@@ -104,6 +104,17 @@ pub(crate) fn write_atomic(path: &Path, data: &[u8]) -> std::io::Result<()> {
     std::fs::File::open(dir)?.sync_all()
 }
 
+/// A switch kept as a file (nocreate, maintenance): written durably when on, removed when off.
+pub(crate) fn set_flag_file(path: &Path, on: bool) -> std::io::Result<()> {
+    if on {
+        return write_atomic(path, b"set from the admin page\n");
+    }
+    match std::fs::remove_file(path) {
+        Err(e) if e.kind() != std::io::ErrorKind::NotFound => Err(e),
+        _ => Ok(()),
+    }
+}
+
 /// Writes the wizard's settings file durably (the relay reads it at its next start).
 pub fn write_settings(cfg: &Config, table: &toml::Table) -> std::io::Result<()> {
     let text = format!(
@@ -219,15 +230,7 @@ impl Admin {
     }
 
     pub fn set_maintenance(&self, on: bool) -> std::io::Result<()> {
-        if on {
-            write_atomic(&self.maintenance_path, b"set from the admin page\n")?;
-        } else {
-            match std::fs::remove_file(&self.maintenance_path) {
-                Ok(()) => {}
-                Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
-                Err(e) => return Err(e),
-            }
-        }
+        set_flag_file(&self.maintenance_path, on)?;
         self.maintenance.store(on, Ordering::Relaxed);
         Ok(())
     }
