@@ -466,6 +466,11 @@ class FedRelay(Relay):
             'min_free_disk_space = "64M"',
             f"outbound_smtp_port = {25 + self.offset}",
             f"outbound_https_port = {443 + self.offset}",
+            # the relays of a federation test all live on 127.0.0.x, which a relay refuses as a
+            # destination unless told (issue 14 item 8)
+            'allowed_destination_networks = ["127.0.0.0/8"]',
+            # many test accounts come from 127.0.0.1 within minutes
+            "max_new_accounts_per_ip_per_hour = 0",
         ]
         if self.tls:
             lines += [f'tls_cert = "{self.tls[0]}"', f'tls_key = "{self.tls[1]}"']

@@ -17,6 +17,7 @@ fuzz_target!(|data: &[u8]| {
     let env = Envelope {
         mail_from: from.clone(),
         rcpt_to: vec![from],
+        peer: None,
     };
     let (verdict, kind) = check_outgoing_kind(&env, data);
     if let (Verdict::Accept(out), MailKind::Encrypted | MailKind::SecureJoin) = (verdict, kind) {

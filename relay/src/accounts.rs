@@ -3,8 +3,10 @@
 
 use crate::clock::Clock;
 use crate::config::Config;
+use crate::policy::throttle::{LoginThrottle, Turn};
 use crate::store::{Account, Store, StoreError};
 use std::collections::HashMap;
+use std::net::IpAddr;
 use std::path::Path;
 use std::sync::{Arc, Mutex};
 
@@ -17,6 +19,10 @@ pub enum LoginError {
     /// A new account was refused for a reason about the system, not the user.
     #[error("registration rejected: {0}")]
     RegistrationRejected(String),
+    /// Too many failed logins from this address (or at this account from a guessing address):
+    /// refused without looking at the password.
+    #[error("too many failed logins, try again later")]
+    Throttled,
     #[error("store: {0}")]
     Store(#[from] StoreError),
 }
@@ -209,9 +215,20 @@ pub struct Accounts {
     clock: Clock,
     cache_key: [u8; 32],
     cache: Mutex<HashMap<String, CacheEntry>>,
+    throttle: LoginThrottle,
+    /// New accounts per client address (`max_new_accounts_per_ip_per_hour`); `None`: no limit.
+    creations: Option<governor::DefaultKeyedRateLimiter<IpAddr>>,
 }
 
 const CACHE_MAX: usize = 100_000;
+
+/// One client for the account-creation limit: an IPv4 address, or an IPv6 /64.
+fn client_key(ip: IpAddr) -> IpAddr {
+    match ip.to_canonical() {
+        IpAddr::V6(v6) => IpAddr::V6((u128::from(v6) & !((1u128 << 64) - 1)).into()),
+        v4 => v4,
+    }
+}
 
 fn constant_time_eq(a: &[u8; 32], b: &[u8; 32]) -> bool {
     a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
@@ -221,12 +238,16 @@ impl Accounts {
     pub fn new(cfg: Arc<Config>, store: Store, clock: Clock) -> Accounts {
         let mut cache_key = [0u8; 32];
         rand::Rng::fill(&mut rand::thread_rng(), &mut cache_key);
+        let creations = std::num::NonZeroU32::new(cfg.max_new_accounts_per_ip_per_hour)
+            .map(|n| governor::RateLimiter::keyed(governor::Quota::per_hour(n)));
         Accounts {
             cfg,
             store,
             clock,
             cache_key,
             cache: Mutex::new(HashMap::new()),
+            throttle: LoginThrottle::default(),
+            creations,
         }
     }
 
@@ -263,8 +284,49 @@ impl Accounts {
         );
     }
 
-    /// Logs in, creating the account when the address is new and may be created.
+    /// Logs in, creating the account when the address is new and may be created. No client
+    /// address: nothing is throttled (tests, fuzzing, in-process callers).
     pub async fn login(&self, user: &str, password: &str) -> Result<User, LoginError> {
+        self.login_from(user, password, None).await
+    }
+
+    /// [`Accounts::login`] for a client at `peer`: failed logins from it are throttled (shared
+    /// by IMAP and SMTP), and so are the accounts it creates.
+    pub async fn login_from(
+        &self,
+        user: &str,
+        password: &str,
+        peer: Option<IpAddr>,
+    ) -> Result<User, LoginError> {
+        let key = user.trim().to_ascii_lowercase();
+        match self.throttle.turn(peer, &key, std::time::Instant::now()) {
+            Turn::Now => {}
+            Turn::After(wait) => tokio::time::sleep(wait).await,
+            Turn::Refused => {
+                tracing::info!(?peer, "login refused unchecked: too many failures");
+                return Err(LoginError::Throttled);
+            }
+        }
+        let result = self.login_unthrottled(user, password, peer).await;
+        match &result {
+            Ok(_) => self.throttle.succeeded(&key),
+            Err(LoginError::Failed) => {
+                let exists = self.store.account(&key).ok().flatten().is_some();
+                let account = exists.then_some(key.as_str());
+                self.throttle
+                    .failed(peer, account, std::time::Instant::now());
+            }
+            Err(_) => {}
+        }
+        result
+    }
+
+    async fn login_unthrottled(
+        &self,
+        user: &str,
+        password: &str,
+        peer: Option<IpAddr>,
+    ) -> Result<User, LoginError> {
         // Existing accounts are found case-insensitively, like Dovecot's %Lu lookup; a new
         // account is only made from an address already in its canonical lower-case form.
         let given = user.trim();
@@ -283,6 +345,20 @@ impl Accounts {
             tracing::warn!("registration rejected: {reason}");
             crate::metrics::M.rejected_registrations.inc();
             return Err(LoginError::RegistrationRejected(reason));
+        }
+        if let (Some(limiter), Some(ip)) = (&self.creations, peer) {
+            if limiter.len() > 10_000 {
+                // Forget addresses whose allowance is full again: a scan from many addresses
+                // cannot grow the table without bound.
+                limiter.retain_recent();
+            }
+            if limiter.check_key(&client_key(ip)).is_err() {
+                tracing::warn!(%ip, "registration rejected: too many new accounts from this address");
+                crate::metrics::M.rejected_registrations.inc();
+                return Err(LoginError::RegistrationRejected(
+                    "too many new accounts from this address".into(),
+                ));
+            }
         }
         let pw = password.to_string();
         let hash = tokio::task::spawn_blocking(move || make_hash(&pw))
@@ -499,5 +575,42 @@ mod tests {
         };
         assert!(s.refusal(&c).unwrap().contains("memory"));
         assert!(SystemState::default().refusal(&c).is_none());
+    }
+
+    /// Issue 14 item 9: one address created 4 193 accounts in 10 s. Now
+    /// `max_new_accounts_per_ip_per_hour` of them, then no more from that address (others, and
+    /// logins to existing accounts, are not affected).
+    #[tokio::test]
+    async fn new_accounts_per_address_are_limited() {
+        let d = tempfile::tempdir().unwrap();
+        let mut c = (*cfg(d.path())).clone();
+        c.max_new_accounts_per_ip_per_hour = 3;
+        let store = Store::open(&d.path().join("store")).unwrap();
+        let acc = Accounts::new(Arc::new(c), store, Clock::system());
+        let from = Some(IpAddr::from([192, 0, 2, 5]));
+        for i in 0..3 {
+            let a = format!("newuser{i:02}@chat.example.org");
+            assert!(acc.login_from(&a, "password1", from).await.unwrap().created);
+        }
+        let r = acc
+            .login_from("newuser99@chat.example.org", "password1", from)
+            .await;
+        assert!(
+            matches!(r, Err(LoginError::RegistrationRejected(ref why)) if why.contains("too many new accounts")),
+            "{r:?}"
+        );
+        // Existing accounts still log in from there; other addresses still create.
+        let u = acc
+            .login_from("newuser00@chat.example.org", "password1", from)
+            .await
+            .unwrap();
+        assert!(!u.created);
+        let other = Some(IpAddr::from([192, 0, 2, 6]));
+        assert!(
+            acc.login_from("newuser99@chat.example.org", "password1", other)
+                .await
+                .unwrap()
+                .created
+        );
     }
 }

@@ -136,6 +136,50 @@ impl<'de> Deserialize<'de> for Seconds {
     }
 }
 
+/// An address block written as `127.0.0.0/8` or `fd00::/8`; a bare address is a block of one.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct IpNet {
+    pub addr: IpAddr,
+    pub prefix: u8,
+}
+
+impl IpNet {
+    pub fn parse(s: &str) -> Result<IpNet, String> {
+        let bad = || format!("expected an address block like \"127.0.0.0/8\", got {s:?}");
+        let (a, p) = s.trim().split_once('/').unwrap_or((s.trim(), ""));
+        let addr: IpAddr = a.parse().map_err(|_| bad())?;
+        let max = if addr.is_ipv4() { 32 } else { 128 };
+        let prefix = if p.is_empty() {
+            max
+        } else {
+            p.parse::<u8>().ok().filter(|n| *n <= max).ok_or_else(bad)?
+        };
+        Ok(IpNet { addr, prefix })
+    }
+
+    pub fn contains(&self, ip: IpAddr) -> bool {
+        let bits = |ip: IpAddr| -> (u128, u32) {
+            match ip.to_canonical() {
+                IpAddr::V4(v4) => (u32::from(v4) as u128, 32),
+                IpAddr::V6(v6) => (u128::from(v6), 128),
+            }
+        };
+        let ((net, width), (addr, w)) = (bits(self.addr), bits(ip));
+        if width != w {
+            return false;
+        }
+        let host_bits = width - u32::from(self.prefix).min(width);
+        host_bits >= width || (net >> host_bits) == (addr >> host_bits)
+    }
+}
+
+impl<'de> Deserialize<'de> for IpNet {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        let s = String::deserialize(d)?;
+        IpNet::parse(&s).map_err(de::Error::custom)
+    }
+}
+
 /// Where each service listens. An empty list switches that service off.
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields, default)]
@@ -303,6 +347,16 @@ pub struct Config {
     pub outbound_smtp_port: u16,
     #[serde(default = "d_443")]
     pub outbound_https_port: u16,
+    /// Address blocks outbound delivery may connect to although they are not public addresses
+    /// (loopback, link-local, and for relays with a domain name the private ranges), such as
+    /// `["127.0.0.0/8"]` for relays federating on one machine in tests. Empty (the default):
+    /// mail to such addresses is refused at RCPT and never connected to.
+    #[serde(default)]
+    pub allowed_destination_networks: Vec<IpNet>,
+    /// New accounts (made by a first login) one client address may create per hour, IMAP and
+    /// SMTP together; IPv6 clients count per /64. 0: no limit.
+    #[serde(default = "d_30")]
+    pub max_new_accounts_per_ip_per_hour: u32,
 
     /// Where push notifications go: each device token is POSTed there as the raw body
     /// (reference §5.4). Plain `http://` works too (tests).
@@ -697,6 +751,18 @@ impl Config {
     /// Self-signed mode: IP literals and `_`-prefixed domains (reference §2).
     pub fn is_self_signed(&self) -> bool {
         self.tls_mode() == TlsMode::SelfSigned
+    }
+
+    /// May outbound delivery connect to `ip`? Public addresses yes; loopback, link-local,
+    /// unspecified, multicast and broadcast addresses, and for a relay with a domain name the
+    /// private ranges too, only when `allowed_destination_networks` lists them.
+    pub fn destination_allowed(&self, ip: IpAddr) -> bool {
+        let ip = ip.to_canonical();
+        crate::net::public_destination(ip, self.is_ip_literal())
+            || self
+                .allowed_destination_networks
+                .iter()
+                .any(|n| n.contains(ip))
     }
 
     /// Is `domain` (from an address) ours? Compared case-insensitively.

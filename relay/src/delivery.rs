@@ -145,6 +145,16 @@ impl Delivery {
                     501,
                     format!("5.1.2 Bad destination domain {domain}"),
                 )),
+                // No mail to our own loopback or LAN services through an address literal.
+                Direction::Outgoing
+                    if crate::dns::literal_ip(domain)
+                        .is_some_and(|ip| !self.cfg.destination_allowed(ip)) =>
+                {
+                    Err(Reply::new(
+                        550,
+                        format!("5.7.1 Refusing to deliver to {domain}: not a public address"),
+                    ))
+                }
                 Direction::Outgoing => Ok(Target::Remote(rcpt)),
             };
         }
@@ -201,7 +211,8 @@ impl Delivery {
             //
             // No per-recipient refusal of unencrypted mail (§3.5 step 6): every account we create
             // enforces encryption, so the gate's 523 already holds for all recipients.
-            if let Err(r) = crate::dkim::verify_origin(&self.dns, &data).await {
+            if let Err(r) = crate::dkim::verify_origin(&self.dns, &self.cfg, env.peer, &data).await
+            {
                 tracing::info!(reply = %r, "incoming message refused by the origin check");
                 return r;
             }

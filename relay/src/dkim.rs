@@ -327,10 +327,75 @@ fn der(tag: u8, content: &[u8]) -> Vec<u8> {
     out
 }
 
-/// The origin check on incoming mail (reference §3.5 step 7): unless the From domain is a domain
-/// literal, at least one DKIM signature must verify and have `d=` equal to the From domain
-/// (strict alignment). SPF and DMARC policies play no part.
-pub async fn verify_origin(dns: &Dns, message: &[u8]) -> Result<(), Reply> {
+/// Does a From domain name this relay: our mail domain, or an address literal of our own IP
+/// (the literal of an IP-literal relay, or an address we listen on).
+fn is_own_domain(cfg: &Config, domain: &str) -> bool {
+    if cfg.is_local_domain(domain) {
+        return true;
+    }
+    let Some(ip) = crate::dns::literal_ip(domain).map(|ip| ip.to_canonical()) else {
+        return false;
+    };
+    let l = &cfg.listen;
+    // Not the metrics listener: it is on loopback everywhere and says nothing about us.
+    let public = [
+        &l.smtp,
+        &l.submissions,
+        &l.submission,
+        &l.imap,
+        &l.imaps,
+        &l.http,
+        &l.https,
+    ];
+    cfg.literal_ip().map(|i| i.to_canonical()) == Some(ip)
+        || public
+            .iter()
+            .flat_map(|v| v.iter())
+            .any(|a| !a.ip().is_unspecified() && a.ip().to_canonical() == ip)
+}
+
+/// What the From domain of incoming mail may claim before any DKIM lookup: never our own
+/// domain (our users' mail reaches our mailboxes through authenticated submission, never
+/// through port 25 or `/mxdeliv`, so a copy arriving there is forged or replayed), and an
+/// address literal only when it is the address the message came from (`peer`: the client of
+/// port 25, the TLS client of `/mxdeliv`). `Ok(true)`: a literal that matched, nothing left to
+/// check; `Ok(false)`: a name, DKIM decides.
+pub fn check_claimed_origin(
+    cfg: &Config,
+    peer: Option<std::net::IpAddr>,
+    from_domain: &str,
+) -> Result<bool, Reply> {
+    if is_own_domain(cfg, from_domain) {
+        return Err(Reply::new(
+            554,
+            format!(
+                "5.7.1 Mail from {from_domain} is only accepted from authenticated users of this relay"
+            ),
+        ));
+    }
+    if !from_domain.starts_with('[') {
+        return Ok(false);
+    }
+    let claimed = crate::dns::literal_ip(from_domain).map(|ip| ip.to_canonical());
+    match (claimed, peer.map(|p| p.to_canonical())) {
+        (Some(c), Some(p)) if c == p => Ok(true),
+        _ => Err(Reply::new(
+            554,
+            format!("5.7.1 From domain {from_domain} is not the address this message came from"),
+        )),
+    }
+}
+
+/// The origin check on incoming mail (reference §3.5 step 7): the From domain must not be ours
+/// and a domain literal must be the sender's address ([`check_claimed_origin`]); for a name, at
+/// least one DKIM signature must verify and have `d=` equal to the From domain (strict
+/// alignment). SPF and DMARC policies play no part.
+pub async fn verify_origin(
+    dns: &Dns,
+    cfg: &Config,
+    peer: Option<std::net::IpAddr>,
+    message: &[u8],
+) -> Result<(), Reply> {
     let parse_error = || Reply::new(500, "Failed to parse message headers");
     let auth = AuthenticatedMessage::parse(message).ok_or_else(parse_error)?;
     // The same From address the policy gate checked, so both agree on who the sender is.
@@ -338,8 +403,8 @@ pub async fn verify_origin(dns: &Dns, message: &[u8]) -> Result<(), Reply> {
         .map_err(|_| parse_error())?
         .ok_or_else(parse_error)?;
     let (_, from_domain) = from.rsplit_once('@').ok_or_else(parse_error)?;
-    if from_domain.starts_with('[') {
-        // IP-literal relays have no DNS to publish a key in; they are trusted on encryption only.
+    if check_claimed_origin(cfg, peer, from_domain)? {
+        // IP-literal relays have no DNS to publish a key in; the connection itself vouches.
         return Ok(());
     }
     let has_signature = auth

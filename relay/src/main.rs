@@ -180,6 +180,17 @@ fn main() -> anyhow::Result<()> {
             // A laptop or CI disk shared with build trees often has less than the production 1G
             // free; a dev relay only needs room for its own test mail.
             cfg.min_free_disk_space = config::ByteSize(64 << 20);
+            // Test suites and a developer's Delta Chat profiles make many accounts from one
+            // loopback address.
+            cfg.max_new_accounts_per_ip_per_hour = 0;
+            // Dev relays on loopback federate with each other (and tests queue mail for dead
+            // loopback addresses); a relay on a real address keeps the default.
+            if ip.is_loopback() {
+                cfg.allowed_destination_networks = ["127.0.0.0/8", "::1"]
+                    .iter()
+                    .filter_map(|n| config::IpNet::parse(n).ok())
+                    .collect();
+            }
             cfg.admin_ui = wizard;
             let relay = relaybox::server::build(cfg)?;
             print_invite(&relay.cfg, ip, port_offset);

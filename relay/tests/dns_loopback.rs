@@ -205,12 +205,15 @@ async fn dkim_key_published_in_dns_verifies_the_signature() {
     let (_, dns) = resolver(&server, dir.path(), "b.test");
     let msg = b"From: <alice@a.test>\r\nTo: <bob@b.test>\r\nSubject: [...]\r\n\r\nhello\r\n";
     let signed = signer.sign(msg).unwrap();
-    assert_eq!(dkim::verify_origin(&dns, &signed).await, Ok(()));
+    // The receiving relay is b.test.
+    let rcv = Config::with_domain("b.test", dir.path()).unwrap();
+    let peer = Some(std::net::IpAddr::from([192, 0, 2, 1]));
+    assert_eq!(dkim::verify_origin(&dns, &rcv, peer, &signed).await, Ok(()));
     // The same signature claimed for another From domain is not aligned.
     let forged = String::from_utf8(signed)
         .unwrap()
         .replace("From: <alice@a.test>", "From: <alice@c.test>");
-    let r = dkim::verify_origin(&dns, forged.as_bytes())
+    let r = dkim::verify_origin(&dns, &rcv, peer, forged.as_bytes())
         .await
         .unwrap_err();
     assert_eq!(r.to_string(), "554 5.7.1 No valid DKIM signature found");
@@ -221,7 +224,9 @@ async fn dkim_key_published_in_dns_verifies_the_signature() {
     let other_key = Dkim::key_path(&other_cfg);
     std::fs::copy(&key, &other_key).unwrap();
     let unpublished = Dkim::load(&other_cfg).unwrap().sign(msg).unwrap();
-    let r = dkim::verify_origin(&dns_b, &unpublished).await.unwrap_err();
+    let r = dkim::verify_origin(&dns_b, &rcv, peer, &unpublished)
+        .await
+        .unwrap_err();
     assert_eq!(r.to_string(), "554 5.7.1 No valid DKIM signature found");
 }
 

@@ -279,6 +279,7 @@ fn env(from: &str) -> Envelope {
     Envelope {
         mail_from: from.into(),
         rcpt_to: vec!["bob@example.net".into()],
+        peer: None,
     }
 }
 

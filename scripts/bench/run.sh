@@ -66,6 +66,8 @@ max_mailbox_size = "100G"
 max_imap_connections = 30000
 max_smtp_connections = 1000
 max_load_1m = 1000.0
+# the load generator creates thousands of accounts from one address
+max_new_accounts_per_ip_per_hour = 0
 min_available_memory = "1M"
 min_free_disk_space = "1M"
 [listen]

@@ -887,6 +887,7 @@ async fn self_test_steps(relay: &Relay, steps: &mut Vec<String>) -> Result<(), S
         let env = Envelope {
             mail_from: a.clone(),
             rcpt_to: vec![b.clone()],
+            peer: None,
         };
         let data = crate::policy::testmsg::encrypted(&a, &b);
         let reply = relay

@@ -56,6 +56,8 @@ impl Env {
         let env = Envelope {
             mail_from: mail_from.into(),
             rcpt_to: vec![RCPT.into()],
+            // The sender of the IP-literal test messages (alice@[192.0.2.1]).
+            peer: Some(std::net::IpAddr::from([192, 0, 2, 1])),
         };
         self.delivery
             .submit(&env, &[target], data, Direction::Incoming)
@@ -150,4 +152,66 @@ async fn key_lookup_failure_is_temporary() {
     let reply = e.submit("alice@a.test", signed).await;
     assert!(reply.starts_with("451 "), "{reply}");
     assert_eq!(e.stored(), 0);
+}
+
+/// Issue 14 item 8: `x@[127.0.0.56]` was accepted at RCPT and queued, and the relay then
+/// connected to its own loopback. Loopback, link-local and the like are refused at RCPT; private
+/// ranges too for a relay with a domain name; `allowed_destination_networks` lets tests through.
+#[tokio::test]
+async fn rcpt_to_loopback_and_private_literals_is_refused() {
+    let e = env().await;
+    let check = |d: &Delivery, rcpt: &str| match d.check_rcpt(rcpt, Direction::Outgoing) {
+        Ok(t) => format!("{t:?}"),
+        Err(r) => r.to_string(),
+    };
+    for rcpt in [
+        "x@[127.0.0.56]",
+        "x@[169.254.169.254]",
+        "x@[0.0.0.0]",
+        "x@[224.0.0.1]",
+        "x@[255.255.255.255]",
+        "x@[IPv6:::1]",
+        "x@[IPv6:fe80::1]",
+        "x@[IPv6:::ffff:127.0.0.1]",
+    ] {
+        let domain = rcpt.split_once('@').unwrap().1.to_ascii_lowercase();
+        assert_eq!(
+            check(&e.delivery, rcpt),
+            format!("550 5.7.1 Refusing to deliver to {domain}: not a public address"),
+        );
+    }
+    // An IP-literal relay (this one) may reach its LAN, and the internet of course.
+    assert_eq!(
+        check(&e.delivery, "x@[10.1.2.3]"),
+        "Remote(\"x@[10.1.2.3]\")"
+    );
+    assert_eq!(
+        check(&e.delivery, "x@[192.0.2.1]"),
+        "Remote(\"x@[192.0.2.1]\")"
+    );
+
+    let named = |tune: &dyn Fn(&mut Config)| {
+        let dir = tempfile::tempdir().unwrap();
+        let mut cfg = Config::with_domain("chat.example.org", dir.path()).unwrap();
+        cfg.dns_servers = vec![crate::dns::servfail_server()];
+        tune(&mut cfg);
+        let cfg = Arc::new(cfg);
+        let dns = Dns::new(&cfg).unwrap();
+        let store = Store::open(&dir.path().join("store")).unwrap();
+        (
+            dir,
+            Delivery::new(cfg, store, Clock::system(), dns).unwrap(),
+        )
+    };
+    let (_d, d) = named(&|_| {});
+    for rcpt in ["x@[10.1.2.3]", "x@[192.168.1.1]", "x@[IPv6:fd00::1]"] {
+        assert!(check(&d, rcpt).starts_with("550 5.7.1 "), "{rcpt}");
+    }
+    assert_eq!(check(&d, "x@[192.0.2.1]"), "Remote(\"x@[192.0.2.1]\")");
+    // The explicit allowance (tests federating on loopback).
+    let (_d, d) = named(&|c| {
+        c.allowed_destination_networks = vec![crate::config::IpNet::parse("127.0.0.0/8").unwrap()]
+    });
+    assert_eq!(check(&d, "x@[127.0.0.56]"), "Remote(\"x@[127.0.0.56]\")");
+    assert!(check(&d, "x@[10.1.2.3]").starts_with("550 "));
 }

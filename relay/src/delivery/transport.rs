@@ -54,7 +54,8 @@ fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
 /// What trying one MX host gave when it did not settle every recipient.
 struct Unreachable {
     err: String,
-    /// A 4xx reply the host gave over HTTPS, reported if no other host gets the message.
+    /// A reply reported if no other host gets the message: a 4xx the host gave over HTTPS, or
+    /// the 5xx for a host whose addresses we may not connect to.
     temp: Option<Reply>,
 }
 
@@ -204,6 +205,12 @@ impl Transport {
         fill(results, fallback)
     }
 
+    /// The address an IP-literal relay sends from: its literal, since receivers accept a
+    /// literal From only from that address (the origin check of incoming mail).
+    fn source_ip(&self) -> Option<IpAddr> {
+        self.cfg.literal_ip().filter(|ip| !ip.is_unspecified())
+    }
+
     /// Whether TLS to `host` (an MX of `domain`) is verified.
     fn verified(domain: &str, host: &str) -> bool {
         crate::dns::literal_ip(domain).is_none()
@@ -239,6 +246,24 @@ impl Transport {
                 })
             }
         };
+        // Defence in depth behind the RCPT check: a name can resolve to loopback or a LAN
+        // address too (an MX pointing at 127.0.0.1), and no such address is ever connected to.
+        let (ips, refused): (Vec<IpAddr>, Vec<IpAddr>) = ips
+            .into_iter()
+            .partition(|ip| self.cfg.destination_allowed(*ip));
+        if ips.is_empty() {
+            let r = Reply::new(
+                550,
+                format!(
+                    "5.7.1 Refusing to deliver to {host}: {} is not a public address",
+                    refused[0]
+                ),
+            );
+            return Err(Unreachable {
+                err: r.text.clone(),
+                temp: Some(r),
+            });
+        }
         let verified = Self::verified(domain, host);
         let server_name =
             client_tls::server_name(host).map_err(|err| Unreachable { err, temp: None })?;
@@ -257,6 +282,7 @@ impl Transport {
                         host,
                         port,
                         ips,
+                        source: self.source_ip(),
                         verified,
                         connector: if verified {
                             self.tls.https_verified.clone()
@@ -317,7 +343,7 @@ impl Transport {
         let to: Vec<&str> = pending.iter().map(|&i| rcpts[i].as_str()).collect();
         let smtp_port = self.cfg.outbound_smtp_port;
         let attempt = async {
-            let tcp = connect_tcp(&ips, smtp_port).await?;
+            let tcp = connect_tcp(&ips, smtp_port, self.source_ip()).await?;
             let session = smtp::Session {
                 host,
                 ehlo: &self.cfg.mail_domain,
@@ -374,12 +400,16 @@ fn is_safe_address(a: &str) -> bool {
 }
 
 /// Connects to the first of `ips` (A records first, as the resolver gives them) that answers on
-/// `port`.
-async fn connect_tcp(ips: &[IpAddr], port: u16) -> Result<TcpStream, String> {
+/// `port`, from `source` when given and of the same family.
+async fn connect_tcp(
+    ips: &[IpAddr],
+    port: u16,
+    source: Option<IpAddr>,
+) -> Result<TcpStream, String> {
     let mut last = String::from("no address to connect to");
     for ip in ips {
         let addr = SocketAddr::new(*ip, port);
-        match tokio::time::timeout(CONNECT_TIMEOUT, TcpStream::connect(addr)).await {
+        match tokio::time::timeout(CONNECT_TIMEOUT, connect_from(addr, source)).await {
             Ok(Ok(s)) => {
                 let _ = s.set_nodelay(true);
                 return Ok(s);
@@ -389,6 +419,23 @@ async fn connect_tcp(ips: &[IpAddr], port: u16) -> Result<TcpStream, String> {
         }
     }
     Err(last)
+}
+
+/// A TCP connection to `addr`, bound to `source` if it is of the same family and an address of
+/// this host; otherwise from whatever address the kernel picks.
+async fn connect_from(addr: SocketAddr, source: Option<IpAddr>) -> std::io::Result<TcpStream> {
+    if let Some(src) = source.filter(|s| s.is_ipv4() == addr.is_ipv4()) {
+        let sock = if addr.is_ipv4() {
+            tokio::net::TcpSocket::new_v4()?
+        } else {
+            tokio::net::TcpSocket::new_v6()?
+        };
+        // Not ours (behind NAT the literal is the router's address): connect unbound.
+        if sock.bind(SocketAddr::new(src, 0)).is_ok() {
+            return sock.connect(addr).await;
+        }
+    }
+    TcpStream::connect(addr).await
 }
 
 #[cfg(test)]

@@ -36,6 +36,17 @@ fn dns_knowing(cfg: &Config, keys: &[&Dkim]) -> Dns {
     dns
 }
 
+/// The receiving relay of these tests: a domain none of the senders use.
+fn receiver() -> Config {
+    Config::with_domain("rcv.test", &std::env::temp_dir()).unwrap()
+}
+
+/// The origin check as the receiving relay runs it for a sender at 192.0.2.1.
+async fn verify(dns: &Dns, m: &[u8]) -> Result<(), Reply> {
+    let peer = Some(std::net::IpAddr::from([192, 0, 2, 1]));
+    verify_origin(dns, &receiver(), peer, m).await
+}
+
 fn reply_text(r: Result<(), Reply>) -> String {
     match r {
         Ok(()) => "ok".into(),
@@ -51,7 +62,7 @@ async fn signed_aligned_message_verifies() {
         .sign(&testmsg::encrypted("alice@a.test", "bob@b.test"))
         .unwrap();
     assert!(signed.starts_with(b"DKIM-Signature: "));
-    assert_eq!(reply_text(verify_origin(&dns, &signed).await), "ok");
+    assert_eq!(reply_text(verify(&dns, &signed).await), "ok");
 }
 
 #[tokio::test]
@@ -61,7 +72,7 @@ async fn from_domain_is_compared_case_insensitively() {
     let signed = dkim
         .sign(&testmsg::encrypted("alice@A.Test", "bob@b.test"))
         .unwrap();
-    assert_eq!(reply_text(verify_origin(&dns, &signed).await), "ok");
+    assert_eq!(reply_text(verify(&dns, &signed).await), "ok");
 }
 
 #[tokio::test]
@@ -74,7 +85,7 @@ async fn valid_signature_of_another_domain_is_not_enough() {
         .sign(&testmsg::encrypted("alice@a.test", "bob@b.test"))
         .unwrap();
     assert_eq!(
-        reply_text(verify_origin(&dns, &signed).await),
+        reply_text(verify(&dns, &signed).await),
         "554 5.7.1 No valid DKIM signature found"
     );
 }
@@ -91,7 +102,7 @@ async fn body_changed_after_signing_is_rejected() {
         .replace("Version: 1", "Version: 2")
         .into_bytes();
     assert_eq!(
-        reply_text(verify_origin(&dns, &tampered).await),
+        reply_text(verify(&dns, &tampered).await),
         "554 5.7.1 No valid DKIM signature found"
     );
 }
@@ -106,7 +117,7 @@ async fn oversigned_header_added_after_signing_is_rejected() {
     let mut added = b"Reply-To: <mallory@evil.test>\r\n".to_vec();
     added.extend_from_slice(&signed);
     assert_eq!(
-        reply_text(verify_origin(&dns, &added).await),
+        reply_text(verify(&dns, &added).await),
         "554 5.7.1 No valid DKIM signature found"
     );
 }
@@ -117,18 +128,66 @@ async fn unsigned_message_is_rejected_without_dns() {
     let dns = Dns::new(&cfg).unwrap();
     let m = testmsg::encrypted("alice@a.test", "bob@b.test");
     assert_eq!(
-        reply_text(verify_origin(&dns, &m).await),
+        reply_text(verify(&dns, &m).await),
         "554 5.7.1 No DKIM signature found"
     );
 }
 
 #[tokio::test]
-async fn ip_literal_sender_needs_no_signature() {
+async fn ip_literal_sender_needs_no_signature_when_it_is_the_peer() {
     let (_d, cfg) = setup("a.test");
     let dns = Dns::new(&cfg).unwrap();
-    for from in ["alice@[192.0.2.1]", "alice@[IPv6:2001:db8::1]"] {
-        let m = testmsg::encrypted(from, "bob@a.test");
-        assert_eq!(reply_text(verify_origin(&dns, &m).await), "ok", "{from}");
+    let rcv = receiver();
+    for (from, peer) in [
+        ("alice@[192.0.2.1]", "192.0.2.1"),
+        ("alice@[IPv6:2001:db8::1]", "2001:db8::1"),
+        // A dual-stack listener sees IPv4 clients as mapped IPv6 addresses.
+        ("alice@[192.0.2.1]", "::ffff:192.0.2.1"),
+    ] {
+        let m = testmsg::encrypted(from, "bob@rcv.test");
+        let peer = Some(peer.parse().unwrap());
+        let r = verify_origin(&dns, &rcv, peer, &m).await;
+        assert_eq!(reply_text(r), "ok", "{from}");
+    }
+}
+
+/// Issue 14 item 1: a literal From was taken from anyone, so any client of port 25 could write
+/// as `someone@[any address]`, also as a user of an IP-literal relay to that relay.
+#[tokio::test]
+async fn ip_literal_sender_that_is_not_the_peer_is_refused() {
+    let (_d, cfg) = setup("a.test");
+    let dns = Dns::new(&cfg).unwrap();
+    let rcv = receiver();
+    let m = testmsg::encrypted("alice@[10.6.6.6]", "bob@rcv.test");
+    for peer in [Some("192.0.2.1".parse().unwrap()), None] {
+        assert_eq!(
+            reply_text(verify_origin(&dns, &rcv, peer, &m).await),
+            "554 5.7.1 From domain [10.6.6.6] is not the address this message came from"
+        );
+    }
+}
+
+/// Issue 14 item 1: mail claiming our own domain never comes in from outside, not even with a
+/// valid signature of ours (a replayed message) and not from our own address literal.
+#[tokio::test]
+async fn own_domain_is_refused_even_when_signed() {
+    let (_d, cfg, dkim) = relay_with_test_key("a.test");
+    let dns = dns_knowing(&cfg, &[&dkim]);
+    let signed = dkim
+        .sign(&testmsg::encrypted("alice@a.test", "bob@a.test"))
+        .unwrap();
+    let peer = Some("192.0.2.1".parse().unwrap());
+    assert_eq!(
+        reply_text(verify_origin(&dns, &cfg, peer, &signed).await),
+        "554 5.7.1 Mail from a.test is only accepted from authenticated users of this relay"
+    );
+    let lit = Config::with_domain("[192.0.2.7]", &std::env::temp_dir()).unwrap();
+    for from in ["alice@[192.0.2.7]", "MAILER-DAEMON@[192.0.2.7]"] {
+        let m = testmsg::encrypted(from, "bob@[192.0.2.7]");
+        // Even from our own address: our users submit with a login, never through port 25.
+        let peer = Some("192.0.2.7".parse().unwrap());
+        let r = verify_origin(&dns, &lit, peer, &m).await.unwrap_err();
+        assert_eq!(r.code, 554, "{from}: {r}");
     }
 }
 
@@ -138,7 +197,7 @@ async fn headerless_message_is_a_parse_error() {
     let dns = Dns::new(&cfg).unwrap();
     for m in [&b""[..], b"\r\nno header at all\r\n"] {
         assert_eq!(
-            reply_text(verify_origin(&dns, m).await),
+            reply_text(verify(&dns, m).await),
             "500 Failed to parse message headers"
         );
     }
@@ -153,7 +212,7 @@ async fn key_that_cannot_be_fetched_is_a_temporary_failure() {
     let signed = dkim
         .sign(&testmsg::encrypted("alice@a.test", "bob@b.test"))
         .unwrap();
-    let r = verify_origin(&dns, &signed).await.unwrap_err();
+    let r = verify(&dns, &signed).await.unwrap_err();
     assert_eq!(r.code, 451, "{r}");
     assert!(r.text.starts_with("4.7.0 "), "{r}");
 }
@@ -167,7 +226,7 @@ async fn misaligned_signature_with_unreachable_key_is_still_permanent() {
         .sign(&testmsg::encrypted("alice@a.test", "bob@b.test"))
         .unwrap();
     assert_eq!(
-        reply_text(verify_origin(&dns, &signed).await),
+        reply_text(verify(&dns, &signed).await),
         "554 5.7.1 No valid DKIM signature found"
     );
 }
@@ -195,7 +254,7 @@ async fn wrong_published_key_fails_and_is_forgotten() {
         .sign(&testmsg::encrypted("alice@a.test", "bob@b.test"))
         .unwrap();
     assert_eq!(
-        reply_text(verify_origin(&dns, &signed).await),
+        reply_text(verify(&dns, &signed).await),
         "554 5.7.1 No valid DKIM signature found"
     );
     assert!(dns.key_cache().get(&*name).is_none());
@@ -278,7 +337,7 @@ async fn generated_key_is_private_reused_and_still_verifies() {
     let signed = again
         .sign(&testmsg::encrypted("alice@a.test", "bob@b.test"))
         .unwrap();
-    assert_eq!(reply_text(verify_origin(&dns, &signed).await), "ok");
+    assert_eq!(reply_text(verify(&dns, &signed).await), "ok");
 }
 
 #[test]

@@ -59,7 +59,12 @@ impl Session {
             self.auth_failures += 1;
             return failed();
         };
-        match self.relay.accounts.login(user, password).await {
+        match self
+            .relay
+            .accounts
+            .login_from(user, password, self.peer)
+            .await
+        {
             Ok(u) => {
                 tracing::Span::current().record("user", u.account.addr.as_str());
                 tracing::info!(created = u.created, "IMAP login");
@@ -74,6 +79,13 @@ impl Session {
             Err(LoginError::RegistrationRejected(_)) => {
                 Done::no("New accounts cannot be created right now, try again later")
                     .code(other_code("UNAVAILABLE"))
+            }
+            Err(LoginError::Throttled) => {
+                // Unchecked refusals are cheap for us, so make them as slow as a failure on
+                // SMTP: a guesser gains nothing from hammering, not even quick answers.
+                tokio::time::sleep(std::time::Duration::from_secs(1)).await;
+                self.auth_failures += 1;
+                Done::no("Too many failed logins, try again later").code(other_code("UNAVAILABLE"))
             }
             Err(LoginError::Store(e)) => Done::store(e),
         }

@@ -156,6 +156,7 @@ async fn connection(relay: Arc<Relay>, tcp: TcpStream, implicit_tls: bool) {
 
 async fn run_conn(relay: Arc<Relay>, conn: Conn, implicit_tls: bool) {
     let mut session = Session::new(relay.clone(), conn.is_tls(), !implicit_tls);
+    session.set_peer(conn.peer_ip());
     let mut io = io::Framed::new(conn);
     let mut greet = true;
     loop {

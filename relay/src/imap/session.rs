@@ -46,6 +46,9 @@ pub(crate) struct Session {
     /// Silence in IDLE after which we say we are still here.
     pub(super) keepalive: Duration,
     pub(super) auth_failures: u32,
+    /// The client's address, if known (not for the in-memory streams of tests and fuzzing):
+    /// failed logins are counted against it.
+    pub(super) peer: Option<std::net::IpAddr>,
 }
 
 /// Why `run` returned.
@@ -229,7 +232,12 @@ impl Session {
             condstore: false,
             keepalive: super::idle::KEEPALIVE,
             auth_failures: 0,
+            peer: None,
         }
+    }
+
+    pub(crate) fn set_peer(&mut self, peer: Option<std::net::IpAddr>) {
+        self.peer = peer.map(|p| p.to_canonical());
     }
 
     /// Called by the connection layer once the TLS handshake after STARTTLS succeeded.

@@ -486,3 +486,41 @@ async fn shutdown_says_bye() {
     assert!(c.line().await.starts_with("* BYE"));
     assert!(c.closed().await);
 }
+
+/// A LOGIN over a new connection from `peer`; the tagged answer.
+async fn login_from(relay: &Arc<crate::Relay>, peer: &str, password: &str) -> String {
+    let ip: std::net::IpAddr = peer.parse().unwrap();
+    let (mut c, _) = Client::connect_with(relay, true, move |s| s.set_peer(Some(ip))).await;
+    let r = c.cmd(&format!("LOGIN {USER} {password}")).await;
+    r.last().unwrap().clone()
+}
+
+/// Issue 14 item 6: IMAP answered 631 wrong passwords a second to one client (a new connection
+/// every 3 failures). Failures now count per address across connections, and past the free ones
+/// each attempt waits (1 s, 2 s, ...), while the owner from another address gets in at once.
+#[tokio::test]
+async fn failed_logins_from_one_address_wait_longer_and_longer() {
+    let env = env();
+    let r = &env.relay;
+    Client::login(r).await; // creates the account
+    let attacker = "192.0.2.66";
+    for i in 0..crate::policy::throttle::FREE_FAILURES {
+        let a = login_from(r, attacker, "wrongpass1").await;
+        assert!(a.contains("NO [AUTHENTICATIONFAILED]"), "{i}: {a}");
+    }
+    let t = std::time::Instant::now();
+    for _ in 0..2 {
+        let a = login_from(r, attacker, "wrongpass2").await;
+        assert!(a.contains("NO [AUTHENTICATIONFAILED]"), "{a}");
+    }
+    assert!(
+        t.elapsed() >= Duration::from_secs(3),
+        "two attempts past the free ones took only {:?}",
+        t.elapsed()
+    );
+    // The owner, from an address that has not failed: no wait for the account's turn.
+    let t = std::time::Instant::now();
+    let a = login_from(r, "203.0.113.9", PASS).await;
+    assert!(a.contains("OK"), "{a}");
+    assert!(t.elapsed() < Duration::from_secs(2), "{:?}", t.elapsed());
+}

@@ -220,13 +220,69 @@ pub fn is_securejoin(msg: &Message) -> bool {
     body == format!("secure-join: {step}")
 }
 
-/// A delivery status report from a mailer daemon (reference §3.5 step 5).
+/// A delivery status report from a mailer daemon (reference §3.5 step 5), in the shape RFC 3464
+/// gives it: `multipart/report; report-type=delivery-status` with a `message/delivery-status`
+/// part. The reference only looks at the top-level type, which let any unencrypted
+/// `multipart/report` through, HTML included; here every part must be one a DSN carries (text,
+/// the status, the returned headers or message) and nothing anywhere may be active content.
+/// Whether the sender may use our own domain is the origin check's question, not this one.
 pub fn is_mailer_daemon_report(msg: &Message, from: &str) -> bool {
     let auto = msg
         .header_raw("Auto-Submitted")
         .is_some_and(|v| !v.trim().is_empty());
-    auto && from.to_ascii_lowercase().starts_with("mailer-daemon@")
-        && is_type(msg.root_part(), "multipart", "report")
+    if !auto || !from.to_ascii_lowercase().starts_with("mailer-daemon@") {
+        return false;
+    }
+    let root = msg.root_part();
+    let report_type = root
+        .content_type()
+        .and_then(|ct| ct.attribute("report-type"))
+        .map(|t| t.trim().to_ascii_lowercase());
+    if !is_type(root, "multipart", "report") || report_type.as_deref() != Some("delivery-status") {
+        return false;
+    }
+    let Some(ids) = root.sub_parts() else {
+        return false;
+    };
+    let mut has_status = false;
+    for &id in ids {
+        let Some(part) = msg.part(id) else {
+            return false;
+        };
+        let (t, s) = content_type(part);
+        match (t.as_str(), s.as_str()) {
+            ("message", "delivery-status" | "global-delivery-status") => has_status = true,
+            ("text", "plain" | "rfc822-headers")
+            | ("message", "rfc822" | "global" | "rfc822-headers" | "global-headers") => {}
+            _ => return false,
+        }
+    }
+    has_status && !has_active_content(msg, 0)
+}
+
+/// Content a mail client might render or run: HTML, scripts, SVG. Looked for in every part,
+/// also inside a returned `message/rfc822`, up to a small nesting depth (deeper is refused).
+fn has_active_content(msg: &Message, depth: usize) -> bool {
+    if depth > 3 {
+        return true;
+    }
+    msg.parts.iter().any(|part| {
+        let (t, s) = content_type(part);
+        let active = matches!(
+            (t.as_str(), s.as_str()),
+            ("text", "html" | "javascript" | "ecmascript" | "xml")
+                | (
+                    "application",
+                    "javascript" | "ecmascript" | "xhtml+xml" | "xml"
+                )
+                | ("image", "svg+xml")
+        );
+        active
+            || match &part.body {
+                mail_parser::PartType::Message(inner) => has_active_content(inner, depth + 1),
+                _ => false,
+            }
+    })
 }
 
 /// A self-sent Autocrypt Setup Message (reference §3.4 step 5).

@@ -6,6 +6,7 @@
 pub mod gate;
 pub mod headers;
 pub mod ratelimit;
+pub mod throttle;
 
 use std::fmt;
 
@@ -51,6 +52,9 @@ pub struct Envelope {
     /// The MAIL FROM address (empty for the null sender).
     pub mail_from: String,
     pub rcpt_to: Vec<String>,
+    /// The address the message came from (the SMTP or `/mxdeliv` client), when known: the
+    /// origin check of incoming mail compares address-literal senders with it.
+    pub peer: Option<std::net::IpAddr>,
 }
 
 #[derive(Debug, PartialEq, Eq)]
@@ -91,7 +95,30 @@ fn first_from(msg: &mail_parser::Message) -> Option<String> {
     first.address().map(|a| a.trim().to_ascii_lowercase())
 }
 
+/// Addresses in the From header, over all From fields (RFC 5322 allows exactly one field).
+fn from_count(msg: &mail_parser::Message) -> usize {
+    let fields = msg
+        .headers()
+        .iter()
+        .filter(|h| h.name == mail_parser::HeaderName::From)
+        .count();
+    let addresses = match msg.from() {
+        Some(mail_parser::Address::List(l)) => l.len(),
+        Some(mail_parser::Address::Group(g)) => g.iter().map(|g| g.addresses.len()).sum(),
+        None => 0,
+    };
+    fields.max(addresses)
+}
+
 fn from_or_reject(msg: &mail_parser::Message) -> Result<String, Reply> {
+    // Only one address is checked (against the login, the DKIM domain, the peer); a second one
+    // would reach the recipient unchecked, and clients may show either.
+    if from_count(msg) > 1 {
+        return Err(Reply::new(
+            500,
+            "Invalid FROM header: more than one address".to_string(),
+        ));
+    }
     match first_from(msg) {
         Some(f) if f.contains('@') => Ok(f),
         _ => {
@@ -238,6 +265,7 @@ mod tests {
         Envelope {
             mail_from: from.into(),
             rcpt_to: vec!["b@x.org".into()],
+            peer: None,
         }
     }
 
@@ -285,6 +313,48 @@ mod tests {
         ));
         assert_eq!(check_outgoing(&env("alice@x.org"), &m), want);
         assert_eq!(check_incoming(&env("alice@x.org"), &m), want);
+    }
+
+    /// Issue 14 item 9: only the first From address was checked, so a second one rode along.
+    #[test]
+    fn more_than_one_from_address_is_refused_both_ways() {
+        let good = String::from_utf8(testmsg::encrypted("alice@x.org", "b@x.org")).unwrap();
+        let want = Verdict::Reject(Reply::new(
+            500,
+            "Invalid FROM header: more than one address",
+        ));
+        for bad in [
+            good.replacen(
+                "From: <alice@x.org>",
+                "From: <alice@x.org>, <mallory@x.org>",
+                1,
+            ),
+            good.replacen(
+                "From: <alice@x.org>",
+                "From: <alice@x.org>\r\nFrom: <mallory@x.org>",
+                1,
+            ),
+            good.replacen(
+                "From: <alice@x.org>",
+                "From: friends: <alice@x.org>, <mallory@x.org>;",
+                1,
+            ),
+        ] {
+            assert_eq!(
+                check_outgoing(&env("alice@x.org"), bad.as_bytes()),
+                want,
+                "{bad}"
+            );
+            assert_eq!(
+                check_incoming(&env("alice@x.org"), bad.as_bytes()),
+                want,
+                "{bad}"
+            );
+        }
+        assert!(matches!(
+            check_outgoing(&env("alice@x.org"), good.as_bytes()),
+            Verdict::Accept(_)
+        ));
     }
 
     #[test]

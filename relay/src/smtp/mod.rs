@@ -164,6 +164,7 @@ async fn handle(relay: Arc<Relay>, tcp: TcpStream, kind: Kind, limits: Limits) {
 
 async fn run_conn(relay: Arc<Relay>, conn: Conn, kind: Kind, tls: bool, limits: Limits) {
     let mut session = Session::new(relay.clone(), kind, tls, limits);
+    session.set_peer(conn.peer_ip());
     let mut io = SmtpStream::new(conn, COMMAND_TIMEOUT);
     session.greet(&mut io);
     loop {
@@ -217,6 +218,7 @@ where
 {
     let limits = Limits {
         auth_fail_delay: Duration::ZERO,
+        bad_rcpt_delay: Duration::ZERO,
     };
     let mut session = Session::new(relay, kind, tls, limits);
     let mut io = SmtpStream::new(stream, timeout);

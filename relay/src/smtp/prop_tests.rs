@@ -138,6 +138,7 @@ fn nothing_refused_is_stored() {
                 let env = Envelope {
                     mail_from: USER.into(),
                     rcpt_to: vec![RCPT.into()],
+                    peer: None,
                 };
                 let verdict = policy::check_outgoing(&env, &m);
                 match (&verdict, reply.get(..3)) {

@@ -110,3 +110,55 @@ async fn mx_requires_starttls_and_takes_mail_for_local_users_only() {
     // The null sender is fine on port 25.
     assert_eq!(c.cmd("MAIL FROM:<>").await, "250 2.1.0 Ok");
 }
+
+/// Issue 14 item 9: 5 000 `550`s came back in 0.02 s, so port 25 told anyone which accounts
+/// exist. Refused recipients now cost time after a few, and the connection is dropped at 20.
+#[tokio::test]
+async fn guessing_recipients_on_25_is_slowed_down_and_then_cut_off() {
+    use super::session::{Limits, Session};
+    use super::stream::SmtpStream;
+    use std::time::{Duration, Instant};
+    let d = tempfile::tempdir().unwrap();
+    let r = relay(d.path()).await;
+    let (client, server) = tokio::io::duplex(1 << 16);
+    let limits = Limits {
+        auth_fail_delay: Duration::ZERO,
+        bad_rcpt_delay: Duration::from_millis(50),
+    };
+    let mut session = Session::new(r.clone(), Kind::Mx, true, limits);
+    tokio::spawn(async move {
+        let mut io = SmtpStream::new(server, Duration::from_secs(10));
+        session.greet(&mut io);
+        let _ = session.run(&mut io).await;
+        io.shutdown().await;
+    });
+    let mut c = super::tests::Client {
+        io: tokio::io::BufReader::new(client),
+    };
+    c.reply().await.unwrap();
+    c.cmd("EHLO mx.example.org").await;
+    assert_eq!(c.cmd("MAIL FROM:<x@example.org>").await, "250 2.1.0 Ok");
+    let start = Instant::now();
+    let guesses: String = (0..30)
+        .map(|i| format!("RCPT TO:<guess{i:04}@[127.0.0.1]>\r\n"))
+        .collect();
+    c.send(guesses.as_bytes()).await;
+    for i in 0..19 {
+        assert_eq!(
+            c.reply().await.unwrap(),
+            "550 5.1.1 Recipient address rejected: no such user",
+            "rcpt {i}"
+        );
+    }
+    assert_eq!(
+        c.reply().await.unwrap(),
+        "421 4.7.0 Too many invalid recipients, closing transmission channel"
+    );
+    assert_eq!(c.reply().await, None, "the connection stays open");
+    // Refusals 6 to 19 waited.
+    assert!(
+        start.elapsed() >= Duration::from_millis(14 * 50),
+        "{:?}",
+        start.elapsed()
+    );
+}

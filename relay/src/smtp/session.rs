@@ -11,6 +11,7 @@ use crate::delivery::Target;
 use crate::policy::{Direction, Envelope};
 use crate::Relay;
 use smtp_proto::{Error as ParseError, MailFrom, RcptTo, Request};
+use std::net::IpAddr;
 use std::sync::Arc;
 use std::time::Duration;
 use tokio::io::{AsyncRead, AsyncWrite};
@@ -20,6 +21,11 @@ use tokio::io::{AsyncRead, AsyncWrite};
 pub const MAX_LINE: usize = 4096;
 /// Protocol errors (unknown commands, bad syntax, wrong order, failed logins) before we hang up.
 const MAX_ERRORS: u32 = 20;
+/// Refused recipients on port 25 that cost nothing; each further one waits
+/// [`Limits::bad_rcpt_delay`], and at [`MAX_BAD_RCPTS`] the connection is dropped (guessing
+/// addresses by the 550s they get).
+const FREE_BAD_RCPTS: u32 = 5;
+const MAX_BAD_RCPTS: u32 = 20;
 /// Bytes of an oversize message we read and throw away, as a multiple of the size limit, so that
 /// the client sees our 552 instead of a reset; past this we close.
 const DISCARD_FACTOR: u64 = 8;
@@ -46,12 +52,15 @@ enum Flow {
 pub struct Limits {
     /// Pause after a failed login, to slow down password guessing.
     pub auth_fail_delay: Duration,
+    /// Pause before answering a refused recipient past the free ones, on port 25.
+    pub bad_rcpt_delay: Duration,
 }
 
 impl Default for Limits {
     fn default() -> Self {
         Limits {
             auth_fail_delay: Duration::from_secs(1),
+            bad_rcpt_delay: Duration::from_secs(1),
         }
     }
 }
@@ -73,6 +82,10 @@ pub struct Session {
     user: Option<String>,
     tx: Option<Transaction>,
     errors: u32,
+    /// Recipients refused for good in this connection.
+    bad_rcpts: u32,
+    /// The client's address, if known (not for the in-memory streams of tests and fuzzing).
+    peer: Option<IpAddr>,
 }
 
 impl Session {
@@ -86,7 +99,15 @@ impl Session {
             user: None,
             tx: None,
             errors: 0,
+            bad_rcpts: 0,
+            peer: None,
         }
+    }
+
+    /// The client's address: the origin check compares address-literal senders with it, and
+    /// failed logins are counted against it.
+    pub fn set_peer(&mut self, peer: Option<IpAddr>) {
+        self.peer = peer.map(|p| p.to_canonical());
     }
 
     /// After the STARTTLS handshake everything learnt before it is forgotten (RFC 3207 §4.2).
@@ -218,7 +239,7 @@ impl Session {
             }
             "RCPT" => {
                 return match path::parse_rcpt(args) {
-                    Ok(to) => self.rcpt(io, to),
+                    Ok(to) => self.rcpt(io, to).await,
                     Err(r) => self.fail(io, r.code, &r.text),
                 }
             }
@@ -383,7 +404,7 @@ impl Session {
         Flow::Continue
     }
 
-    fn rcpt<S: AsyncRead + AsyncWrite + Unpin>(
+    async fn rcpt<S: AsyncRead + AsyncWrite + Unpin>(
         &mut self,
         io: &mut SmtpStream<S>,
         to: RcptTo<String>,
@@ -410,9 +431,39 @@ impl Session {
             }
             Err(reply) => {
                 tracing::debug!(rcpt = %addr, %reply, "recipient refused");
+                if self.kind == Kind::Mx && reply.code >= 500 {
+                    return self.bad_rcpt(io, &reply).await;
+                }
                 io.reply(reply.code, &reply.text);
             }
         }
+        Flow::Continue
+    }
+
+    /// A recipient refused for good on port 25: free a few times, then slower, then goodbye.
+    async fn bad_rcpt<S: AsyncRead + AsyncWrite + Unpin>(
+        &mut self,
+        io: &mut SmtpStream<S>,
+        reply: &crate::policy::Reply,
+    ) -> Flow {
+        self.bad_rcpts += 1;
+        if self.bad_rcpts >= MAX_BAD_RCPTS {
+            tracing::info!(
+                refused = self.bad_rcpts,
+                "too many refused recipients, closing"
+            );
+            io.reply(
+                421,
+                "4.7.0 Too many invalid recipients, closing transmission channel",
+            );
+            return Flow::Close;
+        }
+        if self.bad_rcpts > FREE_BAD_RCPTS {
+            // Pipelined RCPTs are answered one by one, so this paces a whole batch.
+            let _ = io.flush().await;
+            tokio::time::sleep(self.limits.bad_rcpt_delay).await;
+        }
+        io.reply(reply.code, &reply.text);
         Flow::Continue
     }
 
@@ -476,6 +527,7 @@ impl Session {
         let env = Envelope {
             mail_from: tx.mail_from,
             rcpt_to: tx.rcpt_to,
+            peer: self.peer,
         };
         let reply = self
             .relay

@@ -93,8 +93,11 @@ fn start(
     let (client, server) = tokio::io::duplex(1 << 20);
     let limits = Limits {
         auth_fail_delay: Duration::ZERO,
+        bad_rcpt_delay: Duration::ZERO,
     };
     let mut session = Session::new(relay.clone(), kind, tls, limits);
+    // The address the IP-literal senders of these tests use (someone@[192.0.2.1]).
+    session.set_peer(Some(std::net::IpAddr::from([192, 0, 2, 1])));
     let task = tokio::spawn(async move {
         let mut io = SmtpStream::new(server, Duration::from_secs(10));
         session.greet(&mut io);

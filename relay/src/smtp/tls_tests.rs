@@ -158,12 +158,65 @@ async fn starttls_on_587_refuses_tls12() {
         .is_err());
 }
 
+/// A connection to `addr` from the loopback address `src`.
+async fn connect_from(src: [u8; 4], addr: SocketAddr) -> TcpStream {
+    let s = tokio::net::TcpSocket::new_v4().unwrap();
+    s.bind(SocketAddr::from((src, 0))).unwrap();
+    s.connect(addr).await.unwrap()
+}
+
+/// Port 25 after EHLO, STARTTLS (TLS 1.2) and EHLO again, from the loopback address `src`.
+async fn mx_client(
+    r: &Relay,
+    addr: SocketAddr,
+    src: [u8; 4],
+) -> Line<tokio_rustls::client::TlsStream<TcpStream>> {
+    let mut c = Line(BufReader::new(connect_from(src, addr).await));
+    c.reply().await.unwrap();
+    assert!(c.cmd("EHLO mx.example.org").await.contains("STARTTLS"));
+    assert_eq!(c.cmd("STARTTLS").await, "220 2.0.0 Ready to start TLS");
+    let tcp = c.0.into_inner();
+    let tls = connector(r, true)
+        .connect(server_name(), tcp)
+        .await
+        .unwrap();
+    let mut c = Line(BufReader::new(tls));
+    assert!(c.cmd("EHLO mx.example.org").await.starts_with("250"));
+    c
+}
+
+/// Issue 14 item 1: on port 25 an address-literal From was taken without looking at who sent
+/// it, so anyone could write as a local user of an IP-literal relay (`user@[relay ip]`) or as
+/// any other IP-literal relay. Now the literal must be the client's address, and our own
+/// domain is refused however the client connects.
+#[tokio::test]
+async fn mx_refuses_literal_senders_that_are_not_the_client_and_our_own_domain() {
+    let d = tempfile::tempdir().unwrap();
+    let r = relay(d.path()).await;
+    let (addr, _server) = listen(&r, Kind::Mx).await;
+    let mut c = mx_client(&r, addr, [127, 0, 0, 9]).await;
+    assert_eq!(
+        c.send_to_rcpt("someone@[10.6.6.6]").await,
+        "554 5.7.1 From domain [10.6.6.6] is not the address this message came from"
+    );
+    // A local user of this relay ([127.0.0.1]), even from 127.0.0.1 itself.
+    let mut c = mx_client(&r, addr, [127, 0, 0, 1]).await;
+    assert_eq!(
+        c.send_to_rcpt(USER).await,
+        "554 5.7.1 Mail from [127.0.0.1] is only accepted from authenticated users of this relay"
+    );
+    assert!(super::tests::inbox(&r, RCPT).await.is_empty());
+    // The client's own literal passes.
+    let mut c = mx_client(&r, addr, [127, 0, 0, 9]).await;
+    assert_eq!(c.send_to_rcpt("someone@[127.0.0.9]").await, "250 2.0.0 OK");
+}
+
 #[tokio::test]
 async fn mx_on_25_accepts_tls12_after_starttls() {
     let d = tempfile::tempdir().unwrap();
     let r = relay(d.path()).await;
     let (addr, _server) = listen(&r, Kind::Mx).await;
-    let tcp = TcpStream::connect(addr).await.unwrap();
+    let tcp = connect_from([127, 0, 0, 9], addr).await;
     let mut c = Line(BufReader::new(tcp));
     c.reply().await.unwrap();
     assert!(c.cmd("EHLO mx.example.org").await.contains("STARTTLS"));
@@ -180,7 +233,7 @@ async fn mx_on_25_accepts_tls12_after_starttls() {
         "{ehlo}"
     );
     // An IP-literal sender: no DKIM signature needed (reference §3.5 step 7).
-    assert_eq!(c.send_to_rcpt("someone@[192.0.2.1]").await, "250 2.0.0 OK");
+    assert_eq!(c.send_to_rcpt("someone@[127.0.0.9]").await, "250 2.0.0 OK");
 }
 
 #[tokio::test]

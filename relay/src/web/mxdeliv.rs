@@ -11,6 +11,7 @@ use axum::body::Body;
 use axum::extract::State;
 use axum::http::{header, HeaderMap, Method, StatusCode};
 use axum::response::{IntoResponse, Response};
+use axum::Extension;
 use futures::StreamExt;
 use std::sync::Arc;
 use std::time::Duration;
@@ -20,6 +21,7 @@ pub const READ_TIMEOUT: Duration = Duration::from_secs(60);
 
 pub async fn handle(
     State(relay): State<Arc<Relay>>,
+    client: Option<Extension<super::ClientAddr>>,
     method: Method,
     headers: HeaderMap,
     body: Body,
@@ -36,10 +38,12 @@ pub async fn handle(
         // A temporary failure: the sending relay keeps the message and retries.
         return reply_response(&Reply::new(421, "4.3.2 In maintenance, try again later"));
     }
-    let env = match envelope(&relay, &headers) {
+    let mut env = match envelope(&relay, &headers) {
         Ok(env) => env,
         Err(reply) => return reply_response(&reply),
     };
+    // The TLS client: `/mxdeliv` is only routed on 443, so this is who encrypted the request.
+    env.peer = client.map(|c| c.0 .0.ip().to_canonical());
     let mut targets = Vec::with_capacity(env.rcpt_to.len());
     for rcpt in &env.rcpt_to {
         match relay.delivery.check_rcpt(rcpt, Direction::Incoming) {
@@ -93,7 +97,11 @@ fn envelope(relay: &Relay, headers: &HeaderMap) -> Result<Envelope, Reply> {
     if rcpt_to.is_empty() {
         return Err(Reply::new(554, "5.5.1 No valid recipients"));
     }
-    Ok(Envelope { mail_from, rcpt_to })
+    Ok(Envelope {
+        mail_from,
+        rcpt_to,
+        peer: None,
+    })
 }
 
 fn unbracket(s: &str) -> &str {

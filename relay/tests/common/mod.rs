@@ -121,6 +121,7 @@ pub fn envelope_for(data: &[u8]) -> Envelope {
     Envelope {
         mail_from: from,
         rcpt_to,
+        peer: None,
     }
 }
 

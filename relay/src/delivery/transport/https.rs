@@ -65,6 +65,8 @@ pub struct Request<'a> {
     pub host: &'a str,
     pub port: u16,
     pub ips: &'a [IpAddr],
+    /// The address to connect from (an IP-literal relay's own), if any.
+    pub source: Option<IpAddr>,
     pub verified: bool,
     pub connector: TlsConnector,
     pub server_name: ServerName<'static>,
@@ -151,7 +153,7 @@ impl Pool {
 }
 
 async fn connect(req: &Request<'_>) -> Result<Sender, String> {
-    let tcp = super::connect_tcp(req.ips, req.port).await?;
+    let tcp = super::connect_tcp(req.ips, req.port, req.source).await?;
     let tls = req
         .connector
         .connect(req.server_name.clone(), tcp)

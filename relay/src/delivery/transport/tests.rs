@@ -216,7 +216,13 @@ fn sender_cfg(dir: &Path, https: u16, smtp: u16) -> Config {
     let mut cfg = crate::fuzzing::test_config(dir).unwrap();
     cfg.outbound_https_port = https;
     cfg.outbound_smtp_port = smtp;
+    cfg.allowed_destination_networks = vec![loopback_net()];
     cfg
+}
+
+/// The receivers of these tests listen on 127.0.0.x, which a relay only delivers to when told.
+fn loopback_net() -> crate::config::IpNet {
+    crate::config::IpNet::parse("127.0.0.0/8").unwrap()
 }
 
 fn transport(cfg: Config) -> Transport {
@@ -759,4 +765,33 @@ mod props {
             prop_assert_eq!(back, normalized);
         }
     }
+}
+
+/// Issue 14 item 8, behind the RCPT check: the transport itself never connects to a loopback
+/// address unless the config allows it, whatever put the destination in the queue.
+#[tokio::test]
+async fn loopback_destinations_are_never_connected_to_without_the_allowance() {
+    let ip = [127, 0, 0, 12];
+    let rx = receiver(ip, "[127.0.0.12]", true, true, None).await;
+    add_user(&rx.relay, "rcptuser1@[127.0.0.12]").await;
+    let d = tempfile::tempdir().unwrap();
+    let mut cfg = sender_cfg(d.path(), rx.https, rx.smtp);
+    cfg.allowed_destination_networks.clear();
+    let t = transport(cfg);
+    let replies = t
+        .deliver(
+            "[127.0.0.12]",
+            SENDER,
+            &["rcptuser1@[127.0.0.12]".into()],
+            msg("rcptuser1@[127.0.0.12]"),
+        )
+        .await;
+    assert_eq!(
+        replies,
+        vec![Reply::new(
+            550,
+            "5.7.1 Refusing to deliver to [127.0.0.12]: 127.0.0.12 is not a public address"
+        )]
+    );
+    assert_eq!(inbox_len(&rx.relay, "rcptuser1@[127.0.0.12]").await, 0);
 }

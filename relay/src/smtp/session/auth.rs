@@ -132,7 +132,12 @@ impl Session {
         user: &str,
         password: &str,
     ) -> Flow {
-        match self.relay.accounts.login(user, password).await {
+        match self
+            .relay
+            .accounts
+            .login_from(user, password, self.peer)
+            .await
+        {
             Ok(u) => {
                 tracing::info!(user = %u.account.addr, created = u.created, "authenticated");
                 self.user = Some(u.account.addr);
@@ -146,6 +151,10 @@ impl Session {
             Err(LoginError::RegistrationRejected(why)) => {
                 tracing::warn!(user = ?loggable(user), %why, "registration rejected");
                 self.auth_failed(io).await
+            }
+            Err(LoginError::Throttled) => {
+                tokio::time::sleep(self.limits.auth_fail_delay).await;
+                self.fail(io, 454, "4.7.0 Too many failed logins, try again later")
             }
             Err(LoginError::Store(e)) => {
                 tracing::error!("login: store error: {e}");

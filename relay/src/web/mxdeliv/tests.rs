@@ -49,7 +49,20 @@ fn connector(relay: &Relay) -> TlsConnector {
 /// Sends `head` (request line and headers, without the blank line) and `body` as they are, then
 /// reads the response to the end (every request says `Connection: close`): status and body.
 async fn send(relay: &Relay, addr: SocketAddr, head: &str, body: &[u8]) -> (u16, String) {
-    let tcp = TcpStream::connect(addr).await.unwrap();
+    send_from([127, 0, 0, 9], relay, addr, head, body).await
+}
+
+/// [`send`] from the loopback address `src` (the sending relay's address).
+async fn send_from(
+    src: [u8; 4],
+    relay: &Relay,
+    addr: SocketAddr,
+    head: &str,
+    body: &[u8],
+) -> (u16, String) {
+    let sock = tokio::net::TcpSocket::new_v4().unwrap();
+    sock.bind(SocketAddr::from((src, 0))).unwrap();
+    let tcp = sock.connect(addr).await.unwrap();
     let name = ServerName::IpAddress(std::net::IpAddr::from([127, 0, 0, 1]).into());
     let mut tls = connector(relay).connect(name, tcp).await.unwrap();
     let mut req = format!("{head}\r\nHost: 127.0.0.1\r\nConnection: close\r\n\r\n").into_bytes();
@@ -94,9 +107,9 @@ async fn encrypted_mail_to_a_local_user_lands_in_the_inbox() {
     let d = tempfile::tempdir().unwrap();
     let r = relay(d.path()).await;
     let addr = listen(&r).await;
-    let msg = testmsg::encrypted("alice@[192.0.2.1]", RCPT);
+    let msg = testmsg::encrypted("alice@[127.0.0.9]", RCPT);
     let to = format!("X-MAIL-TO: {RCPT}");
-    let (status, body) = post(&r, addr, &["X-MAIL-FROM: alice@[192.0.2.1]", &to], &msg).await;
+    let (status, body) = post(&r, addr, &["X-MAIL-FROM: alice@[127.0.0.9]", &to], &msg).await;
     assert_eq!((status, body.as_str()), (200, "250 2.0.0 OK"));
     assert_eq!(inbox(&r, RCPT).await.len(), 1);
 }
@@ -106,7 +119,7 @@ async fn madmail_style_headers_and_missing_sender_are_accepted() {
     let d = tempfile::tempdir().unwrap();
     let r = relay(d.path()).await;
     let addr = listen(&r).await;
-    let msg = testmsg::encrypted("alice@[192.0.2.1]", RCPT);
+    let msg = testmsg::encrypted("alice@[127.0.0.9]", RCPT);
     // Lower-case names, two recipients in one header, no X-MAIL-FROM at all.
     let to = format!("x-mail-to: {RCPT}, <{RCPT2}>");
     let (status, body) = post(
@@ -162,11 +175,11 @@ async fn refusals_are_400_with_the_smtp_reply_and_store_nothing() {
     let d = tempfile::tempdir().unwrap();
     let r = relay(d.path()).await;
     let addr = listen(&r).await;
-    let enc = testmsg::encrypted("alice@[192.0.2.1]", RCPT);
-    let from = "X-MAIL-FROM: alice@[192.0.2.1]";
+    let enc = testmsg::encrypted("alice@[127.0.0.9]", RCPT);
+    let from = "X-MAIL-FROM: alice@[127.0.0.9]";
     let to = format!("X-MAIL-TO: {RCPT}");
 
-    let plain = testmsg::plain("alice@[192.0.2.1]", RCPT);
+    let plain = testmsg::plain("alice@[127.0.0.9]", RCPT);
     assert_eq!(
         post(&r, addr, &[from, &to], &plain).await,
         (
@@ -193,6 +206,108 @@ async fn refusals_are_400_with_the_smtp_reply_and_store_nothing() {
 
     assert!(inbox(&r, RCPT).await.is_empty());
     assert!(inbox(&r, RCPT2).await.is_empty());
+}
+
+async fn post_from(
+    src: [u8; 4],
+    relay: &Relay,
+    addr: SocketAddr,
+    from: &str,
+    body: &[u8],
+) -> (u16, String) {
+    let head = format!(
+        "POST /mxdeliv HTTP/1.1\r\nX-MAIL-FROM: {from}\r\nX-MAIL-TO: {RCPT}\r\nContent-Length: {}",
+        body.len()
+    );
+    send_from(src, relay, addr, &head, body).await
+}
+
+/// Issue 14 item 1: an address-literal From passed `/mxdeliv` whoever sent it; now it must be
+/// the TLS client's address, and our own domain ([127.0.0.1] here) never comes in this way.
+#[tokio::test]
+async fn literal_senders_must_be_the_tls_client_and_never_our_own_domain() {
+    let d = tempfile::tempdir().unwrap();
+    let r = relay(d.path()).await;
+    let addr = listen(&r).await;
+    let spoof = testmsg::encrypted("alice@[192.0.2.1]", RCPT);
+    assert_eq!(
+        post_from([127, 0, 0, 9], &r, addr, "alice@[192.0.2.1]", &spoof).await,
+        (
+            400,
+            "554 5.7.1 From domain [192.0.2.1] is not the address this message came from".into()
+        )
+    );
+    let own = testmsg::encrypted(RCPT2, RCPT);
+    for src in [[127, 0, 0, 9], [127, 0, 0, 1]] {
+        let (status, body) = post_from(src, &r, addr, RCPT2, &own).await;
+        assert_eq!(status, 400, "{body}");
+        assert!(
+            body.starts_with("554 5.7.1 Mail from [127.0.0.1] is only"),
+            "{body}"
+        );
+    }
+    assert!(inbox(&r, RCPT).await.is_empty());
+}
+
+/// A delivery status notification as MTAs send it, unencrypted, from `from`; `extra` is one
+/// more part (empty for none).
+fn dsn(from: &str, extra: &str) -> Vec<u8> {
+    format!(
+        "From: Mail Delivery System <{from}>\r\nTo: <{RCPT}>\r\nSubject: Undelivered Mail\r\n\
+         Auto-Submitted: auto-replied\r\nMIME-Version: 1.0\r\n\
+         Content-Type: multipart/report; report-type=delivery-status; boundary=\"b1\"\r\n\r\n\
+         --b1\r\nContent-Type: text/plain\r\n\r\nYour message could not be delivered.\r\n\
+         {extra}\
+         --b1\r\nContent-Type: message/delivery-status\r\n\r\nReporting-MTA: dns; x\r\n\r\n\
+         Final-Recipient: rfc822; nobody@x\r\nAction: failed\r\nStatus: 5.1.1\r\n\r\n\
+         --b1\r\nContent-Type: text/rfc822-headers\r\n\r\nMessage-ID: <a@b>\r\n\r\n--b1--\r\n"
+    )
+    .into_bytes()
+}
+
+/// Issue 14 item 1: the mailer-daemon exception let a plaintext `multipart/report` with HTML
+/// through, also from our own literal. Only a real DSN shape passes, and only from another
+/// relay.
+#[tokio::test]
+async fn only_a_real_dsn_from_another_relay_passes_unencrypted() {
+    let d = tempfile::tempdir().unwrap();
+    let r = relay(d.path()).await;
+    let addr = listen(&r).await;
+    let daemon = "MAILER-DAEMON@[127.0.0.9]";
+    let html = "--b1\r\nContent-Type: text/html\r\n\r\n<a href=\"https://x\">click</a>\r\n";
+    let refused = "523 Encryption Needed: Invalid Unencrypted Mail";
+    assert_eq!(
+        post_from([127, 0, 0, 9], &r, addr, daemon, &dsn(daemon, html)).await,
+        (400, refused.into())
+    );
+    // multipart/report without report-type=delivery-status (a read receipt, or anything).
+    let mdn = String::from_utf8(dsn(daemon, "")).unwrap().replace(
+        "report-type=delivery-status",
+        "report-type=disposition-notification",
+    );
+    assert_eq!(
+        post_from([127, 0, 0, 9], &r, addr, daemon, mdn.as_bytes()).await,
+        (400, refused.into())
+    );
+    // Without the message/delivery-status part.
+    let no_status = String::from_utf8(dsn(daemon, ""))
+        .unwrap()
+        .replace("message/delivery-status", "text/plain");
+    assert_eq!(
+        post_from([127, 0, 0, 9], &r, addr, daemon, no_status.as_bytes()).await,
+        (400, refused.into())
+    );
+    // Our own mailer daemon does not send through /mxdeliv.
+    let ours = "MAILER-DAEMON@[127.0.0.1]";
+    let (status, body) = post_from([127, 0, 0, 1], &r, addr, ours, &dsn(ours, "")).await;
+    assert_eq!(status, 400, "{body}");
+    assert!(inbox(&r, RCPT).await.is_empty());
+    // The real thing from the relay at 127.0.0.9.
+    assert_eq!(
+        post_from([127, 0, 0, 9], &r, addr, daemon, &dsn(daemon, "")).await,
+        (200, "250 2.0.0 OK".into())
+    );
+    assert_eq!(inbox(&r, RCPT).await.len(), 1);
 }
 
 #[tokio::test]
