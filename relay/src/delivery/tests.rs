@@ -195,6 +195,10 @@ async fn rcpt_to_loopback_and_private_literals_is_refused() {
         let mut cfg = Config::with_domain("chat.example.org", dir.path()).unwrap();
         cfg.dns_servers = vec![crate::dns::servfail_server()];
         tune(&mut cfg);
+        // The fixed test key, so no RSA key is generated here.
+        let key = Dkim::key_path(&cfg);
+        std::fs::create_dir_all(key.parent().unwrap()).unwrap();
+        std::fs::write(&key, PKCS1).unwrap();
         let cfg = Arc::new(cfg);
         let dns = Dns::new(&cfg).unwrap();
         let store = Store::open(&dir.path().join("store")).unwrap();
