@@ -41,15 +41,15 @@ def sender(relay: Relay, rcpt: str, size: int, held: threading.Barrier, finish: 
         chunk = line * 64
         sent = 0
         sock = s.sock
-        sock.sendall(b"Subject: [...]\r\n\r\n")
+        sock.sendall(f"From: <sender{i}@example.org>\r\nTo: <{rcpt}>\r\nSubject: [...]\r\n\r\n".encode())
         while sent < size:
             sock.sendall(chunk)
             sent += len(chunk)
         held.wait(timeout=300)
         finish.wait(timeout=300)
         sock.sendall(b"\r\n.\r\n")
-        code, _ = s.getreply()
-        out[i] = str(code)
+        code, _msg = s.getreply()
+        out[i] = f"{code} {_msg.decode(errors='replace')[:60]}"
         s.close()
     except Exception as e:  # noqa: BLE001 - the summary counts failures
         out[i] = type(e).__name__
@@ -68,7 +68,7 @@ def main() -> None:
     args = ap.parse_args()
     relay = Relay(args.bin)
     try:
-        user = f"{secrets.token_hex(5)}@[{relay.ip}]"
+        user = f"{secrets.token_hex(5)[:9]}@[{relay.ip}]"  # usernames are 9 characters
         im = imaplib.IMAP4_SSL(relay.ip, relay.port("imaps"), ssl_context=insecure(), timeout=30)
         im.login(user, secrets.token_hex(10))  # creates the account
         im.logout()
