@@ -305,6 +305,37 @@ pub struct Config {
     pub max_imap_connections: usize,
     #[serde(default = "d_1000")]
     pub max_smtp_connections: usize,
+    /// Open HTTP and HTTPS connections (80 and 443 together, `/mxdeliv` and the admin pages
+    /// included). Like the two above, cut down at start to a share of the descriptor limit.
+    #[serde(default = "d_1000")]
+    pub max_http_connections: usize,
+    /// Open connections from one IPv4 address or IPv6 /64, per service.
+    #[serde(default = "d_200")]
+    pub max_imap_connections_per_ip: usize,
+    #[serde(default = "d_30usize")]
+    pub max_smtp_connections_per_ip: usize,
+    #[serde(default = "d_30usize")]
+    pub max_http_connections_per_ip: usize,
+    /// IMAP and SMTP submission connections from one address that have not logged in yet.
+    #[serde(default = "d_20usize")]
+    pub max_unauthenticated_per_ip: usize,
+    /// Loopback clients skip the per-IP caps (the totals still hold); tests that measure the
+    /// per-IP caps on loopback turn this off.
+    #[serde(default = "d_true")]
+    pub conn_limits_exempt_loopback: bool,
+    /// An IMAP or SMTP submission client that has not logged in this long after connecting is
+    /// disconnected.
+    #[serde(default = "d_login_timeout")]
+    pub login_timeout: Seconds,
+    /// The whole of one message transfer (SMTP DATA, an IMAP APPEND literal, a `/mxdeliv`
+    /// body) must arrive within this, however steadily the bytes trickle in.
+    #[serde(default = "d_transfer_timeout")]
+    pub message_transfer_timeout: Seconds,
+    /// Bytes of message bodies being received, summed over all connections, held in memory;
+    /// transfers beyond it get `451 4.3.1` / `NO [TRYLATER]`. Never less than
+    /// `max_message_size` in effect.
+    #[serde(default = "d_inflight")]
+    pub max_inflight_message_memory: ByteSize,
     /// When the daily expiry runs, as `HH:MM` in UTC (the reference's timer runs at 00:02).
     #[serde(default = "d_expiry_time")]
     pub expiry_time: String,
@@ -453,6 +484,27 @@ fn d_expiry_time() -> String {
 }
 fn d_data_dir() -> PathBuf {
     PathBuf::from("/data/relaybox")
+}
+fn d_30usize() -> usize {
+    30
+}
+fn d_20usize() -> usize {
+    20
+}
+fn d_200() -> usize {
+    200
+}
+fn d_true() -> bool {
+    true
+}
+fn d_login_timeout() -> Seconds {
+    Seconds(60)
+}
+fn d_transfer_timeout() -> Seconds {
+    Seconds(600)
+}
+fn d_inflight() -> ByteSize {
+    ByteSize(128 << 20)
 }
 fn d_60() -> u32 {
     60

@@ -19,6 +19,7 @@ pub mod expiry;
 #[doc(hidden)]
 pub mod fuzzing;
 pub mod imap;
+pub mod limits;
 pub mod logbuf;
 pub mod metrics;
 pub mod net;
@@ -47,4 +48,8 @@ pub struct Relay {
     pub admin: admin::Admin,
     pub clock: clock::Clock,
     pub shutdown: net::Shutdown,
+    /// Connection slots of every listener (total, per IP, not yet logged in).
+    pub conns: Arc<limits::ConnLimiter>,
+    /// Memory for message bodies being received.
+    pub inflight: Arc<limits::Budget>,
 }

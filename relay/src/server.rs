@@ -1,7 +1,9 @@
 //! Start-up and shutdown: open the store, bind every listener, tell systemd we are ready, keep the
 //! watchdog fed, and stop everything on SIGTERM/SIGINT through the one shutdown signal.
 
-use crate::{accounts, clock, config, delivery, dns, imap, net, smtp, store, tls, web, Relay};
+use crate::{
+    accounts, clock, config, delivery, dns, imap, limits, net, smtp, store, tls, web, Relay,
+};
 use anyhow::Context;
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -14,6 +16,17 @@ pub fn build(cfg: config::Config) -> anyhow::Result<Arc<Relay>> {
     std::fs::create_dir_all(&cfg.data_dir)
         .with_context(|| format!("cannot create data directory {}", cfg.data_dir.display()))?;
     let cfg = Arc::new(cfg);
+    let nofile = limits::raise_fd_limit();
+    let caps = limits::Caps::derive(&cfg, nofile);
+    tracing::info!(
+        nofile,
+        smtp = caps.total[0],
+        imap = caps.total[1],
+        http = caps.total[2],
+        "descriptor limit and connection caps"
+    );
+    let conns = limits::ConnLimiter::new(caps);
+    let inflight = limits::Budget::new(cfg.max_inflight_message_memory.0.max(cfg.max_message_size));
     let store = store::Store::open(&cfg.data_dir.join("store"))
         .with_context(|| format!("cannot open the store in {}", cfg.data_dir.display()))?;
     let tls = tls::TlsConfigs::load(&cfg).context("cannot set up TLS")?;
@@ -44,6 +57,8 @@ pub fn build(cfg: config::Config) -> anyhow::Result<Arc<Relay>> {
         acme: crate::acme::Acme::default(),
         clock,
         shutdown: net::Shutdown::new(),
+        conns,
+        inflight,
     }))
 }
 

@@ -69,6 +69,9 @@ impl Session {
                 tracing::Span::current().record("user", u.account.addr.as_str());
                 tracing::info!(created = u.created, "IMAP login");
                 self.user = Some(Authed { id: u.account.id });
+                if let Some(slot) = &mut self.slot {
+                    slot.authenticated();
+                }
                 Done::ok("Logged in").code(Code::Capability(self.capabilities()))
             }
             Err(LoginError::Failed) => {

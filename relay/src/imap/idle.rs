@@ -67,7 +67,7 @@ impl Session {
                 }
                 Event::Line(Err(ReadError::TooLong)) => return Ok(Done::bad("Expected DONE")),
                 Event::Line(Err(ReadError::Io(e))) => return Err(e),
-                Event::Line(Err(ReadError::Eof)) => {
+                Event::Line(Err(ReadError::Eof | ReadError::Busy | ReadError::Timeout)) => {
                     return Err(io::Error::new(
                         io::ErrorKind::UnexpectedEof,
                         "closed in IDLE",

@@ -2,12 +2,15 @@
 //! (a literal) and then more of the same command. This module turns the byte stream into whole
 //! commands and batches our output, with the limits that keep one client from eating memory.
 
+use crate::limits::{Budget, Held};
 use imap_codec::encode::{Encoder, Fragment};
 use imap_codec::imap_types::response::Response;
 use imap_codec::ResponseCodec;
 use std::io;
+use std::sync::Arc;
 use std::time::Duration;
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
+use tokio::time::Instant;
 
 /// Longest line (outside literals) we accept; real commands are far shorter.
 pub(crate) const MAX_LINE: usize = 64 * 1024;
@@ -25,6 +28,10 @@ pub(crate) enum ReadError {
     Eof,
     /// The line exceeded the limit; the rest of it is skipped.
     TooLong,
+    /// A non-synchronizing literal the in-flight budget has no room for.
+    Busy,
+    /// The command's literals did not arrive within the transfer deadline.
+    Timeout,
 }
 
 impl From<io::Error> for ReadError {
@@ -42,6 +49,8 @@ pub(crate) enum Frame {
     TooLong(Vec<u8>),
     /// A synchronizing literal we refuse; the client will not send it.
     LiteralRefused(Vec<u8>),
+    /// A synchronizing literal the in-flight budget has no room for right now.
+    Busy(Vec<u8>),
 }
 
 pub(crate) struct Framed<S> {
@@ -51,6 +60,12 @@ pub(crate) struct Framed<S> {
     skipping_line: bool,
     /// The start of the last line dropped as too long, for the tag of the BAD reply.
     dropped_head: Vec<u8>,
+    /// The in-flight budget literals count against, and how long a command's literals may
+    /// take in all (set by the session; the framer's own tests go without).
+    transfer: Option<(Arc<Budget>, Duration)>,
+    /// The current command's share of the budget, kept until the next command is read (so
+    /// that an APPEND holds it until its message is stored).
+    held: Option<Held>,
 }
 
 /// `{123}` or `{123+}` at the end of a line (before CRLF): the length and whether it is
@@ -84,7 +99,18 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Framed<S> {
             out: Vec::new(),
             skipping_line: false,
             dropped_head: Vec::new(),
+            transfer: None,
+            held: None,
         }
+    }
+
+    pub(crate) fn set_transfer_limits(&mut self, budget: Arc<Budget>, timeout: Duration) {
+        self.transfer = Some((budget, timeout));
+    }
+
+    /// Gives the last command's budget share back.
+    pub(crate) fn release_held(&mut self) {
+        self.held = None;
     }
 
     /// Gives the stream back. Input already read but not yet used is dropped: after STARTTLS
@@ -136,15 +162,30 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Framed<S> {
 
     /// Appends exactly `n` bytes of input to `dst`. Memory grows as data arrives, not as
     /// announced, so announcing a huge literal costs a client nothing it has not sent.
-    async fn read_exact_into(&mut self, n: usize, dst: &mut Vec<u8>) -> Result<(), ReadError> {
+    async fn read_exact_into(
+        &mut self,
+        n: usize,
+        dst: &mut Vec<u8>,
+        deadline: Option<Instant>,
+    ) -> Result<(), ReadError> {
         let take = n.min(self.rbuf.len());
         dst.extend(self.rbuf.drain(..take));
         let mut left = n - take;
         while left > 0 {
             if dst.capacity() - dst.len() < 16 * 1024 {
-                dst.reserve(left.min(256 * 1024));
+                // Exact, doubling at most: the buffer never exceeds what was announced (and
+                // accounted for in the budget) by more than the command's text.
+                dst.reserve_exact(left.min(dst.len().max(256 * 1024)));
             }
-            let got = (&mut self.stream).take(left as u64).read_buf(dst).await?;
+            let mut limited = (&mut self.stream).take(left as u64);
+            let read = limited.read_buf(dst);
+            let got = match deadline {
+                Some(d) => match tokio::time::timeout_at(d, read).await {
+                    Ok(r) => r?,
+                    Err(_) => return Err(ReadError::Timeout),
+                },
+                None => read.await?,
+            };
             if got == 0 {
                 return Err(ReadError::Eof);
             }
@@ -156,8 +197,10 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Framed<S> {
     /// Reads one command, answering `+` for synchronizing literals. `max_literal` bounds each
     /// literal and the command as a whole.
     pub(crate) async fn read_command(&mut self, max_literal: u64) -> Result<Frame, ReadError> {
+        self.held = None;
         let mut buf = Vec::new();
         let mut literal_total: u64 = 0;
+        let mut deadline = None;
         loop {
             let line = match self.read_line().await {
                 Ok(l) => l,
@@ -189,11 +232,28 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Framed<S> {
                 return Err(ReadError::TooLong);
             }
             literal_total += n;
+            if let Some((budget, timeout)) = &self.transfer {
+                // Announced bytes are taken from the budget before the client may send them,
+                // so a refusal can still be a plain NO.
+                let held = self.held.get_or_insert_with(|| budget.hold());
+                if !held.grow(literal_total, max_literal) {
+                    tracing::warn!(
+                        in_flight = budget.used(),
+                        "in-flight message memory spent, literal refused"
+                    );
+                    self.held = None;
+                    if sync {
+                        return Ok(Frame::Busy(buf));
+                    }
+                    return Err(ReadError::Busy);
+                }
+                deadline.get_or_insert_with(|| Instant::now() + *timeout);
+            }
             if sync {
                 self.out.extend_from_slice(b"+ Ready for literal data\r\n");
                 self.flush().await?;
             }
-            self.read_exact_into(n as usize, &mut buf).await?;
+            self.read_exact_into(n as usize, &mut buf, deadline).await?;
         }
     }
 

@@ -28,15 +28,17 @@ mod tests;
 #[cfg(test)]
 mod tests_fetch;
 #[cfg(test)]
+mod tests_limits;
+#[cfg(test)]
 mod tests_net;
 
+use crate::limits::{Service, Slot};
 use crate::net::{next_conn_id, Conn};
 use crate::Relay;
 use session::{bye, Exit, Session};
 use std::sync::Arc;
 use std::time::Duration;
 use tokio::net::{TcpListener, TcpStream};
-use tokio::sync::Semaphore;
 use tracing::Instrument;
 
 /// A TLS handshake that takes longer than this is abandoned.
@@ -45,20 +47,7 @@ const TLS_HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(30);
 /// Accepts connections until shutdown. With `implicit_tls` (993) TLS starts right away; otherwise
 /// (143) the client must use STARTTLS before it may log in.
 pub async fn serve(relay: Arc<Relay>, listener: TcpListener, implicit_tls: bool) {
-    let limit = Arc::new(Semaphore::new(relay.cfg.max_imap_connections.max(1)));
-    loop {
-        let (tcp, peer) = tokio::select! {
-            r = listener.accept() => match r {
-                Ok(c) => c,
-                Err(e) => {
-                    // Usually EMFILE; back off instead of spinning.
-                    tracing::warn!("IMAP accept failed: {e}");
-                    tokio::time::sleep(Duration::from_millis(100)).await;
-                    continue;
-                }
-            },
-            _ = relay.shutdown.wait() => return,
-        };
+    while let Some((tcp, peer)) = crate::limits::accept(&listener, &relay.shutdown).await {
         let id = next_conn_id();
         let span = tracing::info_span!(
             "imap",
@@ -66,21 +55,20 @@ pub async fn serve(relay: Arc<Relay>, listener: TcpListener, implicit_tls: bool)
             peer = %peer,
             user = tracing::field::Empty
         );
+        let slot = match relay.conns.acquire(Service::Imap, peer.ip(), true) {
+            Ok(slot) => slot,
+            Err(why) => {
+                crate::limits::log_refusal(Service::Imap, peer, why);
+                // On 993 the client would not understand us before a handshake we do not want
+                // to pay for: just close.
+                let line = (!implicit_tls).then_some("* BYE Too many connections, try again later");
+                crate::limits::turn_away(tcp, line);
+                continue;
+            }
+        };
         let relay = relay.clone();
-        let permit = limit.clone().try_acquire_owned();
         tokio::spawn(
             async move {
-                let Ok(_permit) = permit else {
-                    tracing::warn!("too many IMAP connections");
-                    refuse(
-                        tcp,
-                        implicit_tls,
-                        &relay,
-                        "Too many connections, try again later",
-                    )
-                    .await;
-                    return;
-                };
                 if relay.admin.maintenance() {
                     tracing::info!("in maintenance: connection turned away");
                     refuse(tcp, implicit_tls, &relay, "In maintenance, try again later").await;
@@ -88,7 +76,7 @@ pub async fn serve(relay: Arc<Relay>, listener: TcpListener, implicit_tls: bool)
                 }
                 tracing::debug!("connected");
                 let _open = crate::metrics::M.imap_connections.hold();
-                connection(relay, tcp, implicit_tls).await;
+                connection(relay, tcp, implicit_tls, slot).await;
                 tracing::debug!("disconnected");
             }
             .instrument(span),
@@ -112,8 +100,12 @@ async fn refuse(tcp: TcpStream, implicit_tls: bool, relay: &Relay, why: &str) {
 }
 
 /// A session on a TLS stream that another listener terminated: port 443 with ALPN `imap`.
-/// Behaves as on 993 (implicit TLS); the caller applies its own connection limit.
-pub async fn serve_tls(relay: Arc<Relay>, tls: tokio_rustls::server::TlsStream<TcpStream>) {
+/// Behaves as on 993 (implicit TLS); the caller took the IMAP `slot`.
+pub async fn serve_tls(
+    relay: Arc<Relay>,
+    tls: tokio_rustls::server::TlsStream<TcpStream>,
+    slot: Slot,
+) {
     let span = tracing::info_span!(
         "imap",
         conn = next_conn_id(),
@@ -130,14 +122,14 @@ pub async fn serve_tls(relay: Arc<Relay>, tls: tokio_rustls::server::TlsStream<T
             io.shutdown().await;
             return;
         }
-        run_conn(relay, Conn::Tls(Box::new(tls)), true).await;
+        run_conn(relay, Conn::Tls(Box::new(tls)), true, slot).await;
         tracing::debug!("disconnected");
     }
     .instrument(span)
     .await
 }
 
-async fn connection(relay: Arc<Relay>, tcp: TcpStream, implicit_tls: bool) {
+async fn connection(relay: Arc<Relay>, tcp: TcpStream, implicit_tls: bool, slot: Slot) {
     let _ = tcp.set_nodelay(true);
     let conn = if implicit_tls {
         match tokio::time::timeout(TLS_HANDSHAKE_TIMEOUT, relay.tls.client.accept(tcp)).await {
@@ -151,12 +143,13 @@ async fn connection(relay: Arc<Relay>, tcp: TcpStream, implicit_tls: bool) {
     } else {
         Conn::Plain(tcp)
     };
-    run_conn(relay, conn, implicit_tls).await
+    run_conn(relay, conn, implicit_tls, slot).await
 }
 
-async fn run_conn(relay: Arc<Relay>, conn: Conn, implicit_tls: bool) {
+async fn run_conn(relay: Arc<Relay>, conn: Conn, implicit_tls: bool, slot: Slot) {
     let mut session = Session::new(relay.clone(), conn.is_tls(), !implicit_tls);
     session.set_peer(conn.peer_ip());
+    session.slot = Some(slot);
     let mut io = io::Framed::new(conn);
     let mut greet = true;
     loop {

@@ -49,6 +49,10 @@ pub(crate) struct Session {
     /// The client's address, if known (not for the in-memory streams of tests and fuzzing):
     /// failed logins are counted against it.
     pub(super) peer: Option<std::net::IpAddr>,
+    /// The connection's place in the shared limiter (absent in tests and fuzzing).
+    pub(super) slot: Option<crate::limits::Slot>,
+    /// A client that has not logged in by then is sent away, however busy it keeps us.
+    login_deadline: tokio::time::Instant,
 }
 
 /// Why `run` returned.
@@ -224,7 +228,6 @@ fn need(body: &CommandBody<'_>) -> Need {
 impl Session {
     pub(crate) fn new(relay: Arc<Relay>, tls: bool, starttls: bool) -> Session {
         Session {
-            relay,
             tls,
             starttls: starttls && !tls,
             user: None,
@@ -233,6 +236,9 @@ impl Session {
             keepalive: super::idle::KEEPALIVE,
             auth_failures: 0,
             peer: None,
+            slot: None,
+            login_deadline: tokio::time::Instant::now() + relay.cfg.login_timeout.duration(),
+            relay,
         }
     }
 
@@ -253,6 +259,10 @@ impl Session {
         greet: bool,
     ) -> Exit {
         let relay = self.relay.clone();
+        io.set_transfer_limits(
+            relay.inflight.clone(),
+            relay.cfg.message_transfer_timeout.duration(),
+        );
         if greet {
             let code = Code::Capability(self.capabilities());
             if io
@@ -275,7 +285,18 @@ impl Session {
                     AUTH_TIMEOUT,
                     relay.cfg.max_message_size.saturating_add(64 * 1024),
                 ),
-                None => (PREAUTH_TIMEOUT, PREAUTH_MAX_LITERAL),
+                None => {
+                    let left = self
+                        .login_deadline
+                        .saturating_duration_since(tokio::time::Instant::now());
+                    if left.is_zero() {
+                        tracing::info!("no login in time, closing");
+                        let _ = io.send(&bye("Login timeout")).await;
+                        io.shutdown().await;
+                        return Exit::Closed;
+                    }
+                    (PREAUTH_TIMEOUT.min(left), PREAUTH_MAX_LITERAL)
+                }
             };
             let frame = tokio::select! {
                 r = tokio::time::timeout(timeout, io.read_command(max_literal)) => r,
@@ -287,12 +308,30 @@ impl Session {
             };
             let frame = match frame {
                 Err(_) => {
-                    let _ = io.send(&bye("Autologout; idle for too long")).await;
+                    let why = if self.user.is_none()
+                        && tokio::time::Instant::now() >= self.login_deadline
+                    {
+                        "Login timeout"
+                    } else {
+                        "Autologout; idle for too long"
+                    };
+                    let _ = io.send(&bye(why)).await;
                     io.shutdown().await;
                     return Exit::Closed;
                 }
                 Ok(Err(ReadError::TooLong)) => {
                     let _ = io.send(&bye("Literal too large")).await;
+                    io.shutdown().await;
+                    return Exit::Closed;
+                }
+                Ok(Err(ReadError::Busy)) => {
+                    let _ = io.send(&bye("Server busy, try again later")).await;
+                    io.shutdown().await;
+                    return Exit::Closed;
+                }
+                Ok(Err(ReadError::Timeout)) => {
+                    tracing::info!("literal took too long, closing");
+                    let _ = io.send(&bye("Message transfer took too long")).await;
                     io.shutdown().await;
                     return Exit::Closed;
                 }
@@ -309,7 +348,14 @@ impl Session {
                     let done = Done::bad("Literal too large").code(other_code("TOOBIG"));
                     self.refuse(io, &head, done).await
                 }
+                Frame::Busy(head) => {
+                    // RFC 5530: a temporary failure the client should retry later.
+                    let done =
+                        Done::no("Server busy, try again later").code(other_code("UNAVAILABLE"));
+                    self.refuse(io, &head, done).await
+                }
             };
+            io.release_held();
             match next {
                 Ok(Next::Continue) => {}
                 Ok(Next::Logout) => {

@@ -28,6 +28,8 @@ pub enum DataError {
     TooBig,
     /// A CR not followed by LF, or an LF not preceded by CR.
     BareNewline,
+    /// The body was dropped part-way ([`DataDecoder::drop_body`]): no memory to keep it.
+    Busy,
 }
 
 /// Decodes one DATA section fed in chunks of any size.
@@ -40,6 +42,9 @@ pub struct DataDecoder {
     total: u64,
     bare_newline: bool,
     done: bool,
+    /// The body is no longer kept (see [`Self::drop_body`]); the section is still decoded to
+    /// its end so that the session stays in step.
+    dropping: bool,
 }
 
 impl DataDecoder {
@@ -52,6 +57,7 @@ impl DataDecoder {
             total: 0,
             bare_newline: false,
             done: false,
+            dropping: false,
         }
     }
 
@@ -71,6 +77,29 @@ impl DataDecoder {
         self.done
     }
 
+    /// Bytes of message kept so far.
+    pub fn kept(&self) -> usize {
+        self.body.len()
+    }
+
+    /// Makes the body's buffer hold `bytes` without growing again, so that the memory used is
+    /// what the caller accounted for and not a doubling beyond it.
+    pub fn make_room(&mut self, bytes: usize) {
+        if self.body.capacity() < bytes {
+            self.body.reserve_exact(bytes - self.body.len());
+        }
+    }
+
+    /// Stops keeping the message and frees it; [`Self::finish`] will say [`DataError::Busy`].
+    pub fn drop_body(&mut self) {
+        self.dropping = true;
+        self.body = Vec::new();
+    }
+
+    pub fn is_dropping(&self) -> bool {
+        self.dropping
+    }
+
     /// Bytes of message seen so far (after unstuffing), kept or not.
     pub fn total(&self) -> u64 {
         self.total
@@ -80,6 +109,8 @@ impl DataDecoder {
     pub fn finish(self) -> Result<Vec<u8>, DataError> {
         if self.total > self.limit as u64 {
             Err(DataError::TooBig)
+        } else if self.dropping {
+            Err(DataError::Busy)
         } else if self.bare_newline {
             Err(DataError::BareNewline)
         } else {
@@ -89,7 +120,7 @@ impl DataDecoder {
 
     fn emit(&mut self, b: u8) {
         self.total += 1;
-        if self.body.len() < self.limit {
+        if !self.dropping && self.body.len() < self.limit {
             self.body.push(b);
         }
     }

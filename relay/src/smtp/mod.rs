@@ -5,6 +5,8 @@
 //! session never sees a socket, only a stream, and hands STARTTLS back here for the handshake.
 
 mod data;
+#[cfg(test)]
+mod limit_tests;
 mod path;
 #[cfg(test)]
 mod policy_tests;
@@ -19,6 +21,7 @@ mod tests;
 #[cfg(test)]
 mod tls_tests;
 
+use crate::limits::{Service, Slot};
 use crate::net::{next_conn_id, Conn};
 use crate::Relay;
 use session::{Limits, Outcome, Session};
@@ -26,7 +29,6 @@ use std::sync::Arc;
 use std::time::Duration;
 use stream::SmtpStream;
 use tokio::net::{TcpListener, TcpStream};
-use tokio::sync::Semaphore;
 use tracing::Instrument;
 
 /// Which SMTP service a listener provides.
@@ -51,66 +53,63 @@ const DRAIN_TIMEOUT: Duration = Duration::from_secs(30);
 /// Accepts connections until shutdown, then waits (a bounded time) for open sessions to end.
 /// Idle sessions are told `421` at once; a session in DATA finishes its message first.
 pub async fn serve(relay: Arc<Relay>, listener: TcpListener, kind: Kind) {
-    let max = relay.cfg.max_smtp_connections.clamp(1, u32::MAX as usize);
-    let permits = Arc::new(Semaphore::new(max));
     match listener.local_addr() {
         Ok(addr) => tracing::info!(%addr, ?kind, "SMTP listening"),
         Err(e) => tracing::warn!(?kind, "SMTP listening on an unknown address: {e}"),
     }
-    loop {
-        let accepted = tokio::select! {
-            _ = relay.shutdown.wait() => break,
-            r = listener.accept() => r,
-        };
-        let (tcp, peer) = match accepted {
-            Ok(x) => x,
-            Err(e) => {
-                // Out of file descriptors and the like: do not spin.
-                tracing::warn!("SMTP accept failed: {e}");
-                tokio::time::sleep(Duration::from_millis(100)).await;
+    // One clone per running session, to wait for them at shutdown.
+    let active = Arc::new(());
+    while let Some((tcp, peer)) = crate::limits::accept(&listener, &relay.shutdown).await {
+        let _ = tcp.set_nodelay(true);
+        let slot = match relay
+            .conns
+            .acquire(Service::Smtp, peer.ip(), kind != Kind::Mx)
+        {
+            Ok(slot) => slot,
+            Err(why) => {
+                crate::limits::log_refusal(Service::Smtp, peer, why);
+                // 465 cannot speak before a handshake we do not want to pay for: just close.
+                let line = (kind != Kind::Submissions).then(|| {
+                    format!(
+                        "421 4.7.0 {} Too many connections, try again later",
+                        relay.cfg.hostname()
+                    )
+                });
+                crate::limits::turn_away(tcp, line.as_deref());
                 continue;
             }
         };
-        let _ = tcp.set_nodelay(true);
         let span = tracing::info_span!("smtp", conn = next_conn_id(), %peer, ?kind);
-        let permit = permits.clone().try_acquire_owned();
         let relay = relay.clone();
+        let active = active.clone();
         tokio::spawn(
             async move {
-                match permit {
-                    Ok(_) if relay.admin.maintenance() => {
-                        tracing::info!("in maintenance: connection turned away");
-                        refuse(
-                            &relay,
-                            tcp,
-                            kind,
-                            "4.3.2 {} In maintenance, try again later",
-                        )
-                        .await
-                    }
-                    Ok(permit) => {
-                        tracing::debug!("connected");
-                        let _open = crate::metrics::M.smtp_connections.hold();
-                        handle(relay, tcp, kind, Limits::default()).await;
-                        drop(permit);
-                    }
-                    Err(_) => {
-                        tracing::warn!("too many SMTP connections, refusing one");
-                        refuse(
-                            &relay,
-                            tcp,
-                            kind,
-                            "4.7.0 {} Too many connections, try again later",
-                        )
-                        .await
-                    }
+                if relay.admin.maintenance() {
+                    tracing::info!("in maintenance: connection turned away");
+                    refuse(
+                        &relay,
+                        tcp,
+                        kind,
+                        "4.3.2 {} In maintenance, try again later",
+                    )
+                    .await
+                } else {
+                    tracing::debug!("connected");
+                    let _open = crate::metrics::M.smtp_connections.hold();
+                    handle(relay, tcp, kind, Limits::default(), slot).await;
                 }
+                drop(active);
             }
             .instrument(span),
         );
     }
     tracing::info!(?kind, "SMTP listener stopped");
-    let _ = tokio::time::timeout(DRAIN_TIMEOUT, permits.acquire_many(max as u32)).await;
+    let _ = tokio::time::timeout(DRAIN_TIMEOUT, async {
+        while Arc::strong_count(&active) > 1 {
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    })
+    .await;
 }
 
 /// Turns a connection away with a 421 (`text`'s `{}` is our hostname) on plain-text ports; on
@@ -126,7 +125,11 @@ async fn refuse(relay: &Relay, tcp: TcpStream, kind: Kind, text: &str) {
 
 /// A submissions session (as on 465) on a TLS stream another listener terminated: port 443
 /// with ALPN `smtp`.
-pub async fn serve_tls(relay: Arc<Relay>, tls: tokio_rustls::server::TlsStream<TcpStream>) {
+pub async fn serve_tls(
+    relay: Arc<Relay>,
+    tls: tokio_rustls::server::TlsStream<TcpStream>,
+    slot: Slot,
+) {
     let peer = tls.get_ref().0.peer_addr().ok();
     let span = tracing::info_span!("smtp", conn = next_conn_id(), ?peer, kind = ?Kind::Submissions, alpn = true);
     async move {
@@ -142,6 +145,7 @@ pub async fn serve_tls(relay: Arc<Relay>, tls: tokio_rustls::server::TlsStream<T
             Kind::Submissions,
             true,
             Limits::default(),
+            slot,
         )
         .await
     }
@@ -150,7 +154,7 @@ pub async fn serve_tls(relay: Arc<Relay>, tls: tokio_rustls::server::TlsStream<T
 }
 
 /// One connection from accept to close.
-async fn handle(relay: Arc<Relay>, tcp: TcpStream, kind: Kind, limits: Limits) {
+async fn handle(relay: Arc<Relay>, tcp: TcpStream, kind: Kind, limits: Limits, slot: Slot) {
     let (conn, tls) = if kind == Kind::Submissions {
         match tls_accept(&relay, tcp, kind).await {
             Some(c) => (c, true),
@@ -159,12 +163,20 @@ async fn handle(relay: Arc<Relay>, tcp: TcpStream, kind: Kind, limits: Limits) {
     } else {
         (Conn::Plain(tcp), false)
     };
-    run_conn(relay, conn, kind, tls, limits).await
+    run_conn(relay, conn, kind, tls, limits, slot).await
 }
 
-async fn run_conn(relay: Arc<Relay>, conn: Conn, kind: Kind, tls: bool, limits: Limits) {
+async fn run_conn(
+    relay: Arc<Relay>,
+    conn: Conn,
+    kind: Kind,
+    tls: bool,
+    limits: Limits,
+    slot: Slot,
+) {
     let mut session = Session::new(relay.clone(), kind, tls, limits);
     session.set_peer(conn.peer_ip());
+    session.set_slot(slot);
     let mut io = SmtpStream::new(conn, COMMAND_TIMEOUT);
     session.greet(&mut io);
     loop {

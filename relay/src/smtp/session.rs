@@ -8,6 +8,7 @@ use super::path;
 use super::stream::{LineError, SmtpStream};
 use super::Kind;
 use crate::delivery::Target;
+use crate::limits::Slot;
 use crate::policy::{Direction, Envelope};
 use crate::Relay;
 use smtp_proto::{Error as ParseError, MailFrom, RcptTo, Request};
@@ -15,6 +16,7 @@ use std::net::IpAddr;
 use std::sync::Arc;
 use std::time::Duration;
 use tokio::io::{AsyncRead, AsyncWrite};
+use tokio::time::Instant;
 
 /// Longest command line (without CRLF). RFC 5321 says 512; AUTH lines with long passwords and
 /// SMTPUTF8 addresses need more, and the bound is what matters.
@@ -86,12 +88,16 @@ pub struct Session {
     bad_rcpts: u32,
     /// The client's address, if known (not for the in-memory streams of tests and fuzzing).
     peer: Option<IpAddr>,
+    /// The connection's place in the shared limiter (absent in tests and fuzzing).
+    slot: Option<Slot>,
+    /// Submission clients must have logged in by then (RFC 4954 leaves it to us); port 25 has
+    /// no login.
+    login_deadline: Option<Instant>,
 }
 
 impl Session {
     pub fn new(relay: Arc<Relay>, kind: Kind, tls: bool, limits: Limits) -> Session {
         Session {
-            relay,
             kind,
             tls,
             limits,
@@ -101,6 +107,10 @@ impl Session {
             errors: 0,
             bad_rcpts: 0,
             peer: None,
+            slot: None,
+            login_deadline: (kind != Kind::Mx)
+                .then(|| Instant::now() + relay.cfg.login_timeout.duration()),
+            relay,
         }
     }
 
@@ -108,6 +118,12 @@ impl Session {
     /// failed logins are counted against it.
     pub fn set_peer(&mut self, peer: Option<IpAddr>) {
         self.peer = peer.map(|p| p.to_canonical());
+    }
+
+    /// Hands the session its connection slot, so that a login moves it out of the
+    /// unauthenticated count.
+    pub fn set_slot(&mut self, slot: Slot) {
+        self.slot = Some(slot);
     }
 
     /// After the STARTTLS handshake everything learnt before it is forgotten (RFC 3207 §4.2).
@@ -132,9 +148,16 @@ impl Session {
     ) -> Outcome {
         let shutdown = self.relay.shutdown.clone();
         loop {
+            let deadline = self.login_deadline.filter(|_| self.user.is_none());
             let line = tokio::select! {
                 r = io.read_line(MAX_LINE) => Some(r),
                 _ = shutdown.wait() => None,
+                _ = sleep_until(deadline) => {
+                    tracing::info!("no login in time, closing");
+                    io.reply(421, "4.7.0 Login timeout, closing transmission channel");
+                    let _ = io.flush().await;
+                    return Outcome::Closed;
+                }
             };
             let flow = match line {
                 None => {
@@ -477,8 +500,30 @@ impl Session {
         }
         io.reply(354, "End data with <CR><LF>.<CR><LF>");
         let limit = self.relay.cfg.max_message_size;
-        let mut dec = DataDecoder::new(usize::try_from(limit).unwrap_or(usize::MAX));
+        let limit_usize = usize::try_from(limit).unwrap_or(usize::MAX);
+        let mut dec = DataDecoder::new(limit_usize);
+        // The whole message must arrive by then, not just each piece within the read timeout.
+        let deadline = Instant::now() + self.relay.cfg.message_transfer_timeout.duration();
+        // The body's share of the in-flight budget, held until the message is stored.
+        let mut held = self.relay.inflight.hold();
         while !dec.is_done() {
+            if !dec.is_dropping() {
+                let want = dec
+                    .kept()
+                    .saturating_add(io.buffered().len())
+                    .min(limit_usize);
+                if held.grow(want as u64, limit) {
+                    dec.make_room(held.bytes() as usize);
+                } else {
+                    tracing::warn!(
+                        held = held.bytes(),
+                        in_flight = self.relay.inflight.used(),
+                        "in-flight message memory spent, this message will get 451"
+                    );
+                    dec.drop_body();
+                    held = self.relay.inflight.hold();
+                }
+            }
             let used = dec.feed(io.buffered());
             io.consume(used);
             if dec.is_done() {
@@ -492,7 +537,15 @@ impl Session {
                 io.reply(552, "5.3.4 Message size exceeds fixed maximum message size");
                 return Flow::Close;
             }
-            match io.fill().await {
+            let filled = tokio::select! {
+                r = io.fill() => r,
+                _ = tokio::time::sleep_until(deadline) => {
+                    tracing::info!(bytes = dec.total(), "DATA took too long, closing");
+                    io.reply(421, "4.4.2 Message transfer took too long, closing transmission channel");
+                    return Flow::Close;
+                }
+            };
+            match filled {
                 Ok(0) => {
                     tracing::info!("connection closed during DATA");
                     return Flow::Close;
@@ -513,6 +566,10 @@ impl Session {
             Err(DataError::TooBig) => {
                 tracing::info!(size, "message refused: too big");
                 io.reply(552, "5.3.4 Message size exceeds fixed maximum message size");
+                return Flow::Continue;
+            }
+            Err(DataError::Busy) => {
+                io.reply(451, "4.3.1 Insufficient system resources, try again later");
                 return Flow::Continue;
             }
             Err(DataError::BareNewline) => {
@@ -541,6 +598,7 @@ impl Session {
             "message"
         );
         io.reply(reply.code, &reply.text);
+        drop(held);
         Flow::Continue
     }
 
@@ -565,5 +623,13 @@ impl Session {
             "2.0.0 Commands: EHLO HELO STARTTLS AUTH MAIL RCPT DATA RSET NOOP VRFY HELP QUIT",
         );
         Flow::Continue
+    }
+}
+
+/// Sleeps until `at`, or forever without one.
+async fn sleep_until(at: Option<Instant>) {
+    match at {
+        Some(at) => tokio::time::sleep_until(at).await,
+        None => std::future::pending().await,
     }
 }

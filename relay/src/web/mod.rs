@@ -15,6 +15,7 @@ pub mod qr;
 #[cfg(test)]
 mod tests;
 
+use crate::limits::Service;
 use crate::Relay;
 use axum::extract::{FromRef, State};
 use axum::http::{header, StatusCode, Uri};
@@ -27,7 +28,6 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 use tokio::net::{TcpListener, TcpStream};
-use tokio::sync::Semaphore;
 
 pub use new::NewLimiter;
 
@@ -170,21 +170,15 @@ enum Alpn {
 
 pub async fn serve(relay: Arc<Relay>, listener: TcpListener, https: bool) {
     let app = router(relay.clone(), https);
-    // Mail sessions on 443 get their own limits, the size of those of 993/465.
-    let imap_limit = Arc::new(Semaphore::new(relay.cfg.max_imap_connections.max(1)));
-    let smtp_limit = Arc::new(Semaphore::new(relay.cfg.max_smtp_connections.max(1)));
-    loop {
-        let (tcp, peer) = tokio::select! {
-            r = listener.accept() => match r {
-                Ok(x) => x,
-                Err(e) => {
-                    // Out of file descriptors and the like: back off instead of spinning.
-                    tracing::warn!("accept failed: {e}");
-                    tokio::time::sleep(Duration::from_millis(100)).await;
-                    continue;
-                }
-            },
-            _ = relay.shutdown.wait() => break,
+    while let Some((tcp, peer)) = crate::limits::accept(&listener, &relay.shutdown).await {
+        // Mail sessions on 443 move to the IMAP or SMTP count once ALPN says which.
+        let slot = match relay.conns.acquire(Service::Http, peer.ip(), false) {
+            Ok(slot) => slot,
+            Err(why) => {
+                crate::limits::log_refusal(Service::Http, peer, why);
+                crate::limits::turn_away(tcp, None);
+                continue;
+            }
         };
         let svc = TowerToHyperService::new(
             tower::ServiceBuilder::new()
@@ -192,7 +186,6 @@ pub async fn serve(relay: Arc<Relay>, listener: TcpListener, https: bool) {
                 .service(app.clone()),
         );
         let relay = relay.clone();
-        let (imap_limit, smtp_limit) = (imap_limit.clone(), smtp_limit.clone());
         tokio::spawn(async move {
             let mut http = hyper::server::conn::http1::Builder::new();
             // A client that trickles its request headers is cut off after 60 s (the reference's
@@ -201,6 +194,7 @@ pub async fn serve(relay: Arc<Relay>, listener: TcpListener, https: bool) {
                 .header_read_timeout(mxdeliv::READ_TIMEOUT);
             if !https {
                 let _ = http.serve_connection(TokioIo::new(tcp), svc).await;
+                drop(slot);
                 return;
             }
             let tls = match tokio::time::timeout(HANDSHAKE_TIMEOUT, accept_443(&relay, tcp)).await {
@@ -216,21 +210,28 @@ pub async fn serve(relay: Arc<Relay>, listener: TcpListener, https: bool) {
             };
             match tls.1 {
                 Alpn::Imap => {
-                    let Ok(_permit) = imap_limit.try_acquire_owned() else {
-                        tracing::warn!(%peer, "too many IMAP connections on 443");
-                        return;
+                    let slot = match slot.switch(Service::Imap, peer.ip(), true) {
+                        Ok(s) => s,
+                        Err(why) => {
+                            tracing::warn!(%peer, ?why, "too many IMAP connections on 443");
+                            return;
+                        }
                     };
-                    crate::imap::serve_tls(relay, tls.0).await;
+                    crate::imap::serve_tls(relay, tls.0, slot).await;
                 }
                 Alpn::Smtp => {
-                    let Ok(_permit) = smtp_limit.try_acquire_owned() else {
-                        tracing::warn!(%peer, "too many SMTP connections on 443");
-                        return;
+                    let slot = match slot.switch(Service::Smtp, peer.ip(), true) {
+                        Ok(s) => s,
+                        Err(why) => {
+                            tracing::warn!(%peer, ?why, "too many SMTP connections on 443");
+                            return;
+                        }
                     };
-                    crate::smtp::serve_tls(relay, tls.0).await;
+                    crate::smtp::serve_tls(relay, tls.0, slot).await;
                 }
                 Alpn::Http => {
                     let _ = http.serve_connection(TokioIo::new(tls.0), svc).await;
+                    drop(slot);
                 }
             }
         });

@@ -56,8 +56,8 @@ pub async fn handle(
             }
         }
     }
-    let data = match read_body(&headers, body, relay.cfg.max_message_size).await {
-        Ok(data) => data,
+    let (data, held) = match read_body(&relay, &headers, body).await {
+        Ok(x) => x,
         Err(resp) => return resp,
     };
     let reply = relay
@@ -70,6 +70,7 @@ pub async fn handle(
         %reply,
         "mxdeliv"
     );
+    drop(held);
     reply_response(&reply)
 }
 
@@ -112,11 +113,20 @@ fn unbracket(s: &str) -> &str {
         .trim()
 }
 
-/// The body, at most `max` bytes. A declared `Content-Length` over the limit is refused before
-/// reading anything; otherwise (also for chunked bodies) the body is read piece by piece and
-/// refused as soon as it passes the limit, so a sender can never make us hold more than `max`
-/// bytes (plus one piece).
-async fn read_body(headers: &HeaderMap, body: Body, max: u64) -> Result<Vec<u8>, Response> {
+/// The body, at most `max_message_size` bytes. A declared `Content-Length` over the limit is
+/// refused before reading anything; otherwise (also for chunked bodies) the body is read piece
+/// by piece and refused as soon as it passes the limit, so a sender can never make us hold more
+/// than that (plus one piece). The bytes kept count against the in-flight budget (the share
+/// comes back with the body, to be held until the message is stored); past the budget, or past
+/// the transfer deadline, the sender is told to try later.
+async fn read_body(
+    relay: &Relay,
+    headers: &HeaderMap,
+    body: Body,
+) -> Result<(Vec<u8>, crate::limits::Held), Response> {
+    let max = relay.cfg.max_message_size;
+    let deadline = tokio::time::Instant::now() + relay.cfg.message_transfer_timeout.duration();
+    let mut held = relay.inflight.hold();
     let too_big = || {
         (
             StatusCode::PAYLOAD_TOO_LARGE,
@@ -131,11 +141,29 @@ async fn read_body(headers: &HeaderMap, body: Body, max: u64) -> Result<Vec<u8>,
     if declared.is_some_and(|n| n > max) {
         return Err(too_big());
     }
-    // Never trust the declared length for the allocation beyond the limit.
-    let mut data = Vec::with_capacity(declared.unwrap_or(0).min(max) as usize);
+    let busy = || {
+        tracing::warn!(
+            in_flight = relay.inflight.used(),
+            "mxdeliv: in-flight message memory spent"
+        );
+        reply_response(&Reply::new(
+            451,
+            "4.3.1 Insufficient system resources, try again later",
+        ))
+    };
+    // Never trust the declared length for the allocation beyond the limit; and take it from
+    // the budget first.
+    let first = declared.unwrap_or(0).min(max);
+    if !held.grow(first, max) {
+        return Err(busy());
+    }
+    let mut data = Vec::with_capacity(first as usize);
     let mut stream = body.into_data_stream();
     loop {
-        let chunk = match tokio::time::timeout(READ_TIMEOUT, stream.next()).await {
+        // Each piece within the read timeout, and the whole body by the deadline.
+        let wait =
+            READ_TIMEOUT.min(deadline.saturating_duration_since(tokio::time::Instant::now()));
+        let chunk = match tokio::time::timeout(wait, stream.next()).await {
             Ok(Some(Ok(chunk))) => chunk,
             Ok(None) => break,
             Ok(Some(Err(e))) => {
@@ -150,12 +178,19 @@ async fn read_body(headers: &HeaderMap, body: Body, max: u64) -> Result<Vec<u8>,
                     .into_response())
             }
         };
-        if data.len() as u64 + chunk.len() as u64 > max {
+        let want = data.len() as u64 + chunk.len() as u64;
+        if want > max {
             return Err(too_big());
+        }
+        if !held.grow(want, max) {
+            return Err(busy());
+        }
+        if data.capacity() < want as usize {
+            data.reserve_exact(held.bytes() as usize - data.len());
         }
         data.extend_from_slice(&chunk);
     }
-    Ok(data)
+    Ok((data, held))
 }
 
 /// The HTTP answer for an SMTP reply, with the reply (`"<code> <text>"`) as the body.

@@ -141,6 +141,9 @@ impl Session {
             Ok(u) => {
                 tracing::info!(user = %u.account.addr, created = u.created, "authenticated");
                 self.user = Some(u.account.addr);
+                if let Some(slot) = &mut self.slot {
+                    slot.authenticated();
+                }
                 io.reply(235, "2.7.0 Authentication successful");
                 Flow::Continue
             }

@@ -375,3 +375,28 @@ async fn plain_http_has_no_mxdeliv() {
     tcp.read_to_string(&mut resp).await.unwrap();
     assert!(resp.starts_with("HTTP/1.1 404"), "{resp}");
 }
+
+#[tokio::test]
+async fn a_body_past_the_in_flight_budget_is_a_temporary_refusal() {
+    let d = tempfile::tempdir().unwrap();
+    let r = relay(d.path()).await;
+    let addr = listen(&r).await;
+    let msg = testmsg::encrypted("alice@[192.0.2.1]", RCPT);
+    let to = format!("X-MAIL-TO: {RCPT}");
+    // Other transfers hold all of the budget (128M by default).
+    let mut others = r.inflight.hold();
+    assert!(others.grow(128 << 20, 128 << 20));
+    let (status, body) = post(&r, addr, &["X-MAIL-FROM: alice@[192.0.2.1]", &to], &msg).await;
+    assert_eq!(
+        (status, body.as_str()),
+        (
+            500,
+            "451 4.3.1 Insufficient system resources, try again later"
+        )
+    );
+    assert_eq!(inbox(&r, RCPT).await.len(), 0);
+    drop(others);
+    let (status, body) = post(&r, addr, &["X-MAIL-FROM: alice@[192.0.2.1]", &to], &msg).await;
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(r.inflight.used(), 0);
+}

@@ -1,0 +1,155 @@
+//! The limits a client cannot talk its way around: the login deadline on submission, the
+//! overall DATA deadline, the in-flight memory budget, and the per-IP connection cap.
+
+use super::tests::{message, relay, relay_with, started, PASS, RCPT, USER};
+use super::*;
+use crate::config::ByteSize;
+use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
+use tokio::time::Instant;
+
+#[tokio::test]
+async fn submission_without_login_is_closed_at_the_login_deadline() {
+    let d = tempfile::tempdir().unwrap();
+    let r = relay_with(d.path(), |_| {});
+    tokio::time::pause();
+    let start = Instant::now();
+    let mut c = started(&r, Kind::Submissions, true).await;
+    assert!(c.cmd("EHLO client").await.starts_with("250"));
+    // A NOOP every 5 s keeps every per-command timeout from firing, for 200 s.
+    for _ in 0..40 {
+        if let Ok(reply) = tokio::time::timeout(Duration::from_secs(5), c.reply()).await {
+            assert_eq!(
+                reply.as_deref(),
+                Some("421 4.7.0 Login timeout, closing transmission channel")
+            );
+            let waited = start.elapsed();
+            assert!(
+                waited >= Duration::from_secs(60) && waited < Duration::from_secs(70),
+                "{waited:?}"
+            );
+            return;
+        }
+        assert!(c.cmd("NOOP").await.starts_with("250 "));
+    }
+    panic!("a client that never logged in kept its connection for 200 s");
+}
+
+#[tokio::test]
+async fn data_trickled_past_the_transfer_deadline_is_cut_off() {
+    let d = tempfile::tempdir().unwrap();
+    let r = relay(d.path()).await;
+    tokio::time::pause();
+    let mut c = started(&r, Kind::Mx, true).await;
+    assert!(c.cmd("EHLO mx.example.org").await.starts_with("250"));
+    assert!(c.cmd("MAIL FROM:<a@example.org>").await.starts_with("250"));
+    assert!(c.cmd(&format!("RCPT TO:<{RCPT}>")).await.starts_with("250"));
+    assert!(c.cmd("DATA").await.starts_with("354"));
+    let start = Instant::now();
+    // One line every 5 s (within the read timeout), for up to 1000 s.
+    for _ in 0..200 {
+        c.send(b"x\r\n").await;
+        if let Ok(reply) = tokio::time::timeout(Duration::from_secs(5), c.reply()).await {
+            assert_eq!(
+                reply.as_deref(),
+                Some("421 4.4.2 Message transfer took too long, closing transmission channel")
+            );
+            let waited = start.elapsed();
+            assert!(
+                waited >= Duration::from_secs(600) && waited < Duration::from_secs(610),
+                "{waited:?}"
+            );
+            return;
+        }
+    }
+    panic!("a DATA section trickling in was kept open for 1000 s");
+}
+
+/// Text lines for the MIME preamble, about `n` bytes in all.
+fn filler(n: usize) -> String {
+    format!("{}\r\n", "x".repeat(78)).repeat(n / 80)
+}
+
+#[tokio::test]
+async fn data_past_the_in_flight_budget_gets_451_and_the_budget_comes_back() {
+    let d = tempfile::tempdir().unwrap();
+    let r = relay_with(d.path(), |c| {
+        c.max_message_size = 100_000;
+        c.max_inflight_message_memory = ByteSize(100_000);
+    });
+    r.accounts.login(USER, PASS).await.unwrap();
+    r.accounts.login(RCPT, "password2").await.unwrap();
+    let mut a = started(&r, Kind::Submissions, true).await;
+    a.login().await;
+    let mut b = started(&r, Kind::Submissions, true).await;
+    b.login().await;
+
+    // A is in the middle of a 90 KB message.
+    let big = message(USER, &filler(90_000));
+    assert_eq!(a.cmd(&format!("MAIL FROM:<{USER}>")).await, "250 2.1.0 Ok");
+    assert_eq!(a.cmd(&format!("RCPT TO:<{RCPT}>")).await, "250 2.1.5 Ok");
+    assert!(a.cmd("DATA").await.starts_with("354 "));
+    a.send(&big.as_bytes()[..88_000]).await;
+    for _ in 0..100 {
+        if r.inflight.used() >= 88_000 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert!(r.inflight.used() >= 88_000, "{}", r.inflight.used());
+
+    // B's message does not fit beside it: a temporary refusal, the session goes on.
+    let small = message(USER, &filler(20_000));
+    assert_eq!(
+        b.mail(USER, RCPT, &small).await,
+        "451 4.3.1 Insufficient system resources, try again later"
+    );
+
+    a.send(&big.as_bytes()[88_000..]).await;
+    assert!(a.cmd(".").await.starts_with("250 "));
+    assert_eq!(r.inflight.used(), 0);
+    assert!(b.mail(USER, RCPT, &small).await.starts_with("250 "));
+    assert_eq!(r.inflight.used(), 0);
+}
+
+#[tokio::test]
+async fn connections_over_the_per_ip_cap_get_421() {
+    let d = tempfile::tempdir().unwrap();
+    let r = relay_with(d.path(), |c| {
+        c.conn_limits_exempt_loopback = false;
+        c.max_smtp_connections_per_ip = 2;
+    });
+    let l = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = l.local_addr().unwrap();
+    let _server = tokio::spawn(serve(r.clone(), l, Kind::Mx));
+    let mut open = Vec::new();
+    for _ in 0..2 {
+        let mut c = BufReader::new(tokio::net::TcpStream::connect(addr).await.unwrap());
+        let mut greeting = String::new();
+        c.read_line(&mut greeting).await.unwrap();
+        assert!(greeting.starts_with("220 "), "{greeting}");
+        open.push(c);
+    }
+    let mut third = BufReader::new(tokio::net::TcpStream::connect(addr).await.unwrap());
+    let mut reply = String::new();
+    third.read_line(&mut reply).await.unwrap();
+    assert_eq!(
+        reply,
+        "421 4.7.0 [127.0.0.1] Too many connections, try again later\r\n"
+    );
+    // A slot comes back when a connection ends.
+    let mut first = open.remove(0);
+    first.get_mut().write_all(b"QUIT\r\n").await.unwrap();
+    let mut bye = String::new();
+    first.read_line(&mut bye).await.unwrap();
+    drop(first);
+    for _ in 0..50 {
+        let mut c = BufReader::new(tokio::net::TcpStream::connect(addr).await.unwrap());
+        let mut greeting = String::new();
+        c.read_line(&mut greeting).await.unwrap();
+        if greeting.starts_with("220 ") {
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    panic!("the slot never came back");
+}
