@@ -204,7 +204,8 @@ pub struct Listen {
 }
 
 impl Listen {
-    /// The standard ports on one address, each shifted by `offset`.
+    /// The standard ports on one address, each shifted by `offset`; metrics stay on loopback
+    /// (`ip` itself if it is a loopback address, so relays on 127.0.0.x do not collide).
     pub fn standard(ip: IpAddr, offset: u16) -> Result<Listen, ConfigError> {
         let at = |port: u16| -> Result<Vec<SocketAddr>, ConfigError> {
             let p = port.checked_add(offset).ok_or(ConfigError::Invalid {
@@ -221,7 +222,16 @@ impl Listen {
             imaps: at(993)?,
             http: at(80)?,
             https: at(443)?,
-            metrics: at(9464)?,
+            metrics: at(9464)?
+                .into_iter()
+                .map(|a| {
+                    if a.ip().is_loopback() {
+                        a
+                    } else {
+                        SocketAddr::new(IpAddr::from([127, 0, 0, 1]), a.port())
+                    }
+                })
+                .collect(),
         })
     }
 }
@@ -399,6 +409,10 @@ pub struct Config {
     /// A push not delivered this long after its first attempt is dropped.
     #[serde(default = "d_push_give_up_after")]
     pub push_give_up_after: Seconds,
+    /// Most push device tokens kept per account (one per device and app install); setting one
+    /// more drops the least recently set. Every token costs a POST per incoming message.
+    #[serde(default = "d_push_max_tokens")]
+    pub push_max_tokens: usize,
     /// The iroh relay URL announced to clients (METADATA `/shared/vendor/deltachat/irohrelay`);
     /// unset: NIL, clients use their default.
     #[serde(default)]
@@ -454,6 +468,9 @@ fn d_push_retry_delays() -> Vec<Seconds> {
 }
 fn d_push_give_up_after() -> Seconds {
     Seconds(5 * 3600)
+}
+fn d_push_max_tokens() -> usize {
+    20
 }
 fn d_dns_port() -> u16 {
     53
@@ -713,6 +730,9 @@ impl Config {
                     self.push_url
                 ),
             );
+        }
+        if self.push_max_tokens == 0 {
+            return invalid("push_max_tokens", "must be at least 1".into());
         }
         if self.push_retry_delays.iter().any(|d| d.0 == 0) {
             return invalid(
@@ -975,6 +995,7 @@ mod tests {
         let d: Vec<u64> = c.push_retry_delays.iter().map(|s| s.0).collect();
         assert_eq!(d, vec![8, 64, 512, 4096]);
         assert_eq!(c.push_give_up_after, Seconds(5 * 3600));
+        assert_eq!(c.push_max_tokens, 20);
         assert_eq!(c.iroh_relay, None);
         assert_eq!(c.listen.metrics, vec!["127.0.0.1:9464".parse().unwrap()]);
         let c = parse(
@@ -994,6 +1015,12 @@ mod tests {
         assert!(e.contains("push_url"), "{e}");
         let l = Listen::standard("127.0.0.2".parse().unwrap(), 20000).unwrap();
         assert_eq!(l.metrics, vec!["127.0.0.2:29464".parse().unwrap()]);
+        // `relaybox dev --ip <LAN address>`: everything there but the metrics.
+        let l = Listen::standard("192.168.1.20".parse().unwrap(), 0).unwrap();
+        assert_eq!(l.imaps, vec!["192.168.1.20:993".parse().unwrap()]);
+        assert_eq!(l.metrics, vec!["127.0.0.1:9464".parse().unwrap()]);
+        let l = Listen::standard("::".parse().unwrap(), 0).unwrap();
+        assert_eq!(l.metrics, vec!["127.0.0.1:9464".parse().unwrap()]);
     }
 
     #[test]

@@ -309,11 +309,11 @@ mod tests {
             .await
             .unwrap();
         store
-            .add_device_token(a.id, "old", clock.now() - 80 * 86_400)
+            .add_device_token(a.id, "old", clock.now() - 80 * 86_400, 20)
             .await
             .unwrap();
         store
-            .add_device_token(a.id, "new", clock.now())
+            .add_device_token(a.id, "new", clock.now(), 20)
             .await
             .unwrap();
         let r = run(&store, &c, &clock, false).await.unwrap();

@@ -15,6 +15,40 @@ pub use crate::policy::{
 };
 pub use crate::smtp::{run_session as smtp_session, Kind as SmtpKind};
 
+/// The IMAP sequence-set and SEARCH-string code, for the `imap_seqsearch` target to compare
+/// with naive versions.
+pub mod imap_sets {
+    use crate::imap::{Ranges, SetError};
+    pub use imap_codec::imap_types::sequence::{SeqOrUid, Sequence, SequenceSet};
+
+    /// Most ranges a command's sequence sets may have.
+    pub const MAX_RANGES: usize = crate::imap::MAX_RANGES;
+
+    /// ASCII case-insensitive substring test, as SEARCH BODY/TEXT use it.
+    pub fn find_ci(hay: &[u8], needle: &[u8]) -> bool {
+        crate::imap::find_ci(hay, needle)
+    }
+
+    /// (sequence number, UID) pairs `set` names in the ascending snapshot `uids`; `None` when
+    /// the set has too many ranges.
+    pub fn resolve_uids(set: &SequenceSet, uids: &[u32]) -> Option<Vec<(u32, u32)>> {
+        crate::imap::resolve_uids(set, uids).ok()
+    }
+
+    /// Sequence numbers `set` names among `count` messages; `Err(true)` when the set has too
+    /// many ranges, `Err(false)` when it names a message that does not exist.
+    pub fn resolve_seqs(set: &SequenceSet, count: u32) -> Result<Vec<u32>, bool> {
+        crate::imap::resolve_seqs(set, count).map_err(|e| e == SetError::TooLarge)
+    }
+
+    /// The normalised ranges of `set` (`*` = `largest`), and whether each of `probe` is in it.
+    pub fn ranges(set: &SequenceSet, largest: u32, probe: &[u32]) -> (Vec<(u32, u32)>, Vec<bool>) {
+        let r = Ranges::new(set, largest);
+        let hits = probe.iter().map(|&n| r.contains(n)).collect();
+        (r.as_slice().to_vec(), hits)
+    }
+}
+
 /// The account the targets log in as, and a second one to send to.
 pub const USER: &str = "abcdefghi@[127.0.0.1]";
 pub const PASS: &str = "password1";

@@ -30,6 +30,10 @@ enum Cmd {
         /// printed at start.
         #[arg(long)]
         wizard: bool,
+        /// Where to serve the unauthenticated metrics (ADDR:PORT). Default: `--ip` when it is
+        /// a loopback address, else 127.0.0.1, on port 9464 + offset.
+        #[arg(long)]
+        metrics: Option<std::net::SocketAddr>,
     },
     /// Run in production from a TOML config file.
     Serve {
@@ -161,6 +165,8 @@ fn init_logging() {
 fn main() -> anyhow::Result<()> {
     let cli = Cli::parse();
     init_logging();
+    // Before any subcommand writes into the data directory (or a backup file).
+    relaybox::server::private_umask();
     let rt = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
@@ -171,9 +177,13 @@ fn main() -> anyhow::Result<()> {
             data,
             port_offset,
             wizard,
+            metrics,
         } => {
             let mut cfg = Config::with_domain(&config::domain_literal(ip), &data)?;
             cfg.listen = Listen::standard(ip, port_offset)?;
+            if let Some(m) = metrics {
+                cfg.listen.metrics = vec![m];
+            }
             // A dev relay runs beside compilers and test suites, whose load would otherwise
             // refuse new accounts (the reference's max_load_1m is not scaled by core count).
             cfg.max_load_1m = 1000.0;

@@ -43,12 +43,22 @@ pub fn token_valid(t: &DeviceToken, now: i64) -> bool {
     t.last_set + TOKEN_LIFETIME > now && t.last_set <= now + FUTURE_SLACK
 }
 
-/// The valid tokens of an account.
-pub fn valid_tokens(a: &Account, now: i64) -> impl Iterator<Item = &str> {
-    a.device_tokens
+/// The valid tokens of an account, at most `max` of them (the most recently set): an account
+/// that gathered more before `push_max_tokens` existed must not turn one message into
+/// thousands of POSTs.
+pub fn valid_tokens(a: &Account, now: i64, max: usize) -> impl Iterator<Item = &str> {
+    let mut v: Vec<&DeviceToken> = a
+        .device_tokens
         .iter()
-        .filter(move |t| token_valid(t, now))
-        .map(|t| t.token.as_str())
+        .filter(|t| token_valid(t, now))
+        .collect();
+    if v.len() > max {
+        // Later in the list was set later; the sort is stable.
+        v.reverse();
+        v.sort_by_key(|t| std::cmp::Reverse(t.last_set));
+        v.truncate(max);
+    }
+    v.into_iter().map(|t| t.token.as_str())
 }
 
 /// When to try again after failure number `failures` (1 = the first attempt failed), or `None`
@@ -206,7 +216,7 @@ impl Push {
                 continue;
             }
             let mut state = self.state();
-            for t in valid_tokens(&a, now) {
+            for t in valid_tokens(&a, now, self.inner.cfg.push_max_tokens) {
                 match state.get_mut(&(a.id, t.to_string())) {
                     Some(e) if e.in_flight => e.again = true,
                     Some(_) => {}

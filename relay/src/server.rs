@@ -13,8 +13,11 @@ use tokio::net::TcpListener;
 /// Builds the shared state from a config: opens (and repairs) the store, loads or makes the
 /// certificate.
 pub fn build(cfg: config::Config) -> anyhow::Result<Arc<Relay>> {
+    private_umask();
     std::fs::create_dir_all(&cfg.data_dir)
         .with_context(|| format!("cannot create data directory {}", cfg.data_dir.display()))?;
+    make_private(&cfg.data_dir)
+        .with_context(|| format!("cannot restrict access to {}", cfg.data_dir.display()))?;
     let cfg = Arc::new(cfg);
     let nofile = limits::raise_fd_limit();
     let caps = limits::Caps::derive(&cfg, nofile);
@@ -60,6 +63,45 @@ pub fn build(cfg: config::Config) -> anyhow::Result<Arc<Relay>> {
         conns,
         inflight,
     }))
+}
+
+/// Everything the relay creates is for its own user only: the index holds password hashes and
+/// push tokens, and there are keys, certificates, settings, backups and mail. The appliance's
+/// unit sets `UMask=0077` too; this covers `relaybox dev` and hand-made services.
+pub fn private_umask() {
+    use nix::sys::stat::{umask, Mode};
+    umask(Mode::from_bits_truncate(0o077));
+}
+
+/// Makes the data directory 0700 and takes group and other access away from everything already
+/// in it (written by an older relaybox or with a looser umask). Only what needs changing is
+/// changed; symlinks are left alone.
+pub fn make_private(dir: &std::path::Path) -> std::io::Result<()> {
+    use std::os::unix::fs::PermissionsExt;
+    let fix = |path: &std::path::Path, meta: &std::fs::Metadata| -> std::io::Result<()> {
+        let mode = meta.permissions().mode();
+        if mode & 0o077 != 0 {
+            std::fs::set_permissions(path, std::fs::Permissions::from_mode(mode & 0o700))?;
+        }
+        Ok(())
+    };
+    let meta = std::fs::symlink_metadata(dir)?;
+    fix(dir, &meta)?;
+    let mut todo = vec![dir.to_path_buf()];
+    while let Some(d) = todo.pop() {
+        for e in std::fs::read_dir(&d)? {
+            let e = e?;
+            let meta = e.metadata()?;
+            if meta.file_type().is_symlink() {
+                continue;
+            }
+            fix(&e.path(), &meta)?;
+            if meta.is_dir() {
+                todo.push(e.path());
+            }
+        }
+    }
+    Ok(())
 }
 
 async fn bind(addr: SocketAddr, what: &str) -> anyhow::Result<TcpListener> {
@@ -230,5 +272,73 @@ impl Signals {
             _ = recv(&mut self.term) => {}
             _ = recv(&mut self.int) => {}
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::os::unix::fs::PermissionsExt;
+    use std::path::Path;
+
+    fn mode(p: &Path) -> u32 {
+        std::fs::symlink_metadata(p).unwrap().permissions().mode() & 0o777
+    }
+
+    /// Every file and directory under `dir` (and `dir` itself) with group or other access.
+    fn open_to_others(dir: &Path) -> Vec<(String, u32)> {
+        let mut out = Vec::new();
+        let mut todo = vec![dir.to_path_buf()];
+        if mode(dir) & 0o077 != 0 {
+            out.push((dir.display().to_string(), mode(dir)));
+        }
+        while let Some(d) = todo.pop() {
+            for e in std::fs::read_dir(&d).unwrap() {
+                let p = e.unwrap().path();
+                if mode(&p) & 0o077 != 0 {
+                    out.push((p.display().to_string(), mode(&p)));
+                }
+                if p.is_dir() {
+                    todo.push(p);
+                }
+            }
+        }
+        out
+    }
+
+    /// The data directory of a relay started outside the appliance (umask 022, a directory an
+    /// older relaybox left 0755 with 0644 files) ends up 0700, and everything in it, old and
+    /// new (index, keys, certificate, mail, push queue), is for the relay's user only.
+    #[tokio::test]
+    async fn data_dir_and_everything_in_it_are_private() {
+        nix::sys::stat::umask(nix::sys::stat::Mode::from_bits_truncate(0o022));
+        let t = tempfile::tempdir().unwrap();
+        let data = t.path().join("data");
+        std::fs::create_dir(&data).unwrap();
+        std::fs::set_permissions(&data, std::fs::Permissions::from_mode(0o755)).unwrap();
+        std::fs::create_dir(data.join("old")).unwrap();
+        std::fs::write(data.join("old").join("file"), "x").unwrap();
+        std::fs::set_permissions(
+            data.join("old").join("file"),
+            std::fs::Permissions::from_mode(0o644),
+        )
+        .unwrap();
+        let relay = crate::fuzzing::test_relay(&data, |_| {}).unwrap();
+        let a = relay
+            .accounts
+            .login(crate::fuzzing::USER, crate::fuzzing::PASS)
+            .await
+            .unwrap();
+        relay
+            .store
+            .deliver(
+                &[a.account.id],
+                std::sync::Arc::from(&b"Subject: x\r\n\r\nhi\r\n"[..]),
+            )
+            .await
+            .unwrap();
+        assert!(data.join("store").join("index.redb").exists());
+        assert_eq!(mode(&data), 0o700);
+        assert_eq!(mode(&data.join("old").join("file")), 0o600);
+        assert_eq!(open_to_others(&data), vec![]);
     }
 }

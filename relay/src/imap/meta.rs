@@ -79,7 +79,9 @@ impl Session {
                 tokens = match self.relay.store.account_by_id(self.account_id()) {
                     Ok(Some(a)) => {
                         let now = self.relay.clock.now();
-                        let valid: Vec<&str> = crate::push::valid_tokens(&a, now).collect();
+                        let valid: Vec<&str> =
+                            crate::push::valid_tokens(&a, now, self.relay.cfg.push_max_tokens)
+                                .collect();
                         (!valid.is_empty()).then(|| valid.join(" "))
                     }
                     Ok(None) => None,
@@ -150,7 +152,7 @@ impl Session {
             if let Err(e) = self
                 .relay
                 .store
-                .add_device_token(self.account_id(), &t, now)
+                .add_device_token(self.account_id(), &t, now, self.relay.cfg.push_max_tokens)
                 .await
             {
                 return Done::store(e);

@@ -28,9 +28,15 @@ mod tests;
 #[cfg(test)]
 mod tests_fetch;
 #[cfg(test)]
+mod tests_abuse;
+#[cfg(test)]
 mod tests_limits;
 #[cfg(test)]
 mod tests_net;
+
+/// For the `imap_seqsearch` fuzz target (crate::fuzzing).
+pub(crate) use search::find_ci;
+pub(crate) use sequence::{resolve_seqs, resolve_uids, Ranges, SetError, MAX_RANGES};
 
 use crate::limits::{Service, Slot};
 use crate::net::{next_conn_id, Conn};

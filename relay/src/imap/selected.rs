@@ -7,7 +7,7 @@
 //! Updates are sent only in replies to commands that allow them, never spontaneously.
 
 use super::io::Framed;
-use super::sequence::{resolve_seqs, resolve_uids, sequence_set, uid_set};
+use super::sequence::{resolve_seqs, resolve_uids, sequence_set, uid_set, SetError, MAX_RANGES};
 use super::session::{other_code, untagged, Done, Session};
 use crate::store::{FlagOp, Flags, MailboxId, Message};
 use imap_codec::imap_types::command::{SelectParameter, StoreModifier};
@@ -101,6 +101,18 @@ fn system_flags() -> Vec<Flag<'static>> {
         Flag::Seen,
         Flag::Draft,
     ]
+}
+
+/// The reply for a sequence set that cannot be used.
+pub(super) fn set_error(e: SetError) -> Done {
+    match e {
+        SetError::Invalid => Done::bad("Invalid message sequence number"),
+        // RFC 5530 LIMIT: a server limit, not a syntax error; the client may split the set.
+        SetError::TooLarge => Done::no(format!(
+            "Too many ranges in the sequence set (at most {MAX_RANGES})"
+        ))
+        .code(other_code("LIMIT")),
+    }
 }
 
 impl Session {
@@ -326,14 +338,14 @@ impl Session {
             return Err(Done::bad("No mailbox selected"));
         };
         if uid {
-            return Ok(resolve_uids(set, &sel.uids));
+            return resolve_uids(set, &sel.uids).map_err(set_error);
         }
         match resolve_seqs(set, sel.uids.len() as u32) {
             Ok(seqs) => Ok(seqs
                 .into_iter()
                 .map(|s| (s, sel.uids[s as usize - 1]))
                 .collect()),
-            Err(()) => Err(Done::bad("Invalid message sequence number")),
+            Err(e) => Err(set_error(e)),
         }
     }
 
@@ -361,12 +373,10 @@ impl Session {
             return Ok(Done::no("Mailbox is read-only").code(other_code("READ-ONLY")));
         }
         let id = sel.id;
-        let uids = set.map(|s| {
-            resolve_uids(&s, &sel.uids)
-                .into_iter()
-                .map(|(_, u)| u)
-                .collect()
-        });
+        let uids = match set.map(|s| resolve_uids(&s, &sel.uids)).transpose() {
+            Ok(t) => t.map(|t| t.into_iter().map(|(_, u)| u).collect()),
+            Err(e) => return Ok(set_error(e)),
+        };
         let removed = match self.relay.store.expunge(id, uids).await {
             Ok(r) => r,
             Err(e) => return Ok(Done::store(e)),

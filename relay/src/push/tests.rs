@@ -46,6 +46,33 @@ fn tokens_expire_ninety_days_after_they_were_set() {
     assert!(!token_valid(&t, 1000 - 61));
 }
 
+/// An account that gathered thousands of tokens before `push_max_tokens` existed is pushed to
+/// its most recently set ones only, not once per token.
+#[tokio::test]
+async fn a_flooded_account_is_pushed_to_its_newest_tokens_only() {
+    let (svc, url) = Service::start(&[]).await;
+    let s = setup(&url, &[1], 60).await;
+    let now = s.clock.now();
+    for i in 0..300 {
+        s.store
+            .add_device_token(s.b, &format!("tok{i:03}"), now - 300 + i, usize::MAX)
+            .await
+            .unwrap();
+    }
+    let push = Push::new(s.cfg.clone(), s.store.clone(), s.clock.clone()).unwrap();
+    let shutdown = Shutdown::new();
+    tokio::spawn(push.clone().run(shutdown.clone()));
+    push.notify(&[s.b], "ALICE0001@x.org");
+    let max = s.cfg.push_max_tokens;
+    wait_for("the POSTs", || svc.got().len() == max).await;
+    wait_for("nothing pending", || push.pending() == 0).await;
+    let mut got = svc.got();
+    got.sort();
+    let want: Vec<String> = (300 - max..300).map(|i| format!("tok{i:03}")).collect();
+    assert_eq!(got, want);
+    shutdown.trigger();
+}
+
 /// A push service: answers each POST with the next status of the script (200 when it runs out)
 /// and records the bodies.
 #[derive(Clone, Default)]
@@ -169,15 +196,15 @@ async fn each_token_is_posted_except_for_the_senders_own_mail() {
     let (svc, url) = Service::start(&[]).await;
     let s = setup(&url, &[1], 60).await;
     s.store
-        .add_device_token(s.b, "openpgp:bob-1", s.clock.now())
+        .add_device_token(s.b, "openpgp:bob-1", s.clock.now(), 20)
         .await
         .unwrap();
     s.store
-        .add_device_token(s.b, "bob-2", s.clock.now())
+        .add_device_token(s.b, "bob-2", s.clock.now(), 20)
         .await
         .unwrap();
     s.store
-        .add_device_token(s.a, "alice-1", s.clock.now())
+        .add_device_token(s.a, "alice-1", s.clock.now(), 20)
         .await
         .unwrap();
     let push = Push::new(s.cfg.clone(), s.store.clone(), s.clock.clone()).unwrap();
@@ -202,7 +229,7 @@ async fn gone_410_removes_the_token() {
     let (svc, url) = Service::start(&[410]).await;
     let s = setup(&url, &[1], 60).await;
     s.store
-        .add_device_token(s.b, "stale", s.clock.now())
+        .add_device_token(s.b, "stale", s.clock.now(), 20)
         .await
         .unwrap();
     let push = Push::new(s.cfg.clone(), s.store.clone(), s.clock.clone()).unwrap();
@@ -229,7 +256,7 @@ async fn failures_are_retried_on_schedule_then_given_up() {
     let (svc, url) = Service::start(&[500, 503, 500, 500]).await;
     let s = setup(&url, &[1, 1], 60).await;
     s.store
-        .add_device_token(s.b, "tok", s.clock.now())
+        .add_device_token(s.b, "tok", s.clock.now(), 20)
         .await
         .unwrap();
     let push = Push::new(s.cfg.clone(), s.store.clone(), s.clock.clone()).unwrap();
@@ -270,7 +297,7 @@ async fn pending_notifications_survive_a_restart() {
     let (svc, url) = Service::start(&[500]).await;
     let s = setup(&url, &[3600], 7200).await;
     s.store
-        .add_device_token(s.b, "tok\nwith newline", s.clock.now())
+        .add_device_token(s.b, "tok\nwith newline", s.clock.now(), 20)
         .await
         .unwrap();
     let push = Push::new(s.cfg.clone(), s.store.clone(), s.clock.clone()).unwrap();
@@ -305,12 +332,12 @@ async fn expired_and_unreachable_tokens() {
     drop(l);
     let s = setup(&url, &[1], 1).await;
     let old = s.clock.now() - TOKEN_LIFETIME - 1;
-    s.store.add_device_token(s.b, "old", old).await.unwrap();
+    s.store.add_device_token(s.b, "old", old, 20).await.unwrap();
     let push = Push::new(s.cfg.clone(), s.store.clone(), s.clock.clone()).unwrap();
     push.notify(&[s.b], "alice0001@x.org");
     assert_eq!(push.pending(), 0, "an expired token is not used");
     s.store
-        .add_device_token(s.b, "new", s.clock.now())
+        .add_device_token(s.b, "new", s.clock.now(), 20)
         .await
         .unwrap();
     let shutdown = Shutdown::new();

@@ -211,11 +211,13 @@ impl Store {
         id: AccountId,
         token: &str,
         now: i64,
+        max: usize,
     ) -> Result<(), StoreError> {
         self.write(writer::Op::AddToken {
             id,
             token: token.to_string(),
             now,
+            max,
         })
         .await
         .map(|_| ())
@@ -317,56 +319,64 @@ impl Store {
 
     /// The raw RFC 5322 bytes of a message.
     pub async fn read_body(&self, body_id: u64) -> Result<Vec<u8>, StoreError> {
+        let store = self.clone();
+        tokio::task::spawn_blocking(move || store.read_body_blocking(body_id))
+            .await
+            .map_err(|_| StoreError::Closed)?
+    }
+
+    /// [`Store::read_body`] for code already off the async workers (SEARCH's pool).
+    pub fn read_body_blocking(&self, body_id: u64) -> Result<Vec<u8>, StoreError> {
         let path = self.body_path(body_id);
-        tokio::task::spawn_blocking(move || {
-            std::fs::read(&path).map_err(|source| StoreError::Io { path, source })
-        })
-        .await
-        .map_err(|_| StoreError::Closed)?
+        std::fs::read(&path).map_err(|source| StoreError::Io { path, source })
     }
 
     /// The header of a message (up to and including the blank line), reading at most `max`
     /// bytes: header fetches and searches need not read a 30 MB body.
     pub async fn read_head(&self, body_id: u64, max: usize) -> Result<Vec<u8>, StoreError> {
+        let store = self.clone();
+        tokio::task::spawn_blocking(move || store.read_head_blocking(body_id, max))
+            .await
+            .map_err(|_| StoreError::Closed)?
+    }
+
+    /// [`Store::read_head`] for code already off the async workers.
+    pub fn read_head_blocking(&self, body_id: u64, max: usize) -> Result<Vec<u8>, StoreError> {
         let path = self.body_path(body_id);
-        tokio::task::spawn_blocking(move || {
-            use std::io::Read;
-            let err = |source| StoreError::Io {
-                path: path.clone(),
-                source,
-            };
-            let mut f = std::fs::File::open(&path).map_err(err)?;
-            let mut out = Vec::with_capacity(8192.min(max));
-            let mut buf = [0u8; 8192];
-            loop {
-                let n = f.read(&mut buf).map_err(err)?;
-                if n == 0 {
-                    return Ok(out);
-                }
-                let scan_from = out.len().saturating_sub(3);
-                out.extend_from_slice(&buf[..n]);
-                let tail = &out[scan_from..];
-                let end = tail
-                    .windows(4)
-                    .position(|w| w == b"\r\n\r\n")
-                    .map(|i| scan_from + i + 4)
-                    .or_else(|| {
-                        tail.windows(2)
-                            .position(|w| w == b"\n\n")
-                            .map(|i| scan_from + i + 2)
-                    });
-                if let Some(end) = end {
-                    out.truncate(end.min(max));
-                    return Ok(out);
-                }
-                if out.len() >= max {
-                    out.truncate(max);
-                    return Ok(out);
-                }
+        use std::io::Read;
+        let err = |source| StoreError::Io {
+            path: path.clone(),
+            source,
+        };
+        let mut f = std::fs::File::open(&path).map_err(err)?;
+        let mut out = Vec::with_capacity(8192.min(max));
+        let mut buf = [0u8; 8192];
+        loop {
+            let n = f.read(&mut buf).map_err(err)?;
+            if n == 0 {
+                return Ok(out);
             }
-        })
-        .await
-        .map_err(|_| StoreError::Closed)?
+            let scan_from = out.len().saturating_sub(3);
+            out.extend_from_slice(&buf[..n]);
+            let tail = &out[scan_from..];
+            let end = tail
+                .windows(4)
+                .position(|w| w == b"\r\n\r\n")
+                .map(|i| scan_from + i + 4)
+                .or_else(|| {
+                    tail.windows(2)
+                        .position(|w| w == b"\n\n")
+                        .map(|i| scan_from + i + 2)
+                });
+            if let Some(end) = end {
+                out.truncate(end.min(max));
+                return Ok(out);
+            }
+            if out.len() >= max {
+                out.truncate(max);
+                return Ok(out);
+            }
+        }
     }
 
     /// Bytes stored for an account, over all its mailboxes.

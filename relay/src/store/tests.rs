@@ -245,16 +245,33 @@ async fn watchers_hear_new_mail() {
 async fn device_tokens_accumulate_without_duplicates() {
     let d = tempfile::tempdir().unwrap();
     let (s, acc, _) = store_with_account(d.path()).await;
-    s.add_device_token(acc, "1111", 10).await.unwrap();
-    s.add_device_token(acc, "2222", 11).await.unwrap();
-    s.add_device_token(acc, "1111", 12).await.unwrap();
+    s.add_device_token(acc, "1111", 10, 20).await.unwrap();
+    s.add_device_token(acc, "2222", 11, 20).await.unwrap();
+    s.add_device_token(acc, "1111", 12, 20).await.unwrap();
     let a = s.account_by_id(acc).unwrap().unwrap();
     let t: Vec<_> = a.device_tokens.iter().map(|t| t.token.as_str()).collect();
-    assert_eq!(t, vec!["1111", "2222"]);
-    assert_eq!(a.device_tokens[0].last_set, 12);
+    // In the order they were last set.
+    assert_eq!(t, vec!["2222", "1111"]);
+    assert_eq!(a.device_tokens[1].last_set, 12);
     s.remove_device_token(acc, "1111").await.unwrap();
     let a = s.account_by_id(acc).unwrap().unwrap();
     assert_eq!(a.device_tokens.len(), 1);
+}
+
+#[tokio::test]
+async fn device_tokens_are_capped_least_recently_set_dropped() {
+    let d = tempfile::tempdir().unwrap();
+    let (s, acc, _) = store_with_account(d.path()).await;
+    for i in 0..50 {
+        s.add_device_token(acc, &format!("t{i}"), 100, 3)
+            .await
+            .unwrap();
+    }
+    s.add_device_token(acc, "t47", 100, 3).await.unwrap();
+    s.add_device_token(acc, "new", 100, 3).await.unwrap();
+    let a = s.account_by_id(acc).unwrap().unwrap();
+    let t: Vec<_> = a.device_tokens.iter().map(|t| t.token.as_str()).collect();
+    assert_eq!(t, vec!["t49", "t47", "new"]);
 }
 
 #[tokio::test]

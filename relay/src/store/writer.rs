@@ -34,6 +34,8 @@ pub(super) enum Op {
         id: AccountId,
         token: String,
         now: i64,
+        /// Most tokens the account keeps; the least recently set go first.
+        max: usize,
     },
     CreateMailbox {
         account: AccountId,
@@ -632,15 +634,21 @@ fn apply(txn: &WriteTransaction, op: Op) -> Result<(Reply, Effects), StoreError>
             }
             Reply::Done
         }
-        Op::AddToken { id, token, now } => {
+        Op::AddToken {
+            id,
+            token,
+            now,
+            max,
+        } => {
             let mut a = get_account_w(txn, id)?;
-            match a.device_tokens.iter_mut().find(|t| t.token == token) {
-                Some(t) => t.last_set = now,
-                None => a.device_tokens.push(DeviceToken {
-                    token,
-                    last_set: now,
-                }),
-            }
+            // Kept in the order they were last set, so the least recently set is first.
+            a.device_tokens.retain(|t| t.token != token);
+            a.device_tokens.push(DeviceToken {
+                token,
+                last_set: now,
+            });
+            let over = a.device_tokens.len().saturating_sub(max.max(1));
+            a.device_tokens.drain(..over);
             put_account(txn, &a)?;
             Reply::Done
         }
