@@ -8,8 +8,11 @@ dclogin: URL, so the mismatch does not matter.
 
   1. wait for the IMAP greeting on 143 (boot-to-listening time)
   2. over the test control channel (virtio-serial, test image only): / is EROFS read-only and not
-     writable, /data is /dev/vda3 ext4 labelled relaybox-data and was grown to the end of the disk,
-     relaybox.service is active, the first-boot config has the IP-literal domain
+     writable, /data is /dev/vda7 ext4 labelled relaybox-data and was grown to the end of the disk,
+     relaybox.service is active, the first-boot config has the IP-literal domain; Raspberry Pi
+     Imager's files on p1 were read (hostname applied, Wi-Fi config written with the SSID, the
+     regulatory domain and a derived PSK, never the passphrase); /etc/os-release and
+     relaybox --version carry the image's build id
   3. IMAP/SMTP round trip (encrypted-shaped mail from tests/mailhelpers.py), then a Delta Chat
      one-to-one exchange both ways (tests/dchelpers.py) when deltachat-rpc-client is installed
   4. reboot (systemctl reboot through the control channel): accounts and unfetched mail survive
@@ -191,16 +194,29 @@ def check_status(st: dict, disk_bytes: int | None = None) -> None:
     assert "ro" in root[2].split(","), f"/ is not mounted ro: {st.get('root')}"
     assert st.get("root_writable") == "no", "/ is writable"
     data = st.get("data", "").split()
-    assert len(data) >= 3 and data[0] == "/dev/vda3" and data[1] == "ext4", f"/data: {st.get('data')}"
+    assert len(data) >= 3 and data[0] == "/dev/vda7" and data[1] == "ext4", f"/data: {st.get('data')}"
     assert "noatime" in data[2] and "commit=60" in data[2], f"/data options: {st.get('data')}"
     assert st.get("data_label") == "relaybox-data", st
-    disk, part = st.get("size_vda", 0), st.get("size_vda3", 0)
+    disk, part = st.get("size_vda", 0), st.get("size_vda7", 0)
     assert part > 32 * 2**20 * 4, f"/data partition was not grown: {part} bytes of a {disk}-byte disk"
     assert st.get("relaybox") == "active", f"relaybox.service is {st.get('relaybox')}"
     assert st.get("config_domain") == f'"[{VM_IP}]"', f"first-boot config domain: {st.get('config_domain')}"
     assert st.get("setup_code_present") == "yes", "no setup code"
     bad = [u for u in st.get("failed_units", "").split() if u.startswith("relaybox")]
     assert not bad, f"failed relaybox units: {bad}"
+    # Raspberry Pi Imager's user-data / network-config (scripts/test-image.sh puts them on p1)
+    assert st.get("hostname") == "relaybox-vmtest", f"hostname from user-data not applied: {st.get('hostname')}"
+    assert st.get("wifi_conf") == "yes", "no Wi-Fi config written from network-config"
+    assert st.get("wifi_ssid_hex") == "relaybox test: Wi-Fi".encode().hex(), f"SSID: {st.get('wifi_ssid_hex')}"
+    assert st.get("wifi_country") == "CH", f"regulatory domain: {st.get('wifi_country')}"
+    assert st.get("wifi_psk_hex") == "yes", "the Wi-Fi config has no derived 64-hex PSK"
+    assert st.get("wifi_passphrase_stored") == "no", "the Wi-Fi passphrase is stored in clear"
+    assert st.get("wifi_network_file") == "yes", "no systemd-networkd config for wlan0"
+    # version stamping
+    assert st.get("os_image_id") == "relaybox", f"IMAGE_ID: {st.get('os_image_id')}"
+    build = st.get("os_build_id", "")
+    assert build and f"(build {build})" in st.get("relaybox_version", ""), (
+        f"relaybox --version {st.get('relaybox_version')!r} does not show BUILD_ID {build!r}")
 
 
 def markers_in(relay, addr, pw) -> set[str]:
@@ -277,9 +293,13 @@ def main() -> int:
         st = wait_for("the control channel", lambda: vm.status(timeout=5), 120, vm, every=2)
         (art / "status-boot1.txt").write_text(json.dumps(st, indent=1))
         check_status(st)
-        results["data_partition_bytes"] = st["size_vda3"]
+        results["data_partition_bytes"] = st["size_vda7"]
+        results["image_build_id"] = st["os_build_id"]
+        results["relaybox_version"] = st["relaybox_version"]
+        results["imager_hostname_and_wifi"] = "applied (hostname relaybox-vmtest; wpa_supplicant-wlan0.conf: SSID, country CH, PSK)"
         results["disk_bytes"] = st["size_vda"]
-        say(f"/ {st['root']}; /data {st['data']}; p3 grown to {st['size_vda3'] // 2**20} MiB of {st['size_vda'] // 2**20} MiB")
+        say(f"/ {st['root']}; /data {st['data']}; p7 grown to {st['size_vda7'] // 2**20} MiB of {st['size_vda'] // 2**20} MiB")
+        say(f"hostname {st['hostname']} and Wi-Fi config from Imager's files; {st['relaybox_version']}")
 
         # 3. IMAP/SMTP round trip
         alice = mh.create_account(relay)
