@@ -189,7 +189,8 @@ export CC_aarch64_unknown_linux_musl=aarch64-linux-gnu-gcc
 export AR_aarch64_unknown_linux_musl=aarch64-linux-gnu-ar
 export CARGO_TARGET_AARCH64_UNKNOWN_LINUX_MUSL_RUSTFLAGS="-C target-feature=+crt-static"
 export RELAYBOX_BUILD_ID=$BUILD_ID   # relaybox --version and the admin page show it
-nice -n 10 cargo build --release --locked --target "$TARGET" -p relaybox 2>&1 | tail -n 3
+# without SOURCE_DATE_EPOCH: cc-based build scripts (ring) rerun when it changes, i.e. every commit
+env -u SOURCE_DATE_EPOCH nice -n 10 cargo build --release --locked --target "$TARGET" -p relaybox 2>&1 | tail -n 3
 BIN=$REPO/target/$TARGET/release/relaybox
 file "$BIN" | grep -q 'ARM aarch64.*statically linked' || die "$BIN is not a static aarch64 binary"
 BIN_VERSION=$(qemu-aarch64-static "$BIN" --version) || die "the aarch64 binary does not run under qemu-user"
@@ -233,7 +234,11 @@ cp "$ROOT/usr/share/base-passwd/group.master" "$ROOT/etc/group"
 : >"$ROOT/etc/shadow"
 : >"$ROOT/etc/gshadow"
 chmod 0640 "$ROOT/etc/shadow" "$ROOT/etc/gshadow"
-systemd-sysusers --root="$ROOT"   # the users and groups of systemd, dbus, udev (sysusers.d)
+# the users and groups of systemd, dbus, udev (sysusers.d); the host's older systemd-sysusers does
+# not know trixie's "u!" (a locked user), which is what it makes of "u" anyway
+mkdir -p "$WORK/sysusers.d"
+for f in "$ROOT"/usr/lib/sysusers.d/*.conf; do sed 's/^u! /u /' "$f" >"$WORK/sysusers.d/${f##*/}"; done
+systemd-sysusers --root="$ROOT" "$WORK"/sysusers.d/*.conf
 #   kernel modules: the Debian kernel's are most of the root; keep what a Pi 4/5 or a virtio VM
 #   uses (SD, USB, Ethernet: genet (Pi 4), macb over RP1 (Pi 5); Wi-Fi: brcmfmac)
 (cd "$KDIR/kernel" && rm -rf sound drivers/gpu drivers/media drivers/infiniband drivers/staging \
@@ -357,7 +362,7 @@ chmod 0755 "$INITRD/init"
 (cd "$INITRD" && find . | sort | cpio --quiet -o -H newc --reproducible) | gzip -9n >"$BOOT/initrd.img"
 echo "initramfs: $(stat -c %s "$BOOT/initrd.img") bytes, modules: $(tr '\n' ' ' <"$INITRD/modules")"
 for m in sdhci_iproc sdhci_brcmstb erofs virtio_blk; do
-	grep -q "^$m.ko$" "$INITRD/modules" || grep -q "/${m//_/[-_]}.ko" "$KDIR/modules.builtin" \
+	tr '-' '_' <"$INITRD/modules" | grep -qx "$m.ko" || grep -q "/${m//_/[-_]}.ko" "$KDIR/modules.builtin" \
 		|| die "initramfs: $m is neither a module in it nor built into the kernel"
 done
 rm -rf "$INITRD"
@@ -461,19 +466,23 @@ printf 'relaybox %s (build %s), kernel %s\n' "$VERSION" "$BUILD_ID" "$KVER" >"$B
 # -------------------------------------------------------------------------------------------------
 step "disk image: MBR, p1 config, p2/p3 boot A/B, p4 extended: p5/p6 root A/B, p7 data"
 MiB=$((1024 * 1024))
-TOTAL_MIB=$((4 + CONFIG_MIB + 2 * BOOT_SLOT_MIB + 1 + 2 * (ROOT_SLOT_MIB + 1) + DATA_MIB + 1))
+# each logical partition is preceded by its EBR (1 MiB with alignment); 4 MiB spare
+TOTAL_MIB=$((4 + CONFIG_MIB + 2 * BOOT_SLOT_MIB + 2 * (ROOT_SLOT_MIB + 1) + DATA_MIB + 1 + 4))
 rm -f "$BUILD/$NAME.summary.txt" "$IMG" "$IMG.xz" "$IMG.xz.sha256"   # the summary goes first: tests take it as "complete"
 truncate -s "${TOTAL_MIB}M" "$WORK/disk.img"
+# explicit starts: sfdisk puts a partition without one into the first gap (the 3 MiB before p1)
+P2=$((4 + CONFIG_MIB)); P3=$((P2 + BOOT_SLOT_MIB)); P4=$((P3 + BOOT_SLOT_MIB))
+P5=$((P4 + 1)); P6=$((P5 + ROOT_SLOT_MIB + 1)); P7=$((P6 + ROOT_SLOT_MIB + 1))
 sfdisk --quiet "$WORK/disk.img" <<EOF
 label: dos
 label-id: 0x$DISK_ID
 start=4MiB, size=${CONFIG_MIB}MiB, type=c, bootable
-size=${BOOT_SLOT_MIB}MiB, type=c
-size=${BOOT_SLOT_MIB}MiB, type=c
-type=5
-size=${ROOT_SLOT_MIB}MiB, type=83
-size=${ROOT_SLOT_MIB}MiB, type=83
-size=${DATA_MIB}MiB, type=83
+start=${P2}MiB, size=${BOOT_SLOT_MIB}MiB, type=c
+start=${P3}MiB, size=${BOOT_SLOT_MIB}MiB, type=c
+start=${P4}MiB, type=5
+start=${P5}MiB, size=${ROOT_SLOT_MIB}MiB, type=83
+start=${P6}MiB, size=${ROOT_SLOT_MIB}MiB, type=83
+start=${P7}MiB, type=83
 EOF
 sfdisk -l "$WORK/disk.img"
 part_start() { sfdisk -J "$WORK/disk.img" | python3 -c "import json,sys; print([p['start'] for p in json.load(sys.stdin)['partitiontable']['partitions'] if p['node'].endswith('img$1')][0])"; }
