@@ -257,6 +257,13 @@ function setupPage() {
 
 // ---- the admin page ----------------------------------------------------------------------------
 
+// relaybox's own version, and the appliance image's (/etc/os-release) when there is one.
+function systemSummary(version, os) {
+  if (!os || !os.IMAGE_ID) return "relaybox " + version;
+  const image = os.PRETTY_NAME || os.IMAGE_ID + " " + (os.IMAGE_VERSION || os.VERSION_ID || "");
+  return "relaybox " + version + "; image " + image + (os.BUILD_ID ? " (build " + os.BUILD_ID + ")" : "");
+}
+
 async function loadStatus() {
   const s = await api("GET", "status");
   const rows = [
@@ -272,6 +279,7 @@ async function loadStatus() {
     ["DNS check", dnsSummary(s.last_dns_check)],
     ["Last clean-up of old mail", expirySummary(s.last_expiry, s.expiry_time_utc)],
     ["Running for", duration(s.uptime_s)],
+    ["Version", systemSummary(s.version, s.os_release)],
   ];
   const body = $("status").tBodies[0];
   body.textContent = "";

@@ -1,22 +1,27 @@
 #!/usr/bin/env bash
-# QEMU test of the appliance image (issue 7): the production overlay (buildroot-overlay/) and an
-# aarch64 relaybox on a read-only EROFS root, booted with qemu-system-aarch64 -M virt (TCG).
+# QEMU test of the appliance image (issues 7 and 13): boots the very image file that
+# scripts/build-image.sh writes (build/relaybox-<version>-rpi-arm64.img.xz, the file a hobbyist
+# flashes) with qemu-system-aarch64 -M virt (TCG).
 #
-#   1. cross-build relaybox for aarch64-unknown-linux-musl (static)
-#   2. an arm64 Debian root (packages only extracted by mmdebstrap --variant=extract, cached in
-#      ~/.cache/relaybox-image keyed by its recipe; what their maintainer scripts would do is done
-#      from the host) + buildroot-overlay/ + scripts/test-image/overlay/ (test-only units) + the
-#      binary -> EROFS; a small initramfs (busybox + the virtio/EROFS modules) to mount it; a disk
-#      laid out like the SD card (p1 FAT RELAYBOOT, p2 EROFS root, p3 32 MiB ext4 relaybox-data),
-#      4 GiB (sparse) so first boot grows p3
-#   3. boot it; scripts/test-image/vmcheck.py does the checks from the host (see there)
+#   1. scripts/build-image.sh (the Debian arm64 image for the Pi 4 and Pi 5; see there), unless
+#      RELAYBOX_IMAGE_FILE names an existing .img.xz; its .sha256 is checked
+#   2. a copy of it, 3 GiB larger (sparse) so first boot grows the data partition p7; on its config
+#      partition p1 the files Raspberry Pi Imager's "OS customisation" writes (user-data with a
+#      hostname, network-config with a Wi-Fi network and its regulatory domain)
+#   3. the kernel, initramfs and cmdline.txt taken from the image's boot partition A (p2); QEMU
+#      boots that kernel with the image's initramfs, which mounts root=PARTUUID=52424f58-05 (p5,
+#      EROFS) from the virtio disk. Only the Pi firmware's part (autoboot.txt, config.txt) is not
+#      exercised. The kernel command line adds, for the test only: the test control channel
+#      (systemd.wants=relaybox-testctl.service, a unit that is in the image but never enabled),
+#      the serial console, and no 2-minute wait for an NTP server the VM cannot reach
+#   4. scripts/test-image/vmcheck.py does the checks from the host (see there)
 #
 # Logs, the serial console and results: test-artifacts/image/. Bounded: every wait has a deadline
-# (the package download 10 min, the VM checks RELAYBOX_IMAGE_TIMEOUT s, default 900).
+# (the VM checks RELAYBOX_IMAGE_TIMEOUT s, default 900).
 #
-# Env: RELAYBOX_IMAGE_CACHE (default ~/.cache/relaybox-image), RELAYBOX_IMAGE_PORT_OFFSET (20000),
-#      RELAYBOX_IMAGE_UNIT=1 also runs the unit tests under qemu-user (slow; off by default),
-#      RELAYBOX_IMAGE_KEEP=1 keeps the work dir (disk image) for debugging.
+# Env: RELAYBOX_IMAGE_FILE (a built .img.xz to test instead of building), RELAYBOX_IMAGE_PORT_OFFSET
+#      (20000), RELAYBOX_IMAGE_KEEP=1 keeps the work dir (disk image) for debugging; the build's
+#      (scripts/build-image.sh) pass through.
 set -euo pipefail
 
 REPO=$(cd "$(dirname "$0")/.." && pwd)
@@ -25,33 +30,19 @@ cd "$REPO"
 . scripts/lib.sh
 
 ART=$REPO/test-artifacts/image
-CACHE=${RELAYBOX_IMAGE_CACHE:-$HOME/.cache/relaybox-image}
 OFFSET=${RELAYBOX_IMAGE_PORT_OFFSET:-20000}
 TIMEOUT=${RELAYBOX_IMAGE_TIMEOUT:-900}
-TARGET=aarch64-unknown-linux-musl
 T0=$(date +%s)
-SUITE=bookworm
-MIRROR=${RELAYBOX_IMAGE_MIRROR:-http://deb.debian.org/debian}
-# No maintainer script runs, so the Essential set is named too (apt adds only declared
-# dependencies); busybox-static is for the initramfs and leaves the root again.
-PACKAGES=base-files,base-passwd,bash,bsdutils,coreutils,dash,debianutils,diffutils,findutils,grep,gzip,hostname,init-system-helpers,libc-bin,login,mawk,mount,ncurses-base,sed,sysvinit-utils,tar,util-linux,systemd,systemd-sysv,udev,systemd-resolved,systemd-timesyncd,dbus,iproute2,fdisk,e2fsprogs,ca-certificates,kmod,linux-image-arm64,busybox-static
-# crc32c_generic: a soft dependency of libcrc32c (erofs), which modules.dep does not list
-INITRD_MODULES="virtio_pci virtio_blk crc32c_generic erofs"
 
 step() { echo "== [image +$(( $(date +%s) - T0 ))s] $*"; }
 die() { echo "error: $*" >&2; exit 1; }
 
 rm -rf "$ART"
-mkdir -p "$ART" "$CACHE"
+mkdir -p "$ART"
 WORK=$(mktemp -d /tmp/relaybox-image.XXXXXX)
 QEMU_PID=
 cleanup() {
     local rc=$?
-    if [ -n "${MMDEB_PID:-}" ] && kill -0 "$MMDEB_PID" 2>/dev/null; then
-        kill "$MMDEB_PID" 2>/dev/null || true
-        wait "$MMDEB_PID" 2>/dev/null || true
-        rm -f "$BASE.tmp"
-    fi
     if [ -n "$QEMU_PID" ] && kill -0 "$QEMU_PID" 2>/dev/null; then
         kill "$QEMU_PID" 2>/dev/null || true
         wait "$QEMU_PID" 2>/dev/null || true
@@ -68,226 +59,96 @@ trap cleanup EXIT
 # ---------------------------------------------------------------------------------------------
 step "tools"
 need=()
-have mmdebstrap || need+=(mmdebstrap)
-have depmod || need+=(kmod)
-have cpio || need+=(cpio)
 have qemu-system-aarch64 || need+=(qemu-system-arm)
-have qemu-aarch64-static || need+=(qemu-user-static)
-have mkfs.erofs || need+=(erofs-utils)
-have aarch64-linux-gnu-gcc || need+=(gcc-aarch64-linux-gnu libc6-dev-arm64-cross)
-have mkfs.vfat || need+=(dosfstools)
+have mcopy || need+=(mtools)
 have sfdisk || need+=(fdisk)
-have mkfs.ext4 || need+=(e2fsprogs)
+have xz || need+=(xz-utils)
 apt_install "${need[@]}"
-ensure_cargo
 
 # ---------------------------------------------------------------------------------------------
-# The root filesystem recipe; its hash names the cached tarball.
-# Extracting instead of installing: the arm64 maintainer scripts would run under qemu-user
-# (binfmt_misc, root) and take ~25 min on a cold cache, most of it update-initramfs; extracted,
-# a cold cache costs the download.
-MMDEB_ARGS=(--variant=extract --arch=arm64 --mode=root --format=tar "--include=$PACKAGES")
-KEY=$(printf '%s\n' "$SUITE" "${MMDEB_ARGS[@]}" | sha256sum | cut -c1-16)
-BASE=$CACHE/rootfs-$SUITE-arm64-$KEY.tar
-MMDEB_PID=
-if [ -s "$BASE" ]; then
-    step "arm64 root filesystem: cached $BASE"
+if [ -n "${RELAYBOX_IMAGE_FILE:-}" ]; then
+    XZ=$RELAYBOX_IMAGE_FILE
+    step "image: $XZ (RELAYBOX_IMAGE_FILE)"
+    BUILD_TIME="not built here"
 else
-    # mostly downloading: it runs beside the cross build
-    step "arm64 root filesystem: mmdebstrap --variant=extract $SUITE in the background (once per recipe; log in $ART/mmdebstrap.log)"
-    timeout 900 mmdebstrap "${MMDEB_ARGS[@]}" "$SUITE" "$BASE.tmp" "$MIRROR" >"$ART/mmdebstrap.log" 2>&1 &
-    MMDEB_PID=$!
+    step "build the image: scripts/build-image.sh (log in $ART/build-image.log)"
+    B0=$(date +%s)
+    bash scripts/build-image.sh >"$ART/build-image.log" 2>&1 || { tail -n 40 "$ART/build-image.log"; die "scripts/build-image.sh failed"; }
+    BUILD_TIME="$(( $(date +%s) - B0 ))s"
+    XZ=$(sed -n 's/^image: *\([^ ]*\.img\.xz\) .*/\1/p' "$ART/build-image.log" | tail -n 1)
+    [ -f "$XZ" ] || die "build-image.sh did not say which image it wrote"
+    grep -E '^(image|checksum|imager json|version|root \(EROFS\)|build time):' "$ART/build-image.log" | tee "$ART/build.txt"
 fi
+[ -f "$XZ.sha256" ] || die "no $XZ.sha256"
+(cd "$(dirname "$XZ")" && sha256sum -c --quiet "$(basename "$XZ").sha256") || die "$XZ does not match its .sha256"
+XZ_SIZE=$(stat -c %s "$XZ")
 
-# ---------------------------------------------------------------------------------------------
-step "cross-build relaybox for $TARGET"
-rustup target list --installed 2>/dev/null | grep -qx "$TARGET" || rustup target add "$TARGET" \
-    || die "rustup target add $TARGET failed (no download?)"
-export CARGO_TARGET_AARCH64_UNKNOWN_LINUX_MUSL_LINKER=aarch64-linux-gnu-gcc
-export CC_aarch64_unknown_linux_musl=aarch64-linux-gnu-gcc
-export AR_aarch64_unknown_linux_musl=aarch64-linux-gnu-ar
-export CARGO_TARGET_AARCH64_UNKNOWN_LINUX_MUSL_RUSTFLAGS="-C target-feature=+crt-static"
-export CARGO_TARGET_AARCH64_UNKNOWN_LINUX_MUSL_RUNNER=qemu-aarch64-static
-cargo build --release --locked --target "$TARGET" -p relaybox 2>&1 | tail -n 3
-BIN=$REPO/target/$TARGET/release/relaybox
-file "$BIN" | tee "$ART/binary.txt"
-file "$BIN" | grep -q 'ARM aarch64.*statically linked' || die "$BIN is not a static aarch64 binary"
-BIN_SIZE=$(stat -c %s "$BIN")
-qemu-aarch64-static "$BIN" --version 2>&1 | tee -a "$ART/binary.txt" || die "the aarch64 binary does not run under qemu-user"
-if [ "${RELAYBOX_IMAGE_UNIT:-0}" = 1 ]; then
-    step "unit tests under qemu-user"
-    cargo test --release --locked --target "$TARGET" -p relaybox 2>&1 | tee "$ART/unit-qemu-user.log" | tail -n 5
-    UNIT=ran
-else
-    UNIT="skipped (RELAYBOX_IMAGE_UNIT=1 runs them)"
-fi
-
-if [ -n "$MMDEB_PID" ]; then
-    step "waiting for mmdebstrap"
-    wait "$MMDEB_PID" || { tail -n 30 "$ART/mmdebstrap.log"; die "mmdebstrap failed"; }
-    MMDEB_PID=
-    mv "$BASE.tmp" "$BASE"
-    step "arm64 root filesystem: $(stat -c %s "$BASE") bytes in $BASE"
-fi
-
-step "assemble the root: Debian base + buildroot-overlay/ + test overlay + relaybox"
-ROOT=$WORK/root
-mkdir -p "$ROOT"
-tar -C "$ROOT" -xpf "$BASE"
-rm -rf "$ROOT"/usr/share/doc "$ROOT"/usr/share/man "$ROOT"/usr/share/locale "$ROOT"/usr/share/info
-KVER=$(basename "$(ls -d "$ROOT"/lib/modules/*)")
-cp "$ROOT/boot/vmlinuz-$KVER" "$WORK/vmlinuz"
-rm -f "$ROOT"/boot/vmlinuz-* "$ROOT"/boot/System.map-* "$ROOT"/boot/config-* "$ROOT"/vmlinuz* "$ROOT"/initrd.img*
-#   what the maintainer scripts would have done, as far as this root needs it
-cp "$ROOT/usr/share/base-passwd/passwd.master" "$ROOT/etc/passwd"
-cp "$ROOT/usr/share/base-passwd/group.master" "$ROOT/etc/group"
-: >"$ROOT/etc/shadow"
-: >"$ROOT/etc/gshadow"
-chmod 0640 "$ROOT/etc/shadow" "$ROOT/etc/gshadow"
-systemd-sysusers --root="$ROOT"   # the users and groups of systemd, dbus, udev (sysusers.d)
-#   the Debian kernel's modules are most of the root: keep the trees a virtio VM can use
-(cd "$ROOT/lib/modules/$KVER/kernel" && rm -rf sound drivers/gpu drivers/media drivers/net/wireless \
-    drivers/net/ethernet drivers/infiniband drivers/staging drivers/iio drivers/input drivers/hid \
-    drivers/usb drivers/bluetooth drivers/isdn drivers/scsi drivers/mmc drivers/mtd drivers/nfc \
-    drivers/leds drivers/hwmon drivers/video net/wireless net/mac80211 net/bluetooth)
-depmod -b "$ROOT" "$KVER"
-[ -e "$ROOT/bin/sh" ] || ln -s dash "$ROOT/bin/sh"
-# the alternatives the postinst scripts would register (the overlay's scripts use awk)
-ln -sf mawk "$ROOT/usr/bin/awk"
-ln -sf which.debianutils "$ROOT/usr/bin/which"
-ln -sf ../run/systemd/resolve/stub-resolv.conf "$ROOT/etc/resolv.conf"
-mkdir -p "$ROOT/etc/ssl/certs"
-cp /etc/ssl/certs/ca-certificates.crt "$ROOT/etc/ssl/certs/ca-certificates.crt"
-ldconfig_bin="$ROOT/sbin/ldconfig.real"
-[ -x "$ldconfig_bin" ] || ldconfig_bin="$ROOT/sbin/ldconfig"
-qemu-aarch64-static "$ldconfig_bin" -r "$ROOT" || echo "warning: ldconfig for the arm64 root failed (ld.so finds the multiarch directories without its cache)"
-#   the initramfs: busybox, the modules the root needs before udev (from modules.dep, the
-#   dependencies first, decompressed for busybox insmod), and an /init that mounts root= read-only
-INITRD=$WORK/initramfs
-mkdir -p "$INITRD"/bin "$INITRD"/dev "$INITRD"/proc "$INITRD"/sys "$INITRD"/newroot "$INITRD"/lib/modules
-cp "$ROOT/bin/busybox" "$INITRD/bin/busybox"
-rm -f "$ROOT/bin/busybox"
-python3 - "$ROOT/lib/modules/$KVER/modules.dep" $INITRD_MODULES >"$WORK/initrd-modules" <<'PY'
-import sys
-dep = {}
-for line in open(sys.argv[1]):
-    path, _, deps = line.partition(":")
-    dep[path] = deps.split()
-by_name = {p.rsplit("/", 1)[1].split(".ko")[0].replace("-", "_"): p for p in dep}
-order = []
-def visit(p):
-    for d in dep[p]:
-        visit(d)
-    if p not in order:
-        order.append(p)
-for name in sys.argv[2:]:
-    if name in by_name:  # not in modules.dep: built into the kernel
-        visit(by_name[name])
-print("\n".join(order))
-PY
-while read -r m; do
-    [ -n "$m" ] || continue
-    out="$INITRD/lib/modules/$(basename "${m%.xz}")"
-    out=${out%.zst}
-    case $m in
-    *.xz) xz -dc "$ROOT/lib/modules/$KVER/$m" >"$out" ;;
-    *.zst) zstd -qdc "$ROOT/lib/modules/$KVER/$m" >"$out" ;;
-    *) cp "$ROOT/lib/modules/$KVER/$m" "$out" ;;
-    esac
-    basename "$out" >>"$INITRD/modules"
-done <"$WORK/initrd-modules"
-touch "$INITRD/modules"
-cat >"$INITRD/init" <<'INIT'
-#!/bin/busybox sh
-/bin/busybox --install -s /bin
-mount -t proc proc /proc
-mount -t sysfs sysfs /sys
-mount -t devtmpfs devtmpfs /dev
-for m in $(cat /modules); do insmod "/lib/modules/$m" || echo "initramfs: insmod $m failed"; done
-root= fstype=
-for a in $(cat /proc/cmdline); do
-    case $a in root=*) root=${a#root=} ;; rootfstype=*) fstype=${a#rootfstype=} ;; esac
-done
-i=0
-while [ ! -b "$root" ] && [ $i -lt 300 ]; do sleep 0.1; i=$((i + 1)); done
-if ! mount -t "$fstype" -o ro "$root" /newroot; then
-    echo "initramfs: cannot mount $root ($fstype); powering off"
-    sleep 2
-    poweroff -f
-fi
-umount /proc /sys
-mount --move /dev /newroot/dev
-exec switch_root /newroot /sbin/init
-INIT
-chmod 0755 "$INITRD/init"
-(cd "$INITRD" && find . | cpio --quiet -o -H newc) | gzip -1 >"$WORK/initrd.img"
-echo "initramfs: $(stat -c %s "$WORK/initrd.img") bytes, modules: $(tr '\n' ' ' <"$INITRD/modules")"
-rm -rf "$INITRD"
-cp -a buildroot-overlay/. "$ROOT"/
-cp -a scripts/test-image/overlay/. "$ROOT"/
-install -m 0755 "$BIN" "$ROOT/usr/bin/relaybox"
-aarch64-linux-gnu-strip "$ROOT/usr/bin/relaybox"   # as Buildroot does
-BIN_STRIPPED=$(stat -c %s "$ROOT/usr/bin/relaybox")
-mkdir -p "$ROOT/data" "$ROOT/boot"
-# What Buildroot does for the production image, done here for the Debian base:
-#   the relaybox user (RELAYBOX_USERS in image/package/relaybox/relaybox.mk)
-printf 'u relaybox - "relaybox chatmail relay" /data/relaybox /usr/sbin/nologin\n' >"$WORK/relaybox-sysusers.conf"
-systemd-sysusers --root="$ROOT" "$WORK/relaybox-sysusers.conf"
-#   the presets of buildroot-overlay/usr/lib/systemd/system-preset/70-relaybox.preset
-SYSTEMCTL=(systemctl --root="$ROOT" --quiet)
-"${SYSTEMCTL[@]}" enable relaybox.service relaybox-firstboot.service relaybox-console.service \
-    systemd-networkd.service systemd-networkd-wait-online.service systemd-resolved.service \
-    systemd-timesyncd.service systemd-time-wait-sync.service
-"${SYSTEMCTL[@]}" disable getty@.service 2>/dev/null || true
-"${SYSTEMCTL[@]}" mask serial-getty@ttyAMA0.service getty@tty1.service
-#   test only: the control channel and the boot report (scripts/test-image/overlay/)
-"${SYSTEMCTL[@]}" enable relaybox-testctl.service relaybox-testboot.service
-#   a read-only root: empty machine-id (systemd mounts a transient one), /var on tmpfs (Buildroot:
-#   volatile /var; the Debian base needs it for the units' StateDirectory=)
-: >"$ROOT/etc/machine-id"
-printf '[Unit]\nDescription=volatile /var (test image)\nDefaultDependencies=no\nConflicts=umount.target\nBefore=local-fs.target umount.target\n[Mount]\nWhat=tmpfs\nWhere=/var\nType=tmpfs\nOptions=mode=0755,nosuid,nodev\n[Install]\nWantedBy=local-fs.target\n' \
-    >"$ROOT/etc/systemd/system/var.mount"
-"${SYSTEMCTL[@]}" enable var.mount
-#   /tmp on tmpfs as in the Buildroot image (Debian ships tmp.mount but does not enable it;
-#   PrivateDevices=/PrivateTmp= of the units need a writable /tmp)
-cp "$ROOT/usr/share/systemd/tmp.mount" "$ROOT/etc/systemd/system/tmp.mount"
-"${SYSTEMCTL[@]}" enable tmp.mount
-# the production post-build checks: no password hash, no private key
-if grep -qE '^[^:]+:\$' "$ROOT/etc/shadow"; then die "a password hash is in /etc/shadow"; fi
-
-step "EROFS root (lz4hc)"
-mkfs.erofs -zlz4hc "$WORK/root.erofs" "$ROOT" >"$ART/mkfs.erofs.log" 2>&1 || { cat "$ART/mkfs.erofs.log"; die "mkfs.erofs failed"; }
-ROOT_SIZE=$(stat -c %s "$WORK/root.erofs")
-rm -rf "$ROOT"
-
-step "disk: p1 FAT RELAYBOOT, p2 EROFS, p3 32 MiB ext4 relaybox-data, 4 GiB sparse (like genimage.cfg.in)"
-MiB=$((1024 * 1024))
-ROOT_MIB=$(( (ROOT_SIZE + MiB - 1) / MiB ))
+step "test copy: decompress, +3 GiB, Raspberry Pi Imager's user-data and network-config on p1"
 DISK=$WORK/disk.img
-truncate -s 4G "$DISK"
-sfdisk --quiet "$DISK" <<EOF
-label: dos
-label-id: 0x52424f58
-start=1MiB, size=64MiB, type=c, bootable
-start=65MiB, size=${ROOT_MIB}MiB, type=83
-start=$((65 + ROOT_MIB))MiB, size=32MiB, type=83
-EOF
-mkfs.vfat -C -n RELAYBOOT "$WORK/boot.vfat" $((64 * 1024)) >/dev/null
-truncate -s 32M "$WORK/data.ext4"
-mkfs.ext4 -q -L relaybox-data "$WORK/data.ext4"
-dd if="$WORK/boot.vfat" of="$DISK" bs=1M seek=1 conv=notrunc status=none
-dd if="$WORK/root.erofs" of="$DISK" bs=1M seek=65 conv=notrunc status=none
-dd if="$WORK/data.ext4" of="$DISK" bs=1M seek=$((65 + ROOT_MIB)) conv=notrunc status=none
-rm -f "$WORK/boot.vfat" "$WORK/root.erofs" "$WORK/data.ext4"
+xz -dc "$XZ" | dd of="$DISK" bs=1M conv=sparse status=none
+RAW_SIZE=$(stat -c %s "$DISK")
+truncate -s +3G "$DISK"
 sfdisk -l "$DISK" >"$ART/partitions.txt"
+part_offset() {  # byte offset of partition $1
+    sfdisk -J "$DISK" | python3 -c "import json,sys; print(512 * [p['start'] for p in json.load(sys.stdin)['partitiontable']['partitions'] if p['node'].endswith('img$1')][0])"
+}
+P1=$(part_offset 1)
+P2=$(part_offset 2)
+# As Raspberry Pi Imager writes them (with a user, a password hash and an SSH key, which relaybox
+# ignores), with a plain passphrase, which relaybox turns into a PSK, and CRLF line ends.
+cat >"$WORK/user-data" <<'EOF'
+#cloud-config
+manage_resolv_conf: false
+hostname: relaybox-vmtest
+manage_etc_hosts: true
+packages:
+- avahi-daemon
+users:
+- name: pi
+  groups: users,adm,dialout,audio,netdev,video,plugdev,sudo
+  shell: /bin/bash
+  lock_passwd: false
+  passwd: $5$testsalt$0000000000000000000000000000000000000000000
+  ssh_authorized_keys:
+    - ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIB2nD1bUqKp3u5m2rT0c8Xv6e6Z5q2mW1cR7u4K5a9sL test@host
+timezone: Europe/Berlin
+runcmd:
+- localectl set-x11-keymap "de" pc105
+EOF
+cat >"$WORK/network-config" <<'EOF'
+network:
+  version: 2
+  wifis:
+    renderall:
+      dhcp4: true
+      optional: true
+      access-points:
+        "relaybox test: Wi-Fi":
+          password: "correct horse battery"
+      regulatory-domain: "CH"
+EOF
+sed -i 's/$/\r/' "$WORK/user-data" "$WORK/network-config"
+mcopy -i "$DISK@@$P1" "$WORK/user-data" "$WORK/network-config" ::
+mdir -i "$DISK@@$P1" -b :: >"$ART/p1-files.txt"
+for f in Image initrd.img cmdline.txt config.txt; do
+    mcopy -n -i "$DISK@@$P2" "::$f" "$WORK/$f" || die "no $f on the image's boot partition A (p2)"
+done
+ROOT_ARG=$(tr ' ' '\n' <"$WORK/cmdline.txt" | grep -E '^root=PARTUUID=' || true)
+[ -n "$ROOT_ARG" ] || die "cmdline.txt on p2 has no root=PARTUUID=: $(cat "$WORK/cmdline.txt")"
+cp "$WORK/cmdline.txt" "$WORK/config.txt" "$ART/"
+echo "kernel $(stat -c %s "$WORK/Image") bytes, initramfs $(stat -c %s "$WORK/initrd.img") bytes, $ROOT_ARG"
 
 # ---------------------------------------------------------------------------------------------
 step "boot: qemu-system-aarch64 -M virt (TCG); serial console in $ART/serial.log"
 FWD=""
 for p in 25 80 143 443 465 587 993; do FWD+=",hostfwd=tcp:127.0.0.1:$((OFFSET + p))-:$p"; done
+# the image's own cmdline.txt minus its consoles and quiet, plus the test's additions
+APPEND="$(tr ' ' '\n' <"$WORK/cmdline.txt" | grep -vE '^(console=.*|quiet|cma=.*)$' | tr '\n' ' ')"
+APPEND+="console=ttyAMA0 panic=-1 systemd.wants=relaybox-testctl.service systemd.wants=relaybox-testboot.service"
+APPEND+=" systemd.mask=systemd-time-wait-sync.service"
+echo "$APPEND" >"$ART/kernel-cmdline.txt"
 qemu-system-aarch64 -M virt -cpu max,pauth-impdef=on -m 1024 -smp 2 -display none -no-user-config \
-    -kernel "$WORK/vmlinuz" -initrd "$WORK/initrd.img" \
-    -append "root=/dev/vda2 rootfstype=erofs ro console=ttyAMA0 net.ifnames=0 panic=-1" \
+    -kernel "$WORK/Image" -initrd "$WORK/initrd.img" -append "$APPEND" \
     -drive "if=none,id=disk0,file=$DISK,format=raw,cache=writeback" -device virtio-blk-pci,drive=disk0 \
     -netdev "user,id=n0$FWD" -device virtio-net-pci,netdev=n0,romfile= \
     -device virtio-rng-pci \
@@ -314,9 +175,7 @@ QEMU_PID=
 
 TOTAL=$(( $(date +%s) - T0 ))
 {
-    echo "binary (static aarch64, release): $BIN_SIZE bytes, stripped in the image $BIN_STRIPPED bytes ($(( BIN_STRIPPED / 1024 )) KiB)"
-    echo "root image (EROFS lz4hc, Debian arm64: Essential set + systemd + kernel modules): $ROOT_SIZE bytes ($(( ROOT_SIZE / MiB )) MiB)"
-    echo "unit tests under qemu-user: $UNIT"
+    echo "image: $XZ: $XZ_SIZE bytes compressed, $RAW_SIZE bytes raw; build: $BUILD_TIME"
     [ -f "$ART/results.txt" ] && cat "$ART/results.txt"
     echo "total script time: ${TOTAL}s"
 } | tee "$ART/summary.txt"

@@ -1,13 +1,22 @@
-"""Static checks of the appliance image tree (image/, buildroot-overlay/), without Buildroot.
+"""Checks of the appliance image: the tree (image/, buildroot-overlay/) and the built image.
 
-What can be checked here is checked: every file a defconfig names exists, the overlay path, the
-read-only compressed root, the cargo-package fields, the partition layout agreeing between the
-genimage config, cmdline.txt, the first-boot scripts and fstab, the hardening of relaybox.service,
-and that nothing secret is in the tree. Building and booting the image is not (scripts/build-image.sh
-needs Buildroot and hours; scripts/test-image.sh boots the overlay in QEMU).
+The tree, without Buildroot: every file a defconfig names exists, the overlay path, the read-only
+compressed root, the cargo-package fields, the partition layout agreeing between the genimage
+config, cmdline.txt, the first-boot scripts and fstab, the hardening of relaybox.service, the
+Raspberry Pi Imager reader, and that nothing secret is in the tree.
+
+The built image (build/relaybox-<version>-rpi-arm64.img from scripts/build-image.sh, the file CI
+builds and scripts/test-image.sh boots): its partition table, the boot files for the Pi 4 and the
+Pi 5, the Raspberry Pi Imager JSON, and that no private key or password hash is anywhere in it.
+Those tests skip when no built image is there, unless RELAYBOX_IMAGE_REQUIRED=1 (the image stage
+of scripts/test.sh runs them that way after building and booting it).
 """
 
 import configparser
+import gzip
+import hashlib
+import json
+import os
 import re
 import shutil
 import subprocess
@@ -87,6 +96,11 @@ def genimage():
         attrs = dict(re.findall(r'([\w-]+)\s*=\s*"?([^"\n]*?)"?\s*$', m.group(2), re.M))
         parts.append((m.group(1), attrs))
     return images, parts
+
+
+def partition_numbers(names):
+    """MBR numbering as genimage makes it: 1-3 primary, 4 the extended one, then 5, 6, ..."""
+    return {n: i + 1 if i < 3 else i + 2 for i, n in enumerate(names)}
 
 
 def fs_label(image_body):
@@ -183,7 +197,7 @@ def test_defconfig_system(defconfig):
 def test_cmdline_matches_genimage():
     images, parts = genimage()
     sig = re.search(r"disk-signature\s*=\s*0x([0-9a-fA-F]{8})", images["sdcard.img"]).group(1).lower()
-    root_index = [name for name, _ in parts].index("rootfs") + 1
+    root_index = partition_numbers([name for name, _ in parts])["rootfs-a"]
     for board in ("rpi4", "rpi5"):
         cmdline = (IMAGE / "board" / board / "cmdline.txt").read_text()
         assert cmdline.count("\n") == 1 and cmdline.endswith("\n"), "cmdline.txt must be one line"
@@ -233,20 +247,29 @@ def test_package_cargo_fields():
 def test_partition_layout_agrees():
     images, parts = genimage()
     names = [name for name, _ in parts]
-    assert names == ["boot", "rootfs", "data"]
+    assert names == ["config", "boot-a", "boot-b", "rootfs-a", "rootfs-b", "data"]
+    num = partition_numbers(names)
     attrs = dict(parts)
     disk_sh = LIBEXEC / "disk.sh"
     data_label = shell_var(disk_sh, "DATA_LABEL")
     boot_label = shell_var(disk_sh, "BOOT_LABEL")
     assert data_label == "relaybox-data"
-    assert int(shell_var(disk_sh, "DATA_PARTNO")) == names.index("data") + 1
-    assert int(shell_var(disk_sh, "BOOT_PARTNO")) == names.index("boot") + 1
-    # boot: FAT, labelled as the first-boot script expects
-    boot_img = attrs["boot"]["image"]
-    assert "vfat" in images[boot_img] and fs_label(images[boot_img]) == boot_label
-    assert attrs["boot"]["partition-type"].lower() == "0xc"
-    # root: the EROFS image Buildroot makes
-    assert attrs["rootfs"]["image"] == "rootfs.erofs"
+    assert int(shell_var(disk_sh, "DATA_PARTNO")) == num["data"] == 7
+    assert int(shell_var(disk_sh, "EXT_PARTNO")) == 4
+    assert int(shell_var(disk_sh, "BOOT_PARTNO")) == num["config"] == 1
+    # p1 config: FAT, labelled as the first-boot scripts expect, with autoboot.txt
+    cfg_img = attrs["config"]["image"]
+    assert "vfat" in images[cfg_img] and fs_label(images[cfg_img]) == boot_label
+    assert '"autoboot.txt"' in images[cfg_img]
+    assert "boot_partition=2" in (IMAGE / "board/common/post-image.sh").read_text()
+    # p2/p3 boot A/B: FAT, at least 256 MiB (Debian's kernels are 40-50 MB)
+    for part in ("config", "boot-a", "boot-b"):
+        assert attrs[part]["partition-type"].lower() == "0xc"
+    for img in (attrs["boot-a"]["image"], attrs["boot-b"]["image"]):
+        assert "vfat" in images[img] and int(re.search(r"size\s*=\s*(\d+)M", images[img]).group(1)) >= 256
+    # root A/B: the EROFS image Buildroot makes, and an equal empty slot
+    assert attrs["rootfs-a"]["image"] == "rootfs.erofs"
+    assert attrs["rootfs-a"]["size"] == attrs["rootfs-b"]["size"]
     # data: ext4 with the label that fstab mounts
     data_img = attrs["data"]["image"]
     assert "ext4" in images[data_img] and fs_label(images[data_img]) == data_label
@@ -359,7 +382,7 @@ def test_system_config():
 
 
 def test_scripts_are_valid_shell():
-    scripts = [LIBEXEC / n for n in ("firstboot", "data-prepare", "console", "disk.sh")]
+    scripts = [LIBEXEC / n for n in ("firstboot", "data-prepare", "console", "disk.sh", "imager-config")]
     scripts += [IMAGE / "board/common/post-build.sh"]
     for s in scripts:
         subprocess.run(["sh", "-n", str(s)], check=True)
@@ -380,6 +403,8 @@ def test_data_prepare_only_touches_the_root_disk():
 
 
 PRIVATE_KEY = re.compile(r"-----BEGIN (?:[A-Z0-9]+ )*PRIVATE KEY-----")
+# a key itself, not the marker string alone (parsers such as wpa_supplicant's carry that)
+PRIVATE_KEY_BLOCK = re.compile(r"-----BEGIN (?:[A-Z0-9]+ )*PRIVATE KEY-----\s*[A-Za-z0-9+/=\s]{64,}-----END ")
 PASSWORD_HASH = re.compile(r"\$(?:1|2[aby]|5|6|7|y|gy)\$[./A-Za-z0-9]*\$?[./A-Za-z0-9]{16,}")
 
 
@@ -414,3 +439,240 @@ def test_systemd_analyze_verify(tmp_path):
                 # names of units that exist only on the device
                 if line.strip() and not re.search(r"(Unit|unit) \S+ not found|Failed to load", line)]
     assert r.returncode == 0 and not problems, r.stdout + r.stderr
+
+
+# --- the Raspberry Pi Imager reader (runs on the host with test directories) --------------------
+
+
+def run_imager_config(tmp_path, user_data, network_config):
+    src = tmp_path / "p1"
+    src.mkdir()
+    if user_data is not None:
+        (src / "user-data").write_text(user_data.replace("\n", "\r\n"))
+    if network_config is not None:
+        (src / "network-config").write_text(network_config.replace("\n", "\r\n"))
+    out = tmp_path / "out"
+    env = dict(os.environ, RELAYBOX_IMAGER_SRC=str(src), RELAYBOX_IMAGER_OUT=str(out))
+    r = subprocess.run(["sh", str(LIBEXEC / "imager-config")], env=env, capture_output=True, text=True)
+    assert r.returncode == 0, r.stdout + r.stderr
+    return out
+
+
+IMAGER_NETWORK = """network:
+  version: 2
+  wifis:
+    renderall:
+      dhcp4: true
+      optional: true
+      access-points:
+        "Caf\u00e9: \\"guest\\"":
+          password: "%s"
+          hidden: true
+      regulatory-domain: "de"
+  # a comment
+"""
+PSK = "4a" * 32
+
+
+def test_imager_reader_hostname_and_wifi(tmp_path):
+    user_data = ("#cloud-config\nhostname: Garden-Relay\nmanage_etc_hosts: true\nusers:\n- name: pi\n"
+                 "  passwd: $5$salt$0123456789abcdef0123456789abcdef\n  ssh_authorized_keys:\n"
+                 "    - ssh-ed25519 AAAA test\n")
+    out = run_imager_config(tmp_path, user_data, IMAGER_NETWORK % PSK)
+    assert (out / "hostname").read_text() == "garden-relay\n"
+    conf = (out / "wpa_supplicant/wpa_supplicant-wlan0.conf").read_text()
+    assert "country=DE\n" in conf
+    ssid_hex = 'Café: "guest"'.encode().hex()
+    assert f"\tssid={ssid_hex}\n" in conf
+    assert f"\tpsk={PSK}\n" in conf and "\tscan_ssid=1\n" in conf
+    # nothing of the users, passwords or keys is written anywhere
+    written = "".join(p.read_text() for p in out.rglob("*") if p.is_file())
+    assert "$5$" not in written and "ssh-ed25519" not in written
+
+
+@pytest.mark.skipif(shutil.which("wpa_passphrase") is None, reason="wpa_passphrase (wpasupplicant) not installed")
+def test_imager_reader_derives_the_psk(tmp_path):
+    out = run_imager_config(tmp_path, None, IMAGER_NETWORK % "correct horse battery")
+    conf = (out / "wpa_supplicant/wpa_supplicant-wlan0.conf").read_text()
+    assert re.search(r"^\tpsk=[0-9a-f]{64}$", conf, re.M) and "correct horse" not in conf
+
+
+def test_imager_reader_rejects_bad_input(tmp_path):
+    out = run_imager_config(tmp_path, "#cloud-config\nhostname: ../../etc/x\n",
+                            "network:\n  version: 2\n  ethernets:\n    eth0:\n      dhcp4: true\n")
+    assert not (out / "hostname").exists()
+    assert not (out / "wpa_supplicant/wpa_supplicant-wlan0.conf").exists()
+
+
+# --- the built image (scripts/build-image.sh) --------------------------------------------------
+
+BUILD = REPO / "build"
+REQUIRED = os.environ.get("RELAYBOX_IMAGE_REQUIRED") == "1"
+
+
+def built_image():
+    """The raw image of the last complete build (its summary is written last), or skip."""
+    summaries = sorted(BUILD.glob("relaybox-*-rpi-arm64.summary.txt"), key=lambda p: p.stat().st_mtime)
+    if summaries:
+        img = summaries[-1].with_name(summaries[-1].name.replace(".summary.txt", ".img"))
+        if img.is_file() and Path(f"{img}.xz.sha256").is_file():
+            return img
+    if REQUIRED:
+        pytest.fail("no built image in build/ (RELAYBOX_IMAGE_REQUIRED=1)")
+    pytest.skip("no built image in build/ (scripts/build-image.sh makes one)")
+
+
+def partitions(img):
+    pt = json.loads(subprocess.run(["sfdisk", "-J", str(img)], capture_output=True, text=True, check=True).stdout)
+    pt = pt["partitiontable"]
+    return pt, {int(re.search(r"(\d+)$", p["node"]).group(1)): p for p in pt["partitions"]}
+
+
+def fat_files(img, part, tmp_path):
+    """{name: bytes} of the top directory of FAT partition `part` (mtools, no mount)."""
+    if shutil.which("mcopy") is None:
+        pytest.skip("mtools not installed")
+    _, parts = partitions(img)
+    off = parts[part]["start"] * 512
+    dest = tmp_path / f"p{part}"
+    dest.mkdir()
+    r = subprocess.run(["mcopy", "-s", "-n", "-i", f"{img}@@{off}", "::*", str(dest)], capture_output=True, text=True)
+    assert r.returncode == 0 or "No match" in r.stderr, r.stderr
+    return {p.name: p.read_bytes() for p in dest.iterdir() if p.is_file()}
+
+
+def test_built_image_partition_table():
+    img = built_image()
+    pt, parts = partitions(img)
+    mib = 2048  # sectors
+    assert pt["label"] == "dos" and pt["id"].lower() == "0x52424f58"
+    assert sorted(parts) == [1, 2, 3, 4, 5, 6, 7]
+    types = {n: p["type"].lower().lstrip("0") for n, p in parts.items()}
+    assert types == {1: "c", 2: "c", 3: "c", 4: "5", 5: "83", 6: "83", 7: "83"}, types
+    assert parts[1].get("bootable")
+    assert parts[2]["size"] >= 256 * mib and parts[3]["size"] == parts[2]["size"]
+    assert parts[5]["size"] == parts[6]["size"] >= 512 * mib
+    ext_end = parts[4]["start"] + parts[4]["size"]
+    for n in (5, 6, 7):
+        assert parts[4]["start"] < parts[n]["start"] and parts[n]["start"] + parts[n]["size"] <= ext_end
+    # the data partition is last, so first boot can grow p4 and p7 to the end of the card
+    assert parts[7]["start"] + parts[7]["size"] == ext_end
+    assert ext_end <= img.stat().st_size // 512
+    with open(img, "rb") as f:
+        f.seek(parts[7]["start"] * 512 + 1024)
+        sb = f.read(1024)
+    assert sb[0x38:0x3A] == b"\x53\xef", "p7 is not ext4"
+    assert sb[0x78:0x88].rstrip(b"\0") == b"relaybox-data"
+    with open(img, "rb") as f:
+        f.seek(parts[5]["start"] * 512 + 1024)
+        assert f.read(4) == bytes.fromhex("e2e1f5e0"), "p5 is not EROFS"
+
+
+def test_built_image_config_partition(tmp_path):
+    img = built_image()
+    files = fat_files(img, 1, tmp_path)
+    auto = files["autoboot.txt"].decode().split()
+    assert auto[:3] == ["[all]", "tryboot_a_b=1", "boot_partition=2"], auto
+    # Imager's files are not in the image; they are what the user adds
+    assert "user-data" not in files and "network-config" not in files
+
+
+def test_built_image_boot_files_for_pi4_and_pi5(tmp_path):
+    img = built_image()
+    files = fat_files(img, 2, tmp_path)
+    for name in ("Image", "initrd.img", "config.txt", "cmdline.txt",
+                 "start4.elf", "fixup4.dat",  # Pi 4 firmware (the Pi 5's is in its EEPROM)
+                 "bcm2711-rpi-4-b.dtb", "bcm2711-rpi-400.dtb",
+                 "bcm2712-rpi-5-b.dtb", "bcm2712d0-rpi-5-b.dtb"):
+        assert name in files, f"{name} missing on boot A; there: {sorted(files)}"
+    assert files["Image"][0x38:0x3C] == b"ARM\x64", "Image is not an arm64 kernel Image"
+    for dtb in (n for n in files if n.endswith(".dtb")):
+        assert files[dtb][:4] == bytes.fromhex("d00dfeed"), dtb
+    config = files["config.txt"].decode()
+    sections = re.findall(r"^\[(\w+)\]", config, re.M)
+    assert "pi4" in sections and "pi5" in sections
+    all_part = config.split("[pi4]")[0]
+    assert re.search(r"^arm_64bit=1$", all_part, re.M)
+    assert re.search(r"^kernel=Image$", all_part, re.M)
+    assert re.search(r"^initramfs initrd.img followkernel$", all_part, re.M)
+    pi4 = config.split("[pi4]")[1].split("[")[0]
+    assert "start_file=start4.elf" in pi4 and "fixup_file=fixup4.dat" in pi4
+    cmdline = files["cmdline.txt"].decode()
+    assert cmdline.count("\n") == 1
+    args = dict(a.split("=", 1) if "=" in a else (a, "") for a in cmdline.split())
+    pt, parts = partitions(img)
+    assert args["root"] == f"PARTUUID={pt['id'].lower()[2:]}-05" and args["rootfstype"] == "erofs" and "ro" in args
+    # the initramfs can mount the root from a Pi 4 or Pi 5 SD card and from QEMU's virtio disk
+    initrd = gzip.decompress(files["initrd.img"])
+    for mod in (b"sdhci-iproc.ko", b"sdhci-brcmstb.ko", b"erofs.ko", b"virtio_blk.ko"):
+        assert mod in initrd, f"{mod.decode()} not in the initramfs"
+    assert b"by_partuuid" in initrd
+    # nothing secret on the boot partition either
+    for name, data in files.items():
+        assert not PRIVATE_KEY_BLOCK.search(data.decode("latin-1")), name
+
+
+def test_built_image_imager_json():
+    img = built_image()
+    xz = Path(f"{img}.xz")
+    doc = json.loads((img.parent / "relaybox.json").read_text())
+    (entry,) = doc["os_list"]
+    for key in ("name", "description", "icon", "url", "extract_size", "extract_sha256", "image_download_size",
+                "image_download_sha256", "release_date", "devices", "init_format"):
+        assert key in entry, key
+    assert entry["init_format"] == "cloudinit"
+    assert {"pi4-64bit", "pi5-64bit"} <= set(entry["devices"])
+    assert entry["url"].endswith(xz.name)
+    assert entry["image_download_size"] == xz.stat().st_size
+    assert entry["extract_size"] == img.stat().st_size
+    sha = Path(f"{xz}.sha256").read_text().split()
+    assert sha == [entry["image_download_sha256"], xz.name]
+    assert xz.stat().st_size <= 200 * 2**20, "compressed image over 200 MB"
+
+
+def test_built_image_root_has_no_secrets(tmp_path):
+    img = built_image()
+    if shutil.which("fsck.erofs") is None:
+        pytest.skip("erofs-utils not installed")
+    _, parts = partitions(img)
+    root = tmp_path / "root.erofs"
+    with open(img, "rb") as src, open(root, "wb") as dst:
+        src.seek(parts[5]["start"] * 512)
+        left = parts[5]["size"] * 512
+        while left:
+            chunk = src.read(min(left, 1 << 20))
+            if not chunk:
+                break
+            dst.write(chunk)
+            left -= len(chunk)
+    out = tmp_path / "root"
+    r = subprocess.run(["fsck.erofs", f"--extract={out}", "--no-preserve", str(root)], capture_output=True, text=True)
+    assert r.returncode == 0, r.stdout + r.stderr
+    root.unlink()
+    shadow = (out / "etc/shadow").read_text()
+    assert not re.search(r"^[^:]+:\$", shadow, re.M), "a password hash in /etc/shadow"
+    assert not PASSWORD_HASH.search(shadow)
+    for p in out.rglob("*"):
+        if p.is_symlink() or not p.is_file() or p.suffix in (".xz", ".ko"):
+            continue
+        text = p.read_bytes().decode("latin-1")
+        assert not PRIVATE_KEY_BLOCK.search(text), f"private key in {p.relative_to(out)}"
+        if PRIVATE_KEY.search(text):
+            assert b"\0" in text[:4096].encode("latin-1"), f"private key marker in the text file {p.relative_to(out)}"
+    assert not list(out.glob("etc/ssh/ssh_host_*")), "SSH host keys in the image"
+    assert not (out / "root/.ssh").exists() and not list(out.glob("home/*/.ssh"))
+    # version stamping
+    osr = (out / "usr/lib/os-release").read_text()
+    assert "IMAGE_ID=relaybox" in osr and re.search(r'^BUILD_ID="[^"]+"$', osr, re.M)
+    assert re.search(r'^VERSION_ID="[^"]+"$', osr, re.M)
+    # what a Pi 4 and a Pi 5 need from the root: SD, Ethernet (genet; macb on RP1), Wi-Fi + firmware
+    (kdir,) = list((out / "usr/lib/modules").iterdir())
+    mods = {p.name.split(".ko")[0] for p in kdir.rglob("*.ko*")}
+    for m in ("sdhci-iproc", "sdhci-brcmstb", "genet", "macb", "rp1_pci", "clk-rp1", "pinctrl-rp1",
+              "brcmfmac", "cfg80211"):
+        assert m in mods, f"kernel module {m} missing"
+    fw = out / "usr/lib/firmware"
+    assert list(fw.glob("brcm/brcmfmac43455-sdio.raspberrypi,4-model-b.txt"))
+    assert list(fw.glob("brcm/brcmfmac43455-sdio.raspberrypi,5-model-b.txt"))
+    assert list(fw.glob("cypress/cyfmac43455-sdio.bin")) and list(fw.glob("regulatory.db"))
+    assert (out / "usr/sbin/wpa_supplicant").exists() and (out / "usr/bin/wpa_passphrase").exists()

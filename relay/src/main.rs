@@ -7,7 +7,7 @@ use std::net::IpAddr;
 use std::path::PathBuf;
 
 #[derive(Parser)]
-#[command(name = "relaybox", version, about = "A chatmail relay in one binary")]
+#[command(name = "relaybox", version = relaybox::version::long(), about = "A chatmail relay in one binary")]
 struct Cli {
     #[command(subcommand)]
     cmd: Cmd,

@@ -5,6 +5,16 @@ set -eu
 # Mount points on the read-only root.
 mkdir -p "${TARGET_DIR}/data" "${TARGET_DIR}/boot"
 
+# Version stamping (os-release(5)), as scripts/build-image.sh does for the Debian image; the
+# admin status page shows these.
+version=$(sed -n 's/^RELAYBOX_VERSION = //p' "${BR2_EXTERNAL_RELAYBOX_PATH}/package/relaybox/relaybox.mk")
+sed -i '/^\(IMAGE_ID\|IMAGE_VERSION\|BUILD_ID\)=/d' "${TARGET_DIR}/usr/lib/os-release"
+{
+	echo "IMAGE_ID=relaybox"
+	echo "IMAGE_VERSION=\"${version}\""
+	echo "BUILD_ID=\"buildroot-$(date -u +%Y%m%d)\""
+} >> "${TARGET_DIR}/usr/lib/os-release"
+
 # Nothing secret and no login in the image: root stays locked ("*"), and no
 # password hash may appear in shadow (BR2_TARGET_ENABLE_ROOT_LOGIN is off).
 if grep -qE '^[^:]+:\$' "${TARGET_DIR}/etc/shadow"; then

@@ -797,7 +797,7 @@ fn state(relay: &Relay, session: &str) -> Result<Value, ApiError> {
         "invite": invite(relay),
         "certificate": cert_info(relay),
         "nocreate": cfg.nocreate_path().exists(),
-        "version": env!("CARGO_PKG_VERSION"),
+        "version": crate::version::long(),
         "csrf": relay.admin.csrf_token(session),
     }))
 }
@@ -837,6 +837,8 @@ fn status(relay: &Relay) -> Value {
         "expiry_time_utc": relay.cfg.expiry_time,
         "last_dns_check": relay.admin.last_dns_check.lock().unwrap_or_else(|p| p.into_inner()).clone(),
         "warnings": crate::logbuf::warnings(10),
+        "version": crate::version::long(),
+        "os_release": crate::version::os_release(std::path::Path::new("/etc/os-release")),
     })
 }
 

@@ -1,8 +1,12 @@
 # Sourced by data-prepare and firstboot. Everything is relative to the disk that holds the
 # root filesystem, so no other disk (USB stick, NVMe, ...) is ever looked at or written.
 
+# The card (MBR, A/B from the first release; scripts/build-image.sh and image/board/common/genimage.cfg.in):
+#   p1 FAT RELAYBOOT (config: autoboot.txt, Raspberry Pi Imager's files, the setup-code copy)
+#   p2/p3 FAT boot A/B, p4 extended: p5/p6 EROFS root A/B, p7 ext4 relaybox-data
 DATA_LABEL=relaybox-data
-DATA_PARTNO=3
+DATA_PARTNO=7
+EXT_PARTNO=4
 BOOT_LABEL=RELAYBOOT
 BOOT_PARTNO=1
 
