@@ -26,9 +26,9 @@ mod test_util;
 #[cfg(test)]
 mod tests;
 #[cfg(test)]
-mod tests_fetch;
-#[cfg(test)]
 mod tests_abuse;
+#[cfg(test)]
+mod tests_fetch;
 #[cfg(test)]
 mod tests_limits;
 #[cfg(test)]
