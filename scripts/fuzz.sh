@@ -3,7 +3,7 @@
 #
 #   scripts/fuzz.sh [SECONDS_PER_TARGET] [TARGET...]
 #
-# Targets (fuzz/fuzz_targets/): smtp_command, imap_command, gate, mxdeliv; default all, 600 s each.
+# Targets (fuzz/fuzz_targets/): smtp_command, imap_command, gate, mxdeliv, http_admin; default all, 600 s each.
 # Installs cargo-fuzz if it is missing, builds every target, seeds fuzz/corpus/<target> from
 # the committed seeds (fuzz/seeds/) and the gate fixtures (tests/fixtures/gate/), runs each
 # target for the given time, prints the executions per target and exits non-zero if any
