@@ -4,11 +4,11 @@
 Starts `relaybox dev --wizard` (set-up pending: the admin API answers on plain HTTP, port 80 +
 offset) on a spare loopback address, then, without logging in:
 
-1. held POSTs: N connections each POST to /api/admin/* (settings, restore, password, login in
+1. slow body: one POST /api/admin/login declaring 100 bytes and sending one byte every
+   INTERVAL seconds; measures how long the relay keeps the request open (capped at CAP s).
+2. held POSTs: N connections each POST to /api/admin/* (settings, restore, password, login in
    turn) declaring a 32 MiB - 1 body and send up to MIB of it, never the last byte, and stay
    open. The relay's VmRSS (/proc/PID/status) is read before and while they are held.
-2. slow body: one POST /api/admin/login declaring 100 bytes and sending one byte every
-   INTERVAL seconds; measures how long the relay keeps the request open (capped at CAP s).
 
 Prints one JSON line. Bounded: N connections, MIB MiB each, CAP seconds; loopback only.
 
@@ -132,6 +132,9 @@ def main():
         threading.Thread(target=proc.stderr.read, daemon=True).start()
         time.sleep(1)
         port = 80 + args.port_offset
+        # The slow body first: the held POSTs include logins, which use up this address's
+        # login attempts.
+        slow = slow_body(args.ip, port, args.interval, args.cap)
         rss_before = rss_kib(proc.pid)
         results = []
         t0 = time.monotonic()
@@ -155,7 +158,6 @@ def main():
         stop.set()
         for t in threads:
             t.join(5)
-        slow = slow_body(args.ip, port, args.interval, args.cap)
         print(json.dumps({
             "bin": args.bin,
             "held_posts": args.conns,
