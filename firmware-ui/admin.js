@@ -9,10 +9,13 @@ function showError(msg) {
   $("error").textContent = msg || "";
 }
 
-async function api(method, path, body) {
-  const opts = { method, headers: {}, credentials: "same-origin" };
+// `body`: an object sent as JSON, or with `headers` given, a File or Blob sent as it is.
+async function api(method, path, body, headers) {
+  const opts = { method, headers: Object.assign({}, headers || {}), credentials: "same-origin" };
   if (method !== "GET") opts.headers["X-CSRF-Token"] = csrf;
-  if (body !== undefined) {
+  if (body !== undefined && headers) {
+    opts.body = body;
+  } else if (body !== undefined) {
     opts.headers["Content-Type"] = "application/json";
     opts.body = JSON.stringify(body);
   }
@@ -37,6 +40,12 @@ async function waitForRestart() {
     try { await fetch("/api/admin/state", { credentials: "same-origin" }); return; } catch (e) { await sleep(500); }
   }
   throw new Error("the relay did not come back after the restart; reload the page in a minute");
+}
+
+// The settings forms are filled and sent by script; Enter must not submit them (no inline
+// handlers in the pages: the Content-Security-Policy allows no inline script).
+for (const form of document.querySelectorAll("form")) {
+  form.addEventListener("submit", (ev) => ev.preventDefault());
 }
 
 function button(id, fn) {
@@ -173,9 +182,13 @@ function setupPage() {
   button("restore", async () => {
     const f = $("restore-file").files[0];
     if (!f) throw new Error("choose the backup file first");
-    const text = await f.text();
     const before = await api("GET", "state");
-    const r = await api("POST", "restore", { backup: text, passphrase: $("restore-passphrase").value });
+    // The file itself is the body (the relay writes it to disk as it arrives); the passphrase
+    // goes in a header, percent-encoded.
+    const r = await api("POST", "restore", f, {
+      "Content-Type": "application/pgp-encrypted",
+      "X-Backup-Passphrase": encodeURIComponent($("restore-passphrase").value),
+    });
     $("restore-result").className = "ok";
     $("restore-result").textContent = "Restored " + r.restored.domain + ": " + r.restored.accounts +
       " addresses, " + r.restored.files + " files. Restarting…";

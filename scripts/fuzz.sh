@@ -3,7 +3,8 @@
 #
 #   scripts/fuzz.sh [--runs N] [SECONDS_PER_TARGET] [TARGET...]
 #
-# Targets (fuzz/fuzz_targets/): smtp_command, imap_command, gate, mxdeliv, imap_seqsearch;
+# Targets (fuzz/fuzz_targets/): smtp_command, imap_command, gate, mxdeliv, imap_seqsearch,
+# http_admin;
 # default all, 600 s each. With --runs N each target stops after N executions instead (and after
 # SECONDS_PER_TARGET too, if one is given).
 #
@@ -39,7 +40,7 @@ fi
 shift || true
 targets=("$@")
 if [ ${#targets[@]} -eq 0 ]; then
-    targets=(smtp_command imap_command gate mxdeliv imap_seqsearch)
+    targets=(smtp_command imap_command gate mxdeliv imap_seqsearch http_admin)
 fi
 limits=(-max_total_time="$secs")
 if [ -n "$runs" ]; then limits+=(-runs="$runs"); fi

@@ -96,6 +96,7 @@ def test_lan_wizard_from_setup_code_to_invite_qr_and_admin_login(wizard_relay, s
     res = json.loads(out.stdout.strip().splitlines()[-1])
     (artifacts_dir() / "wizard-result.json").write_text(json.dumps(res, indent=1))
     assert res["ok"], f"{res.get('error')}\nrelay stderr:\n{r.stderr()[-4000:]}"
+    assert res["csp_violations"] == [], res["csp_violations"]
     assert "wrong setup code" in res["wrong_code_error"]
     assert "wrong password" in res["wrong_password_error"]
     # The log view shows the relay's own log lines (the restart that applied the settings).

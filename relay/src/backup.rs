@@ -179,11 +179,15 @@ fn encrypt(plain: &[u8], passphrase: &str) -> Result<String, BackupError> {
         .map_err(|e| BackupError::Encrypt(e.to_string()))
 }
 
-/// Decrypts and checks a backup (every file against its SHA-256).
-pub fn open(armored: &[u8], passphrase: &str) -> Result<Backup, BackupError> {
+/// Decrypts and checks a backup (every file against its SHA-256). The armored text is read as
+/// it is parsed (the admin page hands over a file, not a buffer).
+pub fn open(
+    armored: impl std::io::BufRead + std::fmt::Debug + Send,
+    passphrase: &str,
+) -> Result<Backup, BackupError> {
     use pgp::composed::Message;
     use pgp::types::Password;
-    let (msg, _) = Message::from_armor(std::io::BufReader::new(armored))
+    let (msg, _) = Message::from_armor(armored)
         .map_err(|e| BackupError::Damaged(format!("not an OpenPGP armored message: {e}")))?;
     let mut msg = msg
         .decrypt_with_password(&Password::from(passphrase))
@@ -243,7 +247,7 @@ pub fn inspect(armored: &[u8], passphrase: &str) -> Result<Manifest, BackupError
 /// already has accounts unless `force` (the accounts of the backup are then added; existing
 /// ones stay). The relay must be restarted afterwards to use the restored keys.
 pub async fn restore(
-    armored: &[u8],
+    armored: impl std::io::BufRead + std::fmt::Debug + Send,
     passphrase: &str,
     data_dir: &Path,
     store: &Store,

@@ -434,6 +434,28 @@ pub struct Config {
     /// (`relay/src/admin/`). The appliance turns it on; `relaybox dev --wizard` too.
     #[serde(default)]
     pub admin_ui: bool,
+    /// The longest a client may take to send the whole body of a small HTTP request (the admin
+    /// API's JSON, at most a few KiB): a body trickled in a byte at a time is cut off with 408
+    /// then, however often bytes arrive.
+    #[serde(default = "d_http_body_timeout")]
+    pub http_body_timeout: Seconds,
+    /// The largest backup the admin page restores. The upload goes to a file in `data_dir`
+    /// as it arrives, never whole into memory.
+    #[serde(default = "d_admin_restore_max_size")]
+    pub admin_restore_max_size: ByteSize,
+    /// The longest the upload of a backup to restore may take.
+    #[serde(default = "d_admin_restore_timeout")]
+    pub admin_restore_timeout: Seconds,
+}
+
+fn d_http_body_timeout() -> Seconds {
+    Seconds(20)
+}
+fn d_admin_restore_max_size() -> ByteSize {
+    ByteSize(64 << 20)
+}
+fn d_admin_restore_timeout() -> Seconds {
+    Seconds(600)
 }
 
 /// The wizard's settings file inside `data_dir`: same keys as the config file, its values win.

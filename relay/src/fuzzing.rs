@@ -156,6 +156,20 @@ pub async fn https_request(
     headers: &[(Vec<u8>, Vec<u8>)],
     body: Vec<u8>,
 ) -> anyhow::Result<(u16, Vec<u8>)> {
+    let (status, _, body) = router_request(relay, true, method, path, headers, body).await?;
+    Ok((status, body))
+}
+
+/// One request to the HTTPS (`https`) or plain HTTP router, as [`https_request`], also
+/// returning the response headers. A path the HTTP library refuses is an error.
+pub async fn router_request(
+    relay: &Arc<Relay>,
+    https: bool,
+    method: &str,
+    path: &str,
+    headers: &[(Vec<u8>, Vec<u8>)],
+    body: Vec<u8>,
+) -> anyhow::Result<(u16, axum::http::HeaderMap, Vec<u8>)> {
     use http_body_util::BodyExt;
     use tower::Service;
     let mut req = axum::http::Request::builder().method(method).uri(path);
@@ -168,9 +182,75 @@ pub async fn https_request(
         }
     }
     let req = req.body(axum::body::Body::from(body))?;
-    let mut router = crate::web::router(relay.clone(), true);
+    let mut router = crate::web::router(relay.clone(), https);
     let resp = router.call(req).await?;
     let status = resp.status().as_u16();
+    let headers = resp.headers().clone();
     let bytes = resp.into_body().collect().await?.to_bytes().to_vec();
-    Ok((status, bytes))
+    Ok((status, headers, bytes))
+}
+
+/// The setup code of the admin fuzz relay (also in the target's dictionary).
+pub const SETUP_CODE: &str = "FUZZ-CODE-ABCD-EFGH";
+
+/// The admin fuzz target's process-wide state: a relay with the admin pages on, in set-up.
+pub fn admin_env() -> &'static FuzzEnv {
+    static ENV: std::sync::OnceLock<FuzzEnv> = std::sync::OnceLock::new();
+    ENV.get_or_init(|| {
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .expect("runtime");
+        let dir = std::env::temp_dir().join(format!("relaybox-fuzz-admin-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir).expect("fuzz data directory");
+        let relay = rt
+            .block_on(async {
+                let relay = test_relay(&dir, |cfg| {
+                    cfg.admin_ui = true;
+                    // The DNS check's reachability probes: never out of this machine.
+                    cfg.outbound_probes = vec!["127.0.0.1:9".into()];
+                })?;
+                relay.accounts.login(USER, PASS).await?;
+                relay.accounts.login(RCPT, RCPT_PASS).await?;
+                anyhow::Ok(relay)
+            })
+            .expect("relay");
+        FuzzEnv { rt, relay }
+    })
+}
+
+/// Brings the admin state back to a fresh box in set-up (no password, no saved settings, no
+/// switches, the setup code [`SETUP_CODE`]), and the store as [`reset`] does.
+pub async fn reset_admin(relay: &Relay) -> anyhow::Result<()> {
+    let d = &relay.cfg.data_dir;
+    for f in [
+        d.join("admin/password"),
+        d.join("admin/revoked"),
+        relay.cfg.settings_path(),
+        relay.cfg.nocreate_path(),
+    ] {
+        match std::fs::remove_file(&f) {
+            Err(e) if e.kind() != std::io::ErrorKind::NotFound => return Err(e.into()),
+            _ => {}
+        }
+    }
+    if relay.admin.maintenance() {
+        relay.admin.set_maintenance(false)?;
+    }
+    if std::fs::read_to_string(relay.admin.code_path())
+        .ok()
+        .as_deref()
+        != Some(SETUP_CODE)
+    {
+        crate::admin::write_atomic(relay.admin.code_path(), SETUP_CODE.as_bytes())?;
+    }
+    reset(relay).await
+}
+
+/// A valid admin session cookie (`relaybox_session=…`) and its CSRF token, now.
+pub fn admin_session(relay: &Relay) -> (String, String) {
+    let s = relay.admin.new_session(relay.clock.now());
+    let csrf = relay.admin.csrf_token(&s);
+    (format!("{}={s}", crate::admin::api::COOKIE), csrf)
 }

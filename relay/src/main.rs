@@ -242,7 +242,7 @@ fn main() -> anyhow::Result<()> {
             let armored = relaybox::backup::create(&cfg, text, &store, &pass, now)?;
             std::fs::write(&out, armored)
                 .with_context(|| format!("cannot write {}", out.display()))?;
-            let m = relaybox::backup::inspect(&std::fs::read(&out)?, &pass)?;
+            let m = relaybox::backup::inspect(std::fs::read(&out)?.as_slice(), &pass)?;
             println!(
                 "{}: backup of {} ({} files, {} accounts)",
                 out.display(),
@@ -266,7 +266,7 @@ fn main() -> anyhow::Result<()> {
             std::fs::create_dir_all(&cfg.data_dir)?;
             let store = open_store_offline(&cfg)?;
             let r = rt.block_on(relaybox::backup::restore(
-                &bytes,
+                bytes.as_slice(),
                 &pass,
                 &cfg.data_dir,
                 &store,

@@ -17,7 +17,17 @@ const browser = await chromium.launch({
   executablePath: args.chromium || "/usr/bin/chromium",
   args: ["--no-sandbox", "--disable-dev-shm-usage"],
 });
-const page = await (await browser.newContext({ ignoreHTTPSErrors: true, viewport: { width: 420, height: 900 } })).newPage();
+const context = await browser.newContext({ ignoreHTTPSErrors: true, viewport: { width: 420, height: 900 } });
+// Anything the pages' Content-Security-Policy blocked (inline script or style, a foreign source)
+// shows up as a console message on every page of the context. Not the browser's own favicon
+// request: on plain HTTP after set-up it is redirected to the HTTPS origin, which img-src
+// 'self' of the HTTP page does not cover (the pages have no icon).
+result.csp_violations = [];
+context.on("console", (m) => {
+  const t = m.text();
+  if (/Content Security Policy/i.test(t) && !t.includes("/favicon.ico")) result.csp_violations.push(t);
+});
+const page = await context.newPage();
 const visible = (sel, timeout = 30000) => page.locator(sel).waitFor({ state: "visible", timeout });
 try {
   // 1. The box's address in a browser: the wizard, asking for the setup code.

@@ -3,12 +3,18 @@
 //! Every endpoint is one row of [`Endpoint::ALL`], and [`handle`] checks the session and the
 //! CSRF token from that row before any endpoint code runs, so a new endpoint cannot forget
 //! them (the tests walk the whole table).
+//!
+//! The body is read only after those checks (for the login, after the throttle), at most
+//! [`Endpoint::max_body`] bytes and within `http_body_timeout` as a whole: an unauthenticated
+//! client can make us hold nothing but its headers. The one large body, a backup to restore,
+//! goes to a file in `data_dir` as it arrives (`admin_restore_max_size`,
+//! `admin_restore_timeout`).
 
 use super::{read_settings, write_settings, Admin, AdminError};
 use crate::config::{ByteSize, Config};
 use crate::web::{ClientAddr, Web};
 use crate::Relay;
-use axum::body::Bytes;
+use axum::body::Body;
 use axum::extract::State;
 use axum::http::{header, HeaderMap, Method, StatusCode, Uri};
 use axum::response::{IntoResponse, Response};
@@ -96,6 +102,16 @@ impl Endpoint {
         self != Endpoint::Login
     }
 
+    /// The largest JSON body this endpoint reads (the backup restore's upload has its own
+    /// limit, `admin_restore_max_size`). The settings form, the largest, is 11 values of at
+    /// most 500 characters.
+    pub fn max_body(self) -> usize {
+        match self {
+            Endpoint::Login | Endpoint::Password => 4 << 10,
+            _ => 16 << 10,
+        }
+    }
+
     fn find(method: &Method, path: &str) -> Result<Endpoint, StatusCode> {
         let mut path_known = false;
         for e in Endpoint::ALL {
@@ -168,7 +184,7 @@ pub async fn handle(
     method: Method,
     uri: Uri,
     headers: HeaderMap,
-    body: Bytes,
+    body: Body,
 ) -> Response {
     let relay = &w.relay;
     let https = w.https;
@@ -196,6 +212,51 @@ pub async fn handle(
             }
         }
     }
+    let ip = client.map_or(std::net::IpAddr::from([0, 0, 0, 0]), |c| c.0 .0.ip());
+    if ep == Endpoint::Login && relay.admin.throttle.check(ip).is_err() {
+        tracing::warn!(%ip, "admin login throttled");
+        return error(
+            StatusCode::TOO_MANY_REQUESTS,
+            "too many attempts; wait a minute",
+        );
+    }
+    let declared = headers
+        .get(header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.trim().parse::<u64>().ok());
+    if ep == Endpoint::Restore {
+        let upload = match upload_to_file(relay, declared, body).await {
+            Ok(u) => u,
+            Err(r) => return r,
+        };
+        let input = json!({
+            "passphrase": restore_passphrase(&headers),
+            "force": headers.get("x-backup-force").is_some_and(|v| v.as_bytes() == b"1"),
+        });
+        let r = run(
+            relay,
+            ep,
+            session.as_deref(),
+            &input,
+            Some(upload.path()),
+            ip,
+            now,
+            https,
+        )
+        .await;
+        return r.unwrap_or_else(|ApiError(s, m)| error(s, m));
+    }
+    let body = match read_small_body(
+        body,
+        declared,
+        ep.max_body(),
+        relay.cfg.http_body_timeout.duration(),
+    )
+    .await
+    {
+        Ok(b) => b,
+        Err(r) => return r,
+    };
     let input: Value = if body.is_empty() {
         json!({})
     } else {
@@ -204,11 +265,141 @@ pub async fn handle(
             _ => return error(StatusCode::BAD_REQUEST, "the body must be a JSON object"),
         }
     };
-    let ip = client.map_or(std::net::IpAddr::from([0, 0, 0, 0]), |c| c.0 .0.ip());
-    match run(relay, ep, session.as_deref(), &input, ip, now, https).await {
+    match run(relay, ep, session.as_deref(), &input, None, ip, now, https).await {
         Ok(r) => r,
         Err(ApiError(s, m)) => error(s, m),
     }
+}
+
+fn too_large(max: u64) -> Response {
+    error(
+        StatusCode::PAYLOAD_TOO_LARGE,
+        format!("the request body is larger than {max} bytes"),
+    )
+}
+
+fn too_slow() -> Response {
+    error(
+        StatusCode::REQUEST_TIMEOUT,
+        "the request body did not arrive in time",
+    )
+}
+
+/// Reads a body of at most `max` bytes that must be complete within `deadline`. A declared
+/// length over the limit is refused before reading anything.
+pub(crate) async fn read_small_body(
+    body: Body,
+    declared: Option<u64>,
+    max: usize,
+    deadline: std::time::Duration,
+) -> Result<Vec<u8>, Response> {
+    use futures::StreamExt;
+    if declared.is_some_and(|n| n > max as u64) {
+        return Err(too_large(max as u64));
+    }
+    let end = tokio::time::Instant::now() + deadline;
+    let mut data = Vec::new();
+    let mut stream = body.into_data_stream();
+    loop {
+        match tokio::time::timeout_at(end, stream.next()).await {
+            Err(_) => return Err(too_slow()),
+            Ok(None) => return Ok(data),
+            Ok(Some(Err(e))) => {
+                tracing::debug!("admin: reading the body failed: {e}");
+                return Err(error(StatusCode::BAD_REQUEST, "the body could not be read"));
+            }
+            Ok(Some(Ok(chunk))) => {
+                if data.len() + chunk.len() > max {
+                    return Err(too_large(max as u64));
+                }
+                data.extend_from_slice(&chunk);
+            }
+        }
+    }
+}
+
+/// A backup upload on disk, removed when dropped.
+struct Upload(std::path::PathBuf);
+
+impl Upload {
+    fn path(&self) -> &std::path::Path {
+        &self.0
+    }
+}
+
+impl Drop for Upload {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_file(&self.0);
+    }
+}
+
+/// Streams the restore upload into a private file under `<data_dir>/admin/` as it arrives, at
+/// most `admin_restore_max_size` bytes within `admin_restore_timeout`.
+async fn upload_to_file(
+    relay: &Relay,
+    declared: Option<u64>,
+    body: Body,
+) -> Result<Upload, Response> {
+    use futures::StreamExt;
+    use tokio::io::AsyncWriteExt;
+    let max = relay.cfg.admin_restore_max_size.0;
+    if declared.is_some_and(|n| n > max) {
+        return Err(too_large(max));
+    }
+    let internal = |e: std::io::Error| {
+        tracing::error!("admin: cannot store the backup upload: {e}");
+        error(StatusCode::INTERNAL_SERVER_ERROR, e.to_string())
+    };
+    let dir = relay.cfg.data_dir.join("admin");
+    tokio::fs::create_dir_all(&dir).await.map_err(internal)?;
+    let name = {
+        use rand::RngCore;
+        let mut b = [0u8; 8];
+        rand::thread_rng().fill_bytes(&mut b);
+        format!("restore-upload-{}.tmp", super::b64(&b))
+    };
+    let upload = Upload(dir.join(name));
+    let mut file = tokio::fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(0o600)
+        .open(upload.path())
+        .await
+        .map_err(internal)?;
+    let end = tokio::time::Instant::now() + relay.cfg.admin_restore_timeout.duration();
+    let mut stream = body.into_data_stream();
+    let mut written = 0u64;
+    loop {
+        match tokio::time::timeout_at(end, stream.next()).await {
+            Err(_) => return Err(too_slow()),
+            Ok(None) => break,
+            Ok(Some(Err(e))) => {
+                tracing::debug!("admin: reading the backup upload failed: {e}");
+                return Err(error(StatusCode::BAD_REQUEST, "the body could not be read"));
+            }
+            Ok(Some(Ok(chunk))) => {
+                written += chunk.len() as u64;
+                if written > max {
+                    return Err(too_large(max));
+                }
+                file.write_all(&chunk).await.map_err(internal)?;
+            }
+        }
+    }
+    file.flush().await.map_err(internal)?;
+    Ok(upload)
+}
+
+/// The restore's passphrase travels in a header, percent-encoded UTF-8 (the body is the
+/// backup file itself).
+fn restore_passphrase(headers: &HeaderMap) -> String {
+    let raw = headers
+        .get("x-backup-passphrase")
+        .map(|v| v.as_bytes())
+        .unwrap_or(b"");
+    percent_encoding::percent_decode(raw)
+        .decode_utf8_lossy()
+        .into_owned()
 }
 
 pub struct ApiError(StatusCode, String);
@@ -233,11 +424,13 @@ fn str_field<'a>(v: &'a Value, k: &str) -> Option<&'a str> {
     v.get(k).and_then(|x| x.as_str())
 }
 
+#[allow(clippy::too_many_arguments)]
 async fn run(
     relay: &Arc<Relay>,
     ep: Endpoint,
     session: Option<&str>,
     input: &Value,
+    upload: Option<&std::path::Path>,
     ip: std::net::IpAddr,
     now: i64,
     https: bool,
@@ -246,18 +439,14 @@ async fn run(
     let cfg = &relay.cfg;
     Ok(match ep {
         Endpoint::Login => {
-            if !admin.allow_attempt(ip) {
-                return Err(ApiError(
-                    StatusCode::TOO_MANY_REQUESTS,
-                    "too many attempts; wait a minute".into(),
-                ));
-            }
+            // The throttle was asked in `handle`, before the body was read.
             let good = if admin.pending() {
                 str_field(input, "setup_code").is_some_and(|c| admin.check_code(c))
             } else {
                 str_field(input, "password").is_some_and(|p| admin.check_password(p))
             };
             if !good {
+                admin.throttle.failed(ip);
                 tracing::warn!(%ip, "admin login failed");
                 return Err(ApiError(
                     StatusCode::UNAUTHORIZED,
@@ -268,14 +457,22 @@ async fn run(
                     },
                 ));
             }
+            admin.throttle.succeeded(ip);
             tracing::info!(%ip, "admin logged in");
             logged_in(admin, now, https, json!({ "pending": admin.pending() }))
         }
-        Endpoint::Logout => (
-            [(header::SET_COOKIE, set_cookie("", https, 0))],
-            axum::Json(json!({ "ok": true })),
-        )
-            .into_response(),
+        Endpoint::Logout => {
+            // Server-side: a copy of the cookie (or a replay) is refused from now on.
+            admin
+                .revoke_session(session.unwrap_or(""), now)
+                .map_err(AdminError::from)?;
+            tracing::info!(%ip, "admin logged out");
+            (
+                [(header::SET_COOKIE, set_cookie("", https, 0))],
+                axum::Json(json!({ "ok": true })),
+            )
+                .into_response()
+        }
         Endpoint::State => ok(state(relay, session.unwrap_or(""))?),
         Endpoint::Mode => {
             let mut t = read_settings(cfg)?;
@@ -508,17 +705,25 @@ async fn run(
         }
         Endpoint::Restore => {
             let pass = str_field(input, "passphrase").unwrap_or("");
-            let text = str_field(input, "backup").unwrap_or("");
             let force = input.get("force").and_then(|v| v.as_bool()) == Some(true);
-            let report =
-                crate::backup::restore(text.as_bytes(), pass, &cfg.data_dir, &relay.store, force)
-                    .await
-                    .map_err(|e| match e {
-                        crate::backup::BackupError::Io(e) => {
-                            ApiError(StatusCode::INTERNAL_SERVER_ERROR, e.to_string())
-                        }
-                        e => bad(e.to_string()),
-                    })?;
+            let Some(upload) = upload else {
+                return Err(bad("no backup uploaded"));
+            };
+            let file = std::fs::File::open(upload).map_err(AdminError::from)?;
+            let report = crate::backup::restore(
+                std::io::BufReader::new(file),
+                pass,
+                &cfg.data_dir,
+                &relay.store,
+                force,
+            )
+            .await
+            .map_err(|e| match e {
+                crate::backup::BackupError::Io(e) => {
+                    ApiError(StatusCode::INTERNAL_SERVER_ERROR, e.to_string())
+                }
+                e => bad(e.to_string()),
+            })?;
             // The restored keys and settings are read at start.
             restart_soon(relay);
             ok(json!({ "restored": report, "restarting": true }))

@@ -7,8 +7,10 @@
 //! certificate yet), and logging in with the code is rate-limited. Setting the password deletes
 //! the code; from then on the admin pages are HTTPS only and need the password.
 //!
-//! Sessions are stateless: the cookie carries its expiry and an HMAC over it with a secret kept
-//! in `<data_dir>/admin/secret`, so a session outlives the restart that applies new settings.
+//! Sessions are signed, not stored: the cookie carries its expiry, a random id and an HMAC over
+//! both with a secret kept in `<data_dir>/admin/secret`, so a session outlives the restart that
+//! applies new settings. Logging out puts the id on a revocation list (`<data_dir>/admin/revoked`,
+//! kept until the session would have expired anyway), so a copied cookie is dead after logout.
 //! Setting a new password replaces the secret, which ends every other session. Every request
 //! that changes something must carry the CSRF token (an HMAC of the session cookie) in the
 //! `X-CSRF-Token` header, which a cross-site form cannot set.
@@ -17,17 +19,16 @@
 //! graceful restart that re-executes the binary (`api` → `Apply`, `main`).
 //!
 //! Files: `api` is the JSON API behind the pages (`firmware-ui/setup.html`, `admin.html`,
-//! `admin.js`).
+//! `admin.js`); `throttle` limits login attempts without letting anybody lock the owner out.
 
 pub mod api;
 #[cfg(test)]
 mod tests;
+pub mod throttle;
 
 use crate::config::Config;
-use governor::{DefaultDirectRateLimiter, DefaultKeyedRateLimiter, Quota};
+use std::collections::HashMap;
 use std::io::Write;
-use std::net::IpAddr;
-use std::num::NonZeroU32;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Mutex;
@@ -48,8 +49,10 @@ pub struct Admin {
     dir: PathBuf,
     code_path: PathBuf,
     secret: Mutex<ring::hmac::Key>,
-    per_client: DefaultKeyedRateLimiter<IpAddr>,
-    global: DefaultDirectRateLimiter,
+    /// Login attempts (setup code and password).
+    pub throttle: throttle::LoginThrottle,
+    /// Ids of logged-out sessions, with the time they expire.
+    revoked: Mutex<HashMap<String, i64>>,
     restart: AtomicBool,
     /// The last certificate order started from the wizard: running, and its report.
     pub cert_job: Mutex<CertJob>,
@@ -157,6 +160,20 @@ fn normalize_code(s: &str) -> String {
         .collect()
 }
 
+/// The list of logged-out sessions (in `<data_dir>/admin/`): lines `<id> <expiry>`.
+const REVOKED_FILE: &str = "revoked";
+
+fn read_revoked(path: &Path, now: i64) -> HashMap<String, i64> {
+    let text = std::fs::read_to_string(path).unwrap_or_default();
+    text.lines()
+        .filter_map(|l| {
+            let (id, exp) = l.split_once(' ')?;
+            let exp = exp.trim().parse::<i64>().ok()?;
+            (exp > now).then(|| (id.to_string(), exp))
+        })
+        .collect()
+}
+
 fn new_secret() -> ring::hmac::Key {
     use rand::RngCore;
     let mut b = [0u8; 32];
@@ -187,19 +204,17 @@ impl Admin {
                 ring::hmac::Key::new(ring::hmac::HMAC_SHA256, &b)
             }
         };
-        let per_client = DefaultKeyedRateLimiter::keyed(
-            Quota::per_minute(NonZeroU32::new(5).expect("5 > 0"))
-                .allow_burst(NonZeroU32::new(5).expect("5 > 0")),
-        );
-        let global =
-            DefaultDirectRateLimiter::direct(Quota::per_minute(NonZeroU32::new(30).expect("> 0")));
+        let started = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_secs() as i64);
+        let revoked = read_revoked(&dir.join(REVOKED_FILE), started);
         let admin = Admin {
             enabled: cfg.admin_ui,
             dir,
             code_path,
             secret: Mutex::new(secret),
-            per_client,
-            global,
+            throttle: throttle::LoginThrottle::new(),
+            revoked: Mutex::new(revoked),
             restart: AtomicBool::new(false),
             cert_job: Mutex::new(CertJob::default()),
             config_path: Mutex::new(None),
@@ -207,9 +222,7 @@ impl Admin {
             maintenance_path: cfg.data_dir.join(MAINTENANCE_FILE),
             last_dns_check: Mutex::new(None),
             last_expiry_path: cfg.data_dir.join(LAST_EXPIRY_FILE),
-            started: std::time::SystemTime::now()
-                .duration_since(std::time::UNIX_EPOCH)
-                .map_or(0, |d| d.as_secs() as i64),
+            started,
         };
         let mut made = None;
         if admin.enabled && admin.pending() && admin.setup_code().is_none() {
@@ -280,14 +293,6 @@ impl Admin {
         (n.len() >= 8).then_some(n)
     }
 
-    /// Whether another login attempt from `ip` may be tried now.
-    pub fn allow_attempt(&self, ip: IpAddr) -> bool {
-        if self.per_client.len() > 10_000 {
-            self.per_client.retain_recent();
-        }
-        self.per_client.check_key(&ip).is_ok() && self.global.check().is_ok()
-    }
-
     /// The setup code is right (and set-up still pending).
     pub fn check_code(&self, given: &str) -> bool {
         if !self.pending() {
@@ -325,6 +330,16 @@ impl Admin {
         write_atomic(&self.password_path(), format!("{hash}\n").as_bytes())?;
         *self.secret.lock().unwrap_or_else(|p| p.into_inner()) =
             ring::hmac::Key::new(ring::hmac::HMAC_SHA256, &b);
+        // No session of the old secret can come back: the list has nothing left to do.
+        self.revoked
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .clear();
+        if let Err(e) = std::fs::remove_file(self.dir.join(REVOKED_FILE)) {
+            if e.kind() != std::io::ErrorKind::NotFound {
+                tracing::warn!("cannot remove the list of logged-out sessions: {e}");
+            }
+        }
         match std::fs::remove_file(&self.code_path) {
             Ok(()) => tracing::info!("admin password set; the setup code is no longer valid"),
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
@@ -349,25 +364,62 @@ impl Admin {
         b64(ring::hmac::sign(&key, what.as_bytes()).as_ref())
     }
 
-    /// A new session cookie value, valid until `now + SESSION_SECS`.
+    /// A new session cookie value, valid until `now + SESSION_SECS`: `<expiry>.<id>.<mac>`.
     pub fn new_session(&self, now: i64) -> String {
+        use rand::RngCore;
         let exp = now + SESSION_SECS;
-        format!("{exp}.{}", self.sign(&format!("session:{exp}")))
+        let mut id = [0u8; 16];
+        rand::thread_rng().fill_bytes(&mut id);
+        let id = b64(&id);
+        format!("{exp}.{id}.{}", self.sign(&format!("session:{exp}:{id}")))
     }
 
-    /// The session is ours and not expired.
+    /// The session's expiry and id, if the cookie is one of ours (signature only).
+    fn session_parts<'a>(&self, cookie: &'a str) -> Option<(i64, &'a str)> {
+        let mut parts = cookie.splitn(3, '.');
+        let (exp, id, mac) = (parts.next()?, parts.next()?, parts.next()?);
+        let e = exp.parse::<i64>().ok()?;
+        self.same(
+            mac.as_bytes(),
+            self.sign(&format!("session:{e}:{id}")).as_bytes(),
+        )
+        .then_some((e, id))
+    }
+
+    /// The session is ours, not expired and not logged out.
     pub fn session_valid(&self, cookie: &str, now: i64) -> bool {
-        let Some((exp, mac)) = cookie.split_once('.') else {
-            return false;
+        match self.session_parts(cookie) {
+            Some((e, id)) => {
+                e > now
+                    && !self
+                        .revoked
+                        .lock()
+                        .unwrap_or_else(|p| p.into_inner())
+                        .contains_key(id)
+            }
+            None => false,
+        }
+    }
+
+    /// Logs a session out for good: its id goes on the revocation list, written durably before
+    /// this returns, so the cookie is refused from now on, also after a restart. Only a valid
+    /// session can be revoked, so the list grows only by the owner's own logouts; expired ids
+    /// are dropped from it.
+    pub fn revoke_session(&self, cookie: &str, now: i64) -> std::io::Result<()> {
+        let Some((exp, id)) = self.session_parts(cookie) else {
+            return Ok(());
         };
-        let Ok(e) = exp.parse::<i64>() else {
-            return false;
-        };
-        e > now
-            && self.same(
-                mac.as_bytes(),
-                self.sign(&format!("session:{e}")).as_bytes(),
-            )
+        let mut revoked = self.revoked.lock().unwrap_or_else(|p| p.into_inner());
+        revoked.retain(|_, e| *e > now);
+        if exp <= now {
+            return Ok(());
+        }
+        revoked.insert(id.to_string(), exp);
+        let text: String = revoked
+            .iter()
+            .map(|(id, e)| format!("{id} {e}\n"))
+            .collect();
+        write_atomic(&self.dir.join(REVOKED_FILE), text.as_bytes())
     }
 
     /// The CSRF token that goes with a session.

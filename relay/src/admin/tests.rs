@@ -453,32 +453,29 @@ async fn backup_from_one_relay_restores_into_a_new_one_through_the_api() {
     let b_dir = tempfile::tempdir().unwrap();
     let b = relay(b_dir.path());
     let (session, csrf) = login(&b).await;
-    let body =
-        |pass: &str| serde_json::json!({ "passphrase": pass, "backup": armored }).to_string();
-    let (status, v, _) = call(
-        &b,
-        "POST",
-        "/api/admin/restore",
-        Some(&session),
-        Some(&csrf),
-        &body("not the passphrase"),
-    )
-    .await;
+    // The backup file is the body; the passphrase travels percent-encoded in a header.
+    let restore = |pass: &str| {
+        let mut req = post(
+            "/api/admin/restore",
+            Some(&session),
+            Some(&csrf),
+            armored.clone().into(),
+        );
+        let enc = percent_encoding::utf8_percent_encode(pass, percent_encoding::NON_ALPHANUMERIC);
+        req.headers_mut()
+            .insert("x-backup-passphrase", enc.to_string().parse().unwrap());
+        req
+    };
+    let (status, _, bytes) = send(&b, restore("not the passphrase"), None).await;
+    let v: serde_json::Value = serde_json::from_slice(&bytes).unwrap();
     assert_eq!(status, 400, "{v}");
     assert!(
         v["error"].as_str().unwrap().contains("wrong passphrase"),
         "{v}"
     );
     assert!(!b.admin.restart_requested());
-    let (status, v, _) = call(
-        &b,
-        "POST",
-        "/api/admin/restore",
-        Some(&session),
-        Some(&csrf),
-        &body("moving day passphrase"),
-    )
-    .await;
+    let (status, _, bytes) = send(&b, restore("moving day passphrase"), None).await;
+    let v: serde_json::Value = serde_json::from_slice(&bytes).unwrap();
     assert_eq!(status, 200, "{v}");
     assert_eq!(v["restored"]["accounts"], 1);
     assert!(b.admin.restart_requested(), "restored keys need a restart");
@@ -491,6 +488,50 @@ async fn backup_from_one_relay_restores_into_a_new_one_through_the_api() {
         "moving password",
         &acc.password_hash
     ));
+    // The upload went to a file, which is gone again.
+    let left: Vec<_> = std::fs::read_dir(b_dir.path().join("admin"))
+        .unwrap()
+        .filter_map(|e| e.ok())
+        .filter(|e| {
+            e.file_name()
+                .to_string_lossy()
+                .starts_with("restore-upload")
+        })
+        .collect();
+    assert!(left.is_empty(), "{left:?}");
+}
+
+#[tokio::test]
+async fn a_backup_upload_over_its_limit_is_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    let relay = test_relay(dir.path(), |c| {
+        c.admin_ui = true;
+        c.admin_restore_max_size = crate::config::ByteSize(64 << 10);
+    })
+    .unwrap();
+    let (session, csrf) = login(&relay).await;
+    let (status, _, _) = send(
+        &relay,
+        post(
+            "/api/admin/restore",
+            Some(&session),
+            Some(&csrf),
+            vec![b'A'; 100 << 10].into(),
+        ),
+        None,
+    )
+    .await;
+    assert_eq!(status, 413);
+    let left: Vec<_> = std::fs::read_dir(dir.path().join("admin"))
+        .unwrap()
+        .filter_map(|e| e.ok())
+        .filter(|e| {
+            e.file_name()
+                .to_string_lossy()
+                .starts_with("restore-upload")
+        })
+        .collect();
+    assert!(left.is_empty(), "{left:?}");
 }
 
 #[tokio::test]
@@ -569,4 +610,272 @@ async fn status_logs_toggles_and_the_last_expiry_run() {
         .unwrap()
         .iter()
         .any(|w| w["text"] == "a warning for the admin"));
+}
+
+// ---- issue 14: bodies, login throttling, logout ----------------------------------------------
+
+/// One request with any body through the HTTPS router, from `peer` (as `serve` would add it).
+async fn send(
+    relay: &Arc<Relay>,
+    mut req: axum::http::Request<axum::body::Body>,
+    peer: Option<std::net::SocketAddr>,
+) -> (u16, axum::http::HeaderMap, Vec<u8>) {
+    use http_body_util::BodyExt;
+    use tower::ServiceExt;
+    if let Some(p) = peer {
+        req.extensions_mut().insert(crate::web::ClientAddr(p));
+    }
+    let resp = crate::web::router(relay.clone(), true)
+        .oneshot(req)
+        .await
+        .unwrap();
+    let status = resp.status().as_u16();
+    let headers = resp.headers().clone();
+    let body = resp
+        .into_body()
+        .collect()
+        .await
+        .unwrap()
+        .to_bytes()
+        .to_vec();
+    (status, headers, body)
+}
+
+/// A body that sends `first` and then nothing, without ever ending.
+fn endless(first: &'static [u8]) -> axum::body::Body {
+    use futures::StreamExt;
+    let s = futures::stream::once(async move {
+        Ok::<_, std::io::Error>(axum::body::Bytes::from_static(first))
+    })
+    .chain(futures::stream::pending());
+    axum::body::Body::from_stream(s)
+}
+
+fn post(
+    path: &str,
+    cookie: Option<&str>,
+    csrf: Option<&str>,
+    body: axum::body::Body,
+) -> axum::http::Request<axum::body::Body> {
+    let mut b = axum::http::Request::builder()
+        .method("POST")
+        .uri(path)
+        .header("content-type", "application/json");
+    if let Some(c) = cookie {
+        b = b.header("cookie", format!("{COOKIE}={c}"));
+    }
+    if let Some(t) = csrf {
+        b = b.header("x-csrf-token", t);
+    }
+    b.body(body).unwrap()
+}
+
+#[tokio::test(start_paused = true)]
+async fn no_body_is_read_before_the_session_and_csrf_checks() {
+    let dir = tempfile::tempdir().unwrap();
+    let relay = relay(dir.path());
+    let (session, _) = login(&relay).await;
+    for ep in Endpoint::ALL {
+        let (method, path) = ep.route();
+        if !ep.needs_session() || method != axum::http::Method::POST {
+            continue;
+        }
+        let url = format!("{PREFIX}{path}");
+        // A body that never ends: answered at once, from the headers alone.
+        let r = tokio::time::timeout(
+            std::time::Duration::from_secs(300),
+            send(&relay, post(&url, None, None, endless(b"{")), None),
+        )
+        .await;
+        assert_eq!(r.map(|r| r.0), Ok(401), "POST {url} without a session");
+        let r = tokio::time::timeout(
+            std::time::Duration::from_secs(300),
+            send(
+                &relay,
+                post(&url, Some(&session), None, endless(b"{")),
+                None,
+            ),
+        )
+        .await;
+        assert_eq!(r.map(|r| r.0), Ok(403), "POST {url} without CSRF token");
+    }
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_trickled_body_is_cut_off_at_the_body_deadline() {
+    use futures::StreamExt;
+    let dir = tempfile::tempdir().unwrap();
+    let relay = relay(dir.path());
+    let (session, csrf) = login(&relay).await;
+    let started = tokio::time::Instant::now();
+    // One byte every 10 s, for ever (a per-read timeout would never fire).
+    let trickle = futures::stream::unfold((), |()| async {
+        tokio::time::sleep(std::time::Duration::from_secs(10)).await;
+        Some((
+            Ok::<_, std::io::Error>(axum::body::Bytes::from_static(b" ")),
+            (),
+        ))
+    });
+    let body = axum::body::Body::from_stream(
+        futures::stream::iter([Ok(axum::body::Bytes::from_static(b"{"))]).chain(trickle),
+    );
+    let r = tokio::time::timeout(
+        std::time::Duration::from_secs(1000),
+        send(
+            &relay,
+            post("/api/admin/settings", Some(&session), Some(&csrf), body),
+            None,
+        ),
+    )
+    .await;
+    assert_eq!(r.map(|r| r.0), Ok(408));
+    let took = started.elapsed();
+    assert!(
+        took <= relay.cfg.http_body_timeout.duration() + std::time::Duration::from_secs(1),
+        "{took:?}"
+    );
+    // The setup code login, which has no session yet, has the same deadline.
+    let r = tokio::time::timeout(
+        std::time::Duration::from_secs(1000),
+        send(
+            &relay,
+            post("/api/admin/login", None, None, endless(b"{")),
+            None,
+        ),
+    )
+    .await;
+    assert_eq!(r.map(|r| r.0), Ok(408));
+}
+
+#[tokio::test]
+async fn admin_json_bodies_are_limited_to_a_few_kib() {
+    let dir = tempfile::tempdir().unwrap();
+    let relay = relay(dir.path());
+    let (session, csrf) = login(&relay).await;
+    let big = serde_json::json!({ "privacy_mail": "x".repeat(64 << 10) }).to_string();
+    let (status, v, _) = call(
+        &relay,
+        "POST",
+        "/api/admin/settings",
+        Some(&session),
+        Some(&csrf),
+        &big,
+    )
+    .await;
+    assert_eq!(status, 413, "{v}");
+    // A declared length over the limit is refused without reading the body.
+    let mut req = post(
+        "/api/admin/login",
+        None,
+        None,
+        endless(b"{\"setup_code\":\""),
+    );
+    req.headers_mut()
+        .insert("content-length", "1048576".parse().unwrap());
+    let r = tokio::time::timeout(std::time::Duration::from_secs(5), send(&relay, req, None)).await;
+    assert_eq!(r.map(|r| r.0), Ok(413));
+}
+
+#[tokio::test]
+async fn an_attacker_cannot_lock_the_owner_out_of_the_login() {
+    let dir = tempfile::tempdir().unwrap();
+    let relay = relay(dir.path());
+    let wrong =
+        || axum::body::Body::from(r#"{"setup_code":"AAAA-BBBB-CCCC-DDDD"}"#.as_bytes().to_vec());
+    // 40 addresses guess 5 times each: far more than the old global 30 a minute.
+    let mut answers = std::collections::BTreeMap::new();
+    for i in 0..40u8 {
+        let peer = std::net::SocketAddr::from(([198, 51, 100, i], 40000));
+        for _ in 0..5 {
+            let (status, _, _) = send(
+                &relay,
+                post("/api/admin/login", None, None, wrong()),
+                Some(peer),
+            )
+            .await;
+            *answers.entry(status).or_insert(0) += 1;
+        }
+    }
+    // Every guess beyond each address's third waits for the shared budget of 30 a minute.
+    assert_eq!(answers.get(&401), Some(&(40 * 3 + 30)), "{answers:?}");
+    // One of them is refused even with the right code: it throttled itself.
+    let body = format!("{{\"setup_code\":\"{}\"}}", code(&relay));
+    let attacker = std::net::SocketAddr::from(([198, 51, 100, 7], 40000));
+    let (status, _, _) = send(
+        &relay,
+        post("/api/admin/login", None, None, body.clone().into()),
+        Some(attacker),
+    )
+    .await;
+    assert_eq!(status, 429);
+    // The owner, on another address, after a typo, is let in.
+    let owner = std::net::SocketAddr::from(([192, 0, 2, 10], 50000));
+    let (status, _, _) = send(
+        &relay,
+        post("/api/admin/login", None, None, wrong()),
+        Some(owner),
+    )
+    .await;
+    assert_eq!(status, 401);
+    let (status, _, body) = send(
+        &relay,
+        post("/api/admin/login", None, None, body.into()),
+        Some(owner),
+    )
+    .await;
+    assert_eq!(status, 200, "{}", String::from_utf8_lossy(&body));
+}
+
+#[tokio::test]
+async fn logout_revokes_the_session_on_the_server() {
+    let dir = tempfile::tempdir().unwrap();
+    let relay = relay(dir.path());
+    let body = format!("{{\"setup_code\":\"{}\"}}", code(&relay));
+    let (status, headers, bytes) = send(
+        &relay,
+        post("/api/admin/login", None, None, body.into()),
+        None,
+    )
+    .await;
+    assert_eq!(status, 200);
+    let v: serde_json::Value = serde_json::from_slice(&bytes).unwrap();
+    let csrf = v["csrf"].as_str().unwrap().to_string();
+    // The cookie the browser got, as an attacker who copied it would replay it.
+    let set_cookie = headers["set-cookie"].to_str().unwrap();
+    let cookie = set_cookie
+        .strip_prefix(&format!("{COOKIE}="))
+        .unwrap()
+        .split(';')
+        .next()
+        .unwrap()
+        .to_string();
+    let (status, _, _) = call(&relay, "GET", "/api/admin/state", Some(&cookie), None, "").await;
+    assert_eq!(status, 200);
+    let (status, _, _) = call(
+        &relay,
+        "POST",
+        "/api/admin/logout",
+        Some(&cookie),
+        Some(&csrf),
+        "",
+    )
+    .await;
+    assert_eq!(status, 200);
+    let (status, _, _) = call(&relay, "GET", "/api/admin/state", Some(&cookie), None, "").await;
+    assert_eq!(status, 401, "the logged-out cookie still works");
+    let (status, _, _) = call(
+        &relay,
+        "POST",
+        "/api/admin/toggles",
+        Some(&cookie),
+        Some(&csrf),
+        r#"{"nocreate":true}"#,
+    )
+    .await;
+    assert_eq!(status, 401);
+    // Also after a restart (the list is on disk), while other sessions go on.
+    let (again, _) = super::Admin::open(&relay.cfg).unwrap();
+    let now = relay.clock.now();
+    assert!(!again.session_valid(&cookie, now));
+    assert!(again.session_valid(&again.new_session(now), now));
 }

@@ -501,3 +501,108 @@ async fn renewed_certificate_is_used_without_restart_on_every_listener() {
     std::fs::write(dir.path().join("c.pem"), "garbage").unwrap();
     assert_eq!(store.chain()[0], second);
 }
+
+/// Inline script or style in a page: what the Content-Security-Policy forbids.
+fn inline_code(html: &str) -> Vec<String> {
+    let lower = html.to_ascii_lowercase();
+    let mut found = Vec::new();
+    let mut rest = lower.as_str();
+    while let Some(i) = rest.find("<script") {
+        let tag_end = rest[i..].find('>').map_or(rest.len(), |e| i + e);
+        if !rest[i..tag_end].contains(" src=") {
+            found.push(rest[i..tag_end + 1].to_string());
+        }
+        rest = &rest[tag_end..];
+    }
+    for bad in ["<style", " style=", "javascript:"] {
+        if lower.contains(bad) {
+            found.push(bad.to_string());
+        }
+    }
+    // Event handler attributes: ` on<letters>=`.
+    for (i, _) in lower.match_indices(" on") {
+        let name: String = lower[i + 3..]
+            .chars()
+            .take_while(|c| c.is_ascii_lowercase())
+            .collect();
+        if !name.is_empty() && lower[i + 3 + name.len()..].starts_with('=') {
+            found.push(format!("on{name}="));
+        }
+    }
+    found
+}
+
+#[tokio::test]
+async fn pages_carry_security_headers_and_satisfy_their_csp() {
+    let dir = tempfile::tempdir().unwrap();
+    // The wizard is on (set-up pending), so `/` and `/setup` are the wizard on both ports.
+    let wizard = crate::fuzzing::test_relay(dir.path(), |c| c.admin_ui = true).unwrap();
+    let dir2 = tempfile::tempdir().unwrap();
+    let plain = relay(dir2.path());
+    for (relay, https, path) in [
+        (&wizard, true, "/"),
+        (&wizard, true, "/setup"),
+        (&wizard, true, "/admin"),
+        (&wizard, true, "/api/admin/state"),
+        (&wizard, false, "/"),
+        (&wizard, false, "/setup"),
+        (&plain, true, "/"),
+        (&plain, true, "/info.html"),
+        (&plain, true, "/privacy.html"),
+    ] {
+        let (status, h, body) = call(relay, https, "GET", path).await;
+        let what = format!("{} {path}", if https { "https" } else { "http" });
+        assert!(status.as_u16() < 500, "{what}: {status}");
+        assert_eq!(h["x-frame-options"], "DENY", "{what}");
+        assert_eq!(h["x-content-type-options"], "nosniff", "{what}");
+        assert_eq!(h["referrer-policy"], "no-referrer", "{what}");
+        let csp = h["content-security-policy"].to_str().unwrap();
+        for want in [
+            "default-src 'self'",
+            "script-src 'self'",
+            "frame-ancestors 'none'",
+        ] {
+            assert!(csp.contains(want), "{what}: {csp}");
+        }
+        assert!(!csp.contains("unsafe-inline"), "{what}: {csp}");
+        assert_eq!(
+            h.contains_key("strict-transport-security"),
+            https,
+            "{what}: HSTS on HTTPS only"
+        );
+        if status == StatusCode::OK && h["content-type"].to_str().unwrap().starts_with("text/html")
+        {
+            let html = String::from_utf8(body).unwrap();
+            assert_eq!(inline_code(&html), Vec::<String>::new(), "{what}");
+        }
+    }
+}
+
+#[test]
+fn built_in_pages_have_no_inline_script_or_style() {
+    for (name, html) in [
+        (
+            "index.html",
+            include_str!("../../../firmware-ui/index.html"),
+        ),
+        ("info.html", include_str!("../../../firmware-ui/info.html")),
+        (
+            "privacy.html",
+            include_str!("../../../firmware-ui/privacy.html"),
+        ),
+        (
+            "setup.html",
+            include_str!("../../../firmware-ui/setup.html"),
+        ),
+        (
+            "admin.html",
+            include_str!("../../../firmware-ui/admin.html"),
+        ),
+    ] {
+        assert_eq!(inline_code(html), Vec::<String>::new(), "{name}");
+    }
+    assert_eq!(
+        inline_code("<a onclick=\"x()\"><script>1</script><script src=\"/a.js\"></script>"),
+        vec!["<script>".to_string(), "onclick=".to_string()]
+    );
+}
