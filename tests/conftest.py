@@ -256,7 +256,18 @@ def _safe(name: str) -> str:
 @pytest.fixture(scope="module")
 def relay(request, tmp_path_factory):
     """A `relaybox dev` instance of its own for each test module."""
-    name = _safe(request.module.__name__)
+    yield from _module_relay(request, tmp_path_factory, _safe(request.module.__name__))
+
+
+@pytest.fixture(scope="module")
+def refusals_relay(request, tmp_path_factory):
+    """A second instance for tests that fail many logins on purpose: the login throttle counts
+    failures per client address (all tests connect from 127.0.0.1), so on the module's main
+    relay they would slow down and then refuse every later login of the module."""
+    yield from _module_relay(request, tmp_path_factory, _safe(request.module.__name__) + "-refusals")
+
+
+def _module_relay(request, tmp_path_factory, name):
     r = Relay(name, tmp_path_factory.mktemp(f"relay-{name}"))
     failed_before = request.session.testsfailed
     try:

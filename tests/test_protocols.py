@@ -177,7 +177,8 @@ def test_login_rules_accept(relay, case):
         "no-domain",
     ],
 )
-def test_login_rules_refuse(relay, case):
+def test_login_rules_refuse(refusals_relay, case):
+    relay = refusals_relay
     local = random_localpart()
     pw = random_password()
     other_ip = "127.0.0.1" if relay.ip != "127.0.0.1" else "127.0.0.254"
