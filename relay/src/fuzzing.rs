@@ -78,11 +78,17 @@ pub fn test_relay(dir: &Path, tune: impl FnOnce(&mut Config)) -> anyhow::Result<
 /// A relay for the fuzz targets: send rate unlimited, messages up to 256 KiB; `USER` and `RCPT`
 /// exist.
 pub async fn relay(dir: &Path) -> anyhow::Result<Arc<Relay>> {
-    let relay = test_relay(dir, |cfg| {
+    relay_with(dir, |cfg| {
         cfg.max_user_send_per_minute = u32::MAX / 2;
         cfg.max_user_send_burst_size = u32::MAX / 2;
         cfg.max_message_size = 256 * 1024;
-    })?;
+    })
+    .await
+}
+
+/// A relay from `test_config` changed by `tune`, with `USER` and `RCPT`.
+async fn relay_with(dir: &Path, tune: impl FnOnce(&mut Config)) -> anyhow::Result<Arc<Relay>> {
+    let relay = test_relay(dir, tune)?;
     relay.accounts.login(USER, PASS).await?;
     relay.accounts.login(RCPT, RCPT_PASS).await?;
     Ok(relay)
@@ -99,17 +105,28 @@ pub struct FuzzEnv {
 /// The one [`FuzzEnv`] of this process.
 pub fn env() -> &'static FuzzEnv {
     static ENV: std::sync::OnceLock<FuzzEnv> = std::sync::OnceLock::new();
-    ENV.get_or_init(|| {
-        let rt = tokio::runtime::Builder::new_current_thread()
-            .enable_all()
-            .build()
-            .expect("runtime");
-        let dir = std::env::temp_dir().join(format!("relaybox-fuzz-{}", std::process::id()));
-        let _ = std::fs::remove_dir_all(&dir);
-        std::fs::create_dir_all(&dir).expect("fuzz data directory");
-        let relay = rt.block_on(relay(&dir)).expect("relay");
-        FuzzEnv { rt, relay }
-    })
+    ENV.get_or_init(|| new_env("relaybox-fuzz", |dir| Box::pin(relay(dir))))
+}
+
+/// A single-threaded runtime and the relay `make` builds in a fresh directory `name-PID` under
+/// `$TMPDIR`.
+fn new_env(
+    name: &str,
+    make: impl FnOnce(
+        &Path,
+    ) -> std::pin::Pin<
+        Box<dyn std::future::Future<Output = anyhow::Result<Arc<Relay>>> + '_>,
+    >,
+) -> FuzzEnv {
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .expect("runtime");
+    let dir = std::env::temp_dir().join(format!("{name}-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).expect("fuzz data directory");
+    let relay = rt.block_on(make(&dir)).expect("relay");
+    FuzzEnv { rt, relay }
 }
 
 /// Brings the store back to the state `relay` left it in: only `USER` and `RCPT`, each with an
@@ -197,26 +214,13 @@ pub const SETUP_CODE: &str = "FUZZ-CODE-ABCD-EFGH";
 pub fn admin_env() -> &'static FuzzEnv {
     static ENV: std::sync::OnceLock<FuzzEnv> = std::sync::OnceLock::new();
     ENV.get_or_init(|| {
-        let rt = tokio::runtime::Builder::new_current_thread()
-            .enable_all()
-            .build()
-            .expect("runtime");
-        let dir = std::env::temp_dir().join(format!("relaybox-fuzz-admin-{}", std::process::id()));
-        let _ = std::fs::remove_dir_all(&dir);
-        std::fs::create_dir_all(&dir).expect("fuzz data directory");
-        let relay = rt
-            .block_on(async {
-                let relay = test_relay(&dir, |cfg| {
-                    cfg.admin_ui = true;
-                    // The DNS check's reachability probes: never out of this machine.
-                    cfg.outbound_probes = vec!["127.0.0.1:9".into()];
-                })?;
-                relay.accounts.login(USER, PASS).await?;
-                relay.accounts.login(RCPT, RCPT_PASS).await?;
-                anyhow::Ok(relay)
-            })
-            .expect("relay");
-        FuzzEnv { rt, relay }
+        new_env("relaybox-fuzz-admin", |dir| {
+            Box::pin(relay_with(dir, |cfg| {
+                cfg.admin_ui = true;
+                // The DNS check's reachability probes: never out of this machine.
+                cfg.outbound_probes = vec!["127.0.0.1:9".into()];
+            }))
+        })
     })
 }
 
