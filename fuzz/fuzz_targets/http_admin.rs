@@ -11,7 +11,7 @@
 #![no_main]
 
 use libfuzzer_sys::fuzz_target;
-use relaybox::fuzzing::{admin_env, admin_session, reset_admin, router_request};
+use relaybox::fuzzing::{admin_env, admin_session, reset_admin, router_request, split_request};
 
 fuzz_target!(|data: &[u8]| {
     let Some((&mode, rest)) = data.split_first() else {
@@ -32,19 +32,7 @@ fuzz_target!(|data: &[u8]| {
     } else {
         format!("/{line}")
     };
-    let (head, body) = match rest.windows(2).position(|w| w == b"\n\n") {
-        Some(i) => (&rest[..i], &rest[i + 2..]),
-        None => (rest, &[][..]),
-    };
-    let mut headers: Vec<(Vec<u8>, Vec<u8>)> = head
-        .split(|&b| b == b'\n')
-        .filter_map(|l| {
-            let c = l.iter().position(|&b| b == b':')?;
-            let v = &l[c + 1..];
-            let v = v.strip_prefix(b" ").unwrap_or(v);
-            Some((l[..c].to_vec(), v.to_vec()))
-        })
-        .collect();
+    let (mut headers, body) = split_request(rest);
     let env = admin_env();
     env.rt.block_on(async {
         reset_admin(&env.relay).await.expect("reset");
@@ -69,7 +57,10 @@ fuzz_target!(|data: &[u8]| {
         assert_eq!(h.contains_key("strict-transport-security"), https, "{path}");
         let admin_path = path.split('?').next().unwrap_or("");
         if !logged_in && (200..300).contains(&status) && admin_path.starts_with("/api/admin/") {
-            assert_eq!(admin_path, "/api/admin/login", "{method} {path} answered {status} without a session");
+            assert_eq!(
+                admin_path, "/api/admin/login",
+                "{method} {path} answered {status} without a session"
+            );
         }
     });
 });

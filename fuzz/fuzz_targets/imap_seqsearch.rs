@@ -34,7 +34,9 @@ fn naive_in(r: &[(u32, u32)], n: u32) -> bool {
 }
 
 fn uses_star(set: &SequenceSet) -> bool {
-    let star = |s: &SeqOrUid| matches!(s, SeqOrUid::Asterisk) || matches!(s, SeqOrUid::Value(v) if v.get() == u32::MAX);
+    let star = |s: &SeqOrUid| {
+        matches!(s, SeqOrUid::Asterisk) || matches!(s, SeqOrUid::Value(v) if v.get() == u32::MAX)
+    };
     set.0.as_ref().iter().any(|s| match s {
         Sequence::Single(a) => star(a),
         Sequence::Range(a, b) => star(a) || star(b),
@@ -118,12 +120,14 @@ fuzz_target!(|data: &[u8]| {
         assert_eq!(got, Err(true));
     } else {
         let r = naive_ranges(&set, count);
-        let want = if (count == 0 && uses_star(&set)) || r.iter().any(|&(lo, hi)| lo == 0 || hi > count)
-        {
-            Err(false)
-        } else {
-            Ok((1..=count).filter(|&s| naive_in(&r, s)).collect::<Vec<u32>>())
-        };
+        let want =
+            if (count == 0 && uses_star(&set)) || r.iter().any(|&(lo, hi)| lo == 0 || hi > count) {
+                Err(false)
+            } else {
+                Ok((1..=count)
+                    .filter(|&s| naive_in(&r, s))
+                    .collect::<Vec<u32>>())
+            };
         assert_eq!(got, want, "sequence set {text} over {count} messages");
     }
 

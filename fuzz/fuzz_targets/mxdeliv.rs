@@ -6,26 +6,14 @@
 #![no_main]
 
 use libfuzzer_sys::fuzz_target;
-use relaybox::fuzzing::{env, https_request, reset};
+use relaybox::fuzzing::{env, https_request, reset, split_request};
 
 fuzz_target!(|data: &[u8]| {
     let Some((&mode, rest)) = data.split_first() else {
         return;
     };
     let method = if mode & 1 == 1 { "GET" } else { "POST" };
-    let (head, body) = match rest.windows(2).position(|w| w == b"\n\n") {
-        Some(i) => (&rest[..i], &rest[i + 2..]),
-        None => (rest, &[][..]),
-    };
-    let headers: Vec<(Vec<u8>, Vec<u8>)> = head
-        .split(|&b| b == b'\n')
-        .filter_map(|l| {
-            let c = l.iter().position(|&b| b == b':')?;
-            let v = &l[c + 1..];
-            let v = v.strip_prefix(b" ").unwrap_or(v);
-            Some((l[..c].to_vec(), v.to_vec()))
-        })
-        .collect();
+    let (headers, body) = split_request(rest);
     let env = env();
     env.rt.block_on(async {
         reset(&env.relay).await.expect("reset");

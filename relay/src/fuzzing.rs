@@ -258,3 +258,25 @@ pub fn admin_session(relay: &Relay) -> (String, String) {
     let csrf = relay.admin.csrf_token(&s);
     (format!("{}={s}", crate::admin::api::COOKIE), csrf)
 }
+
+/// Header name and value pairs, as the HTTP fuzz targets send them.
+pub type Headers = Vec<(Vec<u8>, Vec<u8>)>;
+
+/// The HTTP targets' input after their mode bytes: `Name: value` header lines, a blank line,
+/// the body (no blank line: no body).
+pub fn split_request(rest: &[u8]) -> (Headers, &[u8]) {
+    let (head, body) = match rest.windows(2).position(|w| w == b"\n\n") {
+        Some(i) => (&rest[..i], &rest[i + 2..]),
+        None => (rest, &[][..]),
+    };
+    let headers = head
+        .split(|&b| b == b'\n')
+        .filter_map(|l| {
+            let c = l.iter().position(|&b| b == b':')?;
+            let v = &l[c + 1..];
+            let v = v.strip_prefix(b" ").unwrap_or(v);
+            Some((l[..c].to_vec(), v.to_vec()))
+        })
+        .collect();
+    (headers, body)
+}
