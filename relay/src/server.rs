@@ -86,7 +86,13 @@ pub fn make_private(dir: &std::path::Path) -> std::io::Result<()> {
         Ok(())
     };
     let meta = std::fs::symlink_metadata(dir)?;
-    fix(dir, &meta)?;
+    // A private data dir was made so by an earlier start, which fixed everything in it, and
+    // since then the umask keeps new files private: the walk (a stat per message file) is
+    // needed once, not on every start. The dir itself is fixed last, so a walk cut short is
+    // done again.
+    if meta.permissions().mode() & 0o077 == 0 {
+        return Ok(());
+    }
     let mut todo = vec![dir.to_path_buf()];
     while let Some(d) = todo.pop() {
         for e in std::fs::read_dir(&d)? {
@@ -101,7 +107,7 @@ pub fn make_private(dir: &std::path::Path) -> std::io::Result<()> {
             }
         }
     }
-    Ok(())
+    fix(dir, &meta)
 }
 
 async fn bind(addr: SocketAddr, what: &str) -> anyhow::Result<TcpListener> {
