@@ -166,10 +166,18 @@ pub async fn health(relay: &crate::Relay) -> Result<(), String> {
 /// the committed slot. Does nothing on a committed start or off the appliance.
 pub fn spawn_watch(relay: std::sync::Arc<crate::Relay>) {
     let env = UpdateEnv::from_config(&relay.cfg);
+    watch(relay, env);
+}
+
+/// [`spawn_watch`] with the paths given; the task, on a tryboot start.
+pub fn watch(
+    relay: std::sync::Arc<crate::Relay>,
+    env: UpdateEnv,
+) -> Option<tokio::task::JoinHandle<()>> {
     let Start::Tryboot(slot) = record_start(&env) else {
-        return;
+        return None;
     };
-    tokio::spawn(async move {
+    Some(tokio::spawn(async move {
         let timeout = std::time::Duration::from_secs(relay.cfg.update.commit_timeout.0);
         let deadline = tokio::time::Instant::now() + timeout;
         tracing::info!(%slot, "update: tryboot start; committing once healthy");
@@ -188,7 +196,7 @@ pub fn spawn_watch(relay: std::sync::Arc<crate::Relay>) {
             Ok(Err(e)) => tracing::error!("update: store migration failed: {e}"),
             Err(e) => tracing::error!("update: store migration failed: {e}"),
         }
-    });
+    }))
 }
 
 async fn commit_when_healthy(

@@ -685,3 +685,92 @@ fn update_bundle_errors_are_one_line() {
     let e = BundleError::Truncated("in the manifest").to_string();
     assert_eq!(e, "the bundle is truncated (in the manifest)");
 }
+
+fn no_listeners(cfg: &mut crate::config::Config) {
+    let l = &mut cfg.listen;
+    for v in [
+        &mut l.smtp,
+        &mut l.submission,
+        &mut l.submissions,
+        &mut l.imap,
+        &mut l.imaps,
+        &mut l.http,
+        &mut l.https,
+        &mut l.metrics,
+    ] {
+        v.clear();
+    }
+}
+
+/// Plays the root agent until `task` ends: takes each request and does it.
+async fn play_agent(env: &UpdateEnv, task: tokio::task::JoinHandle<()>) -> Vec<agent::After> {
+    let mut done = Vec::new();
+    while !task.is_finished() {
+        if let Ok(Some(req)) = agent::take(env) {
+            done.push(agent::handle(env, req).unwrap());
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
+    task.await.unwrap();
+    if let Ok(Some(req)) = agent::take(env) {
+        done.push(agent::handle(env, req).unwrap());
+    }
+    done
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn update_healthy_tryboot_start_is_committed_through_the_agent() {
+    let fx = fixture();
+    fx.install(&fx.bundle("0.1.1"), false).unwrap();
+    fx.boot(Slot::B, "boot-2");
+    // A real listener, which the health check must reach.
+    let l = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = l.local_addr().unwrap();
+    let d = tempfile::tempdir().unwrap();
+    let relay = crate::fuzzing::test_relay(d.path(), |c| {
+        no_listeners(c);
+        c.listen.smtp = vec![addr];
+    })
+    .unwrap();
+    let task = commit::watch(relay, fx.env.clone()).expect("a tryboot start");
+    let done = play_agent(&fx.env, task).await;
+    assert_eq!(done, [agent::After::Nothing]);
+    assert_eq!(fx.env.autoboot().unwrap().committed, Slot::B);
+    assert_eq!(fx.env.read_state().phase, Some(Phase::Committed));
+    drop(l);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn update_unhealthy_tryboot_start_fails_and_asks_for_the_reboot_back() {
+    let fx = fixture();
+    fx.install(&fx.bundle("0.1.1"), false).unwrap();
+    fx.boot(Slot::B, "boot-2");
+    // A listener address nothing listens on: never healthy.
+    let dead = {
+        let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        l.local_addr().unwrap()
+    };
+    let d = tempfile::tempdir().unwrap();
+    let relay = crate::fuzzing::test_relay(d.path(), |c| {
+        no_listeners(c);
+        c.listen.imaps = vec![dead];
+        c.update.commit_timeout = crate::config::Seconds(1);
+    })
+    .unwrap();
+    let task = commit::watch(relay, fx.env.clone()).expect("a tryboot start");
+    let done = play_agent(&fx.env, task).await;
+    assert_eq!(done, [agent::After::Reboot]);
+    // Not committed: the reboot returns to A.
+    assert_eq!(fx.env.autoboot().unwrap().committed, Slot::A);
+    let s = fx.env.read_state();
+    assert_eq!(s.phase, Some(Phase::Failed));
+    assert!(
+        s.message.contains(&format!("listener {dead}")),
+        "{}",
+        s.message
+    );
+    // And on A, the outcome is recorded for the admin page.
+    fx.boot(Slot::A, "boot-3");
+    commit::record_start(&fx.env);
+    assert_eq!(fx.env.read_state().phase, Some(Phase::RolledBack));
+}
