@@ -430,5 +430,133 @@ function selfTest() {
   });
 }
 
+// ---- updates panel (admin page) -------------------------------------------------------------
+
+const UPDATE_PHASES = {
+  installing: "being written",
+  installed: "written; restarting to try it",
+  trying: "on trial",
+  committed: "installed",
+  rolled_back: "rolled back",
+  failed: "failed its check",
+  interrupted: "interrupted",
+};
+
+function updatesPanel() {
+  if (!$("update-slots")) return;
+  let pendingId = "";
+  const bar = $("update-progress");
+  const result = $("update-result");
+  const say = (cls, text) => { result.className = cls; result.textContent = text; };
+
+  async function load() {
+    const s = await api("GET", "update");
+    const tb = $("update-slots").tBodies[0];
+    tb.textContent = "";
+    const row = (k, v) => {
+      const tr = tb.insertRow();
+      tr.insertCell().textContent = k;
+      tr.insertCell().textContent = v;
+    };
+    if (!s.available) {
+      row("Updates", "not available here (" + s.reason + ")");
+      $("update-upload").disabled = true;
+      return s;
+    }
+    for (const sl of s.slots) {
+      row("Slot " + sl.name, (sl.version || "empty") + (sl.running ? ", running" : "") +
+        (sl.committed ? ", committed" : ""));
+    }
+    const last = s.last || {};
+    if (last.phase) {
+      const to = last.to ? "version " + last.to.version + " (slot " + last.to.slot + ")" : "the last update";
+      $("update-last").textContent = "Last update: " + to + " " + (UPDATE_PHASES[last.phase] || last.phase) +
+        (last.finished ? " at " + last.finished : "") + (last.message ? ": " + last.message : "");
+    } else {
+      $("update-last").textContent = "No update installed from this page or the console yet.";
+    }
+    return s;
+  }
+
+  function uploadBundle(file) {
+    return new Promise((resolve, reject) => {
+      const x = new XMLHttpRequest();
+      x.open("POST", "/api/admin/update/upload");
+      x.setRequestHeader("X-CSRF-Token", csrf);
+      x.upload.onprogress = (e) => {
+        if (e.lengthComputable) {
+          bar.value = Math.floor((100 * e.loaded) / e.total);
+          say("", "Uploading… " + bar.value + "%");
+        }
+      };
+      x.upload.onload = () => say("", "Checking the signature and contents…");
+      x.onload = () => {
+        let d = {};
+        try { d = JSON.parse(x.responseText); } catch (e) { /* not JSON */ }
+        if (x.status === 200) resolve(d);
+        else reject(new Error(d.error || x.status + " " + x.statusText));
+      };
+      x.onerror = () => reject(new Error("the upload failed (connection lost)"));
+      x.send(file);
+    });
+  }
+
+  // The install runs in the root update agent; its progress comes through progress.json.
+  async function follow() {
+    for (let i = 0; i < 3600; i++) {
+      let s;
+      try { s = await api("GET", "update"); } catch (e) { s = null; }
+      if (s === null) {
+        say("", "Restarting into the new version…");
+        await waitForRestart();
+        await sleep(5000);
+        const after = await load();
+        say("ok", "Back: running slot " + after.running + ". " + $("update-last").textContent);
+        return;
+      }
+      const p = s.progress || {};
+      if (p.step === "error") { say("error", "Not installed: " + p.message); bar.hidden = true; return; }
+      if (p.step === "rebooting") { bar.value = 100; say("", p.message || "Restarting…"); }
+      else if (p.step) { bar.value = p.percent || 0; say("", "Update: " + p.step + " " + (p.percent || 0) + "%"); }
+      await sleep(1000);
+    }
+  }
+
+  button("update-upload", async () => {
+    const f = $("update-file").files[0];
+    if (!f) throw new Error("choose an update bundle first");
+    $("update-install").hidden = true;
+    bar.hidden = false;
+    bar.value = 0;
+    try {
+      const r = await uploadBundle(f);
+      pendingId = r.id;
+      say("ok", "Bundle of relaybox " + r.manifest.version + " (build " + r.manifest.build_id +
+        "), signed and intact.");
+      $("update-install").textContent = "Install version " + r.manifest.version + " and restart";
+      $("update-install").hidden = false;
+    } catch (e) {
+      say("error", e.message);
+    } finally {
+      bar.hidden = true;
+    }
+  });
+  button("update-install", async () => {
+    if (!pendingId) return;
+    $("update-install").hidden = true;
+    bar.hidden = false;
+    bar.value = 0;
+    await api("POST", "update/install", { id: pendingId });
+    pendingId = "";
+    await follow();
+  });
+  load().catch(() => {});
+  // The panel is filled once the admin box shows (after logging in).
+  new MutationObserver(() => {
+    if (!$("admin-box").hidden) load().catch(() => {});
+  }).observe($("admin-box"), { attributes: true, attributeFilter: ["hidden"] });
+}
+
 if (document.body.dataset.page === "setup") setupPage();
 if (document.body.dataset.page === "admin") { adminPage(); selfTest(); }
+if (document.body.dataset.page === "admin") updatesPanel();

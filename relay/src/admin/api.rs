@@ -46,6 +46,9 @@ pub enum Endpoint {
     Backup,
     Restore,
     Logs,
+    Updates,
+    UpdateUpload,
+    UpdateInstall,
 }
 
 impl Endpoint {
@@ -69,6 +72,9 @@ impl Endpoint {
         Endpoint::Backup,
         Endpoint::Restore,
         Endpoint::Logs,
+        Endpoint::Updates,
+        Endpoint::UpdateUpload,
+        Endpoint::UpdateInstall,
     ];
 
     /// Method and path below [`PREFIX`].
@@ -94,6 +100,9 @@ impl Endpoint {
             Backup => (Method::POST, "backup"),
             Restore => (Method::POST, "restore"),
             Logs => (Method::GET, "logs"),
+            Updates => (Method::GET, "update"),
+            UpdateUpload => (Method::POST, "update/upload"),
+            UpdateInstall => (Method::POST, "update/install"),
         }
     }
 
@@ -131,11 +140,11 @@ impl Endpoint {
     }
 }
 
-fn error(status: StatusCode, message: impl Into<String>) -> Response {
+pub(super) fn error(status: StatusCode, message: impl Into<String>) -> Response {
     (status, axum::Json(json!({ "error": message.into() }))).into_response()
 }
 
-fn ok(v: Value) -> Response {
+pub(super) fn ok(v: Value) -> Response {
     axum::Json(v).into_response()
 }
 
@@ -224,8 +233,17 @@ pub async fn handle(
         .get(header::CONTENT_LENGTH)
         .and_then(|v| v.to_str().ok())
         .and_then(|v| v.trim().parse::<u64>().ok());
+    if ep == Endpoint::UpdateUpload {
+        return super::update_api::upload(relay, declared, body).await;
+    }
     if ep == Endpoint::Restore {
-        let upload = match upload_to_file(relay, declared, body).await {
+        let to = UploadTo {
+            dir: relay.cfg.data_dir.join("admin"),
+            prefix: "restore-upload",
+            max: relay.cfg.admin_restore_max_size.0,
+            timeout: relay.cfg.admin_restore_timeout.duration(),
+        };
+        let upload = match upload_to_file(&to, declared, body).await {
             Ok(u) => u,
             Err(r) => return r,
         };
@@ -318,11 +336,11 @@ pub(crate) async fn read_small_body(
     }
 }
 
-/// A backup upload on disk, removed when dropped.
-struct Upload(std::path::PathBuf);
+/// An upload on disk, removed when dropped.
+pub(super) struct Upload(std::path::PathBuf);
 
 impl Upload {
-    fn path(&self) -> &std::path::Path {
+    pub(super) fn path(&self) -> &std::path::Path {
         &self.0
     }
 }
@@ -333,30 +351,39 @@ impl Drop for Upload {
     }
 }
 
-/// Streams the restore upload into a private file under `<data_dir>/admin/` as it arrives, at
-/// most `admin_restore_max_size` bytes within `admin_restore_timeout`.
-async fn upload_to_file(
-    relay: &Relay,
+/// Where an upload goes: a file `<prefix>-<random>.tmp` in `dir`, at most `max` bytes
+/// arriving within `timeout`.
+pub(super) struct UploadTo<'a> {
+    pub dir: std::path::PathBuf,
+    pub prefix: &'a str,
+    pub max: u64,
+    pub timeout: std::time::Duration,
+}
+
+/// Streams an upload (a backup to restore, an update bundle) into a private file as it
+/// arrives, never whole into memory.
+pub(super) async fn upload_to_file(
+    to: &UploadTo<'_>,
     declared: Option<u64>,
     body: Body,
 ) -> Result<Upload, Response> {
     use futures::StreamExt;
     use tokio::io::AsyncWriteExt;
-    let max = relay.cfg.admin_restore_max_size.0;
+    let max = to.max;
     if declared.is_some_and(|n| n > max) {
         return Err(too_large(max));
     }
     let internal = |e: std::io::Error| {
-        tracing::error!("admin: cannot store the backup upload: {e}");
+        tracing::error!("admin: cannot store the upload: {e}");
         error(StatusCode::INTERNAL_SERVER_ERROR, e.to_string())
     };
-    let dir = relay.cfg.data_dir.join("admin");
+    let dir = &to.dir;
     tokio::fs::create_dir_all(&dir).await.map_err(internal)?;
     let name = {
         use rand::RngCore;
         let mut b = [0u8; 8];
         rand::thread_rng().fill_bytes(&mut b);
-        format!("restore-upload-{}.tmp", super::b64(&b))
+        format!("{}-{}.tmp", to.prefix, super::b64(&b))
     };
     let upload = Upload(dir.join(name));
     let mut file = tokio::fs::OpenOptions::new()
@@ -366,7 +393,7 @@ async fn upload_to_file(
         .open(upload.path())
         .await
         .map_err(internal)?;
-    let end = tokio::time::Instant::now() + relay.cfg.admin_restore_timeout.duration();
+    let end = tokio::time::Instant::now() + to.timeout;
     let mut stream = body.into_data_stream();
     let mut written = 0u64;
     loop {
@@ -374,7 +401,7 @@ async fn upload_to_file(
             Err(_) => return Err(too_slow()),
             Ok(None) => break,
             Ok(Some(Err(e))) => {
-                tracing::debug!("admin: reading the backup upload failed: {e}");
+                tracing::debug!("admin: reading the upload failed: {e}");
                 return Err(error(StatusCode::BAD_REQUEST, "the body could not be read"));
             }
             Ok(Some(Ok(chunk))) => {
@@ -729,6 +756,10 @@ async fn run(
             ok(json!({ "restored": report, "restarting": true }))
         }
         Endpoint::Test => ok(self_test(relay).await),
+        Endpoint::Updates => ok(super::update_api::status(relay)),
+        // Handled (streamed) before the body is read as JSON.
+        Endpoint::UpdateUpload => return Err(bad("the bundle is the request body")),
+        Endpoint::UpdateInstall => ok(super::update_api::install(relay, input).map_err(bad)?),
         Endpoint::Status => ok(status(relay)),
         Endpoint::Logs => ok(json!({
             "lines": crate::logbuf::recent(crate::logbuf::LINES),

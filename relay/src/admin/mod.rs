@@ -25,6 +25,7 @@ pub mod api;
 #[cfg(test)]
 mod tests;
 pub mod throttle;
+mod update_api;
 
 use crate::config::Config;
 use std::collections::HashMap;

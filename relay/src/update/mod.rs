@@ -32,6 +32,11 @@ pub const BOOT_MAX: u64 = 256 << 20;
 /// The largest root image a slot takes (the EROFS root partitions p5/p6).
 pub const ROOT_MAX: u64 = 1 << 30;
 
+#[cfg(test)]
+thread_local! {
+    static TEST_ENV: std::cell::RefCell<Option<UpdateEnv>> = const { std::cell::RefCell::new(None) };
+}
+
 /// One of the two A/B slots.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub enum Slot {
@@ -125,7 +130,17 @@ impl UpdateEnv {
     }
 
     pub fn from_config(cfg: &crate::config::Config) -> UpdateEnv {
+        #[cfg(test)]
+        if let Some(env) = TEST_ENV.with(|e| e.borrow().clone()) {
+            return env;
+        }
         UpdateEnv::system(&cfg.update.dir, &cfg.update.firmware_dir)
+    }
+
+    /// Tests of the admin API and the server: this thread's relays use `env`.
+    #[cfg(test)]
+    pub fn set_for_tests(env: Option<UpdateEnv>) {
+        TEST_ENV.with(|e| *e.borrow_mut() = env);
     }
 
     pub fn state_path(&self) -> PathBuf {

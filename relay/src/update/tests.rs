@@ -774,3 +774,93 @@ async fn update_unhealthy_tryboot_start_fails_and_asks_for_the_reboot_back() {
     commit::record_start(&fx.env);
     assert_eq!(fx.env.read_state().phase, Some(Phase::RolledBack));
 }
+
+/// The admin page's upload: a session and CSRF token first, then the bundle is checked
+/// whole; a refused one is deleted with its reason, a good one shows its version and can be
+/// handed to the agent.
+#[tokio::test]
+async fn update_admin_upload_checks_the_bundle_and_shows_its_version() {
+    use crate::fuzzing::https_request;
+    let fx = fixture();
+    UpdateEnv::set_for_tests(Some(fx.env.clone()));
+    let d = tempfile::tempdir().unwrap();
+    let relay = crate::fuzzing::test_relay(d.path(), |c| c.admin_ui = true).unwrap();
+    let made = fx.bundle("0.1.1");
+    let good = std::fs::read(&made).unwrap();
+    std::fs::remove_file(&made).unwrap();
+    let url = "/api/admin/update/upload";
+    let (status, _) = https_request(&relay, "POST", url, &[], good.clone())
+        .await
+        .unwrap();
+    assert_eq!(status, 401);
+    let session = relay.admin.new_session(relay.clock.now());
+    let cookie = (
+        b"cookie".to_vec(),
+        format!("{}={session}", crate::admin::api::COOKIE).into_bytes(),
+    );
+    let (status, _) = https_request(
+        &relay,
+        "POST",
+        url,
+        std::slice::from_ref(&cookie),
+        good.clone(),
+    )
+    .await
+    .unwrap();
+    assert_eq!(status, 403, "no CSRF token");
+    let headers = [
+        cookie,
+        (
+            b"x-csrf-token".to_vec(),
+            relay.admin.csrf_token(&session).into_bytes(),
+        ),
+    ];
+    let incoming = || std::fs::read_dir(fx.env.incoming_dir()).unwrap().count();
+    let mut bad = good.clone();
+    *bad.last_mut().unwrap() ^= 1;
+    let (status, body) = https_request(&relay, "POST", url, &headers, bad)
+        .await
+        .unwrap();
+    let v: serde_json::Value = serde_json::from_slice(&body).unwrap();
+    assert_eq!(status, 400, "{v}");
+    assert_eq!(
+        v["error"],
+        "the root image does not match the manifest's SHA-256 (corrupted or tampered)"
+    );
+    assert_eq!(incoming(), 0, "a refused upload stays on /data");
+    let (status, body) = https_request(&relay, "POST", url, &headers, good)
+        .await
+        .unwrap();
+    let v: serde_json::Value = serde_json::from_slice(&body).unwrap();
+    assert_eq!(status, 200, "{v}");
+    assert_eq!(v["manifest"]["version"], "0.1.1");
+    let id = v["id"].as_str().unwrap().to_string();
+    let (status, body) = https_request(&relay, "GET", "/api/admin/update", &headers, vec![])
+        .await
+        .unwrap();
+    let s: serde_json::Value = serde_json::from_slice(&body).unwrap();
+    assert_eq!(status, 200, "{s}");
+    assert_eq!(s["running"], "A");
+    assert_eq!(s["committed"], "A");
+    assert_eq!(s["slots"][0]["version"], "0.1.0");
+    assert_eq!(s["pending"], id.as_str());
+    let install = format!("{{\"id\":\"{id}\"}}");
+    let (status, body) = https_request(
+        &relay,
+        "POST",
+        "/api/admin/update/install",
+        &headers,
+        install.into_bytes(),
+    )
+    .await
+    .unwrap();
+    assert_eq!(status, 200, "{}", String::from_utf8_lossy(&body));
+    assert_eq!(
+        agent::take(&fx.env).unwrap(),
+        Some(agent::Request::Install {
+            bundle: fx.env.incoming_dir().join(format!("{id}.update")),
+            allow_downgrade: false
+        })
+    );
+    UpdateEnv::set_for_tests(None);
+}
