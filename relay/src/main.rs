@@ -402,9 +402,37 @@ fn serve_until_done(
 }
 
 /// The `[update]` settings of the appliance's config file, or the defaults without one.
+/// Run as root, it reads the file only if only root can have written it: on the appliance the
+/// config directory belongs to the daemon's user, which must not steer the agent.
 fn update_env(config: &std::path::Path) -> anyhow::Result<relaybox::update::UpdateEnv> {
-    let u = if config.exists() {
-        Config::load(config)?.update
+    use std::os::unix::fs::MetadataExt;
+    let trusted = match std::fs::symlink_metadata(config) {
+        Ok(m) if nix::unistd::geteuid().is_root() => {
+            let ok = m.file_type().is_file() && m.uid() == 0 && m.mode() & 0o022 == 0;
+            if !ok {
+                eprintln!(
+                    "update: ignoring {} (not a root-owned file only root may write); using \
+                     the default [update] paths",
+                    config.display()
+                );
+            }
+            ok
+        }
+        Ok(_) => true,
+        Err(_) => false,
+    };
+    // Only the file's own `[update]` table: the settings file beside the data is the daemon's.
+    let u = if trusted {
+        let text = std::fs::read_to_string(config)
+            .with_context(|| format!("cannot read {}", config.display()))?;
+        let mut table: toml::Table =
+            toml::from_str(&text).with_context(|| format!("{}", config.display()))?;
+        match table.remove("update") {
+            Some(v) => v
+                .try_into()
+                .with_context(|| format!("{}: [update]", config.display()))?,
+            None => config::UpdateConfig::default(),
+        }
     } else {
         config::UpdateConfig::default()
     };
