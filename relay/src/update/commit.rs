@@ -36,10 +36,14 @@ pub fn record_start(env: &UpdateEnv) -> Start {
     let earlier = s.boot_id != this_boot;
     s.slots.insert(running.name().into(), version.clone());
     let start = if running != committed {
-        if s.phase != Some(Phase::Trying) || earlier {
+        // A trial that failed in this boot stays failed (its reboot is on the way); a daemon
+        // restart does not get a fresh chance.
+        let failed_now = s.phase == Some(Phase::Failed) && !earlier;
+        if (s.phase != Some(Phase::Trying) || earlier) && !failed_now {
             s.phase = Some(Phase::Trying);
             s.boot_id = this_boot;
             s.message = String::new();
+            s.trying_since = Some(super::now_secs());
             if s.to.as_ref().map(|t| t.slot) != Some(running) {
                 s.to = Some(SlotVersion {
                     slot: running,
@@ -177,9 +181,20 @@ pub fn watch(
     let Start::Tryboot(slot) = record_start(&env) else {
         return None;
     };
+    let state = env.read_state();
+    if state.phase == Some(Phase::Failed) {
+        // Failed earlier in this boot: ask again for the reboot back, nothing else.
+        tracing::error!("update: slot {slot} failed its trial: {}", state.message);
+        if let Err(e) = super::agent::send(&env, &super::agent::Request::Reboot) {
+            tracing::error!("update: {e}");
+        }
+        return None;
+    }
+    let since = state.trying_since.unwrap_or_else(super::now_secs);
+    let used = u64::try_from(super::now_secs().saturating_sub(since)).unwrap_or(0);
+    let left = relay.cfg.update.commit_timeout.0.saturating_sub(used);
     Some(tokio::spawn(async move {
-        let timeout = std::time::Duration::from_secs(relay.cfg.update.commit_timeout.0);
-        let deadline = tokio::time::Instant::now() + timeout;
+        let deadline = tokio::time::Instant::now() + std::time::Duration::from_secs(left);
         tracing::info!(%slot, "update: tryboot start; committing once healthy");
         if let Err(e) = commit_when_healthy(&relay, &env, slot, deadline).await {
             tracing::error!("update: slot {slot} not committed: {e}; rebooting to the old slot");

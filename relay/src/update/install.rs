@@ -197,6 +197,15 @@ fn write_slot(
         }
         out.sync_all()
             .map_err(|e| format!("cannot flush {}: {e}", dev.display()))?;
+        // Written pages are clean now: drop them, so the read-back comes from the card, not
+        // from memory.
+        use std::os::fd::AsRawFd;
+        let _ = nix::fcntl::posix_fadvise(
+            out.as_raw_fd(),
+            0,
+            0,
+            nix::fcntl::PosixFadviseAdvice::POSIX_FADV_DONTNEED,
+        );
     }
     for (what, p, dev) in [
         ("boot", &m.boot, &plan.boot_dev),

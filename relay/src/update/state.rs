@@ -47,6 +47,10 @@ pub struct State {
     /// The boot in which `phase` was last written.
     #[serde(default, skip_serializing_if = "String::is_empty")]
     pub boot_id: String,
+    /// When this boot's trial began (unix seconds): the commit deadline counts from there,
+    /// not from each restart of the daemon.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub trying_since: Option<i64>,
     /// The version installed in each slot, as far as known.
     #[serde(default)]
     pub slots: BTreeMap<String, String>,

@@ -864,3 +864,32 @@ async fn update_admin_upload_checks_the_bundle_and_shows_its_version() {
     );
     UpdateEnv::set_for_tests(None);
 }
+
+/// A daemon restart during a trial does not restart the commit clock, and after a failed
+/// trial it only asks for the reboot back again.
+#[test]
+fn update_trial_deadline_and_failure_survive_a_daemon_restart() {
+    let fx = fixture();
+    fx.install(&fx.bundle("0.1.1"), false).unwrap();
+    fx.boot(Slot::B, "boot-2");
+    assert_eq!(
+        commit::record_start(&fx.env),
+        commit::Start::Tryboot(Slot::B)
+    );
+    let since = fx.env.read_state().trying_since.unwrap();
+    let mut s = fx.env.read_state();
+    s.trying_since = Some(since - 100);
+    fx.env.write_state(&s).unwrap();
+    commit::record_start(&fx.env);
+    assert_eq!(fx.env.read_state().trying_since, Some(since - 100));
+    fx.env
+        .set_phase(Phase::Failed, "the self-test failed")
+        .unwrap();
+    assert_eq!(
+        commit::record_start(&fx.env),
+        commit::Start::Tryboot(Slot::B)
+    );
+    let s = fx.env.read_state();
+    assert_eq!(s.phase, Some(Phase::Failed));
+    assert_eq!(s.message, "the self-test failed");
+}
