@@ -86,6 +86,17 @@ fn valid_id(id: &str) -> bool {
 /// returned, a good one is kept (replacing any earlier upload) and its manifest returned.
 pub async fn upload(relay: &Relay, declared: Option<u64>, body: Body) -> Response {
     let env = env(relay);
+    // Before a gigabyte arrives: is there anything to update here, and may it be now?
+    let ready = env.running_slot().and_then(|r| {
+        if env.autoboot()?.committed == r {
+            Ok(())
+        } else {
+            Err("an update is on trial; wait until it is committed".to_string())
+        }
+    });
+    if let Err(e) = ready {
+        return error(StatusCode::CONFLICT, e);
+    }
     let to = UploadTo {
         dir: env.incoming_dir(),
         prefix: "upload",

@@ -862,6 +862,13 @@ async fn update_admin_upload_checks_the_bundle_and_shows_its_version() {
             allow_downgrade: false
         })
     );
+    // On a slot on trial, nothing is uploaded.
+    fx.boot(Slot::B, "boot-2");
+    let (status, body) = https_request(&relay, "POST", url, &headers, b"RBXUPD01".to_vec())
+        .await
+        .unwrap();
+    assert_eq!(status, 409, "{}", String::from_utf8_lossy(&body));
+    assert_eq!(incoming(), 1, "only the bundle waiting for install");
     UpdateEnv::set_for_tests(None);
 }
 
