@@ -449,7 +449,10 @@ fn update(
     use relaybox::update::install;
     let env = update_env(config)?;
     let mut progress = |step: &str, pct: u32| -> std::io::Result<()> {
-        println!("update: {step} {pct}%");
+        // Every percent goes to the admin page; the console gets every tenth.
+        if pct.is_multiple_of(10) {
+            println!("update: {step} {pct}%");
+        }
         env.write_progress(step, pct, "");
         Ok(())
     };
