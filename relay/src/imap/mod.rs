@@ -13,6 +13,7 @@ mod auth;
 mod fetch;
 mod idle;
 mod io;
+mod lenient;
 mod mailbox;
 mod meta;
 mod mime;

@@ -334,6 +334,33 @@ async fn metadata_tokens_and_server_entries() {
 }
 
 #[tokio::test]
+async fn setmetadata_accepts_a_space_before_the_closing_paren_as_dovecot_does() {
+    let env = env();
+    let mut c = Client::login(&env.relay).await;
+    // The reference's test_set_get_metadata sends exactly this.
+    let r = c
+        .cmd("SETMETADATA INBOX (/private/devicetoken \"1111\" )")
+        .await;
+    assert!(last(&r).ends_with(" OK Setmetadata completed"), "{r:?}");
+    let r = c.cmd("GETMETADATA INBOX /private/devicetoken").await;
+    assert_eq!(r[0], "* METADATA INBOX (/private/devicetoken \"1111\")");
+    // Only spaces outside the string go: the token keeps its own.
+    c.cmd("SETMETADATA INBOX (/private/devicetoken \"2 2 )\"  )")
+        .await;
+    let r = c.cmd("GETMETADATA INBOX /private/devicetoken").await;
+    assert_eq!(
+        r[0],
+        "* METADATA INBOX (/private/devicetoken \"1111 2 2 )\")"
+    );
+    let r = c.cmd("GETMETADATA INBOX (/private/devicetoken )").await;
+    assert!(last(&r).ends_with(" OK Getmetadata completed"), "{r:?}");
+    let r = c
+        .cmd("SETMETADATA INBOX /private/devicetoken \"x\" )")
+        .await;
+    assert!(last(&r).contains(" BAD "), "{r:?}");
+}
+
+#[tokio::test]
 async fn configured_iroh_relay_and_turn_server_are_announced() {
     let env = env_with(|c| {
         c.iroh_relay = Some("https://iroh.example.org".into());
