@@ -9,6 +9,7 @@
 //! `idle` and `meta` hold the commands; `mime` computes ENVELOPE, BODYSTRUCTURE and sections;
 //! `sequence` resolves sequence sets.
 
+mod appversions;
 mod auth;
 mod fetch;
 mod idle;
