@@ -154,6 +154,12 @@ async fn authenticate_plain_with_and_without_initial_response() {
     let (mut c, _) = Client::connect(&env.relay, true).await;
     let r = c.cmd(&format!("AUTHENTICATE PLAIN {b64}")).await;
     assert!(status(&r) == "OK", "{r:?}");
+    // Core reads the capabilities from this reply and skips its CAPABILITY round trip.
+    assert!(last(&r).starts_with("t1 OK [CAPABILITY "), "{r:?}");
+    let caps = caps_of(last(&r));
+    assert_common(&caps);
+    assert!(!caps.iter().any(|c| c.starts_with("AUTH=")), "{caps:?}");
+
     let (mut c, _) = Client::connect(&env.relay, true).await;
     c.send(b"a1 AUTHENTICATE PLAIN\r\n").await;
     assert_eq!(c.line().await, "+ ");
