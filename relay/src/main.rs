@@ -305,7 +305,7 @@ fn main() -> anyhow::Result<()> {
         }
         Cmd::Cert { config, renew } => rt.block_on(cert(Config::load(&config)?, renew)),
         Cmd::Dns { config, data } => match config {
-            Some(path) => print_dns(&Config::load(&path)?),
+            Some(path) => print_dns(&existing_relay(Some(path), &data)?),
             None => {
                 existing_relay(None, &data)?;
                 println!(
