@@ -46,15 +46,50 @@ ensure_build_packages() {
     apt_install "${need[@]}"
 }
 
+_RELAYBOX_ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
+
+# The workspace's `rust-version` (Cargo.toml), e.g. 1.95.
+required_rust_version() {
+    sed -n 's/^rust-version *= *"\([0-9.]*\)".*/\1/p' "$_RELAYBOX_ROOT/Cargo.toml" | head -n 1
+}
+
+# version_at_least HAVE WANT: dotted version numbers, compared field by field.
+version_at_least() {
+    [ "$(printf '%s\n%s\n' "$2" "$1" | sort -V | head -n 1)" = "$2" ]
+}
+
+# The version of the rustc that cargo uses, e.g. 1.95.0.
+rustc_version() {
+    rustc --version 2>/dev/null | sed -n 's/^rustc \([0-9][0-9.]*\).*/\1/p'
+}
+
 # Make `cargo` available: use the one on PATH or in ~/.cargo; install Rust via rustup only if
-# there is none at all.
+# there is none at all. A toolchain older than `rust-version` is updated through rustup when
+# rustup manages it; otherwise we stop and say so (cargo's own message comes later and names
+# only one crate).
 ensure_cargo() {
     if ! have cargo && [ -f "${CARGO_HOME:-$HOME/.cargo}/env" ]; then
         # shellcheck disable=SC1091
         . "${CARGO_HOME:-$HOME/.cargo}/env"
     fi
     if have cargo; then
-        return 0
+        local want got
+        want="$(required_rust_version)"
+        got="$(rustc_version)"
+        if [ -z "$want" ] || { [ -n "$got" ] && version_at_least "$got" "$want"; }; then
+            return 0
+        fi
+        if have rustup; then
+            echo "Rust ${got:-?} is older than rust-version $want (Cargo.toml): rustup update stable"
+            rustup update stable
+            got="$(rustc_version)"
+            if [ -n "$got" ] && version_at_least "$got" "$want"; then
+                return 0
+            fi
+        fi
+        echo "error: relaybox needs Rust $want or newer (rust-version in Cargo.toml), this is" \
+            "${got:-unknown} ($(command -v rustc || echo 'no rustc')); update it, e.g. with rustup" >&2
+        return 1
     fi
     echo "cargo not found: installing the Rust toolchain with rustup (profile minimal + rustfmt, clippy)"
     ensure_build_packages

@@ -268,12 +268,18 @@ def test_vrfy_is_252(relay):
             assert code == 252, f"VRFY {who} -> {code} {text!r}"
 
 
-def test_mail_from_someone_else_is_553(relay):
+def test_mail_from_someone_else_is_553_at_rcpt(relay):
+    """The reference's test_authenticated_from: Postfix (smtpd_delay_reject) answers the foreign
+    sender at RCPT TO, so smtplib reports it in SMTPRecipientsRefused.recipients."""
     addr, pw = create_account(relay)
     other = relay.addr(random_localpart())
+    rcpt, _ = create_account(relay)
     with smtp_login(relay, addr, pw) as s:
-        code, text = s.mail(other)
-        assert code == 553, f"MAIL FROM:<{other}> as {addr} -> {code} {text!r}"
+        with pytest.raises(smtplib.SMTPRecipientsRefused) as e:
+            s.sendmail(other, [rcpt], build_message(other, rcpt))
+    code, text = e.value.recipients[rcpt]
+    assert code == 553, f"RCPT TO:<{rcpt}> after MAIL FROM:<{other}> as {addr} -> {code} {text!r}"
+    assert text == f"5.7.1 <{other}>: Sender address rejected: not owned by user {addr}".encode()
 
 
 def test_from_header_must_match_envelope(relay):

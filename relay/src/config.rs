@@ -19,6 +19,21 @@ pub enum ConfigError {
     Parse { path: PathBuf, message: String },
     #[error("config key `{key}`: {message}")]
     Invalid { key: &'static str, message: String },
+    #[error("cannot read {path} in the data directory {}: {source}{}", dir.display(), access_hint(source))]
+    DataDir {
+        dir: PathBuf,
+        path: PathBuf,
+        source: std::io::Error,
+    },
+}
+
+fn access_hint(e: &std::io::Error) -> &'static str {
+    if e.kind() == std::io::ErrorKind::PermissionDenied {
+        " (the data directory belongs to another user: run relaybox as that user, e.g. \
+         `sudo -u relaybox relaybox …`, or fix its owner)"
+    } else {
+        ""
+    }
 }
 
 /// A byte count written as `500M`, `1G`, `200K`, `30B` or a bare number of bytes. Units are binary
@@ -635,7 +650,7 @@ impl Config {
     pub fn from_toml(text: &str, path: &Path) -> Result<Config, ConfigError> {
         let parse_err = |path: &Path, e: toml::de::Error| ConfigError::Parse {
             path: path.to_owned(),
-            message: e.to_string().trim_end().to_string(),
+            message: humanize(e.to_string().trim_end()),
         };
         let mut table: toml::Table = toml::from_str(text).map_err(|e| parse_err(path, e))?;
         let data_dir = table
@@ -661,7 +676,8 @@ impl Config {
             }
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
             Err(e) => {
-                return Err(ConfigError::Read {
+                return Err(ConfigError::DataDir {
+                    dir: data_dir,
                     path: settings,
                     source: e,
                 })
@@ -951,6 +967,106 @@ fn toml_string(s: &str) -> String {
     }
     out.push('"');
     out
+}
+
+/// serde's and toml's wording, in terms of the config file: which key, what kind of value in
+/// plain words, and for a misspelt key the one that was probably meant instead of all of them.
+fn humanize(msg: &str) -> String {
+    let (msg, key) = match msg.rsplit_once("\nin `") {
+        Some((m, k)) => (m, k.strip_suffix('`')),
+        None => (msg, None),
+    };
+    if let Some(rest) = msg.strip_prefix("unknown field `") {
+        let (field, known) = rest.split_once('`').unwrap_or((rest, ""));
+        let known: Vec<&str> = known.split('`').skip(1).step_by(2).collect();
+        // A key inside a table is named with its table, as it would be written on one line.
+        let table = key.map(|k| format!("{k}.")).unwrap_or_default();
+        return match closest(field, &known) {
+            Some(k) => format!("unknown key `{table}{field}`; did you mean `{table}{k}`?"),
+            None => format!(
+                "unknown key `{table}{field}` (README.md and relay/src/config.rs list every key)"
+            ),
+        };
+    }
+    let text = if let Some(rest) = msg
+        .strip_prefix("invalid type: ")
+        .or_else(|| msg.strip_prefix("invalid value: "))
+    {
+        match rest.rsplit_once(", expected ") {
+            Some((got, want)) => format!("expected {}, got {}", kind_words(want), got_words(got)),
+            None => msg.to_string(),
+        }
+    } else if msg == "invalid socket address syntax" {
+        "expected ip:port, like \"0.0.0.0:993\" or \"[::]:993\" (an address and a port)".to_string()
+    } else if msg == "invalid IP address syntax" {
+        "expected an IP address, like \"192.0.2.1\" or \"2001:db8::1\"".to_string()
+    } else if let Some(rest) = msg.strip_prefix("missing field `") {
+        format!("the key `{}` is required", rest.trim_end_matches('`'))
+    } else {
+        msg.to_string()
+    };
+    match key {
+        Some(k) => format!("`{k}`: {text}"),
+        None => text,
+    }
+}
+
+/// What serde expected, in words.
+fn kind_words(want: &str) -> String {
+    match want {
+        "u8" => "a whole number from 0 to 255".into(),
+        "u16" => "a whole number from 0 to 65535".into(),
+        "u32" => "a whole number from 0 to 4294967295".into(),
+        "u64" | "usize" => "a whole number (0 or more)".into(),
+        "i8" | "i16" | "i32" | "i64" | "isize" => "a whole number".into(),
+        "f32" | "f64" => "a number".into(),
+        "a boolean" => "true or false".into(),
+        "a sequence" => "a list in brackets, like [\"…\"]".into(),
+        "a string" => "a text in quotes".into(),
+        other => other.to_string(),
+    }
+}
+
+/// What serde got, in words: `string "lots"` → `"lots"`, ``integer `-5` `` → `-5`.
+fn got_words(got: &str) -> String {
+    for (prefix, words) in [
+        ("string ", ""),
+        ("integer ", ""),
+        ("floating point ", ""),
+        ("boolean ", ""),
+    ] {
+        if let Some(v) = got.strip_prefix(prefix) {
+            return format!("{words}{}", v.trim_matches('`'));
+        }
+    }
+    match got {
+        "sequence" => "a list".into(),
+        "map" => "a table".into(),
+        other => other.to_string(),
+    }
+}
+
+/// The known key most like `typo`, if one is close enough to be what was meant.
+fn closest<'a>(typo: &str, known: &[&'a str]) -> Option<&'a str> {
+    let (best, d) = known
+        .iter()
+        .map(|k| (*k, edit_distance(typo, k)))
+        .min_by_key(|(_, d)| *d)?;
+    (d <= (typo.len() / 3).max(2)).then_some(best)
+}
+
+fn edit_distance(a: &str, b: &str) -> usize {
+    let b: Vec<char> = b.chars().collect();
+    let mut prev: Vec<usize> = (0..=b.len()).collect();
+    for (i, ca) in a.chars().enumerate() {
+        let mut cur = vec![i + 1];
+        for (j, cb) in b.iter().enumerate() {
+            let sub = prev[j] + usize::from(ca != *cb);
+            cur.push(sub.min(prev[j + 1] + 1).min(cur[j] + 1));
+        }
+        prev = cur;
+    }
+    prev[b.len()]
 }
 
 #[cfg(test)]

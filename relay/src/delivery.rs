@@ -110,7 +110,7 @@ impl Delivery {
         &self.queue
     }
 
-    /// Takes one message from a local sender's send allowance (checked at MAIL FROM).
+    /// Takes one message from a local sender's send allowance (checked at the first RCPT TO).
     pub fn check_send_rate(&self, sender: &str) -> Result<(), Reply> {
         // Forget senders whose allowance is full again now and then, so the table stays small.
         if self.rate_checks.fetch_add(1, Ordering::Relaxed) % 4096 == 4095 {

@@ -17,8 +17,9 @@ struct Cli {
 enum Cmd {
     /// Run on an IP-literal domain with a self-signed certificate, for trying relaybox out.
     Dev {
-        /// The address to serve; the mail domain becomes `[ADDR]`.
-        #[arg(long, default_value = "127.0.0.1")]
+        /// The address to serve; the mail domain becomes `[ADDR]`. One address clients can
+        /// reach (a LAN address, or 127.0.0.1 for this machine only), not 0.0.0.0 or ::.
+        #[arg(long, default_value = "127.0.0.1", value_parser = reachable_ip)]
         ip: IpAddr,
         /// Where all state is kept.
         #[arg(long, default_value = "relaybox-data")]
@@ -37,6 +38,8 @@ enum Cmd {
     },
     /// Run in production from a TOML config file.
     Serve {
+        /// The relay's config file (TOML; README.md "Configuration" lists the keys), e.g.
+        /// /etc/relaybox/relaybox.toml.
         #[arg(long)]
         config: PathBuf,
     },
@@ -69,6 +72,8 @@ enum Cmd {
     /// Ask the running relay (tls = "acme") to obtain its certificate now if it has none or it
     /// is due for renewal, and print the progress and the result.
     Cert {
+        /// The running relay's config file (it names the data directory, where the control
+        /// socket is).
         #[arg(long)]
         config: PathBuf,
         /// Renew even if the certificate is still valid.
@@ -88,27 +93,37 @@ enum Cmd {
     /// Write an encrypted backup of the relay's identity (keys, settings, accounts; not the
     /// mail). The passphrase comes from --passphrase-file or RELAYBOX_BACKUP_PASSPHRASE.
     Backup {
+        /// The relay's config file (it names the data directory; the file itself is backed
+        /// up too).
         #[arg(long, conflicts_with = "data")]
         config: Option<PathBuf>,
+        /// The data directory of a `relaybox dev` relay (used when --config is not given);
+        /// it must exist.
         #[arg(long, default_value = "relaybox-data")]
         data: PathBuf,
         /// Where to write the backup (ASCII-armored OpenPGP; `gpg --decrypt` reads it too).
         #[arg(long)]
         out: PathBuf,
+        /// A file whose first line is the passphrase (else RELAYBOX_BACKUP_PASSPHRASE is used).
         #[arg(long)]
         passphrase_file: Option<PathBuf>,
     },
     /// Restore a backup into a new relay's data directory (the relay must be stopped).
     Restore {
+        /// The new relay's config file (it names the data directory to restore into).
         #[arg(long, conflicts_with = "data")]
         config: Option<PathBuf>,
+        /// The data directory to restore into, for a `relaybox dev` relay (used when --config
+        /// is not given); created if missing.
         #[arg(long, default_value = "relaybox-data")]
         data: PathBuf,
+        /// A file whose first line is the passphrase (else RELAYBOX_BACKUP_PASSPHRASE is used).
         #[arg(long)]
         passphrase_file: Option<PathBuf>,
         /// Restore even if the relay already has accounts (the backup's are added).
         #[arg(long)]
         force: bool,
+        /// The backup file written by `relaybox backup`.
         backup: PathBuf,
     },
     /// Install a signed update bundle into the inactive slot of the appliance and reboot into
@@ -267,27 +282,31 @@ fn main() -> anyhow::Result<()> {
             }
             cfg.admin_ui = wizard;
             let relay = relaybox::server::build(cfg)?;
-            print_invite(&relay.cfg, ip, port_offset);
-            if relay.admin.pending() {
-                let code = std::fs::read_to_string(relay.admin.code_path()).unwrap_or_default();
-                eprintln!(
-                    "set-up wizard: {}/setup  (setup code: {})",
-                    relaybox::web::https_origin(&relay.cfg),
-                    code.trim()
-                );
-            }
-            serve_until_done(rt, relay)
+            // Only once the ports are bound: a QR that cannot be used yet (or ever, when a port
+            // is taken) would only mislead.
+            let r = relay.clone();
+            serve_until_done(rt, relay, move || {
+                print_invite(&r.cfg, ip, port_offset);
+                if r.admin.pending() {
+                    let code = std::fs::read_to_string(r.admin.code_path()).unwrap_or_default();
+                    eprintln!(
+                        "set-up wizard: {}/setup  (setup code: {})",
+                        relaybox::web::https_origin(&r.cfg),
+                        code.trim()
+                    );
+                }
+            })
         }
         Cmd::Expire {
             config,
             data,
             dry_run,
-        } => rt.block_on(expire(admin_config(config, &data)?, dry_run)),
+        } => rt.block_on(expire(existing_relay(config, &data)?, dry_run)),
         Cmd::Queue {
             config,
             data,
             flush,
-        } => rt.block_on(queue(admin_config(config, &data)?, flush)),
+        } => rt.block_on(queue(existing_relay(config, &data)?, flush)),
         Cmd::Backup {
             config,
             data,
@@ -297,7 +316,7 @@ fn main() -> anyhow::Result<()> {
             let text = config
                 .as_ref()
                 .and_then(|p| std::fs::read_to_string(p).ok());
-            let cfg = admin_config(config, &data)?;
+            let cfg = existing_relay(config, &data)?;
             let pass = passphrase(passphrase_file)?;
             let store = open_store_offline(&cfg)?;
             let now = std::time::SystemTime::now()
@@ -350,8 +369,9 @@ fn main() -> anyhow::Result<()> {
         }
         Cmd::Cert { config, renew } => rt.block_on(cert(Config::load(&config)?, renew)),
         Cmd::Dns { config, data } => match config {
-            Some(path) => print_dns(&Config::load(&path)?),
+            Some(path) => print_dns(&existing_relay(Some(path), &data)?),
             None => {
+                existing_relay(None, &data)?;
                 println!(
                     "{}: a relaybox dev relay has an IP-literal domain; no DNS records are \
                      needed, and its mail is not DKIM-signed.",
@@ -377,7 +397,7 @@ fn main() -> anyhow::Result<()> {
                 .config_path
                 .lock()
                 .unwrap_or_else(|p| p.into_inner()) = Some(config);
-            serve_until_done(rt, relay)
+            serve_until_done(rt, relay, || {})
         }
     }
 }
@@ -387,10 +407,11 @@ fn main() -> anyhow::Result<()> {
 fn serve_until_done(
     rt: tokio::runtime::Runtime,
     relay: std::sync::Arc<relaybox::Relay>,
+    ready: impl FnOnce(),
 ) -> anyhow::Result<()> {
     let restart = {
         let r = relay.clone();
-        rt.block_on(relaybox::server::run(relay))?;
+        rt.block_on(relaybox::server::run_with(relay, ready))?;
         r.admin.restart_requested()
     };
     rt.shutdown_timeout(std::time::Duration::from_secs(2));
@@ -575,6 +596,46 @@ fn admin_config(config: Option<PathBuf>, data: &std::path::Path) -> anyhow::Resu
         Some(path) => Config::load(&path)?,
         None => Config::with_domain("[127.0.0.1]", data)?,
     })
+}
+
+/// Like [`admin_config`], for commands that work on an existing relay: a mistyped or relative
+/// `--data` must not quietly become a new, empty store.
+fn existing_relay(config: Option<PathBuf>, data: &std::path::Path) -> anyhow::Result<Config> {
+    let from_file = config.clone();
+    let cfg = admin_config(config, data)?;
+    if !cfg.data_dir.is_dir() {
+        let dir = std::path::absolute(&cfg.data_dir).unwrap_or_else(|_| cfg.data_dir.clone());
+        match from_file {
+            Some(f) => anyhow::bail!(
+                "the data directory {} (data_dir in {}) does not exist: has this relay been \
+                 started yet?",
+                dir.display(),
+                f.display()
+            ),
+            None => anyhow::bail!(
+                "no relaybox data directory at {}: give the relay's --data DIR (as given to \
+                 `relaybox dev`) or its --config FILE",
+                dir.display()
+            ),
+        }
+    }
+    Ok(cfg)
+}
+
+/// `--ip`: the mail domain and the invite are made from it, so it must be one address clients
+/// can connect to.
+fn reachable_ip(s: &str) -> Result<IpAddr, String> {
+    let ip: IpAddr = s
+        .parse()
+        .map_err(|_| format!("{s:?} is not an IP address (like 192.168.1.20 or 127.0.0.1)"))?;
+    if ip.is_unspecified() {
+        return Err(format!(
+            "{ip} means \"every address\", but the mail domain [ADDR] and the invite need the one \
+             address clients connect to: give this machine's LAN address (`ip -brief address` \
+             lists them), or 127.0.0.1 to try relaybox on this machine alone"
+        ));
+    }
+    Ok(ip)
 }
 
 async fn expire(cfg: Config, dry_run: bool) -> anyhow::Result<()> {

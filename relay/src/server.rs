@@ -137,6 +137,11 @@ async fn bind(addr: SocketAddr, what: &str) -> anyhow::Result<TcpListener> {
 
 /// Binds every configured listener, then serves until SIGTERM/SIGINT.
 pub async fn run(relay: Arc<Relay>) -> anyhow::Result<()> {
+    run_with(relay, || {}).await
+}
+
+/// [`run`], calling `ready` once every listener is bound ("all listeners up").
+pub async fn run_with(relay: Arc<Relay>, ready: impl FnOnce()) -> anyhow::Result<()> {
     let mut signals = Signals::register();
     let l = relay.cfg.listen.clone();
     let mut tasks = tokio::task::JoinSet::new();
@@ -195,6 +200,7 @@ pub async fn run(relay: Arc<Relay>) -> anyhow::Result<()> {
         listeners = %bound.join(" "),
         "all listeners up"
     );
+    ready();
     let _ = sd_notify::notify(false, &[sd_notify::NotifyState::Ready]);
     spawn_watchdog(&relay);
     crate::update::commit::spawn_watch(relay.clone());

@@ -19,6 +19,7 @@ use std::io;
 use tokio::io::{AsyncRead, AsyncWrite};
 
 const DEVICE_TOKEN: &str = "/private/devicetoken";
+const APPVERSIONS: &str = "/shared/vendor/deltachat/appversions";
 /// Delta Chat's tokens are up to 4096 bytes (chatmail/core `register_token`).
 const MAX_TOKEN: usize = 4096;
 
@@ -92,7 +93,9 @@ impl Session {
         let mut values = Vec::new();
         for e in entries.as_ref() {
             let name = entry_name(e);
-            let value = if server {
+            let value = if server && name == APPVERSIONS {
+                super::appversions::load(&self.relay.cfg.data_dir).await
+            } else if server {
                 self.server_entry(&name)
             } else if name == DEVICE_TOKEN {
                 tokens.clone()

@@ -9,10 +9,12 @@
 //! `idle` and `meta` hold the commands; `mime` computes ENVELOPE, BODYSTRUCTURE and sections;
 //! `sequence` resolves sequence sets.
 
+mod appversions;
 mod auth;
 mod fetch;
 mod idle;
 mod io;
+mod lenient;
 mod mailbox;
 mod meta;
 mod mime;

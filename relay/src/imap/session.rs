@@ -396,13 +396,24 @@ impl Session {
         io: &mut Framed<S>,
         buf: &[u8],
     ) -> io::Result<Next> {
-        let cmd = match CommandCodec::default().decode(buf) {
-            Ok((_, cmd)) => cmd,
-            Err(_) => {
-                return self
-                    .refuse(io, buf, Done::bad("Unknown command or syntax error"))
-                    .await;
-            }
+        let forgiven;
+        let decoded = match CommandCodec::default().decode(buf) {
+            Ok((_, cmd)) => Some(cmd),
+            Err(_) => match super::lenient::drop_space_before_paren(buf) {
+                Some(f) => {
+                    forgiven = f;
+                    CommandCodec::default()
+                        .decode(&forgiven)
+                        .ok()
+                        .map(|(_, cmd)| cmd)
+                }
+                None => None,
+            },
+        };
+        let Some(cmd) = decoded else {
+            return self
+                .refuse(io, buf, Done::bad("Unknown command or syntax error"))
+                .await;
         };
         // Only the command name: arguments may hold passwords or message data.
         tracing::debug!(command = cmd.body.name(), "command");

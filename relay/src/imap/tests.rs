@@ -154,6 +154,11 @@ async fn authenticate_plain_with_and_without_initial_response() {
     let (mut c, _) = Client::connect(&env.relay, true).await;
     let r = c.cmd(&format!("AUTHENTICATE PLAIN {b64}")).await;
     assert!(status(&r) == "OK", "{r:?}");
+    // Core reads the capabilities from this reply and skips its CAPABILITY round trip.
+    assert!(last(&r).starts_with("t1 OK [CAPABILITY "), "{r:?}");
+    let caps = caps_of(last(&r));
+    assert_common(&caps);
+    assert!(!caps.iter().any(|c| c.starts_with("AUTH=")), "{caps:?}");
 
     let (mut c, _) = Client::connect(&env.relay, true).await;
     c.send(b"a1 AUTHENTICATE PLAIN\r\n").await;
@@ -302,12 +307,18 @@ async fn metadata_tokens_and_server_entries() {
     let r = c
         .cmd("GETMETADATA \"\" (/shared/comment /shared/admin /shared/vendor/deltachat/irohrelay /shared/vendor/deltachat/turn /shared/vendor/deltachat/maxsmtprecipients /shared/vendor/deltachat/appversions)")
         .await;
+    let (head, appversions) = r[0]
+        .split_once(" /shared/vendor/deltachat/appversions ")
+        .unwrap();
     assert_eq!(
-        r[0],
+        head,
         "* METADATA \"\" (/shared/comment NIL /shared/admin \"mailto:privacy@example.org\" \
          /shared/vendor/deltachat/irohrelay NIL /shared/vendor/deltachat/turn NIL \
-         /shared/vendor/deltachat/maxsmtprecipients \"1000\" \
-         /shared/vendor/deltachat/appversions NIL)"
+         /shared/vendor/deltachat/maxsmtprecipients \"1000\""
+    );
+    assert!(
+        appversions.starts_with(r#""{\"clients\":[{\"clientId\":\"deltachat\","#),
+        "{appversions}"
     );
     let r = c
         .cmd("GETMETADATA \"\" /shared/vendor/deltachat/maxsmtprecipients")
@@ -331,6 +342,78 @@ async fn metadata_tokens_and_server_entries() {
         ))
         .await;
     assert!(last(&r).contains("NO"), "{r:?}");
+}
+
+#[tokio::test]
+async fn setmetadata_accepts_a_space_before_the_closing_paren_as_dovecot_does() {
+    let env = env();
+    let mut c = Client::login(&env.relay).await;
+    // The reference's test_set_get_metadata sends exactly this.
+    let r = c
+        .cmd("SETMETADATA INBOX (/private/devicetoken \"1111\" )")
+        .await;
+    assert!(last(&r).ends_with(" OK Setmetadata completed"), "{r:?}");
+    let r = c.cmd("GETMETADATA INBOX /private/devicetoken").await;
+    assert_eq!(r[0], "* METADATA INBOX (/private/devicetoken \"1111\")");
+    // Only spaces outside the string go: the token keeps its own.
+    c.cmd("SETMETADATA INBOX (/private/devicetoken \"2 2 )\"  )")
+        .await;
+    let r = c.cmd("GETMETADATA INBOX /private/devicetoken").await;
+    assert_eq!(
+        r[0],
+        "* METADATA INBOX (/private/devicetoken \"1111 2 2 )\")"
+    );
+    let r = c.cmd("GETMETADATA INBOX (/private/devicetoken )").await;
+    assert!(last(&r).ends_with(" OK Getmetadata completed"), "{r:?}");
+    let r = c
+        .cmd("SETMETADATA INBOX /private/devicetoken \"x\" )")
+        .await;
+    assert!(last(&r).contains(" BAD "), "{r:?}");
+}
+
+/// The value of one server entry from a GETMETADATA reply line, unquoted.
+fn server_value(line: &str, entry: &str) -> String {
+    let start = format!("* METADATA \"\" ({entry} \"");
+    let v = line
+        .strip_prefix(&start)
+        .and_then(|v| v.strip_suffix("\")"))
+        .unwrap_or_else(|| panic!("{line}"));
+    v.replace("\\\"", "\"").replace("\\\\", "\\")
+}
+
+#[tokio::test]
+async fn appversions_are_served_from_the_operator_file_else_the_shipped_default() {
+    const Q: &str = "GETMETADATA \"\" /shared/vendor/deltachat/appversions";
+    const E: &str = "/shared/vendor/deltachat/appversions";
+    let env = env();
+    let mut c = Client::login(&env.relay).await;
+    let r = c.cmd(Q).await;
+    let v: serde_json::Value = serde_json::from_str(&server_value(&r[0], E)).unwrap();
+    assert_eq!(v["clients"][0]["clientId"], "deltachat", "{v}");
+    assert!(
+        v["clients"][0]["sources"][0]["versionInteger"].is_u64(),
+        "{v}"
+    );
+    assert!(last(&r).ends_with(" OK Getmetadata completed"), "{r:?}");
+
+    let file = env.relay.cfg.data_dir.join("appversions.json");
+    std::fs::write(
+        &file,
+        "{\n  \"clients\": [ { \"clientId\": \"deltachat\", \"sources\": [ {\n \
+         \"sourceId\": \"fdroid\", \"versionInteger\": 770, \"versionString\": \"2.65.0\",\n \
+         \"downloadUrl\": \"https://download.delta.chat/android/x 1.apk\" } ] } ]\n}\n",
+    )
+    .unwrap();
+    let r = c.cmd(Q).await;
+    assert_eq!(
+        server_value(&r[0], E),
+        r#"{"clients":[{"clientId":"deltachat","sources":[{"sourceId":"fdroid","versionInteger":770,"versionString":"2.65.0","downloadUrl":"https://download.delta.chat/android/x 1.apk"}]}]}"#
+    );
+    // Not the reference's shape: NIL, as the reference answers bad JSON.
+    std::fs::write(&file, "{\"clients\": \"soon\"}").unwrap();
+    let r = c.cmd(Q).await;
+    assert_eq!(r[0], format!("* METADATA \"\" ({E} NIL)"));
+    assert!(last(&r).ends_with(" OK Getmetadata completed"), "{r:?}");
 }
 
 #[tokio::test]

@@ -56,12 +56,42 @@ async fn the_eleventh_message_in_a_burst_gets_450() {
             "message {i}"
         );
     }
-    let reply = c.cmd(&format!("MAIL FROM:<{USER}>")).await;
-    assert!(
-        reply.starts_with(&format!("450 4.7.1: Too much mail from {USER}")),
-        "{reply}"
-    );
+    // As Postfix with smtpd_delay_reject: MAIL is accepted, every RCPT gets the 450.
+    assert_eq!(c.cmd(&format!("MAIL FROM:<{USER}>")).await, "250 2.1.0 Ok");
+    for _ in 0..2 {
+        let reply = c.cmd(&format!("RCPT TO:<{RCPT}>")).await;
+        assert!(
+            reply.starts_with(&format!("450 4.7.1: Too much mail from {USER}")),
+            "{reply}"
+        );
+    }
+    assert_eq!(c.cmd("DATA").await, "554 5.5.1 Error: no valid recipients");
     assert_eq!(inbox(&r, RCPT).await.len(), 10);
+}
+
+#[tokio::test]
+async fn a_mail_command_without_recipients_takes_nothing_from_the_send_rate() {
+    let d = tempfile::tempdir().unwrap();
+    let r = relay(d.path()).await;
+    let mut c = started(&r, Kind::Submissions, true).await;
+    c.login().await;
+    for _ in 0..30 {
+        assert_eq!(c.cmd(&format!("MAIL FROM:<{USER}>")).await, "250 2.1.0 Ok");
+        assert_eq!(c.cmd("RSET").await, "250 2.0.0 Ok");
+    }
+    // One message with many recipients is one message.
+    c.cmd(&format!("MAIL FROM:<{USER}>")).await;
+    for _ in 0..15 {
+        assert_eq!(c.cmd(&format!("RCPT TO:<{RCPT}>")).await, "250 2.1.5 Ok");
+    }
+    c.cmd("RSET").await;
+    for i in 0..9 {
+        assert_eq!(
+            c.mail(USER, RCPT, &message(USER, "")).await,
+            "250 2.0.0 OK",
+            "message {i}"
+        );
+    }
 }
 
 #[tokio::test]

@@ -72,6 +72,16 @@ struct Transaction {
     mail_from: String,
     rcpt_to: Vec<String>,
     targets: Vec<Target>,
+    sender: SenderCheck,
+}
+
+/// The sender's checks are answered at RCPT TO, as Postfix does with `smtpd_delay_reject`:
+/// clients (and the reference's tests) expect the 553 and the 450 among the recipients' replies.
+enum SenderCheck {
+    /// Submission: the send rate is taken at the first RCPT, once per message.
+    RateDue,
+    Passed,
+    Refused(crate::policy::Reply),
 }
 
 pub struct Session {
@@ -397,31 +407,24 @@ impl Session {
             );
         }
         let addr = from.address.trim();
-        let mail_from = match login {
-            Some(login) => {
-                if !addr.eq_ignore_ascii_case(&login) {
-                    tracing::info!(sender = %addr, %login, "sender not owned by login");
-                    return self.fail(
-                        io,
-                        553,
-                        &format!(
-                            "5.7.1 <{addr}>: Sender address rejected: not owned by user {login}"
-                        ),
-                    );
-                }
-                if let Err(r) = self.relay.delivery.check_send_rate(&login) {
-                    // A temporary refusal: the client keeps the message and retries later.
-                    io.reply(r.code, &r.text);
-                    return Flow::Continue;
-                }
-                login
+        let (mail_from, sender) = match login {
+            Some(login) if !addr.eq_ignore_ascii_case(&login) => {
+                tracing::info!(sender = %addr, %login, "sender not owned by login");
+                let text =
+                    format!("5.7.1 <{addr}>: Sender address rejected: not owned by user {login}");
+                (
+                    addr.to_string(),
+                    SenderCheck::Refused(crate::policy::Reply::new(553, text)),
+                )
             }
-            None => addr.to_ascii_lowercase(),
+            Some(login) => (login, SenderCheck::RateDue),
+            None => (addr.to_ascii_lowercase(), SenderCheck::Passed),
         };
         self.tx = Some(Transaction {
             mail_from,
             rcpt_to: Vec::new(),
             targets: Vec::new(),
+            sender,
         });
         io.reply(250, "2.1.0 Ok");
         Flow::Continue
@@ -437,6 +440,21 @@ impl Session {
         let Some(tx) = self.tx.as_mut() else {
             return self.fail(io, 503, "5.5.1 Error: need MAIL command");
         };
+        if let SenderCheck::RateDue = tx.sender {
+            tx.sender = match self.relay.delivery.check_send_rate(&tx.mail_from) {
+                Ok(()) => SenderCheck::Passed,
+                // A temporary refusal: the client keeps the message and retries later.
+                Err(r) => SenderCheck::Refused(r),
+            };
+        }
+        if let SenderCheck::Refused(r) = &tx.sender {
+            let (code, text) = (r.code, r.text.clone());
+            if code >= 500 {
+                return self.fail(io, code, &text);
+            }
+            io.reply(code, &text);
+            return Flow::Continue;
+        }
         if tx.rcpt_to.len() >= max {
             io.reply(452, "4.5.3 Too many recipients");
             return Flow::Continue;

@@ -275,11 +275,22 @@ async fn mail_needs_auth_and_the_sender_must_be_the_login() {
         "530 5.7.0 Authentication required"
     );
     c.login().await;
+    // As Postfix with smtpd_delay_reject: the refusal comes at RCPT TO, for every recipient.
+    assert_eq!(c.cmd(&format!("MAIL FROM:<{RCPT}>")).await, "250 2.1.0 Ok");
+    for _ in 0..2 {
+        assert_eq!(
+            c.cmd(&format!("RCPT TO:<{RCPT}>")).await,
+            format!("553 5.7.1 <{RCPT}>: Sender address rejected: not owned by user {USER}")
+        );
+    }
+    assert_eq!(c.cmd("DATA").await, "554 5.5.1 Error: no valid recipients");
+    assert_eq!(c.cmd("RSET").await, "250 2.0.0 Ok");
+    assert_eq!(c.cmd("MAIL FROM:<>").await, "250 2.1.0 Ok");
     assert_eq!(
-        c.cmd(&format!("MAIL FROM:<{RCPT}>")).await,
-        format!("553 5.7.1 <{RCPT}>: Sender address rejected: not owned by user {USER}")
+        c.cmd(&format!("RCPT TO:<{RCPT}>")).await.get(..3),
+        Some("553")
     );
-    assert_eq!(c.cmd("MAIL FROM:<>").await.get(..3), Some("553"));
+    assert_eq!(c.cmd("RSET").await, "250 2.0.0 Ok");
     assert_eq!(
         c.cmd("MAIL FROM:<ABCDEFGHI@[127.0.0.1]> BODY=8BITMIME SMTPUTF8")
             .await,
