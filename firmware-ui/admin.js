@@ -92,7 +92,8 @@ function fieldErrors(errors) {
       p.id = "err-" + id;
       p.className = "error field-error";
       p.setAttribute("role", "alert");
-      input.after(p);
+      // Below the field's row (a field with a unit sits in a row with it).
+      (input.parentElement.classList.contains("with-unit") ? input.parentElement : input).after(p);
     }
     if (p) { p.textContent = msg; p.hidden = false; }
     if (input) input.setAttribute("aria-invalid", "true");
@@ -345,7 +346,6 @@ function setupPage() {
       throw fieldErrors({ "admin-password": e.message }) || e;
     }
     sessionStorage.removeItem("relaybox-step");
-    sessionStorage.removeItem("relaybox-mode");
     const admin = state.https_origin + "/admin?welcome";
     const cert = state.certificate || {};
     // Set-up is over: the admin pages live on HTTPS only. With a self-signed certificate the
@@ -355,12 +355,14 @@ function setupPage() {
       $("done-origin").textContent = state.https_origin;
       $("done-fingerprint").textContent = cert.sha256 || "(unknown)";
       go("done");
+      sessionStorage.removeItem("relaybox-mode");
       $("done-restart").textContent = "The relay is restarting with your settings…";
       await waitForRestart();
       $("done-restart").textContent = "The relay is ready.";
       $("done-link").hidden = false;
       return;
     }
+    sessionStorage.removeItem("relaybox-mode");
     await waitForRestart();
     location.href = admin;
   });

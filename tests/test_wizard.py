@@ -80,7 +80,17 @@ def _imap_login(r: WizardRelay, addr: str, password: str) -> str:
     ctx = ssl.create_default_context()
     ctx.check_hostname = False
     ctx.verify_mode = ssl.CERT_NONE
-    with imaplib.IMAP4_SSL(r.ip, r.port("imaps"), ssl_context=ctx, timeout=20) as m:
+    deadline = time.monotonic() + 30
+    while True:
+        # Right after the restart that finishes set-up, the web port may answer before IMAPS.
+        try:
+            conn = imaplib.IMAP4_SSL(r.ip, r.port("imaps"), ssl_context=ctx, timeout=20)
+            break
+        except ConnectionRefusedError:
+            if time.monotonic() > deadline:
+                raise
+            time.sleep(0.2)
+    with conn as m:
         try:
             typ, _ = m.login(addr, password)
             return typ
@@ -235,6 +245,7 @@ def test_lan_wizard_from_setup_code_to_invite_qr_and_admin_login(wizard_relay, s
     # fingerprint of the certificate the admin pages are served with.
     assert res["url_on_done_page"].startswith("http://"), res["url_on_done_page"]
     assert "warn" in res["done_text"] and "fingerprint" in res["done_text"], res["done_text"]
+    assert "restarting" in res["done_text"] and "ready" in res["done_restart_text"], res["done_restart_text"]
     ctx = ssl.create_default_context()
     ctx.check_hostname = False
     ctx.verify_mode = ssl.CERT_NONE

@@ -178,6 +178,7 @@ try {
   result.fingerprint = await page.textContent("#done-fingerprint");
   result.url_on_done_page = page.url();
   await visible("#done-link", 60000);
+  result.done_restart_text = await page.textContent("#done-restart");
   result.steps_classes_done = await page.$$eval("#steps li", (l) => l.map((x) => [x.dataset.step, x.className]));
   await both(page, "done-certificate");
   step("done");
