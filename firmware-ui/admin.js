@@ -25,6 +25,8 @@ async function api(method, path, body, headers) {
   if (!r.ok) {
     const err = new Error(data.error || (r.status + " " + r.statusText));
     err.status = r.status;
+    // Problems of single form fields, by setting key (the settings endpoint).
+    err.fields = data.fields || null;
     throw err;
   }
   if (data.csrf) csrf = data.csrf;
@@ -48,15 +50,65 @@ for (const form of document.querySelectorAll("form")) {
   form.addEventListener("submit", (ev) => ev.preventDefault());
 }
 
+// The error of a button's action is shown right beside the button that caused it (a long form
+// would leave an error at the top of the page out of sight): `<p id="<button>-error">`.
+function buttonError(b, msg) {
+  let p = $(b.id + "-error");
+  if (!p) {
+    p = document.createElement("p");
+    p.id = b.id + "-error";
+    p.className = "error button-error";
+    p.setAttribute("role", "alert");
+    b.after(p);
+  }
+  p.textContent = msg || "";
+  p.hidden = !msg;
+}
+
 function button(id, fn) {
   const b = $(id);
   if (!b) return;
   b.addEventListener("click", async (ev) => {
     ev.preventDefault();
     showError("");
+    buttonError(b, "");
     b.disabled = true;
-    try { await fn(); } catch (e) { showError(e.message); } finally { b.disabled = false; }
+    try { await fn(); } catch (e) { buttonError(b, e.message); } finally { b.disabled = false; }
   });
+}
+
+// Field errors: each beside its field (`<p id="err-<field id>">`), all at once. `errors` maps a
+// field's id to its message; fields not named are cleared. Returns an error for the button
+// that names the fields to fix, or null.
+function fieldErrors(errors) {
+  for (const p of document.querySelectorAll(".field-error")) { p.textContent = ""; p.hidden = true; }
+  for (const el of document.querySelectorAll("[aria-invalid]")) el.removeAttribute("aria-invalid");
+  const names = [];
+  for (const [id, msg] of Object.entries(errors)) {
+    const input = $(id);
+    let p = $("err-" + id);
+    if (!p && input) {
+      p = document.createElement("p");
+      p.id = "err-" + id;
+      p.className = "error field-error";
+      p.setAttribute("role", "alert");
+      // Below the field's row (a field with a unit sits in a row with it).
+      (input.parentElement.classList.contains("with-unit") ? input.parentElement : input).after(p);
+    }
+    if (p) { p.textContent = msg; p.hidden = false; }
+    if (input) input.setAttribute("aria-invalid", "true");
+    const label = document.querySelector("label[for='" + id + "']");
+    names.push(label ? label.textContent.replace(/\s*\(.*\)$/, "") : id);
+  }
+  if (!names.length) return null;
+  return new Error((names.length === 1 ? "Please fix: " : names.length + " fields need a fix: ") + names.join(", ") + ".");
+}
+
+// An API error with field errors (the settings endpoint) as ids of the form's fields.
+function settingsFieldErrors(e) {
+  const out = {};
+  if (e && e.fields) for (const [k, m] of Object.entries(e.fields)) out["set-" + k] = m;
+  return out;
 }
 
 function human(bytes) {
@@ -79,16 +131,27 @@ async function loadSettings() {
   for (const s of data.settings) {
     const label = document.createElement("label");
     label.htmlFor = "set-" + s.key;
-    label.textContent = s.key.replace(/_/g, " ");
+    label.textContent = s.label + (s.unit === "MB" || s.unit === "days" ? " (" + s.unit + ")" : "");
+    const row = document.createElement("div");
+    row.className = "with-unit";
     const input = document.createElement("input");
     input.id = "set-" + s.key;
-    input.type = s.kind === "int" ? "number" : "text";
-    input.value = s.value === null ? "" : s.value;
+    input.type = "text";
+    if (s.kind !== "text") input.inputMode = s.kind === "mb" ? "decimal" : "numeric";
+    input.value = s.shown === null ? "" : s.shown;
     input.dataset.key = s.key;
+    row.append(input);
+    if (s.unit) {
+      const unit = document.createElement("span");
+      unit.className = "unit";
+      unit.textContent = s.unit;
+      row.append(unit);
+    }
     const help = document.createElement("p");
     help.className = "help";
-    help.textContent = s.help + (s.default !== null && s.default !== "" ? " Default: " + s.default + "." : "");
-    form.append(label, input, help);
+    const def = s.default_shown;
+    help.textContent = s.help + (def !== null && def !== "" ? " Default: " + def + (s.unit ? " " + s.unit : "") + "." : "");
+    form.append(label, row, help);
   }
 }
 
@@ -96,7 +159,7 @@ function changedSettings() {
   const out = {};
   for (const s of settingsLoaded) {
     const v = $("set-" + s.key).value.trim();
-    if (String(s.value === null ? "" : s.value) !== v && !(s.kind !== "text" && v === "")) out[s.key] = v;
+    if (String(s.shown === null ? "" : s.shown) !== v) out[s.key] = v;
   }
   return out;
 }
@@ -105,15 +168,23 @@ function changedSettings() {
 
 const STEPS = ["welcome", "mode", "dns", "cert", "settings"];
 
+// Steps the chosen mode leaves out (LAN mode: no DNS, no certificate): shown as skipped, not done.
+function skippedSteps() {
+  return sessionStorage.getItem("relaybox-mode") === "lan" ? ["dns", "cert"] : [];
+}
+
 function go(step) {
-  for (const s of STEPS) {
-    $("step-" + s).classList.toggle("active", s === step);
+  for (const s of STEPS.concat(["done"])) {
+    if ($("step-" + s)) $("step-" + s).classList.toggle("active", s === step);
   }
+  const skipped = skippedSteps();
   let passed = true;
   for (const li of document.querySelectorAll("#steps li")) {
-    const cur = li.dataset.step === step;
+    const cur = li.dataset.step === step || (step === "done" && li.dataset.step === "settings");
     if (cur) passed = false;
-    li.className = cur ? "current" : passed ? "done" : "";
+    const skip = skipped.includes(li.dataset.step);
+    li.className = cur ? "current" : skip ? "skipped" : passed ? "done" : "";
+    li.title = skip ? "not needed in LAN mode" : "";
   }
   sessionStorage.setItem("relaybox-step", step);
   if (step === "dns") loadDns().catch((e) => showError(e.message));
@@ -177,6 +248,7 @@ function setupPage() {
       ? { mode: "domain", domain: $("domain").value, acme_email: $("acme-email").value }
       : { mode: "lan" };
     await api("POST", "mode", body);
+    sessionStorage.setItem("relaybox-mode", domain ? "domain" : "lan");
     go(domain ? "dns" : "settings");
   });
   button("restore", async () => {
@@ -251,15 +323,48 @@ function setupPage() {
   button("cert-next", async () => go("settings"));
   button("finish", async () => {
     const pw = $("admin-password").value;
-    if (pw !== $("admin-password2").value) throw new Error("the two passwords differ");
+    // Everything that is wrong, at once: the password here, the settings from the relay.
+    const errors = {};
+    if ([...pw].length < 12) errors["admin-password"] = "needs at least 12 characters";
+    if (pw !== $("admin-password2").value) errors["admin-password2"] = "the two passwords differ";
     const changed = changedSettings();
-    if (Object.keys(changed).length) await api("POST", "settings", changed);
+    if (Object.keys(changed).length) {
+      try {
+        await api("POST", "settings", changed);
+        settingsLoaded = settingsLoaded.map((s) => (s.key in changed ? Object.assign({}, s, { shown: changed[s.key] }) : s));
+      } catch (e) {
+        if (!e.fields) throw e;
+        Object.assign(errors, settingsFieldErrors(e));
+      }
+    }
+    const err = fieldErrors(errors);
+    if (err) throw err;
     const state = await api("GET", "state");
-    await api("POST", "password", { password: pw, apply: true });
+    try {
+      await api("POST", "password", { password: pw, apply: true });
+    } catch (e) {
+      throw fieldErrors({ "admin-password": e.message }) || e;
+    }
     sessionStorage.removeItem("relaybox-step");
+    const admin = state.https_origin + "/admin?welcome";
+    const cert = state.certificate || {};
+    // Set-up is over: the admin pages live on HTTPS only. With a self-signed certificate the
+    // browser is about to warn; say so first, and give the fingerprint to compare.
+    if (location.protocol === "http:" && cert.self_issued !== false) {
+      $("done-link").href = admin;
+      $("done-origin").textContent = state.https_origin;
+      $("done-fingerprint").textContent = cert.sha256 || "(unknown)";
+      go("done");
+      sessionStorage.removeItem("relaybox-mode");
+      $("done-restart").textContent = "The relay is restarting with your settings…";
+      await waitForRestart();
+      $("done-restart").textContent = "The relay is ready.";
+      $("done-link").hidden = false;
+      return;
+    }
+    sessionStorage.removeItem("relaybox-mode");
     await waitForRestart();
-    // Set-up is over: the admin pages live on HTTPS only.
-    location.href = state.https_origin + "/admin?welcome";
+    location.href = admin;
   });
   // A reload (or the restart) keeps the step as long as the session is valid.
   api("GET", "state").then((s) => {
@@ -353,6 +458,7 @@ async function loadLogs() {
 async function showAdmin() {
   $("login-box").hidden = true;
   $("admin-box").hidden = false;
+  $("logout").hidden = false;
   $("welcome").hidden = !location.search.includes("welcome");
   await Promise.all([loadStatus(), loadSettings()]);
 }
@@ -402,9 +508,14 @@ function adminPage() {
     $("backup-result").textContent = "Backup downloaded: " + a.download;
   });
   button("save-settings", async () => {
+    fieldErrors({});
     const changed = changedSettings();
     if (!Object.keys(changed).length) { $("settings-result").textContent = "Nothing changed."; return; }
-    await api("POST", "settings", changed);
+    try {
+      await api("POST", "settings", changed);
+    } catch (e) {
+      throw (e.fields && fieldErrors(settingsFieldErrors(e))) || e;
+    }
     await api("POST", "apply");
     $("settings-result").textContent = "Saved; restarting…";
     await waitForRestart();

@@ -225,7 +225,7 @@ def test_pages_render_configured_values_in_chromium(relay, tmp_path):
         '<b id="message-size">30 MB</b>',
         '<b id="delete-days">20</b>',
         '<b id="inactive-days">90</b>',
-        "Unencrypted messages",
+        "also between addresses of this relay",  # issue 16: not only to other relays
         'href="dclogin:',
         "<svg",
     ):

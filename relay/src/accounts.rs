@@ -218,6 +218,11 @@ pub struct Accounts {
     throttle: LoginThrottle,
     /// New accounts per client address (`max_new_accounts_per_ip_per_hour`); `None`: no limit.
     creations: Option<governor::DefaultKeyedRateLimiter<IpAddr>>,
+    /// With the admin pages on: set-up is finished (the admin password exists). Until then no
+    /// login works, so a new box (or `relaybox dev --wizard`) hands out no working accounts
+    /// before its owner has set it up. Never goes back to false, so it is looked up only until
+    /// it is true.
+    set_up: std::sync::atomic::AtomicBool,
 }
 
 const CACHE_MAX: usize = 100_000;
@@ -238,6 +243,7 @@ impl Accounts {
     pub fn new(cfg: Arc<Config>, store: Store, clock: Clock) -> Accounts {
         let mut cache_key = [0u8; 32];
         rand::Rng::fill(&mut rand::thread_rng(), &mut cache_key);
+        let cfg_admin_ui = cfg.admin_ui;
         let creations = std::num::NonZeroU32::new(cfg.max_new_accounts_per_ip_per_hour)
             .map(|n| governor::RateLimiter::keyed(governor::Quota::per_hour(n)));
         Accounts {
@@ -248,7 +254,21 @@ impl Accounts {
             cache: Mutex::new(HashMap::new()),
             throttle: LoginThrottle::default(),
             creations,
+            set_up: std::sync::atomic::AtomicBool::new(!cfg_admin_ui),
         }
+    }
+
+    /// False while the set-up wizard is not finished (see `set_up`).
+    fn set_up(&self) -> bool {
+        use std::sync::atomic::Ordering;
+        if self.set_up.load(Ordering::Relaxed) {
+            return true;
+        }
+        let done = crate::admin::password_file(&self.cfg).exists();
+        if done {
+            self.set_up.store(true, Ordering::Relaxed);
+        }
+        done
     }
 
     fn digest(&self, addr: &str, password: &str) -> [u8; 32] {
@@ -285,14 +305,31 @@ impl Accounts {
     }
 
     /// Logs in, creating the account when the address is new and may be created. No client
-    /// address: nothing is throttled (tests, fuzzing, in-process callers).
+    /// address: nothing is throttled, and set-up need not be finished (tests, fuzzing,
+    /// in-process callers such as the admin page's self-test).
     pub async fn login(&self, user: &str, password: &str) -> Result<User, LoginError> {
-        self.login_from(user, password, None).await
+        self.login_throttled(user, password, None).await
     }
 
-    /// [`Accounts::login`] for a client at `peer`: failed logins from it are throttled (shared
-    /// by IMAP and SMTP), and so are the accounts it creates.
+    /// [`Accounts::login`] for a client of IMAP or SMTP at `peer`: refused while set-up is not
+    /// finished; failed logins from it are throttled (shared by IMAP and SMTP), and so are the
+    /// accounts it creates.
     pub async fn login_from(
+        &self,
+        user: &str,
+        password: &str,
+        peer: Option<IpAddr>,
+    ) -> Result<User, LoginError> {
+        if !self.set_up() {
+            tracing::info!(?peer, "login refused: set-up is not finished");
+            return Err(LoginError::RegistrationRejected(
+                "set-up is not finished (the admin password is not set yet)".into(),
+            ));
+        }
+        self.login_throttled(user, password, peer).await
+    }
+
+    async fn login_throttled(
         &self,
         user: &str,
         password: &str,

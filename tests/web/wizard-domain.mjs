@@ -33,6 +33,8 @@ const browser = await chromium.launch({
 const page = await (await browser.newContext({ ignoreHTTPSErrors: true, acceptDownloads: true, viewport: { width: 420, height: 900 } })).newPage();
 page.setDefaultTimeout(30000);
 const visible = (sel, timeout = 30000) => page.locator(sel).waitFor({ state: "visible", timeout });
+// The page's errors: the general one and those beside the buttons (issue 16).
+const errText = () => page.$$eval("#error, .button-error", (l) => l.map((e) => e.textContent).join(" ").trim());
 const cellTexts = (sel) => page.$$eval(sel, (trs) => trs.map((tr) => [...tr.cells].map((c) => c.textContent)));
 
 // Runs the page's live DNS check and returns its summary and rows.
@@ -51,7 +53,7 @@ async function dnsCheck() {
     detail: tr.cells[3].textContent,
   })));
   const reach = await page.$$eval("#reach li", (lis) => lis.map((li) => ({ cls: li.className, text: li.textContent })));
-  return { summary: await page.textContent("#dns-check-summary"), rows, reach, error: await page.textContent("#error") };
+  return { summary: await page.textContent("#dns-check-summary"), rows, reach, error: await errText() };
 }
 
 try {
@@ -108,17 +110,17 @@ try {
   await shot(page, "cert");
   await page.click("#apply-domain");
   await page.waitForFunction(() => /Restarted with the new domain/.test(document.getElementById("cert-status").textContent)
-    || document.getElementById("error").textContent.length > 0, null, { timeout: 90000 });
-  result.apply_error = await page.textContent("#error");
+    || [...document.querySelectorAll("#error, .button-error")].some((e) => e.textContent.length > 0), null, { timeout: 90000 });
+  result.apply_error = await errText();
   if (result.apply_error) throw new Error("apply: " + result.apply_error);
   step("domain-applied");
   await page.click("#get-cert");
   await page.waitForFunction(() => /Certificate obtained|certificate authority said/.test(document.getElementById("cert-status").textContent)
-    || document.getElementById("error").textContent.length > 0, null, { timeout: 150000 });
+    || [...document.querySelectorAll("#error, .button-error")].some((e) => e.textContent.length > 0), null, { timeout: 150000 });
   // The button stays disabled while the page polls; wait for the final status.
   await page.waitForFunction(() => !document.getElementById("get-cert").disabled, null, { timeout: 150000 });
   result.cert_status = await page.textContent("#cert-status");
-  result.cert_error = await page.textContent("#error");
+  result.cert_error = await errText();
   await shot(page, "cert-obtained");
   step("cert-obtained");
   if (!/Certificate obtained/.test(result.cert_status)) throw new Error("no certificate: " + result.cert_status + " " + result.cert_error);
@@ -146,10 +148,7 @@ try {
     await page.click("#login");
   }
   await visible("#admin-box", 60000);
-  await page.waitForFunction(() => {
-    const img = document.getElementById("invite-img");
-    return img && img.complete && img.naturalWidth > 0;
-  });
+  await visible("#invite-qr svg");
   result.seconds_to_qr = (Date.now() - t0) / 1000;
   result.admin_url = page.url();
   result.invite_href = await page.getAttribute("#invite-qr", "href");
@@ -165,7 +164,7 @@ try {
 } catch (e) {
   result.error = String(e && e.stack || e);
   try {
-    result.failure_page = { url: page.url(), error: await page.textContent("#error") };
+    result.failure_page = { url: page.url(), error: await errText() };
     await shot(page, "failure");
   } catch (_) { /* the page may be gone */ }
 } finally {

@@ -605,40 +605,69 @@ async fn run(
         }
         Endpoint::Settings => ok(settings(cfg)?),
         Endpoint::SaveSettings => {
-            let mut t = read_settings(cfg)?;
+            let saved = read_settings(cfg)?;
             let Some(obj) = input.as_object() else {
                 return Err(bad("expected an object"));
             };
+            // Every field's problem at once, keyed by setting, for the form to show beside each
+            // field (and the count beside the button).
+            let mut fields = serde_json::Map::new();
+            let mut t = saved.clone();
             for (k, v) in obj {
                 let Some(s) = SETTINGS.iter().find(|s| s.key == k) else {
-                    return Err(bad(format!("{k} is not a setting the admin pages change")));
+                    fields.insert(
+                        k.clone(),
+                        format!("{k} is not a setting the admin pages change").into(),
+                    );
+                    continue;
                 };
-                let text = match v {
-                    Value::String(s) => s.trim().to_string(),
-                    Value::Number(n) => n.to_string(),
-                    _ => return Err(bad(format!("{k}: expected text or a number"))),
-                };
-                let value = match s.kind {
-                    Kind::Int => toml::Value::Integer(
-                        text.parse::<i64>()
-                            .ok()
-                            .filter(|n| *n > 0)
-                            .ok_or_else(|| bad(format!("{k}: expected a positive whole number")))?,
-                    ),
-                    Kind::Size => {
-                        ByteSize::parse(&text).map_err(|e| bad(format!("{k}: {e}")))?;
-                        toml::Value::String(text)
+                match setting_value(s, v) {
+                    Ok(value) => {
+                        t.insert(k.clone(), value);
                     }
-                    Kind::Text => {
-                        if text.len() > 500 || text.contains(['\r', '\n']) {
-                            return Err(bad(format!("{k}: one line of at most 500 characters")));
-                        }
-                        toml::Value::String(text)
+                    Err(e) => {
+                        fields.insert(k.clone(), e.into());
                     }
-                };
-                t.insert(k.clone(), value);
+                }
             }
-            validate(cfg, &t)?;
+            if fields.is_empty() {
+                if let Err(whole) = validate(cfg, &t) {
+                    // Name the field(s) the config check refused (one at a time against what
+                    // is saved), or else say it for the whole form.
+                    for k in obj.keys() {
+                        let mut one = saved.clone();
+                        if let Some(v) = t.get(k) {
+                            one.insert(k.clone(), v.clone());
+                        }
+                        if let Err(ApiError(_, m)) = validate(cfg, &one) {
+                            fields.insert(k.clone(), m.into());
+                        }
+                    }
+                    if fields.is_empty() {
+                        return Err(whole);
+                    }
+                }
+            }
+            if !fields.is_empty() {
+                let label = |k: &str| {
+                    SETTINGS
+                        .iter()
+                        .find(|s| s.key == k)
+                        .map_or(k.to_string(), |s| s.label.to_string())
+                };
+                let summary: Vec<String> = fields
+                    .iter()
+                    .map(|(k, m)| format!("{}: {}", label(k), m.as_str().unwrap_or("")))
+                    .collect();
+                return Ok((
+                    StatusCode::BAD_REQUEST,
+                    axum::Json(json!({
+                        "error": summary.join("; "),
+                        "fields": fields,
+                    })),
+                )
+                    .into_response());
+            }
             write_settings(cfg, &t).map_err(AdminError::from)?;
             tracing::info!(keys = ?obj.keys().collect::<Vec<_>>(), "admin: settings saved");
             ok(json!({ "saved": true, "restart_needed": true }))
@@ -909,32 +938,110 @@ fn local_addresses() -> Vec<std::net::IpAddr> {
     out
 }
 
-#[derive(Clone, Copy)]
+#[derive(Clone, Copy, PartialEq, Eq)]
 enum Kind {
+    /// A positive whole number (a count, or days: see `unit`).
     Int,
+    /// A size, shown and typed in MB, kept in the settings file as size text ("500M").
     Size,
+    /// A size, shown and typed in MB, kept in the settings file as a number of bytes.
+    Bytes,
     Text,
 }
 
 struct Setting {
     key: &'static str,
     kind: Kind,
+    /// What the pages call it.
+    label: &'static str,
+    /// Shown beside the field; sizes are always MB (2^20 bytes, as on the public page).
+    unit: &'static str,
     help: &'static str,
 }
 
+#[rustfmt::skip]
 const SETTINGS: &[Setting] = &[
-    Setting { key: "max_user_send_per_minute", kind: Kind::Int, help: "Messages one address may send per minute (a Delta Chat group message counts once per relay)." },
-    Setting { key: "max_user_send_burst_size", kind: Kind::Int, help: "How many messages may be sent at once before the per-minute rate applies." },
-    Setting { key: "max_mailbox_size", kind: Kind::Size, help: "Mailbox quota per address (e.g. 500M); full mailboxes refuse new mail." },
-    Setting { key: "max_message_size", kind: Kind::Int, help: "Largest message in bytes (31457280 = 30 MiB)." },
-    Setting { key: "delete_mails_after", kind: Kind::Int, help: "Days after which any message is deleted from the relay." },
-    Setting { key: "delete_large_after", kind: Kind::Int, help: "Days after which large messages that were already fetched are deleted." },
-    Setting { key: "delete_inactive_users_after", kind: Kind::Int, help: "Days without a login after which an address and its mail are deleted." },
-    Setting { key: "privacy_mail", kind: Kind::Text, help: "Privacy contact e-mail shown on the privacy page." },
-    Setting { key: "privacy_postal", kind: Kind::Text, help: "Postal address of the operator, for the privacy page." },
-    Setting { key: "privacy_pdo", kind: Kind::Text, help: "Data protection officer, for the privacy page." },
-    Setting { key: "privacy_supervisor", kind: Kind::Text, help: "Supervisory authority, for the privacy page." },
+    Setting { key: "max_user_send_per_minute", kind: Kind::Int, label: "Messages per minute", unit: "per address", help: "Messages one address may send per minute (a Delta Chat group message counts once per relay)." },
+    Setting { key: "max_user_send_burst_size", kind: Kind::Int, label: "Messages at once", unit: "messages", help: "How many messages may be sent at once before the per-minute rate applies." },
+    Setting { key: "max_mailbox_size", kind: Kind::Size, label: "Mailbox size", unit: "MB", help: "Storage per address; a full mailbox refuses new mail." },
+    Setting { key: "max_message_size", kind: Kind::Bytes, label: "Largest message", unit: "MB", help: "The largest message (with its attachments) the relay accepts." },
+    Setting { key: "delete_mails_after", kind: Kind::Int, label: "Delete messages after", unit: "days", help: "Every message is deleted from the relay this long after it arrived." },
+    Setting { key: "delete_large_after", kind: Kind::Int, label: "Delete large fetched messages after", unit: "days", help: "Large messages that were already fetched are deleted this long after they arrived." },
+    Setting { key: "delete_inactive_users_after", kind: Kind::Int, label: "Delete unused addresses after", unit: "days", help: "An address that has not logged in for this long is deleted with its mail." },
+    Setting { key: "privacy_mail", kind: Kind::Text, label: "Privacy contact (e-mail)", unit: "", help: "Shown on the privacy page." },
+    Setting { key: "privacy_postal", kind: Kind::Text, label: "Operator's postal address", unit: "", help: "Shown on the privacy page." },
+    Setting { key: "privacy_pdo", kind: Kind::Text, label: "Data protection officer", unit: "", help: "Shown on the privacy page (if you have one)." },
+    Setting { key: "privacy_supervisor", kind: Kind::Text, label: "Supervisory authority", unit: "", help: "Shown on the privacy page: where people can complain." },
 ];
+
+const MB: u64 = 1 << 20;
+
+/// A size as the MB field shows it: `500`, `0.5`.
+fn mb_text(bytes: u64) -> String {
+    if bytes.is_multiple_of(MB) {
+        return (bytes / MB).to_string();
+    }
+    let t = format!("{:.2}", bytes as f64 / MB as f64);
+    t.trim_end_matches('0').trim_end_matches('.').to_string()
+}
+
+/// What the MB field holds: a number of MB (`500`, `0.5`), or a size with its unit (`1G`).
+fn parse_mb(text: &str) -> Option<u64> {
+    if let Ok(n) = text.replace(',', ".").parse::<f64>() {
+        return (n.is_finite() && n > 0.0 && n < 1e9).then(|| (n * MB as f64).round() as u64);
+    }
+    let has_unit = text.ends_with(|c: char| c.is_ascii_alphabetic());
+    ByteSize::parse(text)
+        .ok()
+        .filter(|b| has_unit && b.0 > 0)
+        .map(|b| b.0)
+}
+
+/// One field's value as the settings file keeps it, or what is wrong with it, in words for the
+/// form (the label is shown beside it).
+fn setting_value(s: &Setting, v: &Value) -> Result<toml::Value, String> {
+    let text = match v {
+        Value::String(t) => t.trim().to_string(),
+        Value::Number(n) => n.to_string(),
+        _ => return Err("expected text or a number".into()),
+    };
+    match s.kind {
+        Kind::Int => text
+            .parse::<i64>()
+            .ok()
+            .filter(|n| *n > 0)
+            .map(toml::Value::Integer)
+            .ok_or_else(|| format!("enter a whole number above 0 ({})", s.unit)),
+        Kind::Size | Kind::Bytes => {
+            let bytes = parse_mb(&text)
+                .ok_or_else(|| "enter a number of MB, like 500 (or a size like 1G)".to_string())?;
+            Ok(match s.kind {
+                Kind::Bytes => toml::Value::Integer(i64::try_from(bytes).map_err(|_| "too large")?),
+                _ if bytes.is_multiple_of(MB) => toml::Value::String(format!("{}M", bytes / MB)),
+                _ => toml::Value::String(bytes.to_string()),
+            })
+        }
+        Kind::Text => {
+            if text.len() > 500 || text.contains(['\r', '\n']) {
+                return Err("one line of at most 500 characters".into());
+            }
+            Ok(toml::Value::String(text))
+        }
+    }
+}
+
+/// The settings form's value: sizes in MB, the rest as it is.
+fn shown(s: &Setting, v: &Value) -> Value {
+    match (s.kind, v) {
+        (Kind::Size | Kind::Bytes, Value::Number(n)) => {
+            n.as_u64().map_or(Value::Null, |b| mb_text(b).into())
+        }
+        (Kind::Size | Kind::Bytes, Value::String(t)) => {
+            ByteSize::parse(t).map_or_else(|_| t.clone().into(), |b| mb_text(b.0).into())
+        }
+        _ => v.clone(),
+    }
+}
 
 fn running_value(cfg: &Config, key: &str) -> Value {
     match key {
@@ -965,12 +1072,21 @@ fn settings(cfg: &Config) -> Result<Value, ApiError> {
                 Some(toml::Value::String(t)) => json!(t),
                 _ => running_value(cfg, s.key),
             };
+            let default = running_value(&defaults, s.key);
             json!({
                 "key": s.key,
+                "label": s.label,
+                "unit": s.unit,
                 "value": value,
-                "default": running_value(&defaults, s.key),
+                "shown": shown(s, &value),
+                "default": default,
+                "default_shown": shown(s, &default),
                 "help": s.help,
-                "kind": match s.kind { Kind::Int => "int", Kind::Size => "size", Kind::Text => "text" },
+                "kind": match s.kind {
+                    Kind::Int => "int",
+                    Kind::Size | Kind::Bytes => "mb",
+                    Kind::Text => "text",
+                },
             })
         })
         .collect();
@@ -982,6 +1098,7 @@ fn cert_info(relay: &Relay) -> Value {
     match relay.tls.certs.chain().first() {
         Some(c) => match crate::acme::inspect(pem_of(c.as_ref()).as_bytes()) {
             Ok(info) => json!({
+                "sha256": sha256_fingerprint(c.as_ref()),
                 "not_after": info.not_after,
                 "days_left": (info.not_after - relay.clock.now()) / 86400,
                 "self_issued": info.self_issued,
@@ -991,6 +1108,17 @@ fn cert_info(relay: &Relay) -> Value {
         },
         None => Value::Null,
     }
+}
+
+/// `AB:CD:…`, as browsers show a certificate's SHA-256 fingerprint: in LAN mode the wizard's
+/// last page shows it, so the owner can tell the browser's warning is about this box.
+fn sha256_fingerprint(der: &[u8]) -> String {
+    let d = ring::digest::digest(&ring::digest::SHA256, der);
+    d.as_ref()
+        .iter()
+        .map(|b| format!("{b:02X}"))
+        .collect::<Vec<_>>()
+        .join(":")
 }
 
 fn pem_of(der: &[u8]) -> String {

@@ -138,6 +138,11 @@ pub fn read_settings(cfg: &Config) -> Result<toml::Table, AdminError> {
     }
 }
 
+/// The admin password's file: set-up is finished once it exists (see [`Admin::pending`]).
+pub fn password_file(cfg: &Config) -> PathBuf {
+    cfg.data_dir.join("admin").join("password")
+}
+
 fn random_code() -> String {
     use rand::Rng;
     let mut rng = rand::thread_rng();

@@ -879,3 +879,125 @@ async fn logout_revokes_the_session_on_the_server() {
     assert!(!again.session_valid(&cookie, now));
     assert!(again.session_valid(&again.new_session(now), now));
 }
+
+/// Issue 16: the form shows every field's problem at once, beside the field: the answer names
+/// each refused setting, in words for people, and writes nothing.
+#[tokio::test]
+async fn settings_errors_name_every_field_at_once_and_sizes_are_in_mb() {
+    let dir = tempfile::tempdir().unwrap();
+    let relay = relay(dir.path());
+    let (session, csrf) = login(&relay).await;
+    let (status, v, _) = call(
+        &relay,
+        "POST",
+        "/api/admin/settings",
+        Some(&session),
+        Some(&csrf),
+        r#"{"max_mailbox_size":"lots","delete_mails_after":"soon","privacy_pdo":"Ann","max_user_send_per_minute":"0"}"#,
+    )
+    .await;
+    assert_eq!(status, 400, "{v}");
+    let fields = v["fields"].as_object().unwrap();
+    let mut keys: Vec<&str> = fields.keys().map(|k| k.as_str()).collect();
+    keys.sort();
+    assert_eq!(
+        keys,
+        [
+            "delete_mails_after",
+            "max_mailbox_size",
+            "max_user_send_per_minute"
+        ]
+    );
+    assert!(
+        fields["max_mailbox_size"].as_str().unwrap().contains("MB"),
+        "{v}"
+    );
+    let summary = v["error"].as_str().unwrap();
+    assert!(
+        summary.contains("Mailbox size") && summary.contains("Delete messages after"),
+        "{summary}"
+    );
+    assert!(!relay.cfg.settings_path().exists(), "nothing written");
+
+    // Sizes are typed in MB (whole or not), or with a unit.
+    let (status, v, _) = call(
+        &relay,
+        "POST",
+        "/api/admin/settings",
+        Some(&session),
+        Some(&csrf),
+        r#"{"max_mailbox_size":"250","max_message_size":"20"}"#,
+    )
+    .await;
+    assert_eq!(status, 200, "{v}");
+    let cfg = crate::config::Config::with_domain("[127.0.0.1]", dir.path()).unwrap();
+    assert_eq!(cfg.max_mailbox_size, crate::config::ByteSize(250 << 20));
+    assert_eq!(cfg.max_message_size, 20 << 20);
+    let (_, v, _) = call(
+        &relay,
+        "GET",
+        "/api/admin/settings",
+        Some(&session),
+        None,
+        "",
+    )
+    .await;
+    let s = |k: &str| {
+        v["settings"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|s| s["key"] == k)
+            .unwrap()
+            .clone()
+    };
+    assert_eq!(s("max_message_size")["shown"], "20");
+    assert_eq!(s("max_message_size")["unit"], "MB");
+    assert_eq!(s("max_message_size")["default_shown"], "30");
+    assert_eq!(s("max_mailbox_size")["shown"], "250");
+    assert_eq!(s("delete_mails_after")["unit"], "days");
+    assert_eq!(s("privacy_pdo")["label"], "Data protection officer");
+}
+
+/// Issue 16: before the owner has finished set-up, no IMAP or SMTP login works (a new box or
+/// `relaybox dev --wizard` hands out no working accounts); afterwards they do.
+#[tokio::test]
+async fn logins_are_refused_until_set_up_is_finished() {
+    let dir = tempfile::tempdir().unwrap();
+    let relay = relay(dir.path());
+    assert!(relay.admin.pending());
+    let (addr, pw) = crate::accounts::random_credentials(&relay.cfg);
+    let peer = Some(std::net::IpAddr::from([192, 0, 2, 7]));
+    let r = relay.accounts.login_from(&addr, &pw, peer).await;
+    assert!(
+        matches!(r, Err(crate::accounts::LoginError::RegistrationRejected(ref m)) if m.contains("set-up")),
+        "{r:?}"
+    );
+    assert!(
+        relay.store.account(&addr).unwrap().is_none(),
+        "nothing created"
+    );
+    relay.admin.set_password("a long admin password").unwrap();
+    let u = relay.accounts.login_from(&addr, &pw, peer).await.unwrap();
+    assert!(u.created);
+}
+
+/// Issue 16: the wizard's last page shows the certificate's SHA-256 fingerprint, as browsers
+/// show it, so the owner can compare it with the one in the browser's warning.
+#[tokio::test]
+async fn state_names_the_served_certificate_fingerprint() {
+    let dir = tempfile::tempdir().unwrap();
+    let relay = relay(dir.path());
+    let (session, _) = login(&relay).await;
+    let (status, v, _) = call(&relay, "GET", "/api/admin/state", Some(&session), None, "").await;
+    assert_eq!(status, 200, "{v}");
+    let fp = v["certificate"]["sha256"].as_str().unwrap();
+    let der = relay.tls.certs.chain()[0].clone();
+    let want: Vec<String> = ring::digest::digest(&ring::digest::SHA256, der.as_ref())
+        .as_ref()
+        .iter()
+        .map(|b| format!("{b:02X}"))
+        .collect();
+    assert_eq!(fp, want.join(":"));
+    assert_eq!(v["certificate"]["self_issued"], true);
+}

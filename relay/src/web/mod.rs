@@ -63,6 +63,8 @@ pub fn router(relay: Arc<Relay>, https: bool) -> Router {
         .route("/setup", get(pages::admin_page))
         .route("/admin", get(pages::admin_page))
         .route("/admin.js", get(pages::admin_asset))
+        .route("/favicon.svg", get(pages::favicon))
+        .route("/favicon.ico", get(pages::favicon))
         // The handler reads the body itself, after the session check and with a limit per
         // endpoint (`admin::api`).
         .route("/api/admin/{*rest}", any(crate::admin::api::handle));
@@ -91,6 +93,9 @@ pub fn router(relay: Arc<Relay>, https: bool) -> Router {
         .route("/new", get(new::get).post(new::post))
         // The reference's legacy name for `/new`, still in old QR codes.
         .route("/cgi-bin/newemail.py", get(new::get).post(new::post))
+        .route("/invite.json", get(new::invite_json))
+        .route("/invite/used", get(new::used))
+        .route("/invite.js", get(pages::invite_js))
         .route("/qr-chatmail-invite.svg", get(qr::svg))
         .route("/qr-chatmail-invite.png", get(qr::png))
         .route(

@@ -79,11 +79,116 @@ pub fn dclogin_for(cfg: &Config, addr: &str, password: &str) -> String {
 /// The invite a QR code carries: `DCACCOUNT:https://<domain>/new` with a real certificate, a
 /// fresh `dclogin:` account in self-signed mode.
 pub fn invite_url(cfg: &Config) -> String {
+    invite(cfg).url
+}
+
+/// One invite. In self-signed mode it *is* one account (address and password in the QR code),
+/// so a second phone scanning it becomes the same user: `addr` and `tag` let a page ask
+/// whether it was used ([`used`]) and show a fresh one. A `DCACCOUNT:` code asks `/new` at
+/// every scan, so it serves everybody (`addr` is `None`).
+pub struct Invite {
+    pub url: String,
+    pub addr: Option<String>,
+}
+
+pub fn invite(cfg: &Config) -> Invite {
     if cfg.is_self_signed() {
         let (addr, password) = crate::accounts::random_credentials(cfg);
-        dclogin_for(cfg, &addr, &password)
+        Invite {
+            url: dclogin_for(cfg, &addr, &password),
+            addr: Some(addr),
+        }
     } else {
-        format!("DCACCOUNT:{}/new", super::https_origin(cfg))
+        Invite {
+            url: format!("DCACCOUNT:{}/new", super::https_origin(cfg)),
+            addr: None,
+        }
+    }
+}
+
+/// Proof that this process handed out `addr` in an invite: only the page that shows the code
+/// may ask whether it was used, so the question cannot be put about any other address. The key
+/// lives in memory only; after a restart the page gets a 400 and fetches a fresh invite.
+pub fn invite_tag(addr: &str) -> String {
+    use base64::Engine;
+    base64::engine::general_purpose::URL_SAFE_NO_PAD
+        .encode(ring::hmac::sign(tag_key(), addr.as_bytes()).as_ref())
+}
+
+fn tag_key() -> &'static ring::hmac::Key {
+    static KEY: std::sync::OnceLock<ring::hmac::Key> = std::sync::OnceLock::new();
+    KEY.get_or_init(|| {
+        let mut b = [0u8; 32];
+        rand::Rng::fill(&mut rand::thread_rng(), &mut b);
+        ring::hmac::Key::new(ring::hmac::HMAC_SHA256, &b)
+    })
+}
+
+/// [`invite_tag`] made `tag` for `addr` (compared in constant time).
+pub fn tag_valid(addr: &str, tag: &str) -> bool {
+    use base64::Engine;
+    base64::engine::general_purpose::URL_SAFE_NO_PAD
+        .decode(tag)
+        .is_ok_and(|t| ring::hmac::verify(tag_key(), addr.as_bytes(), &t).is_ok())
+}
+
+/// `GET /invite.json`: a fresh invite for the pages' script (`firmware-ui/invite.js`): the URL,
+/// its QR code as SVG, and in self-signed mode the address and its tag. Limited like `/new`,
+/// since in self-signed mode every answer is a new account.
+pub async fn invite_json(State(w): State<Web>, client: Option<Extension<ClientAddr>>) -> Response {
+    let cfg = &w.relay.cfg;
+    if cfg.is_self_signed() && !w.limiter.check(client.as_ref().map(|e| &e.0)) {
+        return (
+            StatusCode::TOO_MANY_REQUESTS,
+            Json(serde_json::json!({"error": "too many requests, try again in a few seconds"})),
+        )
+            .into_response();
+    }
+    let inv = invite(cfg);
+    let svg = super::qr::inline_svg(&inv.url);
+    let tag = inv.addr.as_deref().map(invite_tag);
+    (
+        [(header::CACHE_CONTROL, "no-store")],
+        Json(serde_json::json!({
+            "url": inv.url,
+            "svg": svg,
+            "addr": inv.addr,
+            "tag": tag,
+        })),
+    )
+        .into_response()
+}
+
+#[derive(serde::Deserialize)]
+pub struct UsedQuery {
+    addr: String,
+    tag: String,
+}
+
+/// `GET /invite/used?addr=…&tag=…`: whether the account of a shown invite exists, i.e. somebody
+/// scanned the code and logged in (accounts are made at their first login). The pages ask every
+/// few seconds and then show the next code. One store lookup, no password hashing.
+pub async fn used(
+    State(w): State<Web>,
+    axum::extract::Query(q): axum::extract::Query<UsedQuery>,
+) -> Response {
+    if !tag_valid(&q.addr, &q.tag) {
+        return (
+            StatusCode::BAD_REQUEST,
+            Json(serde_json::json!({"error": "not an invite of this relay (or from before a restart)"})),
+        )
+            .into_response();
+    }
+    match w.relay.store.account(&q.addr) {
+        Ok(a) => (
+            [(header::CACHE_CONTROL, "no-store")],
+            Json(serde_json::json!({"used": a.is_some()})),
+        )
+            .into_response(),
+        Err(e) => {
+            tracing::warn!("invite check: {e}");
+            StatusCode::INTERNAL_SERVER_ERROR.into_response()
+        }
     }
 }
 

@@ -19,6 +19,8 @@ const CSS: &str = include_str!("../../../firmware-ui/main.css");
 const SETUP: &str = include_str!("../../../firmware-ui/setup.html");
 const ADMIN: &str = include_str!("../../../firmware-ui/admin.html");
 const ADMIN_JS: &str = include_str!("../../../firmware-ui/admin.js");
+const INVITE_JS: &str = include_str!("../../../firmware-ui/invite.js");
+const FAVICON: &str = include_str!("../../../firmware-ui/favicon.svg");
 
 /// Placeholders whose values are markup, not text.
 const RAW: &[&str] = &["qr_svg"];
@@ -86,17 +88,26 @@ fn or_unset(s: &str) -> String {
 
 /// Every placeholder the templates may use.
 pub fn values(cfg: &Config) -> Vec<(&'static str, String)> {
-    let invite = super::new::invite_url(cfg);
-    let qr_svg = super::qr::svg_of(&invite).unwrap_or_default();
-    // The SVG renderer starts with an XML declaration, which is not allowed inside HTML.
-    let qr_svg = match qr_svg.find("<svg") {
-        Some(i) => qr_svg[i..].to_string(),
-        None => qr_svg,
+    let invite = super::new::invite(cfg);
+    let qr_svg = super::qr::inline_svg(&invite.url);
+    let invite_tag = invite
+        .addr
+        .as_deref()
+        .map(super::new::invite_tag)
+        .unwrap_or_default();
+    let invite_note = if invite.addr.is_some() {
+        "One QR code is one person: it holds one new address and its password. \
+         As soon as somebody has used it, a new code appears here for the next person."
+    } else {
+        "Everyone who scans this code gets an address of their own."
     };
     vec![
         ("domain", cfg.mail_domain.clone()),
         ("origin", super::https_origin(cfg)),
-        ("invite_url", invite),
+        ("invite_url", invite.url),
+        ("invite_addr", invite.addr.unwrap_or_default()),
+        ("invite_tag", invite_tag),
+        ("invite_note", invite_note.into()),
         ("qr_svg", qr_svg),
         (
             "mode",
@@ -197,6 +208,31 @@ pub async fn admin_asset(state: State<Web>, uri: Uri) -> Response {
             (header::CACHE_CONTROL, "no-store"),
         ],
         ADMIN_JS,
+    )
+        .into_response()
+}
+
+/// The script that replaces a used invite QR code (public and admin pages).
+pub async fn invite_js() -> Response {
+    (
+        [
+            (header::CONTENT_TYPE, "text/javascript; charset=utf-8"),
+            (header::CACHE_CONTROL, "no-store"),
+        ],
+        INVITE_JS,
+    )
+        .into_response()
+}
+
+/// `/favicon.svg`, also as `/favicon.ico` (browsers ask for that name on their own); on port 80
+/// too, for the wizard.
+pub async fn favicon() -> Response {
+    (
+        [
+            (header::CONTENT_TYPE, "image/svg+xml"),
+            (header::CACHE_CONTROL, "max-age=86400"),
+        ],
+        FAVICON,
     )
         .into_response()
 }

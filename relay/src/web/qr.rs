@@ -29,6 +29,16 @@ pub fn svg_of(data: &str) -> Option<String> {
     )
 }
 
+/// [`svg_of`] without the XML declaration the renderer starts with, which is not allowed
+/// inside HTML: for pages (`{{qr_svg}}`) and `/invite.json`.
+pub fn inline_svg(data: &str) -> String {
+    let svg = svg_of(data).unwrap_or_default();
+    match svg.find("<svg") {
+        Some(i) => svg[i..].to_string(),
+        None => svg,
+    }
+}
+
 /// A grayscale 1-bit PNG of a QR code for `data`.
 pub fn png_of(data: &str) -> Option<Vec<u8>> {
     let qr = code(data)?;

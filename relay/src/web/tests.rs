@@ -606,3 +606,91 @@ fn built_in_pages_have_no_inline_script_or_style() {
         vec!["<script>".to_string(), "onclick=".to_string()]
     );
 }
+
+/// Issue 16: in self-signed (LAN) mode an invite QR code is one account, so the pages follow
+/// each code they show: `/invite/used` says when its account exists, and `/invite.json` gives
+/// the next person a code of their own.
+#[tokio::test]
+async fn a_self_signed_invite_is_one_person_and_the_page_can_tell_when_it_was_used() {
+    let dir = tempfile::tempdir().unwrap();
+    let relay = relay(dir.path());
+    let get = |path: String| {
+        let relay = relay.clone();
+        async move {
+            let (status, body) = crate::fuzzing::https_request(&relay, "GET", &path, &[], vec![])
+                .await
+                .unwrap();
+            (
+                status,
+                serde_json::from_slice::<serde_json::Value>(&body).unwrap_or_default(),
+            )
+        }
+    };
+    let (status, a) = get("/invite.json".into()).await;
+    assert_eq!(status, 200, "{a}");
+    let (_, b) = get("/invite.json".into()).await;
+    let addr = a["addr"].as_str().unwrap().to_string();
+    assert_ne!(
+        addr,
+        b["addr"].as_str().unwrap(),
+        "every invite is a new address"
+    );
+    let url = a["url"].as_str().unwrap();
+    assert!(url.starts_with(&format!("dclogin:{addr}?p=")), "{url}");
+    assert!(a["svg"].as_str().unwrap().starts_with("<svg"), "{a}");
+    let used = |addr: String, tag: String| {
+        let q = format!(
+            "/invite/used?addr={}&tag={}",
+            percent_encoding::utf8_percent_encode(&addr, percent_encoding::NON_ALPHANUMERIC),
+            tag
+        );
+        get(q)
+    };
+    let tag = a["tag"].as_str().unwrap().to_string();
+    let (status, v) = used(addr.clone(), tag.clone()).await;
+    assert_eq!((status, v["used"].clone()), (200, false.into()), "{v}");
+    // Only the page that shows a code may ask about it: another address with this tag is refused.
+    let other = b["addr"].as_str().unwrap().to_string();
+    let (status, _) = used(other, tag.clone()).await;
+    assert_eq!(status, 400);
+    // The phone scans it and logs in: the account exists, the code is used.
+    let pw = url.split("?p=").nth(1).unwrap().split('&').next().unwrap();
+    let pw = percent_encoding::percent_decode_str(pw)
+        .decode_utf8()
+        .unwrap();
+    relay.accounts.login(&addr, &pw).await.unwrap();
+    let (status, v) = used(addr, tag).await;
+    assert_eq!((status, v["used"].clone()), (200, true.into()), "{v}");
+    // The public page names its code's address and tag for its script.
+    let (status, page) = crate::fuzzing::https_request(&relay, "GET", "/", &[], vec![])
+        .await
+        .unwrap();
+    let page = String::from_utf8(page).unwrap();
+    assert_eq!(status, 200);
+    assert!(page.contains("One QR code is one person"), "{page}");
+    assert!(page.contains("<script src=\"/invite.js\">"), "{page}");
+    let shown = page
+        .split("data-addr=\"")
+        .nth(1)
+        .and_then(|s| s.split('"').next())
+        .unwrap();
+    assert!(shown.ends_with("@[127.0.0.1]"), "{shown}");
+}
+
+#[tokio::test]
+async fn favicon_and_invite_script_are_served() {
+    let dir = tempfile::tempdir().unwrap();
+    let relay = relay(dir.path());
+    for (path, ty) in [
+        ("/favicon.svg", "image/svg+xml"),
+        ("/favicon.ico", "image/svg+xml"),
+        ("/invite.js", "text/javascript; charset=utf-8"),
+    ] {
+        let (status, headers, _) =
+            crate::fuzzing::router_request(&relay, true, "GET", path, &[], vec![])
+                .await
+                .unwrap();
+        assert_eq!(status, 200, "{path}");
+        assert_eq!(headers[axum::http::header::CONTENT_TYPE], ty, "{path}");
+    }
+}
