@@ -4,6 +4,8 @@
 //! → `delivery`; `imap` → `store`, `accounts`; `delivery` → `store`, `policy`, `dkim` (origin
 //! check of incoming mail), `dns`; `accounts` → `store`. `policy` is pure (bytes in,
 //! verdict out) and never touches the store or a socket.
+//!
+//! Shared plumbing, one copy each: `io` (crash-safe private file writes).
 
 pub mod accounts;
 pub mod acme;
@@ -19,6 +21,7 @@ pub mod expiry;
 #[doc(hidden)]
 pub mod fuzzing;
 pub mod imap;
+pub mod io;
 pub mod limits;
 pub mod logbuf;
 pub mod metrics;

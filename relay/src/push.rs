@@ -21,7 +21,6 @@ use http_body_util::{BodyExt, Full};
 use hyper::client::conn::http1::SendRequest;
 use hyper_util::rt::TokioIo;
 use std::collections::HashMap;
-use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -413,17 +412,10 @@ fn file_name(key: &Key) -> String {
         .collect()
 }
 
-/// `<account id>\n<first attempt>\n<token>`, written tmp + fsync + rename.
+/// `<account id>\n<first attempt>\n<token>`, written atomically ([`crate::io::write_private`]).
 fn write_pending(dir: &Path, key: &Key, first: i64) -> std::io::Result<()> {
-    let name = file_name(key);
-    let tmp = dir.join(format!("{name}.tmp"));
-    {
-        let mut f = std::fs::File::create(&tmp)?;
-        write!(f, "{}\n{}\n{}", key.0, first, key.1)?;
-        f.sync_all()?;
-    }
-    std::fs::rename(&tmp, dir.join(name))?;
-    std::fs::File::open(dir)?.sync_all()
+    let text = format!("{}\n{}\n{}", key.0, first, key.1);
+    crate::io::write_private(&dir.join(file_name(key)), text.as_bytes())
 }
 
 fn remove_file(dir: &Path, key: &Key) {

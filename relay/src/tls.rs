@@ -5,7 +5,6 @@ use crate::config::Config;
 use rustls::pki_types::{CertificateDer, PrivateKeyDer};
 use rustls::server::{ClientHello, ResolvesServerCert, ServerConfig};
 use rustls::sign::CertifiedKey;
-use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant, SystemTime};
@@ -351,25 +350,12 @@ pub fn make_self_signed(cfg: &Config) -> Result<(String, String), TlsError> {
     Ok((cert.pem(), key.serialize_pem()))
 }
 
-/// Writes `data` to `path` atomically (temporary file, fsync, rename), readable by the owner only.
+/// Writes `data` to `path` atomically ([`crate::io::write_private`]), readable by the owner only.
 pub(crate) fn write_private(path: &Path, data: &[u8]) -> Result<(), TlsError> {
-    use std::os::unix::fs::OpenOptionsExt;
-    let tmp = path.with_extension("tmp");
-    let werr = |source| TlsError::Write {
+    crate::io::write_private(path, data).map_err(|source| TlsError::Write {
         path: path.to_owned(),
         source,
-    };
-    let mut f = std::fs::OpenOptions::new()
-        .write(true)
-        .create(true)
-        .truncate(true)
-        .mode(0o600)
-        .open(&tmp)
-        .map_err(werr)?;
-    f.write_all(data).map_err(werr)?;
-    f.sync_all().map_err(werr)?;
-    std::fs::rename(&tmp, path).map_err(werr)?;
-    Ok(())
+    })
 }
 
 #[cfg(test)]
