@@ -12,6 +12,7 @@
 //! says so.
 
 use crate::config::Config;
+use crate::sync::LockExt;
 use crate::Relay;
 use instant_acme::{
     Account, AccountCredentials, AuthorizationStatus, CertificateIdentifier, ChallengeType,
@@ -45,7 +46,7 @@ impl Acme {
     }
 
     fn map(&self) -> std::sync::MutexGuard<'_, HashMap<String, String>> {
-        self.challenges.lock().unwrap_or_else(|e| e.into_inner())
+        self.challenges.lock_or_recover()
     }
 }
 

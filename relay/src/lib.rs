@@ -5,7 +5,8 @@
 //! check of incoming mail), `dns`; `accounts` → `store`. `policy` is pure (bytes in,
 //! verdict out) and never touches the store or a socket.
 //!
-//! Shared plumbing, one copy each: `io` (crash-safe private file writes).
+//! Shared plumbing, one copy each: `io` (crash-safe private file writes), `sync` (locks that
+//! survive a panicking holder).
 
 pub mod accounts;
 pub mod acme;
@@ -31,6 +32,7 @@ pub mod push;
 pub mod server;
 pub mod smtp;
 pub mod store;
+pub mod sync;
 pub mod tls;
 pub mod update;
 pub mod version;

@@ -9,6 +9,7 @@
 //! descriptors left after a reserve for the store, outbound delivery and DNS.
 
 use crate::config::Config;
+use crate::sync::LockExt;
 use std::collections::HashMap;
 use std::net::{IpAddr, SocketAddr};
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -153,7 +154,7 @@ impl ConnLimiter {
 
     fn lock(&self) -> std::sync::MutexGuard<'_, State> {
         // The counts stay consistent even if a holder panicked: each update is one statement.
-        self.state.lock().unwrap_or_else(|e| e.into_inner())
+        self.state.lock_or_recover()
     }
 
     /// A slot for a new connection from `ip`, or why not. `login` marks a connection that must

@@ -16,6 +16,7 @@ use crate::clock::Clock;
 use crate::config::{Config, Seconds};
 use crate::metrics::M;
 use crate::store::{Account, AccountId, DeviceToken, Store};
+use crate::sync::LockExt;
 use bytes::Bytes;
 use http_body_util::{BodyExt, Full};
 use hyper::client::conn::http1::SendRequest;
@@ -189,7 +190,7 @@ impl Push {
     }
 
     fn state(&self) -> std::sync::MutexGuard<'_, HashMap<Key, Entry>> {
-        self.inner.state.lock().unwrap_or_else(|p| p.into_inner())
+        self.inner.state.lock_or_recover()
     }
 
     /// Notifications waiting (for their first attempt or a retry).
@@ -524,7 +525,7 @@ impl Client {
     }
 
     fn take_idle(&self) -> Option<Sender> {
-        let mut idle = self.idle.lock().unwrap_or_else(|p| p.into_inner());
+        let mut idle = self.idle.lock_or_recover();
         while let Some(s) = idle.pop() {
             if !s.is_closed() {
                 return Some(s);
@@ -534,7 +535,7 @@ impl Client {
     }
 
     fn put_idle(&self, s: Sender) {
-        let mut idle = self.idle.lock().unwrap_or_else(|p| p.into_inner());
+        let mut idle = self.idle.lock_or_recover();
         if !s.is_closed() && idle.len() < MAX_IDLE {
             idle.push(s);
         }

@@ -2,6 +2,7 @@
 //! rustls configs each listener uses. Only the `ring` provider is used.
 
 use crate::config::Config;
+use crate::sync::LockExt;
 use rustls::pki_types::{CertificateDer, PrivateKeyDer};
 use rustls::server::{ClientHello, ResolvesServerCert, ServerConfig};
 use rustls::sign::CertifiedKey;
@@ -138,22 +139,18 @@ impl CertStore {
     /// The current chain (after any reload).
     pub fn chain(&self) -> Arc<Vec<CertificateDer<'static>>> {
         self.current();
-        self.state
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .chain
-            .clone()
+        self.state.lock_or_recover().chain.clone()
     }
 
     /// Makes the next handshake look at the files at once (after the ACME client wrote them)
     /// instead of within [`RELOAD_CHECK`].
     pub fn recheck(&self) {
-        self.state.lock().unwrap_or_else(|e| e.into_inner()).force = true;
+        self.state.lock_or_recover().force = true;
     }
 
     /// The current certificate, reloading it first if the files changed.
     pub fn current(&self) -> Arc<CertifiedKey> {
-        let mut st = self.state.lock().unwrap_or_else(|e| e.into_inner());
+        let mut st = self.state.lock_or_recover();
         let Some(files) = &self.files else {
             return st.key.clone();
         };

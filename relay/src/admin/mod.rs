@@ -28,6 +28,7 @@ pub mod throttle;
 mod update_api;
 
 use crate::config::Config;
+use crate::sync::LockExt;
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -307,13 +308,9 @@ impl Admin {
         rand::thread_rng().fill_bytes(&mut b);
         crate::io::write_private(&self.dir.join("secret"), &b)?;
         crate::io::write_private(&self.password_path(), format!("{hash}\n").as_bytes())?;
-        *self.secret.lock().unwrap_or_else(|p| p.into_inner()) =
-            ring::hmac::Key::new(ring::hmac::HMAC_SHA256, &b);
+        *self.secret.lock_or_recover() = ring::hmac::Key::new(ring::hmac::HMAC_SHA256, &b);
         // No session of the old secret can come back: the list has nothing left to do.
-        self.revoked
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .clear();
+        self.revoked.lock_or_recover().clear();
         if let Err(e) = std::fs::remove_file(self.dir.join(REVOKED_FILE)) {
             if e.kind() != std::io::ErrorKind::NotFound {
                 tracing::warn!("cannot remove the list of logged-out sessions: {e}");
@@ -333,13 +330,13 @@ impl Admin {
     /// Compares secrets in constant time: `a` against an HMAC of `b` (ring's verify is
     /// constant-time; its plain slice comparison is deprecated for outside use).
     fn same(&self, a: &[u8], b: &[u8]) -> bool {
-        let key = self.secret.lock().unwrap_or_else(|p| p.into_inner());
+        let key = self.secret.lock_or_recover();
         let tag = ring::hmac::sign(&key, b);
         ring::hmac::verify(&key, a, tag.as_ref()).is_ok()
     }
 
     fn sign(&self, what: &str) -> String {
-        let key = self.secret.lock().unwrap_or_else(|p| p.into_inner());
+        let key = self.secret.lock_or_recover();
         b64(ring::hmac::sign(&key, what.as_bytes()).as_ref())
     }
 
@@ -368,14 +365,7 @@ impl Admin {
     /// The session is ours, not expired and not logged out.
     pub fn session_valid(&self, cookie: &str, now: i64) -> bool {
         match self.session_parts(cookie) {
-            Some((e, id)) => {
-                e > now
-                    && !self
-                        .revoked
-                        .lock()
-                        .unwrap_or_else(|p| p.into_inner())
-                        .contains_key(id)
-            }
+            Some((e, id)) => e > now && !self.revoked.lock_or_recover().contains_key(id),
             None => false,
         }
     }
@@ -388,7 +378,7 @@ impl Admin {
         let Some((exp, id)) = self.session_parts(cookie) else {
             return Ok(());
         };
-        let mut revoked = self.revoked.lock().unwrap_or_else(|p| p.into_inner());
+        let mut revoked = self.revoked.lock_or_recover();
         revoked.retain(|_, e| *e > now);
         if exp <= now {
             return Ok(());

@@ -3,6 +3,7 @@
 
 use super::smtp::parse_reply_text;
 use crate::policy::Reply;
+use crate::sync::LockExt;
 use bytes::Bytes;
 use http_body_util::{BodyExt, Full, Limited};
 use hyper::client::conn::http1::SendRequest;
@@ -75,20 +76,16 @@ pub struct Request<'a> {
     pub message: &'a Arc<[u8]>,
 }
 
-fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
-    m.lock().unwrap_or_else(|e| e.into_inner())
-}
-
 impl Pool {
     /// How many idle connections are kept (for tests).
     #[cfg(test)]
     pub fn idle_count(&self) -> usize {
-        lock(&self.idle).len()
+        self.idle.lock_or_recover().len()
     }
 
     /// The idle connection to `key`, if there is one that is still open and ready.
     async fn take(&self, key: &PoolKey) -> Option<Sender> {
-        let (mut s, since) = lock(&self.idle).remove(key)?;
+        let (mut s, since) = self.idle.lock_or_recover().remove(key)?;
         if since.elapsed() > IDLE || s.is_closed() {
             return None;
         }
@@ -103,7 +100,7 @@ impl Pool {
         if s.is_closed() {
             return;
         }
-        let mut idle = lock(&self.idle);
+        let mut idle = self.idle.lock_or_recover();
         idle.retain(|_, (s, since)| since.elapsed() <= IDLE && !s.is_closed());
         idle.entry(key).or_insert((s, Instant::now()));
     }
