@@ -6,7 +6,7 @@
 //! verdict out) and never touches the store or a socket.
 //!
 //! Shared plumbing, one copy each: `io` (crash-safe private file writes), `sync` (locks that
-//! survive a panicking holder).
+//! survive a panicking holder), `net` (the accept loop and TLS handshake of every listener).
 
 pub mod accounts;
 pub mod acme;

@@ -477,18 +477,7 @@ pub async fn serve(relay: Arc<Relay>, listener: TcpListener) {
         .route("/metrics", get(page))
         .route("/", get(page))
         .with_state(relay.clone());
-    loop {
-        let tcp = tokio::select! {
-            r = listener.accept() => match r {
-                Ok((tcp, _)) => tcp,
-                Err(e) => {
-                    tracing::warn!("metrics: accept failed: {e}");
-                    tokio::time::sleep(Duration::from_millis(100)).await;
-                    continue;
-                }
-            },
-            _ = relay.shutdown.wait() => break,
-        };
+    while let Some((tcp, _)) = crate::net::accept(&relay.shutdown, || listener.accept()).await {
         let svc = hyper_util::service::TowerToHyperService::new(app.clone());
         tokio::spawn(async move {
             let mut http = hyper::server::conn::http1::Builder::new();
