@@ -6,7 +6,8 @@
 //! verdict out) and never touches the store or a socket.
 //!
 //! Shared plumbing, one copy each: `io` (crash-safe private file writes), `sync` (locks that
-//! survive a panicking holder), `net` (the accept loop and TLS handshake of every listener).
+//! survive a panicking holder), `net` (the accept loop and TLS handshake of every listener),
+//! `http_client` (the outgoing POSTs of push and `/mxdeliv`), `acme::inspect_der` (X.509).
 
 pub mod accounts;
 pub mod acme;
@@ -21,6 +22,7 @@ pub mod dns;
 pub mod expiry;
 #[doc(hidden)]
 pub mod fuzzing;
+pub mod http_client;
 pub mod imap;
 pub mod io;
 pub mod limits;

@@ -18,9 +18,7 @@ use crate::metrics::M;
 use crate::store::{Account, AccountId, DeviceToken, Store};
 use crate::sync::LockExt;
 use bytes::Bytes;
-use http_body_util::{BodyExt, Full};
-use hyper::client::conn::http1::SendRequest;
-use hyper_util::rt::TokioIo;
+use http_body_util::Full;
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
@@ -460,7 +458,7 @@ fn load_pending(dir: &Path) -> Vec<(Key, i64)> {
 
 // ---- the HTTP client ---------------------------------------------------------------------
 
-type Sender = SendRequest<Full<Bytes>>;
+use crate::http_client::Sender;
 
 struct Client {
     uri: hyper::Uri,
@@ -472,19 +470,6 @@ struct Client {
         rustls::pki_types::ServerName<'static>,
     )>,
     idle: Mutex<Vec<Sender>>,
-}
-
-async fn handshake<T>(io: T) -> Result<Sender, String>
-where
-    T: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
-{
-    let (s, conn) = hyper::client::conn::http1::handshake(TokioIo::new(io))
-        .await
-        .map_err(|e| format!("HTTP handshake failed: {e}"))?;
-    tokio::spawn(async move {
-        let _ = conn.await;
-    });
-    Ok(s)
 }
 
 impl Client {
@@ -552,9 +537,9 @@ impl Client {
                     .connect(name.clone(), tcp)
                     .await
                     .map_err(|e| format!("TLS handshake failed: {e}"))?;
-                handshake(tls).await
+                crate::http_client::handshake(tls).await
             }
-            None => handshake(tcp).await,
+            None => crate::http_client::handshake(tcp).await,
         }
     }
 
@@ -570,18 +555,10 @@ impl Client {
             .header(hyper::header::USER_AGENT, "relaybox")
             .body(Full::new(Bytes::copy_from_slice(token.as_bytes())))
             .map_err(|e| format!("cannot build the request: {e}"))?;
-        s.ready()
-            .await
-            .map_err(|e| format!("connection not usable: {e}"))?;
-        let resp = s
-            .send_request(req)
-            .await
-            .map_err(|e| format!("request failed: {e}"))?;
+        let resp = crate::http_client::send(&mut s, req).await?;
         let status = resp.status().as_u16();
         // Read (and drop) the body so the connection can be reused.
-        let _ = http_body_util::Limited::new(resp.into_body(), 64 * 1024)
-            .collect()
-            .await;
+        let _ = crate::http_client::read_body(resp, 64 * 1024).await;
         let outcome = match status {
             200 => Outcome::Sent,
             410 => Outcome::Gone,
