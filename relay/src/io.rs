@@ -1,5 +1,5 @@
 //! Crash-safe file writes, the one way every module replaces a small file (keys, certificates,
-//! admin state, pending pushes, the update agent's files).
+//! admin state, pending pushes, the update agent's files) or streams a large one (update bundles).
 //!
 //! A file is written whole under a temporary name in its own directory, fsynced, renamed over
 //! its target, and the directory is fsynced: a crash leaves the old content or the new, never a
@@ -21,6 +21,28 @@ pub fn write_atomic(path: &Path, data: &[u8], mode: u32) -> std::io::Result<()> 
     Staged::write(path, data, Some(mode))?.commit()
 }
 
+/// Replaces `path` with what `write` writes (a large file, streamed), with mode `mode` whatever
+/// the umask. On an error of `write` the temporary is removed and `path` stays as it was.
+pub fn write_atomic_with<T, E: From<std::io::Error>>(
+    path: &Path,
+    mode: u32,
+    write: impl FnOnce(&mut std::fs::File) -> Result<T, E>,
+) -> Result<T, E> {
+    let (staged, out) = Staged::write_as(tmp_name(path)?, path, Some(mode), write)?;
+    staged.commit()?;
+    Ok(out)
+}
+
+fn tmp_name(path: &Path) -> std::io::Result<PathBuf> {
+    let name = path
+        .file_name()
+        .ok_or_else(|| std::io::Error::other("no file name"))?;
+    let mut tmp_name = std::ffi::OsString::from(".");
+    tmp_name.push(name);
+    tmp_name.push(".tmp");
+    Ok(path.with_file_name(tmp_name))
+}
+
 /// A file written whole in a temporary name beside its target, fsynced, not yet in place.
 /// [`Staged::commit`] renames it and fsyncs the directory; a crash before that leaves the old
 /// file as it was (the next write replaces the stale temporary).
@@ -34,13 +56,7 @@ impl Staged {
     /// `mode` is set whatever the umask (the root agent's files are read by the daemon);
     /// None for files on FAT, which has no modes (new files are then 0600).
     pub fn write(path: &Path, bytes: &[u8], mode: Option<u32>) -> std::io::Result<Staged> {
-        let name = path
-            .file_name()
-            .ok_or_else(|| std::io::Error::other("no file name"))?;
-        let mut tmp_name = std::ffi::OsString::from(".");
-        tmp_name.push(name);
-        tmp_name.push(".tmp");
-        Self::write_as(path.with_file_name(tmp_name), path, bytes, mode)
+        Ok(Self::write_as(tmp_name(path)?, path, mode, |f| f.write_all(bytes))?.0)
     }
 
     /// Like [`Staged::write`], in a temporary name of its own (process id and a random number),
@@ -51,15 +67,15 @@ impl Staged {
             std::process::id(),
             rand::random::<u64>()
         ));
-        Self::write_as(tmp, path, bytes, mode)
+        Ok(Self::write_as(tmp, path, mode, |f| f.write_all(bytes))?.0)
     }
 
-    fn write_as(
+    fn write_as<T, E: From<std::io::Error>>(
         tmp: PathBuf,
         path: &Path,
-        bytes: &[u8],
         mode: Option<u32>,
-    ) -> std::io::Result<Staged> {
+        write: impl FnOnce(&mut std::fs::File) -> Result<T, E>,
+    ) -> Result<(Staged, T), E> {
         use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
         std::fs::create_dir_all(parent(path))?;
         let _ = std::fs::remove_file(&tmp);
@@ -72,17 +88,23 @@ impl Staged {
             if let Some(mode) = mode {
                 f.set_permissions(std::fs::Permissions::from_mode(mode))?;
             }
-            f.write_all(bytes)?;
-            f.sync_all()
+            let out = write(&mut f)?;
+            f.sync_all()?;
+            Ok(out)
         })();
-        if let Err(e) = written {
-            let _ = std::fs::remove_file(&tmp);
-            return Err(e);
+        match written {
+            Ok(out) => Ok((
+                Staged {
+                    tmp,
+                    path: path.to_owned(),
+                },
+                out,
+            )),
+            Err(e) => {
+                let _ = std::fs::remove_file(&tmp);
+                Err(e)
+            }
         }
-        Ok(Staged {
-            tmp,
-            path: path.to_owned(),
-        })
     }
 
     /// Puts the file in place (replacing what was there) and makes that durable.
@@ -159,6 +181,22 @@ mod tests {
         let mode = std::fs::metadata(&p).unwrap().permissions().mode();
         assert_eq!(mode & 0o777, 0o600);
         assert_eq!(names(dir.path()), ["key.pem"]);
+    }
+
+    #[test]
+    fn a_failed_streamed_write_keeps_the_old_file_and_no_temporary() {
+        let dir = tempfile::tempdir().unwrap();
+        let p = dir.path().join("x.update");
+        write_atomic_with(&p, 0o644, |f| f.write_all(b"old")).unwrap();
+        let r: std::io::Result<()> = write_atomic_with(&p, 0o644, |f| {
+            f.write_all(b"half")?;
+            Err(std::io::Error::other("source changed"))
+        });
+        assert!(r.is_err());
+        assert_eq!(std::fs::read(&p).unwrap(), b"old");
+        let mode = std::fs::metadata(&p).unwrap().permissions().mode();
+        assert_eq!(mode & 0o777, 0o644);
+        assert_eq!(names(dir.path()), ["x.update"]);
     }
 
     #[test]
