@@ -157,16 +157,22 @@ mod tests {
         v
     }
 
+    /// `p` holds `data` with `mode`, and no temporary is left beside it.
+    fn assert_alone(p: &Path, data: &[u8], mode: u32) {
+        assert_eq!(std::fs::read(p).unwrap(), data);
+        let got = std::fs::metadata(p).unwrap().permissions().mode();
+        assert_eq!(got & 0o777, mode);
+        let name = p.file_name().unwrap().to_str().unwrap();
+        assert_eq!(names(p.parent().unwrap()), [name]);
+    }
+
     #[test]
     fn write_private_replaces_the_file_owner_only_and_leaves_no_temporary() {
         let dir = tempfile::tempdir().unwrap();
         let p = dir.path().join("sub").join("secret");
         write_private(&p, b"one").unwrap();
         write_private(&p, b"two").unwrap();
-        assert_eq!(std::fs::read(&p).unwrap(), b"two");
-        let mode = std::fs::metadata(&p).unwrap().permissions().mode();
-        assert_eq!(mode & 0o777, 0o600);
-        assert_eq!(names(&dir.path().join("sub")), ["secret"]);
+        assert_alone(&p, b"two", 0o600);
     }
 
     #[test]
@@ -177,10 +183,7 @@ mod tests {
         std::fs::write(&tmp, b"half a key").unwrap();
         std::fs::set_permissions(&tmp, std::fs::Permissions::from_mode(0o644)).unwrap();
         write_private(&p, b"whole key").unwrap();
-        assert_eq!(std::fs::read(&p).unwrap(), b"whole key");
-        let mode = std::fs::metadata(&p).unwrap().permissions().mode();
-        assert_eq!(mode & 0o777, 0o600);
-        assert_eq!(names(dir.path()), ["key.pem"]);
+        assert_alone(&p, b"whole key", 0o600);
     }
 
     #[test]
@@ -193,10 +196,7 @@ mod tests {
             Err(std::io::Error::other("source changed"))
         });
         assert!(r.is_err());
-        assert_eq!(std::fs::read(&p).unwrap(), b"old");
-        let mode = std::fs::metadata(&p).unwrap().permissions().mode();
-        assert_eq!(mode & 0o777, 0o644);
-        assert_eq!(names(dir.path()), ["x.update"]);
+        assert_alone(&p, b"old", 0o644);
     }
 
     #[test]
