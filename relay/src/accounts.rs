@@ -5,6 +5,7 @@ use crate::clock::Clock;
 use crate::config::Config;
 use crate::policy::throttle::{LoginThrottle, Turn};
 use crate::store::{Account, Store, StoreError};
+use crate::sync::LockExt;
 use std::collections::HashMap;
 use std::net::IpAddr;
 use std::path::Path;
@@ -284,14 +285,14 @@ impl Accounts {
 
     fn cached_ok(&self, addr: &str, password: &str, stored: &str) -> bool {
         let d = self.digest(addr, password);
-        let c = self.cache.lock().unwrap_or_else(|p| p.into_inner());
+        let c = self.cache.lock_or_recover();
         c.get(addr)
             .is_some_and(|e| e.stored_hash == stored && constant_time_eq(&e.digest, &d))
     }
 
     fn remember(&self, addr: &str, password: &str, stored: &str) {
         let d = self.digest(addr, password);
-        let mut c = self.cache.lock().unwrap_or_else(|p| p.into_inner());
+        let mut c = self.cache.lock_or_recover();
         if c.len() >= CACHE_MAX {
             c.clear();
         }

@@ -12,6 +12,7 @@
 //! says so.
 
 use crate::config::Config;
+use crate::sync::LockExt;
 use crate::Relay;
 use instant_acme::{
     Account, AccountCredentials, AuthorizationStatus, CertificateIdentifier, ChallengeType,
@@ -45,7 +46,7 @@ impl Acme {
     }
 
     fn map(&self) -> std::sync::MutexGuard<'_, HashMap<String, String>> {
-        self.challenges.lock().unwrap_or_else(|e| e.into_inner())
+        self.challenges.lock_or_recover()
     }
 }
 
@@ -85,7 +86,12 @@ pub fn inspect(pem: &[u8]) -> Result<CertInfo, String> {
         .next()
         .ok_or("no PEM certificate")?
         .map_err(|e| format!("bad PEM: {e}"))?;
-    let (_, cert) = x509_parser::parse_x509_certificate(der.as_ref())
+    inspect_der(der.as_ref())
+}
+
+/// Parses one DER certificate: the relay's one X.509 reader (metrics uses it too).
+pub fn inspect_der(der: &[u8]) -> Result<CertInfo, String> {
+    let (_, cert) = x509_parser::parse_x509_certificate(der)
         .map_err(|e| format!("cannot parse the certificate: {e}"))?;
     let mut dns_names = Vec::new();
     if let Ok(Some(san)) = cert.subject_alternative_name() {
@@ -99,7 +105,7 @@ pub fn inspect(pem: &[u8]) -> Result<CertInfo, String> {
         not_after: cert.validity().not_after.timestamp(),
         self_issued: cert.issuer().as_raw() == cert.subject().as_raw(),
         dns_names,
-        ari_id: CertificateIdentifier::try_from(&CertificateDer::from(der.as_ref()))
+        ari_id: CertificateIdentifier::try_from(&CertificateDer::from(der))
             .ok()
             .map(CertificateIdentifier::into_owned),
     })

@@ -261,12 +261,12 @@ pub async fn restore(
         )));
     }
     for f in &b.files {
-        crate::admin::write_atomic(&data_dir.join(&f.path), &f.data)?;
+        crate::io::write_private(&data_dir.join(&f.path), &f.data)?;
     }
     let config_copy = match &b.config {
         Some(text) => {
             let p = data_dir.join("config-from-backup.toml");
-            crate::admin::write_atomic(&p, text.as_bytes())?;
+            crate::io::write_private(&p, text.as_bytes())?;
             Some(p)
         }
         None => None,

@@ -92,18 +92,7 @@ pub async fn serve(relay: Arc<Relay>) -> std::io::Result<()> {
     let _ = std::fs::remove_file(&path);
     let listener = UnixListener::bind(&path)?;
     std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o600))?;
-    loop {
-        let stream = tokio::select! {
-            r = listener.accept() => match r {
-                Ok((s, _)) => s,
-                Err(e) => {
-                    tracing::warn!("control socket accept failed: {e}");
-                    tokio::time::sleep(std::time::Duration::from_millis(100)).await;
-                    continue;
-                }
-            },
-            _ = relay.shutdown.wait() => break,
-        };
+    while let Some((stream, _)) = crate::net::accept(&relay.shutdown, || listener.accept()).await {
         let relay = relay.clone();
         tokio::spawn(async move {
             if let Err(e) = handle(&relay, stream).await {

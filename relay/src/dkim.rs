@@ -11,7 +11,6 @@ use mail_auth::common::crypto::{Algorithm, RsaKey, Sha256, SigningKey};
 use mail_auth::common::headers::{HeaderWriter, Writable};
 use mail_auth::dkim::{Canonicalization, DkimSigner};
 use mail_auth::{AuthenticatedMessage, DkimResult, Parameters, ResolverCache};
-use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
@@ -257,7 +256,7 @@ fn generate_pem() -> Result<String, DkimError> {
 /// hard-linked into place, which fails if another process got there first; its key then stays.
 /// Readers never see a partly written key.
 fn store_new(path: &Path, data: &[u8]) -> Result<(), DkimError> {
-    use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt};
+    use std::os::unix::fs::DirBuilderExt;
     let werr = |source| DkimError::Write {
         path: path.to_owned(),
         source,
@@ -268,31 +267,9 @@ fn store_new(path: &Path, data: &[u8]) -> Result<(), DkimError> {
         .mode(0o700)
         .create(dir)
         .map_err(werr)?;
-    let tmp = dir.join(format!(
-        ".{}.{:016x}.tmp",
-        std::process::id(),
-        rand::random::<u64>()
-    ));
-    let result = (|| {
-        let mut f = std::fs::OpenOptions::new()
-            .write(true)
-            .create(true)
-            .truncate(true)
-            .mode(0o600)
-            .open(&tmp)?;
-        f.write_all(data)?;
-        f.sync_all()?;
-        match std::fs::hard_link(&tmp, path) {
-            Ok(()) => {}
-            Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {}
-            // A file system without hard links: an atomic rename still never leaves a torn key,
-            // only the first-writer-wins guarantee is lost.
-            Err(_) => std::fs::rename(&tmp, path)?,
-        }
-        std::fs::File::open(dir)?.sync_all()
-    })();
-    let _ = std::fs::remove_file(&tmp);
-    result.map_err(werr)
+    crate::io::Staged::write_unique(path, data, Some(0o600))
+        .and_then(crate::io::Staged::commit_new)
+        .map_err(werr)
 }
 
 /// Wraps a PKCS#1 `RSAPublicKey` (what ring hands out) in the SubjectPublicKeyInfo that DKIM's

@@ -12,6 +12,7 @@ pub mod check;
 pub mod reach;
 pub mod records;
 
+use crate::sync::LockExt;
 use hickory_resolver::config::{
     ConnectionConfig, NameServerConfig, ResolveHosts, ResolverConfig, ResolverOpts,
 };
@@ -85,9 +86,6 @@ impl KeyCache {
 
 // A poisoned lock only means another lookup panicked half-way; the map itself is still a valid
 // cache, so keep using it rather than failing every later verification.
-fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
-    m.lock().unwrap_or_else(|e| e.into_inner())
-}
 
 impl ResolverCache<Box<str>, Txt> for KeyCache {
     fn get<Q>(&self, name: &Q) -> Option<Txt>
@@ -95,10 +93,10 @@ impl ResolverCache<Box<str>, Txt> for KeyCache {
         Box<str>: Borrow<Q>,
         Q: Hash + Eq + ?Sized,
     {
-        if let Some(t) = lock(&self.pinned).get(name) {
+        if let Some(t) = self.pinned.lock_or_recover().get(name) {
             return Some(t.clone());
         }
-        let mut entries = lock(&self.entries);
+        let mut entries = self.entries.lock_or_recover();
         match entries.get(name) {
             Some((t, until)) if *until > Instant::now() => Some(t.clone()),
             Some(_) => {
@@ -114,11 +112,11 @@ impl ResolverCache<Box<str>, Txt> for KeyCache {
         Box<str>: Borrow<Q>,
         Q: Hash + Eq + ?Sized,
     {
-        lock(&self.entries).remove(name).map(|(t, _)| t)
+        self.entries.lock_or_recover().remove(name).map(|(t, _)| t)
     }
 
     fn insert(&self, key: Box<str>, value: Txt, valid_until: Instant) {
-        let mut entries = lock(&self.entries);
+        let mut entries = self.entries.lock_or_recover();
         if entries.len() >= KEY_CACHE_ENTRIES && !entries.contains_key(&key) {
             let now = Instant::now();
             entries.retain(|_, (_, until)| *until > now);
@@ -207,7 +205,11 @@ impl Dns {
     pub fn pin_dkim_key(&self, name: &str, record: &str) -> Result<(), mail_auth::Error> {
         use mail_auth::common::{parse::TxtRecordParser, verify::DomainKey};
         let key = DomainKey::parse(record.as_bytes())?;
-        lock(&self.inner.keys.pinned).insert(fqdn(name).into_boxed_str(), Txt::from(key));
+        self.inner
+            .keys
+            .pinned
+            .lock_or_recover()
+            .insert(fqdn(name).into_boxed_str(), Txt::from(key));
         Ok(())
     }
 

@@ -247,7 +247,7 @@ pub async fn reset_admin(relay: &Relay) -> anyhow::Result<()> {
         .as_deref()
         != Some(SETUP_CODE)
     {
-        crate::admin::write_atomic(relay.admin.code_path(), SETUP_CODE.as_bytes())?;
+        crate::io::write_private(relay.admin.code_path(), SETUP_CODE.as_bytes())?;
     }
     reset(relay).await
 }

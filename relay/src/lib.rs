@@ -4,6 +4,10 @@
 //! → `delivery`; `imap` → `store`, `accounts`; `delivery` → `store`, `policy`, `dkim` (origin
 //! check of incoming mail), `dns`; `accounts` → `store`. `policy` is pure (bytes in,
 //! verdict out) and never touches the store or a socket.
+//!
+//! Shared plumbing, one copy each: `io` (crash-safe private file writes), `sync` (locks that
+//! survive a panicking holder), `net` (the accept loop and TLS handshake of every listener),
+//! `http_client` (the outgoing POSTs of push and `/mxdeliv`), `acme::inspect_der` (X.509).
 
 pub mod accounts;
 pub mod acme;
@@ -18,7 +22,9 @@ pub mod dns;
 pub mod expiry;
 #[doc(hidden)]
 pub mod fuzzing;
+pub mod http_client;
 pub mod imap;
+pub mod io;
 pub mod limits;
 pub mod logbuf;
 pub mod metrics;
@@ -28,6 +34,7 @@ pub mod push;
 pub mod server;
 pub mod smtp;
 pub mod store;
+pub mod sync;
 pub mod tls;
 pub mod update;
 pub mod version;

@@ -9,12 +9,12 @@
 //! descriptors left after a reserve for the store, outbound delivery and DNS.
 
 use crate::config::Config;
+use crate::sync::LockExt;
 use std::collections::HashMap;
 use std::net::{IpAddr, SocketAddr};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
-use std::time::Duration;
-use tokio::net::{TcpListener, TcpStream};
+use tokio::net::TcpStream;
 
 /// What a connection is for; each has its own total and per-IP cap.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -153,7 +153,7 @@ impl ConnLimiter {
 
     fn lock(&self) -> std::sync::MutexGuard<'_, State> {
         // The counts stay consistent even if a holder panicked: each update is one statement.
-        self.state.lock().unwrap_or_else(|e| e.into_inner())
+        self.state.lock_or_recover()
     }
 
     /// A slot for a new connection from `ip`, or why not. `login` marks a connection that must
@@ -255,53 +255,6 @@ impl Drop for Slot {
     fn drop(&mut self) {
         self.limiter.release(self.service, self.key, self.unauth);
     }
-}
-
-/// The next connection on `listener`, or `None` on shutdown. Accept errors never end a
-/// listener: running out of descriptors (EMFILE/ENFILE) or memory backs off, up to a second,
-/// until connections end and free some; a connection that died in the backlog is skipped.
-pub async fn accept(
-    listener: &TcpListener,
-    shutdown: &crate::net::Shutdown,
-) -> Option<(TcpStream, SocketAddr)> {
-    let mut backoff = Duration::from_millis(10);
-    loop {
-        let r = tokio::select! {
-            r = listener.accept() => r,
-            _ = shutdown.wait() => return None,
-        };
-        match r {
-            Ok(x) => return Some(x),
-            Err(e) if is_resource_error(&e) => {
-                tracing::warn!("accept failed: {e}; retrying in {} ms", backoff.as_millis());
-                tokio::select! {
-                    _ = tokio::time::sleep(backoff) => {}
-                    _ = shutdown.wait() => return None,
-                }
-                backoff = (backoff * 2).min(Duration::from_secs(1));
-            }
-            Err(e) => {
-                tracing::debug!("accept failed: {e}");
-                tokio::task::yield_now().await;
-            }
-        }
-    }
-}
-
-fn is_resource_error(e: &std::io::Error) -> bool {
-    matches!(
-        e.raw_os_error(),
-        Some(libc_errno::EMFILE | libc_errno::ENFILE | libc_errno::ENOBUFS | libc_errno::ENOMEM)
-    )
-}
-
-/// The errno values we back off on (from nix, to avoid a direct libc dependency).
-mod libc_errno {
-    use nix::errno::Errno;
-    pub const EMFILE: i32 = Errno::EMFILE as i32;
-    pub const ENFILE: i32 = Errno::ENFILE as i32;
-    pub const ENOBUFS: i32 = Errno::ENOBUFS as i32;
-    pub const ENOMEM: i32 = Errno::ENOMEM as i32;
 }
 
 /// Logs a turned-away connection: a warning at most once a second (a flood must not flood the

@@ -6,6 +6,7 @@
 //! info log cannot push them out, [`WARNINGS`] warnings and errors, each cut at [`LINE_MAX`]
 //! bytes. Installed as a `tracing` layer by the binary; nothing is written to disk.
 
+use crate::sync::LockExt;
 use std::collections::VecDeque;
 use std::fmt::Write as _;
 use std::sync::Mutex;
@@ -126,7 +127,7 @@ impl Visit for Text {
 
 /// Adds a line (the layer calls this; tests and callers without `tracing` may too).
 pub fn push(line: Line) {
-    let mut b = BUF.lock().unwrap_or_else(|p| p.into_inner());
+    let mut b = BUF.lock_or_recover();
     if matches!(line.level, "warn" | "error") {
         if b.warnings.len() == WARNINGS {
             b.warnings.pop_front();
@@ -141,12 +142,12 @@ pub fn push(line: Line) {
 
 /// The latest `n` lines, oldest first.
 pub fn recent(n: usize) -> Vec<Line> {
-    latest(&BUF.lock().unwrap_or_else(|p| p.into_inner()).lines, n)
+    latest(&BUF.lock_or_recover().lines, n)
 }
 
 /// The latest `n` warnings and errors, oldest first.
 pub fn warnings(n: usize) -> Vec<Line> {
-    latest(&BUF.lock().unwrap_or_else(|p| p.into_inner()).warnings, n)
+    latest(&BUF.lock_or_recover().warnings, n)
 }
 
 fn latest(q: &VecDeque<Line>, n: usize) -> Vec<Line> {

@@ -3,6 +3,7 @@
 use anyhow::Context;
 use clap::{Parser, Subcommand};
 use relaybox::config::{self, Config, Listen};
+use relaybox::sync::LockExt;
 use std::net::IpAddr;
 use std::path::PathBuf;
 
@@ -392,11 +393,7 @@ fn main() -> anyhow::Result<()> {
         Cmd::Serve { config } => {
             let cfg = Config::load(&config)?;
             let relay = relaybox::server::build(cfg)?;
-            *relay
-                .admin
-                .config_path
-                .lock()
-                .unwrap_or_else(|p| p.into_inner()) = Some(config);
+            *relay.admin.config_path.lock_or_recover() = Some(config);
             serve_until_done(rt, relay, || {})
         }
     }

@@ -477,18 +477,7 @@ pub async fn serve(relay: Arc<Relay>, listener: TcpListener) {
         .route("/metrics", get(page))
         .route("/", get(page))
         .with_state(relay.clone());
-    loop {
-        let tcp = tokio::select! {
-            r = listener.accept() => match r {
-                Ok((tcp, _)) => tcp,
-                Err(e) => {
-                    tracing::warn!("metrics: accept failed: {e}");
-                    tokio::time::sleep(Duration::from_millis(100)).await;
-                    continue;
-                }
-            },
-            _ = relay.shutdown.wait() => break,
-        };
+    while let Some((tcp, _)) = crate::net::accept(&relay.shutdown, || listener.accept()).await {
         let svc = hyper_util::service::TowerToHyperService::new(app.clone());
         tokio::spawn(async move {
             let mut http = hyper::server::conn::http1::Builder::new();
@@ -501,82 +490,9 @@ pub async fn serve(relay: Arc<Relay>, listener: TcpListener) {
     }
 }
 
-// ---- certificate expiry: a minimal DER walk to notAfter --------------------------------------
-
-/// One DER element at the start of `d`: (tag, content, rest).
-fn der(d: &[u8]) -> Option<(u8, &[u8], &[u8])> {
-    let (&tag, d) = d.split_first()?;
-    let (&l, mut d) = d.split_first()?;
-    let len = if l < 0x80 {
-        l as usize
-    } else {
-        let n = (l & 0x7f) as usize;
-        if n == 0 || n > 4 || d.len() < n {
-            return None;
-        }
-        let mut len = 0usize;
-        for &b in &d[..n] {
-            len = (len << 8) | b as usize;
-        }
-        d = &d[n..];
-        len
-    };
-    if d.len() < len {
-        return None;
-    }
-    Some((tag, &d[..len], &d[len..]))
-}
-
-/// notAfter of an X.509 certificate, in Unix seconds.
+/// notAfter of an X.509 certificate (DER), in Unix seconds.
 pub fn cert_not_after(cert: &[u8]) -> Option<i64> {
-    let (0x30, cert, _) = der(cert)? else {
-        return None;
-    };
-    let (0x30, tbs, _) = der(cert)? else {
-        return None;
-    };
-    let (mut tag, _, mut rest) = der(tbs)?;
-    if tag == 0xa0 {
-        // version; then the serial number
-        (tag, _, rest) = der(rest)?;
-    }
-    if tag != 0x02 {
-        return None;
-    }
-    let (_, _, rest) = der(rest)?; // signature algorithm
-    let (_, _, rest) = der(rest)?; // issuer
-    let (0x30, validity, _) = der(rest)? else {
-        return None;
-    };
-    let (_, _, after) = der(validity)?; // notBefore
-    let (tag, t, _) = der(after)?;
-    parse_time(tag, std::str::from_utf8(t).ok()?)
-}
-
-fn parse_time(tag: u8, t: &str) -> Option<i64> {
-    let t = t.strip_suffix('Z')?;
-    let (year, rest) = match tag {
-        0x17 if t.len() == 12 => {
-            let y: i64 = t[..2].parse().ok()?;
-            (if y < 50 { 2000 + y } else { 1900 + y }, &t[2..])
-        }
-        0x18 if t.len() == 14 => (t[..4].parse().ok()?, &t[4..]),
-        _ => return None,
-    };
-    let n = |i: usize| -> Option<i64> { rest.get(i..i + 2)?.parse().ok() };
-    let (mo, d, h, mi, s) = (n(0)?, n(2)?, n(4)?, n(6)?, n(8)?);
-    Some(days_from_civil(year, mo, d) * 86_400 + h * 3600 + mi * 60 + s)
-}
-
-/// Days since 1970-01-01 of a proleptic Gregorian date (Howard Hinnant's algorithm).
-fn days_from_civil(y: i64, m: i64, d: i64) -> i64 {
-    let y = if m <= 2 { y - 1 } else { y };
-    let era = y.div_euclid(400);
-    let yoe = y - era * 400;
-    let mp = (m + 9) % 12;
-    let doy = (153 * mp + 2) / 5 + d - 1;
-    let doe = yoe * 365 + yoe / 4 - yoe / 100 + doy;
-    era * 146_097 + doe - 719_468
+    crate::acme::inspect_der(cert).ok().map(|c| c.not_after)
 }
 
 #[cfg(test)]
@@ -584,21 +500,13 @@ mod tests {
     use super::*;
 
     #[test]
-    fn civil_days_match_known_dates() {
-        assert_eq!(days_from_civil(1970, 1, 1), 0);
-        assert_eq!(days_from_civil(2000, 3, 1), 11_017);
-        assert_eq!(parse_time(0x17, "491231235959Z"), Some(2_524_607_999));
-        assert_eq!(parse_time(0x18, "20380119031408Z"), Some(2_147_483_648));
-        assert_eq!(parse_time(0x17, "bad"), None);
-    }
-
-    #[test]
     fn not_after_of_an_rcgen_certificate() {
         let mut p = rcgen::CertificateParams::new(vec!["a.test".to_string()]).unwrap();
         p.not_after = rcgen::date_time_ymd(2031, 5, 17);
         let key = rcgen::KeyPair::generate().unwrap();
         let cert = p.self_signed(&key).unwrap();
-        let want = days_from_civil(2031, 5, 17) * 86_400;
+        // 2031-05-17T00:00:00Z
+        let want = 1_936_742_400;
         assert_eq!(cert_not_after(cert.der()), Some(want));
         assert_eq!(cert_not_after(b"\x30\x03\x02\x01\x01"), None);
         assert_eq!(cert_not_after(b""), None);

@@ -1,10 +1,12 @@
-//! Shared plumbing for listeners: the shutdown signal, connection ids, and a stream type that is
-//! either plain TCP (before STARTTLS) or TLS.
+//! Shared plumbing for listeners: the shutdown signal, the accept loop and the TLS handshake
+//! every listener uses, connection ids, and a stream type that is either plain TCP (before
+//! STARTTLS) or TLS.
 
 use std::io;
 use std::pin::Pin;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::task::{Context, Poll};
+use std::time::Duration;
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::TcpStream;
 use tokio::sync::watch;
@@ -46,6 +48,87 @@ static NEXT_CONN: AtomicU64 = AtomicU64::new(1);
 /// A process-unique connection id for log spans.
 pub fn next_conn_id() -> u64 {
     NEXT_CONN.fetch_add(1, Ordering::Relaxed)
+}
+
+/// The next connection from `accept` (a listener's `accept`, TCP or Unix), or `None` on
+/// shutdown. Accept errors never end a listener: running out of descriptors (EMFILE/ENFILE) or
+/// memory backs off, up to a second, until connections end and free some; a connection that
+/// died in the backlog is skipped. Connection limits are the caller's (`limits`).
+pub async fn accept<T, F>(shutdown: &Shutdown, mut accept: impl FnMut() -> F) -> Option<T>
+where
+    F: std::future::Future<Output = io::Result<T>>,
+{
+    let mut backoff = Duration::from_millis(10);
+    loop {
+        let r = tokio::select! {
+            r = accept() => r,
+            _ = shutdown.wait() => return None,
+        };
+        match r {
+            Ok(x) => return Some(x),
+            Err(e) if is_resource_error(&e) => {
+                tracing::warn!("accept failed: {e}; retrying in {} ms", backoff.as_millis());
+                tokio::select! {
+                    _ = tokio::time::sleep(backoff) => {}
+                    _ = shutdown.wait() => return None,
+                }
+                backoff = (backoff * 2).min(Duration::from_secs(1));
+            }
+            Err(e) => {
+                tracing::debug!("accept failed: {e}");
+                tokio::task::yield_now().await;
+            }
+        }
+    }
+}
+
+fn is_resource_error(e: &io::Error) -> bool {
+    matches!(
+        e.raw_os_error(),
+        Some(libc_errno::EMFILE | libc_errno::ENFILE | libc_errno::ENOBUFS | libc_errno::ENOMEM)
+    )
+}
+
+/// The errno values we back off on (from nix, to avoid a direct libc dependency).
+mod libc_errno {
+    use nix::errno::Errno;
+    pub const EMFILE: i32 = Errno::EMFILE as i32;
+    pub const ENFILE: i32 = Errno::ENFILE as i32;
+    pub const ENOBUFS: i32 = Errno::ENOBUFS as i32;
+    pub const ENOMEM: i32 = Errno::ENOMEM as i32;
+}
+
+/// Why a server-side TLS handshake gave no stream; shown after "TLS handshake ".
+#[derive(Debug, thiserror::Error)]
+pub enum HandshakeError {
+    #[error("failed: {0}")]
+    Failed(io::Error),
+    #[error("timed out")]
+    TimedOut,
+}
+
+/// A TLS handshake (`handshake`, e.g. `TlsAcceptor::accept`), abandoned after `timeout` so a
+/// client that stalls in it does not hold its connection slot.
+pub async fn handshake<T>(
+    timeout: Duration,
+    handshake: impl std::future::Future<Output = io::Result<T>>,
+) -> Result<T, HandshakeError> {
+    match tokio::time::timeout(timeout, handshake).await {
+        Ok(Ok(s)) => Ok(s),
+        Ok(Err(e)) => Err(HandshakeError::Failed(e)),
+        Err(_) => Err(HandshakeError::TimedOut),
+    }
+}
+
+/// The server side of TLS on `tcp` with `acceptor`, within `timeout`.
+pub async fn accept_tls(
+    acceptor: &tokio_rustls::TlsAcceptor,
+    tcp: TcpStream,
+    timeout: Duration,
+) -> Result<Conn, HandshakeError> {
+    handshake(timeout, acceptor.accept(tcp))
+        .await
+        .map(|s| Conn::Tls(Box::new(s)))
 }
 
 /// A client connection: plain until STARTTLS, then TLS. Boxed TLS keeps the enum small, which
@@ -185,5 +268,48 @@ mod destination_tests {
             assert!(public_destination(ip, true), "{ip}");
             assert!(public_destination(ip, false), "{ip}");
         }
+    }
+}
+
+#[cfg(test)]
+mod accept_tests {
+    use super::*;
+
+    #[tokio::test(start_paused = true)]
+    async fn out_of_descriptors_backs_off_then_accepts_and_shutdown_ends_the_loop() {
+        let shutdown = Shutdown::new();
+        let mut calls = 0;
+        let start = tokio::time::Instant::now();
+        let got = accept(&shutdown, || {
+            calls += 1;
+            let n = calls;
+            async move {
+                match n {
+                    1..=3 => Err(io::Error::from_raw_os_error(libc_errno::EMFILE)),
+                    4 => Err(io::Error::from(io::ErrorKind::ConnectionAborted)),
+                    _ => Ok(n),
+                }
+            }
+        })
+        .await;
+        assert_eq!(got, Some(5));
+        // 10 + 20 + 40 ms of backoff for the three EMFILEs, none for the aborted connection.
+        assert_eq!(start.elapsed(), Duration::from_millis(70));
+
+        shutdown.trigger();
+        let got = accept(&shutdown, std::future::pending::<io::Result<()>>).await;
+        assert_eq!(got, None);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_stalled_handshake_times_out() {
+        let stalled = std::future::pending::<io::Result<()>>();
+        let r = handshake(Duration::from_secs(30), stalled).await;
+        assert!(matches!(r, Err(HandshakeError::TimedOut)));
+        let failed = async { Err::<(), _>(io::Error::other("bad hello")) };
+        let e = handshake(Duration::from_secs(30), failed)
+            .await
+            .unwrap_err();
+        assert_eq!(e.to_string(), "failed: bad hello");
     }
 }

@@ -16,12 +16,10 @@ use crate::clock::Clock;
 use crate::config::{Config, Seconds};
 use crate::metrics::M;
 use crate::store::{Account, AccountId, DeviceToken, Store};
+use crate::sync::LockExt;
 use bytes::Bytes;
-use http_body_util::{BodyExt, Full};
-use hyper::client::conn::http1::SendRequest;
-use hyper_util::rt::TokioIo;
+use http_body_util::Full;
 use std::collections::HashMap;
-use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -190,7 +188,7 @@ impl Push {
     }
 
     fn state(&self) -> std::sync::MutexGuard<'_, HashMap<Key, Entry>> {
-        self.inner.state.lock().unwrap_or_else(|p| p.into_inner())
+        self.inner.state.lock_or_recover()
     }
 
     /// Notifications waiting (for their first attempt or a retry).
@@ -413,17 +411,10 @@ fn file_name(key: &Key) -> String {
         .collect()
 }
 
-/// `<account id>\n<first attempt>\n<token>`, written tmp + fsync + rename.
+/// `<account id>\n<first attempt>\n<token>`, written atomically ([`crate::io::write_private`]).
 fn write_pending(dir: &Path, key: &Key, first: i64) -> std::io::Result<()> {
-    let name = file_name(key);
-    let tmp = dir.join(format!("{name}.tmp"));
-    {
-        let mut f = std::fs::File::create(&tmp)?;
-        write!(f, "{}\n{}\n{}", key.0, first, key.1)?;
-        f.sync_all()?;
-    }
-    std::fs::rename(&tmp, dir.join(name))?;
-    std::fs::File::open(dir)?.sync_all()
+    let text = format!("{}\n{}\n{}", key.0, first, key.1);
+    crate::io::write_private(&dir.join(file_name(key)), text.as_bytes())
 }
 
 fn remove_file(dir: &Path, key: &Key) {
@@ -467,7 +458,7 @@ fn load_pending(dir: &Path) -> Vec<(Key, i64)> {
 
 // ---- the HTTP client ---------------------------------------------------------------------
 
-type Sender = SendRequest<Full<Bytes>>;
+use crate::http_client::Sender;
 
 struct Client {
     uri: hyper::Uri,
@@ -479,19 +470,6 @@ struct Client {
         rustls::pki_types::ServerName<'static>,
     )>,
     idle: Mutex<Vec<Sender>>,
-}
-
-async fn handshake<T>(io: T) -> Result<Sender, String>
-where
-    T: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
-{
-    let (s, conn) = hyper::client::conn::http1::handshake(TokioIo::new(io))
-        .await
-        .map_err(|e| format!("HTTP handshake failed: {e}"))?;
-    tokio::spawn(async move {
-        let _ = conn.await;
-    });
-    Ok(s)
 }
 
 impl Client {
@@ -532,7 +510,7 @@ impl Client {
     }
 
     fn take_idle(&self) -> Option<Sender> {
-        let mut idle = self.idle.lock().unwrap_or_else(|p| p.into_inner());
+        let mut idle = self.idle.lock_or_recover();
         while let Some(s) = idle.pop() {
             if !s.is_closed() {
                 return Some(s);
@@ -542,7 +520,7 @@ impl Client {
     }
 
     fn put_idle(&self, s: Sender) {
-        let mut idle = self.idle.lock().unwrap_or_else(|p| p.into_inner());
+        let mut idle = self.idle.lock_or_recover();
         if !s.is_closed() && idle.len() < MAX_IDLE {
             idle.push(s);
         }
@@ -559,9 +537,9 @@ impl Client {
                     .connect(name.clone(), tcp)
                     .await
                     .map_err(|e| format!("TLS handshake failed: {e}"))?;
-                handshake(tls).await
+                crate::http_client::handshake(tls).await
             }
-            None => handshake(tcp).await,
+            None => crate::http_client::handshake(tcp).await,
         }
     }
 
@@ -577,18 +555,10 @@ impl Client {
             .header(hyper::header::USER_AGENT, "relaybox")
             .body(Full::new(Bytes::copy_from_slice(token.as_bytes())))
             .map_err(|e| format!("cannot build the request: {e}"))?;
-        s.ready()
-            .await
-            .map_err(|e| format!("connection not usable: {e}"))?;
-        let resp = s
-            .send_request(req)
-            .await
-            .map_err(|e| format!("request failed: {e}"))?;
+        let resp = crate::http_client::send(&mut s, req).await?;
         let status = resp.status().as_u16();
         // Read (and drop) the body so the connection can be reused.
-        let _ = http_body_util::Limited::new(resp.into_body(), 64 * 1024)
-            .collect()
-            .await;
+        let _ = crate::http_client::read_body(resp, 64 * 1024).await;
         let outcome = match status {
             200 => Outcome::Sent,
             410 => Outcome::Gone,

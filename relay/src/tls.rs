@@ -2,10 +2,10 @@
 //! rustls configs each listener uses. Only the `ring` provider is used.
 
 use crate::config::Config;
+use crate::sync::LockExt;
 use rustls::pki_types::{CertificateDer, PrivateKeyDer};
 use rustls::server::{ClientHello, ResolvesServerCert, ServerConfig};
 use rustls::sign::CertifiedKey;
-use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant, SystemTime};
@@ -139,22 +139,18 @@ impl CertStore {
     /// The current chain (after any reload).
     pub fn chain(&self) -> Arc<Vec<CertificateDer<'static>>> {
         self.current();
-        self.state
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .chain
-            .clone()
+        self.state.lock_or_recover().chain.clone()
     }
 
     /// Makes the next handshake look at the files at once (after the ACME client wrote them)
     /// instead of within [`RELOAD_CHECK`].
     pub fn recheck(&self) {
-        self.state.lock().unwrap_or_else(|e| e.into_inner()).force = true;
+        self.state.lock_or_recover().force = true;
     }
 
     /// The current certificate, reloading it first if the files changed.
     pub fn current(&self) -> Arc<CertifiedKey> {
-        let mut st = self.state.lock().unwrap_or_else(|e| e.into_inner());
+        let mut st = self.state.lock_or_recover();
         let Some(files) = &self.files else {
             return st.key.clone();
         };
@@ -351,25 +347,12 @@ pub fn make_self_signed(cfg: &Config) -> Result<(String, String), TlsError> {
     Ok((cert.pem(), key.serialize_pem()))
 }
 
-/// Writes `data` to `path` atomically (temporary file, fsync, rename), readable by the owner only.
+/// Writes `data` to `path` atomically ([`crate::io::write_private`]), readable by the owner only.
 pub(crate) fn write_private(path: &Path, data: &[u8]) -> Result<(), TlsError> {
-    use std::os::unix::fs::OpenOptionsExt;
-    let tmp = path.with_extension("tmp");
-    let werr = |source| TlsError::Write {
+    crate::io::write_private(path, data).map_err(|source| TlsError::Write {
         path: path.to_owned(),
         source,
-    };
-    let mut f = std::fs::OpenOptions::new()
-        .write(true)
-        .create(true)
-        .truncate(true)
-        .mode(0o600)
-        .open(&tmp)
-        .map_err(werr)?;
-    f.write_all(data).map_err(werr)?;
-    f.sync_all().map_err(werr)?;
-    std::fs::rename(&tmp, path).map_err(werr)?;
-    Ok(())
+    })
 }
 
 #[cfg(test)]

@@ -12,6 +12,7 @@
 
 use super::{read_settings, write_settings, Admin, AdminError};
 use crate::config::{ByteSize, Config};
+use crate::sync::LockExt;
 use crate::web::{ClientAddr, Web};
 use crate::Relay;
 use axum::body::Body;
@@ -587,10 +588,7 @@ async fn run(
                     .filter(|r| r.need == need && r.state != crate::dns::check::State::Ok)
                     .count()
             };
-            *admin
-                .last_dns_check
-                .lock()
-                .unwrap_or_else(|p| p.into_inner()) = Some(json!({
+            *admin.last_dns_check.lock_or_recover() = Some(json!({
                 "at": now,
                 "domain": report.domain,
                 "required_ok": report.required_ok,
@@ -694,7 +692,7 @@ async fn run(
                 ));
             }
             {
-                let mut job = admin.cert_job.lock().unwrap_or_else(|p| p.into_inner());
+                let mut job = admin.cert_job.lock_or_recover();
                 if job.running {
                     return Ok(ok(json!({ "started": false, "running": true })));
                 }
@@ -707,7 +705,7 @@ async fn run(
             let r = relay.clone();
             tokio::spawn(async move {
                 let result = crate::acme::run(&r, true).await;
-                let mut job = r.admin.cert_job.lock().unwrap_or_else(|p| p.into_inner());
+                let mut job = r.admin.cert_job.lock_or_recover();
                 job.running = false;
                 job.finished = Some(r.clock.now());
                 job.ok = Some(result.is_ok());
@@ -718,19 +716,14 @@ async fn run(
             ok(json!({ "started": true, "running": true }))
         }
         Endpoint::CertStatus => {
-            let job = admin
-                .cert_job
-                .lock()
-                .unwrap_or_else(|p| p.into_inner())
-                .clone();
+            let job = admin.cert_job.lock_or_recover().clone();
             ok(json!({ "job": job, "certificate": cert_info(relay) }))
         }
         Endpoint::Backup => {
             let pass = str_field(input, "passphrase").unwrap_or("");
             let config_text = admin
                 .config_path
-                .lock()
-                .unwrap_or_else(|p| p.into_inner())
+                .lock_or_recover()
                 .as_ref()
                 .and_then(|p| std::fs::read_to_string(p).ok());
             let armored = crate::backup::create(cfg, config_text, &relay.store, pass, now)
@@ -1199,7 +1192,7 @@ fn status(relay: &Relay) -> Value {
         "uptime_s": relay.clock.now() - relay.admin.started,
         "last_expiry": relay.admin.last_expiry(),
         "expiry_time_utc": relay.cfg.expiry_time,
-        "last_dns_check": relay.admin.last_dns_check.lock().unwrap_or_else(|p| p.into_inner()).clone(),
+        "last_dns_check": relay.admin.last_dns_check.lock_or_recover().clone(),
         "warnings": crate::logbuf::warnings(10),
         "version": crate::version::long(),
         "os_release": crate::version::os_release(std::path::Path::new("/etc/os-release")),

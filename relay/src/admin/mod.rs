@@ -28,8 +28,8 @@ pub mod throttle;
 mod update_api;
 
 use crate::config::Config;
+use crate::sync::LockExt;
 use std::collections::HashMap;
-use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Mutex;
@@ -87,31 +87,10 @@ pub enum AdminError {
     Invalid(String),
 }
 
-/// Writes a private file (0600) so that a crash leaves the old or the new content, never a mix:
-/// tmp file, fsync, rename, directory fsync.
-pub(crate) fn write_atomic(path: &Path, data: &[u8]) -> std::io::Result<()> {
-    use std::os::unix::fs::OpenOptionsExt;
-    let dir = path.parent().unwrap_or(Path::new("."));
-    std::fs::create_dir_all(dir)?;
-    let tmp = path.with_extension("tmp");
-    {
-        let mut f = std::fs::OpenOptions::new()
-            .write(true)
-            .create(true)
-            .truncate(true)
-            .mode(0o600)
-            .open(&tmp)?;
-        f.write_all(data)?;
-        f.sync_all()?;
-    }
-    std::fs::rename(&tmp, path)?;
-    std::fs::File::open(dir)?.sync_all()
-}
-
 /// A switch kept as a file (nocreate, maintenance): written durably when on, removed when off.
 pub(crate) fn set_flag_file(path: &Path, on: bool) -> std::io::Result<()> {
     if on {
-        return write_atomic(path, b"set from the admin page\n");
+        return crate::io::write_private(path, b"set from the admin page\n");
     }
     match std::fs::remove_file(path) {
         Err(e) if e.kind() != std::io::ErrorKind::NotFound => Err(e),
@@ -125,7 +104,7 @@ pub fn write_settings(cfg: &Config, table: &toml::Table) -> std::io::Result<()> 
         "# Written by the relaybox admin pages; these values override the config file.\n{}",
         toml::to_string(table).map_err(std::io::Error::other)?
     );
-    write_atomic(&cfg.settings_path(), text.as_bytes())
+    crate::io::write_private(&cfg.settings_path(), text.as_bytes())
 }
 
 /// The settings file's table (empty when there is none).
@@ -206,7 +185,7 @@ impl Admin {
                 use rand::RngCore;
                 let mut b = [0u8; 32];
                 rand::thread_rng().fill_bytes(&mut b);
-                write_atomic(&secret_path, &b)?;
+                crate::io::write_private(&secret_path, &b)?;
                 ring::hmac::Key::new(ring::hmac::HMAC_SHA256, &b)
             }
         };
@@ -233,7 +212,7 @@ impl Admin {
         let mut made = None;
         if admin.enabled && admin.pending() && admin.setup_code().is_none() {
             let code = random_code();
-            write_atomic(&admin.code_path, format!("{code}\n").as_bytes())?;
+            crate::io::write_private(&admin.code_path, format!("{code}\n").as_bytes())?;
             made = Some(code);
         }
         Ok((admin, made))
@@ -269,7 +248,7 @@ impl Admin {
             }),
             Err(e) => serde_json::json!({ "at": at, "ok": false, "error": e }),
         };
-        if let Err(e) = write_atomic(&self.last_expiry_path, v.to_string().as_bytes()) {
+        if let Err(e) = crate::io::write_private(&self.last_expiry_path, v.to_string().as_bytes()) {
             tracing::warn!(path = %self.last_expiry_path.display(), "cannot record the expiry run: {e}");
         }
     }
@@ -332,15 +311,11 @@ impl Admin {
         use rand::RngCore;
         let mut b = [0u8; 32];
         rand::thread_rng().fill_bytes(&mut b);
-        write_atomic(&self.dir.join("secret"), &b)?;
-        write_atomic(&self.password_path(), format!("{hash}\n").as_bytes())?;
-        *self.secret.lock().unwrap_or_else(|p| p.into_inner()) =
-            ring::hmac::Key::new(ring::hmac::HMAC_SHA256, &b);
+        crate::io::write_private(&self.dir.join("secret"), &b)?;
+        crate::io::write_private(&self.password_path(), format!("{hash}\n").as_bytes())?;
+        *self.secret.lock_or_recover() = ring::hmac::Key::new(ring::hmac::HMAC_SHA256, &b);
         // No session of the old secret can come back: the list has nothing left to do.
-        self.revoked
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .clear();
+        self.revoked.lock_or_recover().clear();
         if let Err(e) = std::fs::remove_file(self.dir.join(REVOKED_FILE)) {
             if e.kind() != std::io::ErrorKind::NotFound {
                 tracing::warn!("cannot remove the list of logged-out sessions: {e}");
@@ -360,13 +335,13 @@ impl Admin {
     /// Compares secrets in constant time: `a` against an HMAC of `b` (ring's verify is
     /// constant-time; its plain slice comparison is deprecated for outside use).
     fn same(&self, a: &[u8], b: &[u8]) -> bool {
-        let key = self.secret.lock().unwrap_or_else(|p| p.into_inner());
+        let key = self.secret.lock_or_recover();
         let tag = ring::hmac::sign(&key, b);
         ring::hmac::verify(&key, a, tag.as_ref()).is_ok()
     }
 
     fn sign(&self, what: &str) -> String {
-        let key = self.secret.lock().unwrap_or_else(|p| p.into_inner());
+        let key = self.secret.lock_or_recover();
         b64(ring::hmac::sign(&key, what.as_bytes()).as_ref())
     }
 
@@ -395,14 +370,7 @@ impl Admin {
     /// The session is ours, not expired and not logged out.
     pub fn session_valid(&self, cookie: &str, now: i64) -> bool {
         match self.session_parts(cookie) {
-            Some((e, id)) => {
-                e > now
-                    && !self
-                        .revoked
-                        .lock()
-                        .unwrap_or_else(|p| p.into_inner())
-                        .contains_key(id)
-            }
+            Some((e, id)) => e > now && !self.revoked.lock_or_recover().contains_key(id),
             None => false,
         }
     }
@@ -415,7 +383,7 @@ impl Admin {
         let Some((exp, id)) = self.session_parts(cookie) else {
             return Ok(());
         };
-        let mut revoked = self.revoked.lock().unwrap_or_else(|p| p.into_inner());
+        let mut revoked = self.revoked.lock_or_recover();
         revoked.retain(|_, e| *e > now);
         if exp <= now {
             return Ok(());
@@ -425,7 +393,7 @@ impl Admin {
             .iter()
             .map(|(id, e)| format!("{id} {e}\n"))
             .collect();
-        write_atomic(&self.dir.join(REVOKED_FILE), text.as_bytes())
+        crate::io::write_private(&self.dir.join(REVOKED_FILE), text.as_bytes())
     }
 
     /// The CSRF token that goes with a session.

@@ -15,6 +15,7 @@
 //! global 30/min limit for everybody) let 30 wrong guesses a minute answer the owner's right
 //! code with 429. Connection counts per address are the HTTP listener's business, not this.
 
+use crate::sync::LockExt;
 use governor::{DefaultDirectRateLimiter, DefaultKeyedRateLimiter, Quota};
 use std::collections::HashMap;
 use std::net::IpAddr;
@@ -78,7 +79,7 @@ impl LoginThrottle {
     }
 
     fn recent_failures(&self, k: IpAddr) -> u32 {
-        let f = self.failures.lock().unwrap_or_else(|p| p.into_inner());
+        let f = self.failures.lock_or_recover();
         match f.get(&k) {
             Some((n, last)) if last.elapsed() < FAILURE_WINDOW => *n,
             _ => 0,
@@ -103,7 +104,7 @@ impl LoginThrottle {
     /// A wrong code or password came from `ip`.
     pub fn failed(&self, ip: IpAddr) {
         let k = key(ip);
-        let mut f = self.failures.lock().unwrap_or_else(|p| p.into_inner());
+        let mut f = self.failures.lock_or_recover();
         if f.len() >= MAX_TRACKED && !f.contains_key(&k) {
             f.retain(|_, (_, last)| last.elapsed() < FAILURE_WINDOW);
             if f.len() >= MAX_TRACKED {
@@ -124,10 +125,7 @@ impl LoginThrottle {
 
     /// `ip` logged in: its earlier failures were typos.
     pub fn succeeded(&self, ip: IpAddr) {
-        self.failures
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .remove(&key(ip));
+        self.failures.lock_or_recover().remove(&key(ip));
     }
 }
 

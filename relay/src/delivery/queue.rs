@@ -16,6 +16,7 @@ use crate::dkim::Dkim;
 use crate::net::Shutdown;
 use crate::policy::Reply;
 use crate::store::{Queued, Store};
+use crate::sync::LockExt;
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::sync::{Arc, Mutex};
 use tokio::sync::Notify;
@@ -102,7 +103,7 @@ impl Queue {
     }
 
     fn state(&self) -> std::sync::MutexGuard<'_, State> {
-        self.state.lock().unwrap_or_else(|p| p.into_inner())
+        self.state.lock_or_recover()
     }
 
     /// Retries every entry now, whatever its retry time (`relaybox queue --flush`).

@@ -18,6 +18,7 @@ mod smtp;
 use crate::config::Config;
 use crate::dns::{Dns, Mx};
 use crate::policy::Reply;
+use crate::sync::LockExt;
 use std::collections::HashMap;
 use std::net::{IpAddr, SocketAddr};
 use std::sync::{Arc, Mutex};
@@ -45,10 +46,6 @@ pub struct Transport {
     https_unsupported: Mutex<HashMap<String, Instant>>,
     global: Arc<Semaphore>,
     per_domain: Mutex<HashMap<String, Arc<Semaphore>>>,
-}
-
-fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
-    m.lock().unwrap_or_else(|e| e.into_inner())
 }
 
 /// What trying one MX host gave when it did not settle every recipient.
@@ -87,7 +84,7 @@ impl Transport {
         }
         let domain = domain.trim_end_matches('.').to_ascii_lowercase();
         let dsem = {
-            let mut map = lock(&self.per_domain);
+            let mut map = self.per_domain.lock_or_recover();
             map.entry(domain.clone())
                 .or_insert_with(|| Arc::new(Semaphore::new(MAX_PER_DOMAIN)))
                 .clone()
@@ -99,7 +96,7 @@ impl Transport {
         };
         // Forget the domain's semaphore once nobody uses or waits for it (the map's copy and
         // ours are the only ones left; new users need the lock we hold).
-        let mut map = lock(&self.per_domain);
+        let mut map = self.per_domain.lock_or_recover();
         if Arc::strong_count(&dsem) == 2 {
             map.remove(&domain);
         }
@@ -108,7 +105,7 @@ impl Transport {
 
     /// Is `host` marked as not speaking `/mxdeliv` right now?
     pub fn is_https_unsupported(&self, host: &str) -> bool {
-        let mut map = lock(&self.https_unsupported);
+        let mut map = self.https_unsupported.lock_or_recover();
         match map.get(host) {
             Some(until) if *until > Instant::now() => true,
             Some(_) => {
@@ -120,7 +117,7 @@ impl Transport {
     }
 
     fn mark_https_unsupported(&self, host: &str, unsupported: bool) {
-        let mut map = lock(&self.https_unsupported);
+        let mut map = self.https_unsupported.lock_or_recover();
         let now = Instant::now();
         map.retain(|_, until| *until > now);
         if unsupported {

@@ -55,7 +55,7 @@ const TLS_HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(30);
 /// Accepts connections until shutdown. With `implicit_tls` (993) TLS starts right away; otherwise
 /// (143) the client must use STARTTLS before it may log in.
 pub async fn serve(relay: Arc<Relay>, listener: TcpListener, implicit_tls: bool) {
-    while let Some((tcp, peer)) = crate::limits::accept(&listener, &relay.shutdown).await {
+    while let Some((tcp, peer)) = crate::net::accept(&relay.shutdown, || listener.accept()).await {
         let id = next_conn_id();
         let span = tracing::info_span!(
             "imap",
@@ -95,9 +95,9 @@ pub async fn serve(relay: Arc<Relay>, listener: TcpListener, implicit_tls: bool)
 /// Tells a client to go away (over TLS on 993, else it would not understand).
 async fn refuse(tcp: TcpStream, implicit_tls: bool, relay: &Relay, why: &str) {
     let conn = if implicit_tls {
-        match tokio::time::timeout(TLS_HANDSHAKE_TIMEOUT, relay.tls.client.accept(tcp)).await {
-            Ok(Ok(s)) => Conn::Tls(Box::new(s)),
-            _ => return,
+        match crate::net::accept_tls(&relay.tls.client, tcp, TLS_HANDSHAKE_TIMEOUT).await {
+            Ok(conn) => conn,
+            Err(_) => return,
         }
     } else {
         Conn::Plain(tcp)
@@ -140,13 +140,12 @@ pub async fn serve_tls(
 async fn connection(relay: Arc<Relay>, tcp: TcpStream, implicit_tls: bool, slot: Slot) {
     let _ = tcp.set_nodelay(true);
     let conn = if implicit_tls {
-        match tokio::time::timeout(TLS_HANDSHAKE_TIMEOUT, relay.tls.client.accept(tcp)).await {
-            Ok(Ok(s)) => Conn::Tls(Box::new(s)),
-            Ok(Err(e)) => {
-                tracing::debug!("TLS handshake failed: {e}");
+        match crate::net::accept_tls(&relay.tls.client, tcp, TLS_HANDSHAKE_TIMEOUT).await {
+            Ok(conn) => conn,
+            Err(e) => {
+                tracing::debug!("TLS handshake {e}");
                 return;
             }
-            Err(_) => return,
         }
     } else {
         Conn::Plain(tcp)
@@ -168,14 +167,12 @@ async fn run_conn(relay: Arc<Relay>, conn: Conn, implicit_tls: bool, slot: Slot)
                 let Conn::Plain(tcp) = io.into_inner() else {
                     return;
                 };
-                let accept = relay.tls.client.accept(tcp);
-                match tokio::time::timeout(TLS_HANDSHAKE_TIMEOUT, accept).await {
-                    Ok(Ok(s)) => io = io::Framed::new(Conn::Tls(Box::new(s))),
-                    Ok(Err(e)) => {
-                        tracing::debug!("STARTTLS handshake failed: {e}");
+                match crate::net::accept_tls(&relay.tls.client, tcp, TLS_HANDSHAKE_TIMEOUT).await {
+                    Ok(conn) => io = io::Framed::new(conn),
+                    Err(e) => {
+                        tracing::debug!("STARTTLS handshake {e}");
                         return;
                     }
-                    Err(_) => return,
                 }
                 session.tls_started();
                 // No new greeting after STARTTLS (RFC 3501 §6.2.1).

@@ -9,6 +9,7 @@
 //! Pure bookkeeping on an `Instant` the caller passes in; the caller does the waiting. Memory is
 //! bounded: entries are forgotten a while after their last failure, and each table has a cap.
 
+use crate::sync::LockExt;
 use std::collections::HashMap;
 use std::net::IpAddr;
 use std::sync::Mutex;
@@ -134,7 +135,7 @@ impl Default for LoginThrottle {
 
 impl LoginThrottle {
     fn lock(&self) -> std::sync::MutexGuard<'_, (Table<IpAddr>, Table<String>)> {
-        self.tables.lock().unwrap_or_else(|p| p.into_inner())
+        self.tables.lock_or_recover()
     }
 
     /// The turn of an attempt from `ip` to log in as `account`, reserved: the next attempt from

@@ -348,3 +348,19 @@ async fn expired_and_unreachable_tokens() {
     assert!(M.push_attempt_failed.get() > before);
     shutdown.trigger();
 }
+
+#[test]
+fn pending_files_hold_the_token_readable_by_the_owner_only() {
+    use std::os::unix::fs::PermissionsExt;
+    let dir = tempfile::tempdir().unwrap();
+    let key: Key = (7, "openpgp:secret-token".to_string());
+    write_pending(dir.path(), &key, 1234).unwrap();
+    let p = dir.path().join(file_name(&key));
+    let mode = std::fs::metadata(&p).unwrap().permissions().mode();
+    assert_eq!(
+        mode & 0o777,
+        0o600,
+        "a device token is for the relay's eyes only"
+    );
+    assert_eq!(load_pending(dir.path()), vec![(key, 1234)]);
+}

@@ -59,7 +59,7 @@ pub async fn serve(relay: Arc<Relay>, listener: TcpListener, kind: Kind) {
     }
     // One clone per running session, to wait for them at shutdown.
     let active = Arc::new(());
-    while let Some((tcp, peer)) = crate::limits::accept(&listener, &relay.shutdown).await {
+    while let Some((tcp, peer)) = crate::net::accept(&relay.shutdown, || listener.accept()).await {
         let _ = tcp.set_nodelay(true);
         let slot = match relay
             .conns
@@ -206,14 +206,10 @@ async fn tls_accept(relay: &Relay, tcp: TcpStream, kind: Kind) -> Option<Conn> {
         Kind::Mx => &relay.tls.mx,
         Kind::Submission | Kind::Submissions => &relay.tls.client,
     };
-    match tokio::time::timeout(HANDSHAKE_TIMEOUT, acceptor.accept(tcp)).await {
-        Ok(Ok(s)) => Some(Conn::Tls(Box::new(s))),
-        Ok(Err(e)) => {
-            tracing::info!("TLS handshake failed: {e}");
-            None
-        }
-        Err(_) => {
-            tracing::info!("TLS handshake timed out");
+    match crate::net::accept_tls(acceptor, tcp, HANDSHAKE_TIMEOUT).await {
+        Ok(conn) => Some(conn),
+        Err(e) => {
+            tracing::info!("TLS handshake {e}");
             None
         }
     }

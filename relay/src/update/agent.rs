@@ -36,7 +36,7 @@ const REQUEST_MAX: u64 = 4096;
 /// Writes a request for the agent (the daemon's side).
 pub fn send(env: &UpdateEnv, req: &Request) -> Result<(), String> {
     let bytes = serde_json::to_vec(req).map_err(|e| e.to_string())?;
-    super::atomic_write(&env.request_path(), &bytes, 0o600)
+    crate::io::write_atomic(&env.request_path(), &bytes, 0o600)
         .map_err(|e| format!("cannot write {}: {e}", env.request_path().display()))
 }
 

@@ -331,19 +331,19 @@ pub fn create(
         boot: payload(boot, "boot")?,
         root: payload(root, "root")?,
     };
-    let tmp = out.with_extension("update.part");
-    let mut w = std::io::BufWriter::with_capacity(CHUNK, std::fs::File::create(&tmp)?);
-    w.write_all(&encode_header(&m, key))?;
-    for (p, want, what) in [(boot, &m.boot, "boot"), (root, &m.root, "root")] {
-        let mut f = std::fs::File::open(p)?;
-        let got = copy_hashed(&mut f, Some(&mut w), want.size, what, &mut |_| Ok(()))?;
-        if got != want.sha256 {
-            // The image changed between the two passes: the build is still writing it.
-            return Err(BundleError::HashMismatch(what));
+    crate::io::write_atomic_with(out, 0o644, |f| {
+        let mut w = std::io::BufWriter::with_capacity(CHUNK, f);
+        w.write_all(&encode_header(&m, key))?;
+        for (p, want, what) in [(boot, &m.boot, "boot"), (root, &m.root, "root")] {
+            let mut f = std::fs::File::open(p)?;
+            let got = copy_hashed(&mut f, Some(&mut w), want.size, what, &mut |_| Ok(()))?;
+            if got != want.sha256 {
+                // The image changed between the two passes: the build is still writing it.
+                return Err(BundleError::HashMismatch(what));
+            }
         }
-    }
-    let f = w.into_inner().map_err(|e| e.into_error())?;
-    f.sync_all()?;
-    std::fs::rename(&tmp, out)?;
+        w.into_inner().map_err(|e| e.into_error())?;
+        Ok(())
+    })?;
     Ok(m)
 }

@@ -18,7 +18,6 @@ pub mod state;
 #[cfg(test)]
 mod tests;
 
-use std::io::Write;
 use std::path::{Path, PathBuf};
 
 /// The MBR disk signature of the image ("RBOX"): partitions are `52424f58-0N`.
@@ -279,61 +278,7 @@ pub fn compare_versions(a: &str, b: &str) -> std::cmp::Ordering {
     })
 }
 
-/// A file written whole in a temporary name beside its target, fsynced, not yet in place.
-/// [`Staged::commit`] renames it and fsyncs the directory; a crash before that leaves the old
-/// file as it was (the next write replaces the stale temporary).
-pub struct Staged {
-    tmp: PathBuf,
-    path: PathBuf,
-}
-
-impl Staged {
-    /// `mode` is set whatever the umask (the root agent's files are read by the daemon);
-    /// None for files on FAT, which has no modes.
-    pub fn write(path: &Path, bytes: &[u8], mode: Option<u32>) -> std::io::Result<Staged> {
-        use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
-        let name = path
-            .file_name()
-            .ok_or_else(|| std::io::Error::other("no file name"))?;
-        let mut tmp_name = std::ffi::OsString::from(".");
-        tmp_name.push(name);
-        tmp_name.push(".tmp");
-        let tmp = path.with_file_name(tmp_name);
-        let _ = std::fs::remove_file(&tmp);
-        let mut f = std::fs::OpenOptions::new()
-            .write(true)
-            .create_new(true)
-            .mode(mode.unwrap_or(0o600))
-            .open(&tmp)?;
-        if let Some(mode) = mode {
-            f.set_permissions(std::fs::Permissions::from_mode(mode))?;
-        }
-        f.write_all(bytes)?;
-        f.sync_all()?;
-        Ok(Staged {
-            tmp,
-            path: path.to_owned(),
-        })
-    }
-
-    pub fn commit(self) -> std::io::Result<()> {
-        std::fs::rename(&self.tmp, &self.path)?;
-        fsync_dir(&self.path)
-    }
-}
-
-fn fsync_dir(path: &Path) -> std::io::Result<()> {
-    let dir = match path.parent() {
-        Some(d) if !d.as_os_str().is_empty() => d,
-        _ => Path::new("."),
-    };
-    std::fs::File::open(dir)?.sync_all()
-}
-
-/// Replaces `path` atomically: temp file, fsync, rename, fsync dir.
-pub fn atomic_write(path: &Path, bytes: &[u8], mode: u32) -> std::io::Result<()> {
-    Staged::write(path, bytes, Some(mode))?.commit()
-}
+pub use crate::io::Staged;
 
 /// Seconds since the epoch as RFC 3339 (UTC).
 pub fn rfc3339(secs: i64) -> String {

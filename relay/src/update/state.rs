@@ -69,7 +69,7 @@ impl UpdateEnv {
         let p = self.state_path();
         let mut bytes = serde_json::to_vec_pretty(s).map_err(|e| e.to_string())?;
         bytes.push(b'\n');
-        super::atomic_write(&p, &bytes, 0o644)
+        crate::io::write_atomic(&p, &bytes, 0o644)
             .map_err(|e| format!("cannot write {}: {e}", p.display()))
     }
 
@@ -98,6 +98,6 @@ impl UpdateEnv {
             "time": super::now_secs(),
         });
         // Progress is advisory: a failed write must not fail the install.
-        let _ = super::atomic_write(&self.progress_path(), v.to_string().as_bytes(), 0o644);
+        let _ = crate::io::write_atomic(&self.progress_path(), v.to_string().as_bytes(), 0o644);
     }
 }

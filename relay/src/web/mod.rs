@@ -205,7 +205,7 @@ enum Alpn {
 
 pub async fn serve(relay: Arc<Relay>, listener: TcpListener, https: bool) {
     let app = router(relay.clone(), https);
-    while let Some((tcp, peer)) = crate::limits::accept(&listener, &relay.shutdown).await {
+    while let Some((tcp, peer)) = crate::net::accept(&relay.shutdown, || listener.accept()).await {
         // Mail sessions on 443 move to the IMAP or SMTP count once ALPN says which.
         let slot = match relay.conns.acquire(Service::Http, peer.ip(), false) {
             Ok(slot) => slot,
@@ -232,14 +232,11 @@ pub async fn serve(relay: Arc<Relay>, listener: TcpListener, https: bool) {
                 drop(slot);
                 return;
             }
-            let tls = match tokio::time::timeout(HANDSHAKE_TIMEOUT, accept_443(&relay, tcp)).await {
-                Ok(Ok(x)) => x,
-                Ok(Err(e)) => {
-                    tracing::debug!(%peer, "TLS handshake on 443 failed: {e}");
-                    return;
-                }
-                Err(_) => {
-                    tracing::debug!(%peer, "TLS handshake on 443 timed out");
+            let tls = match crate::net::handshake(HANDSHAKE_TIMEOUT, accept_443(&relay, tcp)).await
+            {
+                Ok(x) => x,
+                Err(e) => {
+                    tracing::debug!(%peer, "TLS handshake on 443 {e}");
                     return;
                 }
             };

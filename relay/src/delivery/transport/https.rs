@@ -3,11 +3,10 @@
 
 use super::smtp::parse_reply_text;
 use crate::policy::Reply;
+use crate::sync::LockExt;
 use bytes::Bytes;
-use http_body_util::{BodyExt, Full, Limited};
-use hyper::client::conn::http1::SendRequest;
+use http_body_util::Full;
 use hyper::StatusCode;
-use hyper_util::rt::TokioIo;
 use rustls::pki_types::ServerName;
 use std::collections::HashMap;
 use std::net::IpAddr;
@@ -54,7 +53,7 @@ struct PoolKey {
     verified: bool,
 }
 
-type Sender = SendRequest<Full<Bytes>>;
+use crate::http_client::Sender;
 
 #[derive(Default)]
 pub struct Pool {
@@ -75,20 +74,16 @@ pub struct Request<'a> {
     pub message: &'a Arc<[u8]>,
 }
 
-fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
-    m.lock().unwrap_or_else(|e| e.into_inner())
-}
-
 impl Pool {
     /// How many idle connections are kept (for tests).
     #[cfg(test)]
     pub fn idle_count(&self) -> usize {
-        lock(&self.idle).len()
+        self.idle.lock_or_recover().len()
     }
 
     /// The idle connection to `key`, if there is one that is still open and ready.
     async fn take(&self, key: &PoolKey) -> Option<Sender> {
-        let (mut s, since) = lock(&self.idle).remove(key)?;
+        let (mut s, since) = self.idle.lock_or_recover().remove(key)?;
         if since.elapsed() > IDLE || s.is_closed() {
             return None;
         }
@@ -103,7 +98,7 @@ impl Pool {
         if s.is_closed() {
             return;
         }
-        let mut idle = lock(&self.idle);
+        let mut idle = self.idle.lock_or_recover();
         idle.retain(|_, (s, since)| since.elapsed() <= IDLE && !s.is_closed());
         idle.entry(key).or_insert((s, Instant::now()));
     }
@@ -159,15 +154,7 @@ async fn connect(req: &Request<'_>) -> Result<Sender, String> {
         .connect(req.server_name.clone(), tcp)
         .await
         .map_err(|e| format!("TLS handshake failed: {e}"))?;
-    let (s, conn) = hyper::client::conn::http1::handshake(TokioIo::new(tls))
-        .await
-        .map_err(|e| format!("HTTP handshake failed: {e}"))?;
-    tokio::spawn(async move {
-        if let Err(e) = conn.await {
-            tracing::debug!("mxdeliv client connection ended: {e}");
-        }
-    });
-    Ok(s)
+    crate::http_client::handshake(tls).await
 }
 
 /// The `Host` header for `host` on `port`: IPv6 literals in brackets, the port only when not 443.
@@ -200,19 +187,11 @@ async fn exchange(mut s: Sender, req: &Request<'_>) -> Result<(Outcome, Option<S
     let request = b
         .body(body)
         .map_err(|e| format!("cannot build the request: {e}"))?;
-    s.ready()
+    let resp = crate::http_client::send(&mut s, request)
         .await
-        .map_err(|e| format!("connection not usable: {e}"))?;
-    let resp = s
-        .send_request(request)
-        .await
-        .map_err(|e| format!("HTTPS request failed: {e}"))?;
+        .map_err(|e| format!("HTTPS {e}"))?;
     let status = resp.status();
-    let body = Limited::new(resp.into_body(), MAX_RESPONSE_BODY)
-        .collect()
-        .await
-        .map(|b| b.to_bytes())
-        .map_err(|e| format!("reading the response failed: {e}"))?;
+    let body = crate::http_client::read_body(resp, MAX_RESPONSE_BODY).await?;
     let text = String::from_utf8_lossy(&body);
     Ok((classify(status, &text), Some(s)))
 }
