@@ -173,9 +173,7 @@ impl Store {
 
     /// Deletes an account with all its mailboxes, messages and device tokens.
     pub async fn delete_account(&self, id: AccountId) -> Result<(), StoreError> {
-        self.write(writer::Op::DeleteAccount { id })
-            .await
-            .map(|_| ())
+        self.write(writer::DeleteAccount { id }).await
     }
 
     /// Creates the account with its INBOX unless it exists. Returns the stored account and
@@ -186,23 +184,17 @@ impl Store {
         password_hash: &str,
         now: i64,
     ) -> Result<(Account, bool), StoreError> {
-        self.write(writer::Op::CreateAccount {
+        self.write(writer::CreateAccount {
             addr: addr.to_string(),
             hash: password_hash.to_string(),
             now,
         })
         .await
-        .map(|r| match r {
-            writer::Reply::Account(a, created) => (a, created),
-            _ => unreachable!("writer answers CreateAccount with Account"),
-        })
     }
 
     /// Records the UTC day of the last login (only written when it changes).
     pub async fn set_last_login_day(&self, id: AccountId, day: i64) -> Result<(), StoreError> {
-        self.write(writer::Op::LastLogin { id, day })
-            .await
-            .map(|_| ())
+        self.write(writer::LastLogin { id, day }).await
     }
 
     /// Adds (or refreshes) a push device token; tokens accumulate.
@@ -213,24 +205,22 @@ impl Store {
         now: i64,
         max: usize,
     ) -> Result<(), StoreError> {
-        self.write(writer::Op::AddToken {
+        self.write(writer::AddToken {
             id,
             token: token.to_string(),
             now,
             max,
         })
         .await
-        .map(|_| ())
     }
 
     /// Removes a push device token (the push service answered 410, or a client cleared it).
     pub async fn remove_device_token(&self, id: AccountId, token: &str) -> Result<(), StoreError> {
-        self.write(writer::Op::RemoveToken {
+        self.write(writer::RemoveToken {
             id,
             token: token.to_string(),
         })
         .await
-        .map(|_| ())
     }
 
     // ---- mailboxes -----------------------------------------------------------------------
@@ -252,26 +242,20 @@ impl Store {
         account: AccountId,
         name: &str,
     ) -> Result<Mailbox, StoreError> {
-        match self
-            .write(writer::Op::CreateMailbox {
-                account,
-                name: normalize_mailbox_name(name),
-            })
-            .await?
-        {
-            writer::Reply::Mailbox(m) => Ok(m),
-            _ => unreachable!("writer answers CreateMailbox with Mailbox"),
-        }
-    }
-
-    /// Deletes a mailbox and its messages.
-    pub async fn delete_mailbox(&self, account: AccountId, name: &str) -> Result<(), StoreError> {
-        self.write(writer::Op::DeleteMailbox {
+        self.write(writer::CreateMailbox {
             account,
             name: normalize_mailbox_name(name),
         })
         .await
-        .map(|_| ())
+    }
+
+    /// Deletes a mailbox and its messages.
+    pub async fn delete_mailbox(&self, account: AccountId, name: &str) -> Result<(), StoreError> {
+        self.write(writer::DeleteMailbox {
+            account,
+            name: normalize_mailbox_name(name),
+        })
+        .await
     }
 
     /// Renames a mailbox. Renaming INBOX moves its messages to the new mailbox and leaves INBOX
@@ -282,13 +266,12 @@ impl Store {
         from: &str,
         to: &str,
     ) -> Result<(), StoreError> {
-        self.write(writer::Op::RenameMailbox {
+        self.write(writer::RenameMailbox {
             account,
             from: normalize_mailbox_name(from),
             to: normalize_mailbox_name(to),
         })
         .await
-        .map(|_| ())
     }
 
     pub async fn set_subscribed(
@@ -297,13 +280,12 @@ impl Store {
         name: &str,
         subscribed: bool,
     ) -> Result<(), StoreError> {
-        self.write(writer::Op::Subscribe {
+        self.write(writer::Subscribe {
             account,
             name: normalize_mailbox_name(name),
             subscribed,
         })
         .await
-        .map(|_| ())
     }
 
     // ---- messages ------------------------------------------------------------------------
@@ -401,14 +383,13 @@ impl Store {
         internal_date: i64,
     ) -> Result<(), StoreError> {
         let body_id = self.write_body(&data).await?;
-        self.write(writer::Op::Deliver {
+        self.write(writer::Deliver {
             accounts: accounts.to_vec(),
             body_id,
             size: data.len() as u64,
             internal_date,
         })
         .await
-        .map(|_| ())
     }
 
     // ---- outbound queue ------------------------------------------------------------------
@@ -450,10 +431,7 @@ impl Store {
             attempts: 0,
             last_error: String::new(),
         };
-        match self.write(writer::Op::Enqueue { entry, local }).await? {
-            writer::Reply::Queued(id) => Ok(id),
-            _ => unreachable!("writer answers Enqueue with Queued"),
-        }
+        self.write(writer::Enqueue { entry, local }).await
     }
 
     /// Everything waiting in the queue.
@@ -485,14 +463,13 @@ impl Store {
             }),
             None => None,
         };
-        self.write(writer::Op::QueueUpdate {
+        self.write(writer::QueueUpdate {
             id,
             done,
             retry,
             bounce,
         })
         .await
-        .map(|_| ())
     }
 
     /// APPEND: stores a message in one mailbox; returns (uidvalidity, uid).
@@ -504,19 +481,14 @@ impl Store {
         data: Arc<[u8]>,
     ) -> Result<(u32, u32), StoreError> {
         let body_id = self.write_body(&data).await?;
-        match self
-            .write(writer::Op::Append {
-                mailbox,
-                flags,
-                body_id,
-                size: data.len() as u64,
-                internal_date,
-            })
-            .await?
-        {
-            writer::Reply::Appended(v, u) => Ok((v, u)),
-            _ => unreachable!("writer answers Append with Appended"),
-        }
+        self.write(writer::Append {
+            mailbox,
+            flags,
+            body_id,
+            size: data.len() as u64,
+            internal_date,
+        })
+        .await
     }
 
     /// STORE: changes the flags of the named UIDs (absent ones are ignored). With
@@ -529,19 +501,14 @@ impl Store {
         flags: Flags,
         unchanged_since: Option<u64>,
     ) -> Result<FlagUpdate, StoreError> {
-        match self
-            .write(writer::Op::StoreFlags {
-                mailbox,
-                uids,
-                op,
-                flags,
-                unchanged_since,
-            })
-            .await?
-        {
-            writer::Reply::Flags(f) => Ok(f),
-            _ => unreachable!("writer answers StoreFlags with Flags"),
-        }
+        self.write(writer::StoreFlags {
+            mailbox,
+            uids,
+            op,
+            flags,
+            unchanged_since,
+        })
+        .await
     }
 
     /// Removes messages flagged `\Deleted` (only among `uids` if given); returns the removed UIDs.
@@ -550,10 +517,7 @@ impl Store {
         mailbox: MailboxId,
         uids: Option<Vec<u32>>,
     ) -> Result<Vec<u32>, StoreError> {
-        match self.write(writer::Op::Expunge { mailbox, uids }).await? {
-            writer::Reply::Uids(u) => Ok(u),
-            _ => unreachable!("writer answers Expunge with Uids"),
-        }
+        self.write(writer::Expunge { mailbox, uids }).await
     }
 
     /// Removes the named messages whatever their flags (used by expiry and quota cleanup).
@@ -562,10 +526,7 @@ impl Store {
         mailbox: MailboxId,
         uids: Vec<u32>,
     ) -> Result<Vec<u32>, StoreError> {
-        match self.write(writer::Op::Remove { mailbox, uids }).await? {
-            writer::Reply::Uids(u) => Ok(u),
-            _ => unreachable!("writer answers Remove with Uids"),
-        }
+        self.write(writer::Remove { mailbox, uids }).await
     }
 
     pub async fn copy(
@@ -574,18 +535,13 @@ impl Store {
         uids: Vec<u32>,
         dst: MailboxId,
     ) -> Result<CopyResult, StoreError> {
-        match self
-            .write(writer::Op::Copy {
-                src,
-                uids,
-                dst,
-                remove: false,
-            })
-            .await?
-        {
-            writer::Reply::Copied(c) => Ok(c),
-            _ => unreachable!("writer answers Copy with Copied"),
-        }
+        self.write(writer::Copy {
+            src,
+            uids,
+            dst,
+            remove: false,
+        })
+        .await
     }
 
     /// MOVE: like copy, then the source messages are removed in the same transaction.
@@ -595,18 +551,13 @@ impl Store {
         uids: Vec<u32>,
         dst: MailboxId,
     ) -> Result<CopyResult, StoreError> {
-        match self
-            .write(writer::Op::Copy {
-                src,
-                uids,
-                dst,
-                remove: true,
-            })
-            .await?
-        {
-            writer::Reply::Copied(c) => Ok(c),
-            _ => unreachable!("writer answers Copy with Copied"),
-        }
+        self.write(writer::Copy {
+            src,
+            uids,
+            dst,
+            remove: true,
+        })
+        .await
     }
 
     /// A receiver that changes whenever the mailbox changes (new mail, flags, expunge). IMAP
@@ -663,10 +614,10 @@ impl Store {
         Ok(id)
     }
 
-    async fn write(&self, op: writer::Op) -> Result<writer::Reply, StoreError> {
-        let (reply, touched) = self.inner.writer.submit(op).await?;
+    async fn write<O: writer::WriteOp>(&self, op: O) -> Result<O::Out, StoreError> {
+        let (out, touched) = self.inner.writer.submit(op).await?;
         self.notify(&touched);
-        Ok(reply)
+        Ok(out)
     }
 }
 
