@@ -10,10 +10,12 @@
 
 mod index;
 mod recover;
+mod spool;
 mod writer;
 
 pub use index::{Account, DeviceToken, Flags, Mailbox, Message, Queued};
 pub use index::{ANSWERED, DELETED, DRAFT, FLAGGED, SEEN};
+pub use spool::{Body, Spool};
 
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
@@ -382,14 +384,35 @@ impl Store {
         data: Arc<[u8]>,
         internal_date: i64,
     ) -> Result<(), StoreError> {
-        let body_id = self.write_body(&data).await?;
+        self.deliver_body(accounts, Body::Bytes(data), internal_date)
+            .await
+    }
+
+    /// `deliver_at` for a body in memory or spooled to disk (adopted, not copied).
+    pub async fn deliver_body(
+        &self,
+        accounts: &[AccountId],
+        body: Body,
+        internal_date: i64,
+    ) -> Result<(), StoreError> {
+        let (body_id, size) = self.put_body(body).await?;
         self.write(writer::Deliver {
             accounts: accounts.to_vec(),
             body_id,
-            size: data.len() as u64,
+            size,
             internal_date,
         })
         .await
+    }
+
+    /// A new message body to write to disk piece by piece as it arrives; see [`Spool`].
+    pub async fn spool(&self) -> Result<Spool, StoreError> {
+        Spool::create(self).await
+    }
+
+    /// Bytes written to spools since start.
+    pub fn spooled_bytes() -> u64 {
+        spool::SPOOLED.load(std::sync::atomic::Ordering::Relaxed)
     }
 
     // ---- outbound queue ------------------------------------------------------------------
@@ -402,15 +425,15 @@ impl Store {
         rcpts: Vec<String>,
         data: Arc<[u8]>,
         now: i64,
-        local: Option<(&[AccountId], Arc<[u8]>)>,
+        local: Option<(&[AccountId], Body)>,
     ) -> Result<u64, StoreError> {
         let body_id = self.write_body(&data).await?;
         let local = match local {
-            Some((accounts, body)) => match self.write_body(&body).await {
-                Ok(id) => Some(writer::LocalCopy {
+            Some((accounts, body)) => match self.put_body(body).await {
+                Ok((id, size)) => Some(writer::LocalCopy {
                     accounts: accounts.to_vec(),
                     body_id: id,
-                    size: body.len() as u64,
+                    size,
                     internal_date: now,
                 }),
                 Err(e) => {
@@ -598,6 +621,16 @@ impl Store {
 
     fn crash_point(&self) -> Option<CrashPoint> {
         self.inner.crash_at.lock().ok().and_then(|c| *c)
+    }
+
+    /// Puts a body into `mail/`: written from memory, or a spool adopted. Returns (id, size).
+    async fn put_body(&self, body: Body) -> Result<(u64, u64), StoreError> {
+        let size = body.len();
+        let id = match body {
+            Body::Bytes(b) => self.write_body(&b).await?,
+            Body::Spooled(s) => s.commit().await?,
+        };
+        Ok((id, size))
     }
 
     async fn write_body(&self, data: &Arc<[u8]>) -> Result<u64, StoreError> {
