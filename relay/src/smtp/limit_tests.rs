@@ -239,3 +239,23 @@ async fn large_data_is_spooled_to_disk_as_it_arrives_and_adopted() {
         "the stored files are the spooled ones"
     );
 }
+
+/// A large submission is spooled in the form the local copy is stored in (after the outgoing
+/// cleanup) and adopted; what lands in the INBOX is what it was before spooling.
+#[tokio::test]
+async fn large_submission_is_spooled_and_stored_as_cleaned() {
+    let d = tempfile::tempdir().unwrap();
+    let r = relay(d.path()).await;
+    let mut c = started(&r, Kind::Submissions, true).await;
+    c.login().await;
+    let msg = message(USER, &filler(600_000));
+    let msg = msg.replacen("\r\n", "\r\nX-Mailer: leaky 1.0\r\nReceived: from x\r\n", 1);
+    let before = crate::store::Store::spooled_bytes();
+    assert!(c.mail(USER, RCPT, &msg).await.starts_with("250 "));
+    assert!(crate::store::Store::spooled_bytes() - before >= 590_000);
+    let expect = crate::policy::prepare_local_delivery(&crate::policy::headers::clean_outgoing(
+        msg.as_bytes(),
+    ));
+    assert_eq!(inbox(&r, RCPT).await, vec![expect.clone()]);
+    assert!(!String::from_utf8_lossy(&expect).contains("X-Mailer"));
+}

@@ -503,12 +503,24 @@ impl Store {
         internal_date: i64,
         data: Arc<[u8]>,
     ) -> Result<(u32, u32), StoreError> {
-        let body_id = self.write_body(&data).await?;
+        self.append_body(mailbox, flags, internal_date, Body::Bytes(data))
+            .await
+    }
+
+    /// `append` for a body in memory or spooled to disk (adopted, not copied).
+    pub async fn append_body(
+        &self,
+        mailbox: MailboxId,
+        flags: Flags,
+        internal_date: i64,
+        body: Body,
+    ) -> Result<(u32, u32), StoreError> {
+        let (body_id, size) = self.put_body(body).await?;
         self.write(writer::Append {
             mailbox,
             flags,
             body_id,
-            size: data.len() as u64,
+            size,
             internal_date,
         })
         .await
