@@ -11,13 +11,14 @@ use crate::metrics::M;
 use crate::policy::ratelimit::SendLimiter;
 use crate::policy::{self, Direction, Envelope, Reply, Verdict};
 use crate::push::Push;
-use crate::store::{AccountId, Store};
+use crate::store::{AccountId, Body, Spool, Store};
 use queue::Queue;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 
 pub mod bounce;
 pub mod queue;
+pub mod spooler;
 pub mod transport;
 
 /// What a recipient address resolved to.
@@ -183,6 +184,19 @@ impl Delivery {
         data: Vec<u8>,
         dir: Direction,
     ) -> Reply {
+        self.submit_spooled(env, targets, data, None, dir).await
+    }
+
+    /// `submit` for a message whose local copy is already on disk (`spool`, written by a
+    /// [`spooler::Spooler`]): the store adopts that file instead of writing the body again.
+    pub async fn submit_spooled(
+        &self,
+        env: &Envelope,
+        targets: &[Target],
+        data: Vec<u8>,
+        spool: Option<Spool>,
+        dir: Direction,
+    ) -> Reply {
         let (verdict, kind) = match dir {
             Direction::Outgoing => policy::check_outgoing_kind(env, &data),
             Direction::Incoming => policy::check_incoming_kind(env, &data),
@@ -233,9 +247,19 @@ impl Delivery {
         if local.is_empty() && remote.is_empty() {
             return Reply::new(554, "5.5.1 No valid recipients");
         }
-        let body: Arc<[u8]> = policy::prepare_local_delivery(&data).into();
+        let body = match spool {
+            Some(s) => {
+                debug_assert_eq!(
+                    s.len(),
+                    policy::prepare_local_delivery(&data).len() as u64,
+                    "the spool holds the local copy"
+                );
+                Body::Spooled(s)
+            }
+            None => Body::Bytes(policy::prepare_local_delivery(&data).into()),
+        };
         for id in &local {
-            match self.fits(*id, body.len() as u64).await {
+            match self.fits(*id, body.len()).await {
                 Ok(true) => {}
                 Ok(false) => {
                     let addr = self
@@ -258,7 +282,11 @@ impl Delivery {
         if !remote.is_empty() {
             return self.enqueue(env, &local, body, &data, remote).await;
         }
-        match self.store.deliver(&local, body).await {
+        match self
+            .store
+            .deliver_body(&local, body, Clock::system().now())
+            .await
+        {
             Ok(()) => {
                 tracing::info!(recipients = local.len(), "delivered");
                 M.delivered_mail.add(local.len() as u64);
@@ -282,7 +310,7 @@ impl Delivery {
         &self,
         env: &Envelope,
         local: &[AccountId],
-        local_body: Arc<[u8]>,
+        local_body: Body,
         data: &[u8],
         remote: Vec<String>,
     ) -> Reply {

@@ -2,7 +2,9 @@
 //! (a literal) and then more of the same command. This module turns the byte stream into whole
 //! commands and batches our output, with the limits that keep one client from eating memory.
 
+use crate::delivery::spooler::SPILL;
 use crate::limits::{Budget, Held};
+use crate::store::{Spool, Store};
 use imap_codec::encode::{Encoder, Fragment};
 use imap_codec::imap_types::response::Response;
 use imap_codec::ResponseCodec;
@@ -66,6 +68,11 @@ pub(crate) struct Framed<S> {
     /// The current command's share of the budget, kept until the next command is read (so
     /// that an APPEND holds it until its message is stored).
     held: Option<Held>,
+    /// Where a large APPEND literal goes instead of memory (set by the session).
+    spool_store: Option<Store>,
+    /// The current command's APPEND message, if it went to disk; the command itself then
+    /// carries a one-byte placeholder literal.
+    spooled: Option<Spool>,
 }
 
 /// `{123}` or `{123+}` at the end of a line (before CRLF): the length and whether it is
@@ -91,6 +98,32 @@ pub(crate) fn literal_suffix(line: &[u8]) -> Option<(u64, bool)> {
     Some((n, sync))
 }
 
+/// Pieces in which a spooled literal is written.
+const SPOOL_CHUNK: usize = 64 * 1024;
+
+/// Whether the command so far is an APPEND (`tag APPEND …`).
+fn is_append(buf: &[u8]) -> bool {
+    let mut words = buf.splitn(3, |&b| b == b' ');
+    words.next();
+    words
+        .next()
+        .is_some_and(|w| w.eq_ignore_ascii_case(b"APPEND"))
+}
+
+/// Replaces the literal announced at the end of `buf` by a one-byte literal (`{1}` + `X`):
+/// the decoder sees a well-formed APPEND, the message itself is in the spool.
+fn placeholder_literal(buf: &mut Vec<u8>) {
+    let eol = if buf.ends_with(b"\r\n") { 2 } else { 1 };
+    let end = buf.len() - eol;
+    let nl = buf[end..].to_vec();
+    if let Some(open) = buf[..end].iter().rposition(|&b| b == b'{') {
+        buf.truncate(open);
+        buf.extend_from_slice(b"{1}");
+        buf.extend_from_slice(&nl);
+        buf.push(b'X');
+    }
+}
+
 impl<S: AsyncRead + AsyncWrite + Unpin> Framed<S> {
     pub(crate) fn new(stream: S) -> Self {
         Framed {
@@ -101,7 +134,19 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Framed<S> {
             dropped_head: Vec::new(),
             transfer: None,
             held: None,
+            spool_store: None,
+            spooled: None,
         }
+    }
+
+    /// APPEND literals past `SPILL` bytes go to a spool of `store` as they arrive.
+    pub(crate) fn set_spool_store(&mut self, store: Store) {
+        self.spool_store = Some(store);
+    }
+
+    /// The APPEND message of the command just read, if it was spooled (see `spooled`).
+    pub(crate) fn take_spooled(&mut self) -> Option<Spool> {
+        self.spooled.take()
     }
 
     pub(crate) fn set_transfer_limits(&mut self, budget: Arc<Budget>, timeout: Duration) {
@@ -198,8 +243,11 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Framed<S> {
     /// literal and the command as a whole.
     pub(crate) async fn read_command(&mut self, max_literal: u64) -> Result<Frame, ReadError> {
         self.held = None;
+        self.spooled = None;
         let mut buf = Vec::new();
         let mut literal_total: u64 = 0;
+        // Literal bytes held in memory (a spooled APPEND message is not).
+        let mut in_memory: u64 = 0;
         let mut deadline = None;
         loop {
             let line = match self.read_line().await {
@@ -232,11 +280,33 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Framed<S> {
                 return Err(ReadError::TooLong);
             }
             literal_total += n;
-            if let Some((budget, timeout)) = &self.transfer {
+            // A big APPEND message goes to disk, not against the memory budget.
+            let spool = match &self.spool_store {
+                Some(store) if n > SPILL as u64 && self.spooled.is_none() && is_append(&buf) => {
+                    match store.spool().await {
+                        Ok(s) => Some(s),
+                        Err(e) => {
+                            tracing::error!("cannot spool an APPEND: {e}");
+                            if sync {
+                                return Ok(Frame::Busy(buf));
+                            }
+                            return Err(ReadError::Busy);
+                        }
+                    }
+                }
+                _ => None,
+            };
+            if let Some((_, timeout)) = &self.transfer {
+                deadline.get_or_insert_with(|| Instant::now() + *timeout);
+            }
+            if spool.is_none() {
+                in_memory += n;
+            }
+            if let (None, Some((budget, _))) = (&spool, &self.transfer) {
                 // Announced bytes are taken from the budget before the client may send them,
                 // so a refusal can still be a plain NO.
                 let held = self.held.get_or_insert_with(|| budget.hold());
-                if !held.grow(literal_total, max_literal) {
+                if !held.grow(in_memory, max_literal) {
                     tracing::warn!(
                         in_flight = budget.used(),
                         "in-flight message memory spent, literal refused"
@@ -247,13 +317,58 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Framed<S> {
                     }
                     return Err(ReadError::Busy);
                 }
-                deadline.get_or_insert_with(|| Instant::now() + *timeout);
             }
             if sync {
                 self.out.extend_from_slice(b"+ Ready for literal data\r\n");
                 self.flush().await?;
             }
-            self.read_exact_into(n as usize, &mut buf, deadline).await?;
+            match spool {
+                Some(mut spool) => {
+                    self.read_exact_into_spool(n as usize, &mut spool, deadline)
+                        .await?;
+                    placeholder_literal(&mut buf);
+                    self.spooled = Some(spool);
+                }
+                None => self.read_exact_into(n as usize, &mut buf, deadline).await?,
+            }
+        }
+    }
+
+    /// Writes exactly `n` bytes of input to `spool`, in pieces of at most `SPOOL_CHUNK`.
+    async fn read_exact_into_spool(
+        &mut self,
+        n: usize,
+        spool: &mut Spool,
+        deadline: Option<Instant>,
+    ) -> Result<(), ReadError> {
+        let take = n.min(self.rbuf.len());
+        let mut chunk: Vec<u8> = self.rbuf.drain(..take).collect();
+        chunk.reserve(SPOOL_CHUNK);
+        let mut left = n - take;
+        loop {
+            if chunk.len() >= SPOOL_CHUNK || (left == 0 && !chunk.is_empty()) {
+                chunk = spool
+                    .write(chunk)
+                    .await
+                    .map_err(|e| ReadError::Io(io::Error::other(e.to_string())))?;
+            }
+            if left == 0 {
+                return Ok(());
+            }
+            let room = (SPOOL_CHUNK - chunk.len()).min(left);
+            let mut limited = (&mut self.stream).take(room as u64);
+            let read = limited.read_buf(&mut chunk);
+            let got = match deadline {
+                Some(d) => match tokio::time::timeout_at(d, read).await {
+                    Ok(r) => r?,
+                    Err(_) => return Err(ReadError::Timeout),
+                },
+                None => read.await?,
+            };
+            if got == 0 {
+                return Err(ReadError::Eof);
+            }
+            left -= got;
         }
     }
 

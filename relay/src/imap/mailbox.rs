@@ -4,6 +4,7 @@
 use super::io::Framed;
 use super::selected::{flag_bit, flags_from, mailbox_name};
 use super::session::{istring, other_code, Done, Session};
+use crate::store::Body;
 use imap_codec::imap_types::core::{Atom, QuotedChar, Vec1};
 use imap_codec::imap_types::datetime::DateTime;
 use imap_codec::imap_types::extensions::binary::LiteralOrLiteral8;
@@ -329,6 +330,8 @@ impl Session {
             Ok(n) => n,
             Err(d) => return Ok(d),
         };
+        // A big message went to disk as it arrived; `message` is then a placeholder.
+        let spooled = io.take_spooled();
         let store = &self.relay.store;
         let account = self.account_id();
         let mb = match store.mailbox(account, &name) {
@@ -341,12 +344,13 @@ impl Session {
             LiteralOrLiteral8::Literal(l) => l.data(),
             LiteralOrLiteral8::Literal8(l) => l.data.as_ref(),
         };
+        let size = spooled.as_ref().map_or(data.len() as u64, |s| s.len());
         let cfg = &self.relay.cfg;
-        if data.len() as u64 > cfg.max_message_size {
+        if size > cfg.max_message_size {
             return Ok(Done::no("Message too large").code(Code::TooBig));
         }
         match store.usage(account) {
-            Ok(used) if used.saturating_add(data.len() as u64) > cfg.max_mailbox_size.0 => {
+            Ok(used) if used.saturating_add(size) > cfg.max_mailbox_size.0 => {
                 return Ok(Done::no("Mailbox is full").code(Code::OverQuota));
             }
             Ok(_) => {}
@@ -355,9 +359,12 @@ impl Session {
         let internal_date = date
             .map(|d| d.as_ref().timestamp())
             .unwrap_or_else(|| self.relay.clock.now());
-        let data: Arc<[u8]> = Arc::from(data);
+        let body = match spooled {
+            Some(s) => Body::Spooled(s),
+            None => Body::Bytes(Arc::from(data)),
+        };
         let (validity, uid) = match store
-            .append(mb.id, flags_from(flags), internal_date, data)
+            .append_body(mb.id, flags_from(flags), internal_date, body)
             .await
         {
             Ok(r) => r,

@@ -263,6 +263,7 @@ impl Session {
             relay.inflight.clone(),
             relay.cfg.message_transfer_timeout.duration(),
         );
+        io.set_spool_store(relay.store.clone());
         if greet {
             let code = Code::Capability(self.capabilities());
             if io

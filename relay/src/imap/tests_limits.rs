@@ -149,3 +149,71 @@ async fn unauthenticated_connections_per_ip_are_capped_until_login() {
     // Logged in, the first no longer counts against the unauthenticated cap.
     assert!(connect_993(&env, addr).await.is_some());
 }
+
+/// Issue 14 item 5: a large APPEND message goes to disk as it arrives, outside the memory
+/// budget, and the stored message is that file (same inode); flags and date still apply.
+#[tokio::test]
+async fn a_large_append_is_spooled_to_disk_and_adopted() {
+    use std::os::unix::fs::MetadataExt;
+    let env = env();
+    let relay = &env.relay;
+    let mut c = Client::login(relay).await;
+    let msg = simple("big") + &format!("{}\r\n", "z".repeat(78)).repeat(25_000);
+    let (first, rest) = msg.as_bytes().split_at(msg.len() - 1000);
+    c.send(
+        format!(
+            "a1 APPEND INBOX (\\Seen) \"17-Jul-1996 02:44:25 -0700\" {{{}+}}\r\n",
+            msg.len()
+        )
+        .as_bytes(),
+    )
+    .await;
+    c.send(first).await;
+    let tmp = relay.store.dir().join("tmp");
+    let spooled = || -> Vec<(u64, u64)> {
+        std::fs::read_dir(&tmp)
+            .unwrap()
+            .filter_map(|e| e.ok()?.metadata().ok())
+            .map(|m| (m.ino(), m.len()))
+            .collect()
+    };
+    for _ in 0..150 {
+        if spooled().iter().any(|s| s.1 >= (msg.len() / 2) as u64) {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let held = relay.inflight.used();
+    assert!(
+        held < 1 << 20,
+        "a {} byte APPEND holds {held} bytes",
+        msg.len()
+    );
+    let files = spooled();
+    assert_eq!(files.len(), 1, "{files:?}");
+    c.send(rest).await;
+    c.send(b"\r\n").await;
+    let r = c.until_tagged("a1").await;
+    assert!(r.last().unwrap().contains("OK [APPENDUID"), "{r:?}");
+    assert!(spooled().is_empty());
+    let mb = relay
+        .store
+        .mailbox(account_id(relay), "INBOX")
+        .unwrap()
+        .unwrap();
+    let m = &relay.store.messages(mb.id).unwrap()[0];
+    assert!(m.flags.has(crate::store::SEEN));
+    assert_eq!(m.internal_date, 837596665);
+    assert_eq!(m.size, msg.len() as u64);
+    assert_eq!(
+        relay.store.read_body(m.body_id).await.unwrap(),
+        msg.as_bytes()
+    );
+    let p = relay
+        .store
+        .dir()
+        .join("mail")
+        .join(format!("{:02x}", m.body_id & 0xff))
+        .join(format!("{:016x}", m.body_id));
+    assert_eq!(std::fs::metadata(p).unwrap().ino(), files[0].0);
+}

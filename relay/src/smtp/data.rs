@@ -90,6 +90,12 @@ impl DataDecoder {
         }
     }
 
+    /// The bytes kept since the last call (the caller writes them to disk); the limit still
+    /// counts every byte of the message.
+    pub fn take_kept(&mut self, buf: Vec<u8>) -> Vec<u8> {
+        std::mem::replace(&mut self.body, buf)
+    }
+
     /// Stops keeping the message and frees it; [`Self::finish`] will say [`DataError::Busy`].
     pub fn drop_body(&mut self) {
         self.dropping = true;
@@ -120,7 +126,8 @@ impl DataDecoder {
 
     fn emit(&mut self, b: u8) {
         self.total += 1;
-        if !self.dropping && self.body.len() < self.limit {
+        // `total`, not the buffer's length: the caller may have taken bytes out (spooled).
+        if !self.dropping && self.total <= self.limit as u64 {
             self.body.push(b);
         }
     }

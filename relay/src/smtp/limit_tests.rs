@@ -1,7 +1,7 @@
 //! The limits a client cannot talk its way around: the login deadline on submission, the
 //! overall DATA deadline, the in-flight memory budget, and the per-IP connection cap.
 
-use super::tests::{message, relay, relay_with, started, PASS, RCPT, USER};
+use super::tests::{inbox, message, relay, relay_with, started, PASS, RCPT, USER};
 use super::*;
 use crate::config::ByteSize;
 use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
@@ -152,4 +152,110 @@ async fn connections_over_the_per_ip_cap_get_421() {
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
     panic!("the slot never came back");
+}
+
+/// Issue 14 item 5: a large DATA body goes to a file in the store's `tmp/` as it arrives, so
+/// parallel senders hold little memory each however big their messages; the accepted message
+/// is that file itself, renamed into place (same inode), not a second copy.
+#[tokio::test]
+async fn large_data_is_spooled_to_disk_as_it_arrives_and_adopted() {
+    use std::os::unix::fs::MetadataExt;
+    const N: usize = 4;
+    const SIZE: usize = 3_000_000;
+    // `delivery::spooler::SPILL`, spelled out so that the test also runs on the code before.
+    const SPILL: usize = 256 * 1024;
+    let d = tempfile::tempdir().unwrap();
+    let r = relay(d.path()).await;
+    let from = "someone@[192.0.2.1]";
+    let big = message(from, &filler(SIZE));
+    let cut = big.len() - 100;
+    let mut clients = Vec::new();
+    for _ in 0..N {
+        let mut c = started(&r, Kind::Mx, true).await;
+        assert!(c.cmd("EHLO mx.example.org").await.starts_with("250"));
+        assert!(c
+            .cmd(&format!("MAIL FROM:<{from}>"))
+            .await
+            .starts_with("250"));
+        assert!(c.cmd(&format!("RCPT TO:<{RCPT}>")).await.starts_with("250"));
+        assert!(c.cmd("DATA").await.starts_with("354"));
+        c.send(&big.as_bytes()[..cut]).await;
+        clients.push(c);
+    }
+    let tmp = r.store.dir().join("tmp");
+    let spooled = || -> Vec<(u64, u64)> {
+        std::fs::read_dir(&tmp)
+            .unwrap()
+            .filter_map(|e| e.ok()?.metadata().ok())
+            .map(|m| (m.ino(), m.len()))
+            .collect()
+    };
+    // The sessions have read all but the duplex pipe's 1 MiB; wait until it is on disk.
+    let on_disk = (N * (cut - (1 << 20) - SPILL)) as u64;
+    for _ in 0..150 {
+        if spooled().iter().map(|s| s.1).sum::<u64>() >= on_disk {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let files = spooled();
+    let held = r.inflight.used();
+    assert!(
+        held <= (N * 4 * SPILL) as u64,
+        "{N} senders of {SIZE} bytes hold {held} bytes of memory"
+    );
+    assert_eq!(files.len(), N, "one spool file per message: {files:?}");
+    assert!(
+        files.iter().map(|s| s.1).sum::<u64>() >= on_disk,
+        "{files:?}"
+    );
+
+    for c in &mut clients {
+        c.send(&big.as_bytes()[cut..]).await;
+        assert!(c.cmd(".").await.starts_with("250 "));
+    }
+    assert_eq!(r.inflight.used(), 0);
+    assert!(spooled().is_empty(), "tmp/ not empty after delivery");
+    let bodies = inbox(&r, RCPT).await;
+    assert_eq!(bodies.len(), N);
+    assert!(bodies.iter().all(|b| b == big.as_bytes()));
+    let acc = r.store.account(RCPT).unwrap().unwrap();
+    let mbox = r.store.mailbox(acc.id, "INBOX").unwrap().unwrap();
+    let mut stored: Vec<u64> = Vec::new();
+    for m in r.store.messages(mbox.id).unwrap() {
+        let p = r
+            .store
+            .dir()
+            .join("mail")
+            .join(format!("{:02x}", m.body_id & 0xff))
+            .join(format!("{:016x}", m.body_id));
+        stored.push(std::fs::metadata(p).unwrap().ino());
+    }
+    let mut spooled_inodes: Vec<u64> = files.iter().map(|f| f.0).collect();
+    stored.sort_unstable();
+    spooled_inodes.sort_unstable();
+    assert_eq!(
+        stored, spooled_inodes,
+        "the stored files are the spooled ones"
+    );
+}
+
+/// A large submission is spooled in the form the local copy is stored in (after the outgoing
+/// cleanup) and adopted; what lands in the INBOX is what it was before spooling.
+#[tokio::test]
+async fn large_submission_is_spooled_and_stored_as_cleaned() {
+    let d = tempfile::tempdir().unwrap();
+    let r = relay(d.path()).await;
+    let mut c = started(&r, Kind::Submissions, true).await;
+    c.login().await;
+    let msg = message(USER, &filler(600_000));
+    let msg = msg.replacen("\r\n", "\r\nX-Mailer: leaky 1.0\r\nReceived: from x\r\n", 1);
+    let before = crate::store::Store::spooled_bytes();
+    assert!(c.mail(USER, RCPT, &msg).await.starts_with("250 "));
+    assert!(crate::store::Store::spooled_bytes() - before >= 590_000);
+    let expect = crate::policy::prepare_local_delivery(&crate::policy::headers::clean_outgoing(
+        msg.as_bytes(),
+    ));
+    assert_eq!(inbox(&r, RCPT).await, vec![expect.clone()]);
+    assert!(!String::from_utf8_lossy(&expect).contains("X-Mailer"));
 }

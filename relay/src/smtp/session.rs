@@ -7,9 +7,10 @@ mod auth;
 use super::path;
 use super::stream::{LineError, SmtpStream};
 use super::Kind;
+use crate::delivery::spooler::{Spooler, SPILL};
 use crate::delivery::Target;
 use crate::limits::Slot;
-use crate::policy::{Direction, Envelope};
+use crate::policy::{Direction, Envelope, Reply};
 use crate::Relay;
 use smtp_proto::{Error as ParseError, MailFrom, RcptTo, Request};
 use std::net::IpAddr;
@@ -522,8 +523,11 @@ impl Session {
         let mut dec = DataDecoder::new(limit_usize);
         // The whole message must arrive by then, not just each piece within the read timeout.
         let deadline = Instant::now() + self.relay.cfg.message_transfer_timeout.duration();
-        // The body's share of the in-flight budget, held until the message is stored.
+        // The body's share of the in-flight budget, held until the message is stored. Past
+        // `SPILL` bytes the body goes to disk (`Spooler`), so the share stays small while it
+        // arrives; it grows to the message's size once more for the checks at the end.
         let mut held = self.relay.inflight.hold();
+        let mut spooler = Spooler::new(&self.relay.store, self.direction());
         while !dec.is_done() {
             if !dec.is_dropping() {
                 let want = dec
@@ -544,6 +548,15 @@ impl Session {
             }
             let used = dec.feed(io.buffered());
             io.consume(used);
+            if !dec.is_dropping() && dec.kept() >= SPILL {
+                let mut kept = dec.take_kept(Vec::new());
+                let pushed = spooler.push(&mut kept).await;
+                dec.take_kept(kept);
+                if let Err(e) = pushed {
+                    tracing::error!("cannot write the message to disk: {e}");
+                    dec.drop_body();
+                }
+            }
             if dec.is_done() {
                 break;
             }
@@ -599,6 +612,27 @@ impl Session {
                 );
             }
         };
+        let busy = || Reply::new(451, "4.3.1 Insufficient system resources, try again later");
+        // The checks read the whole message: it counts against the budget again.
+        if spooler.is_spooling() && !held.grow(size, limit) {
+            tracing::warn!(
+                size,
+                in_flight = self.relay.inflight.used(),
+                "in-flight message memory spent, message gets 451"
+            );
+            let r = busy();
+            io.reply(r.code, &r.text);
+            return Flow::Continue;
+        }
+        let (body, spool) = match spooler.finish(body).await {
+            Ok(x) => x,
+            Err(e) => {
+                tracing::error!("cannot read the message back from disk: {e}");
+                let r = busy();
+                io.reply(r.code, &r.text);
+                return Flow::Continue;
+            }
+        };
         let env = Envelope {
             mail_from: tx.mail_from,
             rcpt_to: tx.rcpt_to,
@@ -607,7 +641,7 @@ impl Session {
         let reply = self
             .relay
             .delivery
-            .submit(&env, &tx.targets, body, self.direction())
+            .submit_spooled(&env, &tx.targets, body, spool, self.direction())
             .await;
         tracing::info!(
             size,

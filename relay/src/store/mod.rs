@@ -11,10 +11,12 @@
 pub mod format;
 mod index;
 mod recover;
+mod spool;
 mod writer;
 
 pub use index::{Account, DeviceToken, Flags, Mailbox, Message, Queued};
 pub use index::{ANSWERED, DELETED, DRAFT, FLAGGED, SEEN};
+pub use spool::{Body, Spool};
 
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
@@ -177,9 +179,7 @@ impl Store {
 
     /// Deletes an account with all its mailboxes, messages and device tokens.
     pub async fn delete_account(&self, id: AccountId) -> Result<(), StoreError> {
-        self.write(writer::Op::DeleteAccount { id })
-            .await
-            .map(|_| ())
+        self.write(writer::DeleteAccount { id }).await
     }
 
     /// Creates the account with its INBOX unless it exists. Returns the stored account and
@@ -190,23 +190,17 @@ impl Store {
         password_hash: &str,
         now: i64,
     ) -> Result<(Account, bool), StoreError> {
-        self.write(writer::Op::CreateAccount {
+        self.write(writer::CreateAccount {
             addr: addr.to_string(),
             hash: password_hash.to_string(),
             now,
         })
         .await
-        .map(|r| match r {
-            writer::Reply::Account(a, created) => (a, created),
-            _ => unreachable!("writer answers CreateAccount with Account"),
-        })
     }
 
     /// Records the UTC day of the last login (only written when it changes).
     pub async fn set_last_login_day(&self, id: AccountId, day: i64) -> Result<(), StoreError> {
-        self.write(writer::Op::LastLogin { id, day })
-            .await
-            .map(|_| ())
+        self.write(writer::LastLogin { id, day }).await
     }
 
     /// Adds (or refreshes) a push device token; tokens accumulate.
@@ -217,24 +211,22 @@ impl Store {
         now: i64,
         max: usize,
     ) -> Result<(), StoreError> {
-        self.write(writer::Op::AddToken {
+        self.write(writer::AddToken {
             id,
             token: token.to_string(),
             now,
             max,
         })
         .await
-        .map(|_| ())
     }
 
     /// Removes a push device token (the push service answered 410, or a client cleared it).
     pub async fn remove_device_token(&self, id: AccountId, token: &str) -> Result<(), StoreError> {
-        self.write(writer::Op::RemoveToken {
+        self.write(writer::RemoveToken {
             id,
             token: token.to_string(),
         })
         .await
-        .map(|_| ())
     }
 
     // ---- mailboxes -----------------------------------------------------------------------
@@ -256,26 +248,20 @@ impl Store {
         account: AccountId,
         name: &str,
     ) -> Result<Mailbox, StoreError> {
-        match self
-            .write(writer::Op::CreateMailbox {
-                account,
-                name: normalize_mailbox_name(name),
-            })
-            .await?
-        {
-            writer::Reply::Mailbox(m) => Ok(m),
-            _ => unreachable!("writer answers CreateMailbox with Mailbox"),
-        }
-    }
-
-    /// Deletes a mailbox and its messages.
-    pub async fn delete_mailbox(&self, account: AccountId, name: &str) -> Result<(), StoreError> {
-        self.write(writer::Op::DeleteMailbox {
+        self.write(writer::CreateMailbox {
             account,
             name: normalize_mailbox_name(name),
         })
         .await
-        .map(|_| ())
+    }
+
+    /// Deletes a mailbox and its messages.
+    pub async fn delete_mailbox(&self, account: AccountId, name: &str) -> Result<(), StoreError> {
+        self.write(writer::DeleteMailbox {
+            account,
+            name: normalize_mailbox_name(name),
+        })
+        .await
     }
 
     /// Renames a mailbox. Renaming INBOX moves its messages to the new mailbox and leaves INBOX
@@ -286,13 +272,12 @@ impl Store {
         from: &str,
         to: &str,
     ) -> Result<(), StoreError> {
-        self.write(writer::Op::RenameMailbox {
+        self.write(writer::RenameMailbox {
             account,
             from: normalize_mailbox_name(from),
             to: normalize_mailbox_name(to),
         })
         .await
-        .map(|_| ())
     }
 
     pub async fn set_subscribed(
@@ -301,13 +286,12 @@ impl Store {
         name: &str,
         subscribed: bool,
     ) -> Result<(), StoreError> {
-        self.write(writer::Op::Subscribe {
+        self.write(writer::Subscribe {
             account,
             name: normalize_mailbox_name(name),
             subscribed,
         })
         .await
-        .map(|_| ())
     }
 
     // ---- messages ------------------------------------------------------------------------
@@ -404,15 +388,35 @@ impl Store {
         data: Arc<[u8]>,
         internal_date: i64,
     ) -> Result<(), StoreError> {
-        let body_id = self.write_body(&data).await?;
-        self.write(writer::Op::Deliver {
+        self.deliver_body(accounts, Body::Bytes(data), internal_date)
+            .await
+    }
+
+    /// `deliver_at` for a body in memory or spooled to disk (adopted, not copied).
+    pub async fn deliver_body(
+        &self,
+        accounts: &[AccountId],
+        body: Body,
+        internal_date: i64,
+    ) -> Result<(), StoreError> {
+        let (body_id, size) = self.put_body(body).await?;
+        self.write(writer::Deliver {
             accounts: accounts.to_vec(),
             body_id,
-            size: data.len() as u64,
+            size,
             internal_date,
         })
         .await
-        .map(|_| ())
+    }
+
+    /// A new message body to write to disk piece by piece as it arrives; see [`Spool`].
+    pub async fn spool(&self) -> Result<Spool, StoreError> {
+        Spool::create(self).await
+    }
+
+    /// Bytes written to spools since start.
+    pub fn spooled_bytes() -> u64 {
+        spool::SPOOLED.load(std::sync::atomic::Ordering::Relaxed)
     }
 
     // ---- outbound queue ------------------------------------------------------------------
@@ -425,15 +429,15 @@ impl Store {
         rcpts: Vec<String>,
         data: Arc<[u8]>,
         now: i64,
-        local: Option<(&[AccountId], Arc<[u8]>)>,
+        local: Option<(&[AccountId], Body)>,
     ) -> Result<u64, StoreError> {
         let body_id = self.write_body(&data).await?;
         let local = match local {
-            Some((accounts, body)) => match self.write_body(&body).await {
-                Ok(id) => Some(writer::LocalCopy {
+            Some((accounts, body)) => match self.put_body(body).await {
+                Ok((id, size)) => Some(writer::LocalCopy {
                     accounts: accounts.to_vec(),
                     body_id: id,
-                    size: body.len() as u64,
+                    size,
                     internal_date: now,
                 }),
                 Err(e) => {
@@ -454,10 +458,7 @@ impl Store {
             attempts: 0,
             last_error: String::new(),
         };
-        match self.write(writer::Op::Enqueue { entry, local }).await? {
-            writer::Reply::Queued(id) => Ok(id),
-            _ => unreachable!("writer answers Enqueue with Queued"),
-        }
+        self.write(writer::Enqueue { entry, local }).await
     }
 
     /// Everything waiting in the queue.
@@ -489,14 +490,13 @@ impl Store {
             }),
             None => None,
         };
-        self.write(writer::Op::QueueUpdate {
+        self.write(writer::QueueUpdate {
             id,
             done,
             retry,
             bounce,
         })
         .await
-        .map(|_| ())
     }
 
     /// APPEND: stores a message in one mailbox; returns (uidvalidity, uid).
@@ -507,20 +507,27 @@ impl Store {
         internal_date: i64,
         data: Arc<[u8]>,
     ) -> Result<(u32, u32), StoreError> {
-        let body_id = self.write_body(&data).await?;
-        match self
-            .write(writer::Op::Append {
-                mailbox,
-                flags,
-                body_id,
-                size: data.len() as u64,
-                internal_date,
-            })
-            .await?
-        {
-            writer::Reply::Appended(v, u) => Ok((v, u)),
-            _ => unreachable!("writer answers Append with Appended"),
-        }
+        self.append_body(mailbox, flags, internal_date, Body::Bytes(data))
+            .await
+    }
+
+    /// `append` for a body in memory or spooled to disk (adopted, not copied).
+    pub async fn append_body(
+        &self,
+        mailbox: MailboxId,
+        flags: Flags,
+        internal_date: i64,
+        body: Body,
+    ) -> Result<(u32, u32), StoreError> {
+        let (body_id, size) = self.put_body(body).await?;
+        self.write(writer::Append {
+            mailbox,
+            flags,
+            body_id,
+            size,
+            internal_date,
+        })
+        .await
     }
 
     /// STORE: changes the flags of the named UIDs (absent ones are ignored). With
@@ -533,19 +540,14 @@ impl Store {
         flags: Flags,
         unchanged_since: Option<u64>,
     ) -> Result<FlagUpdate, StoreError> {
-        match self
-            .write(writer::Op::StoreFlags {
-                mailbox,
-                uids,
-                op,
-                flags,
-                unchanged_since,
-            })
-            .await?
-        {
-            writer::Reply::Flags(f) => Ok(f),
-            _ => unreachable!("writer answers StoreFlags with Flags"),
-        }
+        self.write(writer::StoreFlags {
+            mailbox,
+            uids,
+            op,
+            flags,
+            unchanged_since,
+        })
+        .await
     }
 
     /// Removes messages flagged `\Deleted` (only among `uids` if given); returns the removed UIDs.
@@ -554,10 +556,7 @@ impl Store {
         mailbox: MailboxId,
         uids: Option<Vec<u32>>,
     ) -> Result<Vec<u32>, StoreError> {
-        match self.write(writer::Op::Expunge { mailbox, uids }).await? {
-            writer::Reply::Uids(u) => Ok(u),
-            _ => unreachable!("writer answers Expunge with Uids"),
-        }
+        self.write(writer::Expunge { mailbox, uids }).await
     }
 
     /// Removes the named messages whatever their flags (used by expiry and quota cleanup).
@@ -566,10 +565,7 @@ impl Store {
         mailbox: MailboxId,
         uids: Vec<u32>,
     ) -> Result<Vec<u32>, StoreError> {
-        match self.write(writer::Op::Remove { mailbox, uids }).await? {
-            writer::Reply::Uids(u) => Ok(u),
-            _ => unreachable!("writer answers Remove with Uids"),
-        }
+        self.write(writer::Remove { mailbox, uids }).await
     }
 
     pub async fn copy(
@@ -578,18 +574,13 @@ impl Store {
         uids: Vec<u32>,
         dst: MailboxId,
     ) -> Result<CopyResult, StoreError> {
-        match self
-            .write(writer::Op::Copy {
-                src,
-                uids,
-                dst,
-                remove: false,
-            })
-            .await?
-        {
-            writer::Reply::Copied(c) => Ok(c),
-            _ => unreachable!("writer answers Copy with Copied"),
-        }
+        self.write(writer::Copy {
+            src,
+            uids,
+            dst,
+            remove: false,
+        })
+        .await
     }
 
     /// MOVE: like copy, then the source messages are removed in the same transaction.
@@ -599,18 +590,13 @@ impl Store {
         uids: Vec<u32>,
         dst: MailboxId,
     ) -> Result<CopyResult, StoreError> {
-        match self
-            .write(writer::Op::Copy {
-                src,
-                uids,
-                dst,
-                remove: true,
-            })
-            .await?
-        {
-            writer::Reply::Copied(c) => Ok(c),
-            _ => unreachable!("writer answers Copy with Copied"),
-        }
+        self.write(writer::Copy {
+            src,
+            uids,
+            dst,
+            remove: true,
+        })
+        .await
     }
 
     /// A receiver that changes whenever the mailbox changes (new mail, flags, expunge). IMAP
@@ -653,6 +639,16 @@ impl Store {
         self.inner.crash_at.lock().ok().and_then(|c| *c)
     }
 
+    /// Puts a body into `mail/`: written from memory, or a spool adopted. Returns (id, size).
+    async fn put_body(&self, body: Body) -> Result<(u64, u64), StoreError> {
+        let size = body.len();
+        let id = match body {
+            Body::Bytes(b) => self.write_body(&b).await?,
+            Body::Spooled(s) => s.commit().await?,
+        };
+        Ok((id, size))
+    }
+
     async fn write_body(&self, data: &Arc<[u8]>) -> Result<u64, StoreError> {
         let id = self
             .inner
@@ -667,10 +663,10 @@ impl Store {
         Ok(id)
     }
 
-    async fn write(&self, op: writer::Op) -> Result<writer::Reply, StoreError> {
-        let (reply, touched) = self.inner.writer.submit(op).await?;
+    async fn write<O: writer::WriteOp>(&self, op: O) -> Result<O::Out, StoreError> {
+        let (out, touched) = self.inner.writer.submit(op).await?;
         self.notify(&touched);
-        Ok(reply)
+        Ok(out)
     }
 }
 

@@ -23,7 +23,7 @@ pub(super) fn body_path(dir: &Path, id: u64) -> PathBuf {
         .join(format!("{id:016x}"))
 }
 
-fn tmp_path(dir: &Path, id: u64) -> PathBuf {
+pub(super) fn tmp_path(dir: &Path, id: u64) -> PathBuf {
     dir.join("tmp").join(format!("{id:016x}"))
 }
 

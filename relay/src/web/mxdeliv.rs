@@ -5,7 +5,9 @@
 //! the SMTP reply text as the body, so the sending relay can report or log it as it would an
 //! SMTP reply.
 
+use crate::delivery::spooler::{Spooler, SPILL};
 use crate::policy::{Direction, Envelope, Reply};
+use crate::store::Spool;
 use crate::Relay;
 use axum::body::Body;
 use axum::extract::State;
@@ -56,13 +58,13 @@ pub async fn handle(
             }
         }
     }
-    let (data, held) = match read_body(&relay, &headers, body).await {
+    let (data, spool, held) = match read_body(&relay, &headers, body).await {
         Ok(x) => x,
         Err(resp) => return resp,
     };
     let reply = relay
         .delivery
-        .submit(&env, &targets, data, Direction::Incoming)
+        .submit_spooled(&env, &targets, data, spool, Direction::Incoming)
         .await;
     tracing::info!(
         from = %env.mail_from,
@@ -116,14 +118,16 @@ fn unbracket(s: &str) -> &str {
 /// The body, at most `max_message_size` bytes. A declared `Content-Length` over the limit is
 /// refused before reading anything; otherwise (also for chunked bodies) the body is read piece
 /// by piece and refused as soon as it passes the limit, so a sender can never make us hold more
-/// than that (plus one piece). The bytes kept count against the in-flight budget (the share
-/// comes back with the body, to be held until the message is stored); past the budget, or past
-/// the transfer deadline, the sender is told to try later.
+/// than that (plus one piece). Past `SPILL` bytes the body goes to disk as it arrives
+/// ([`Spooler`]); the bytes in memory count against the in-flight budget, and the whole message
+/// once more at the end, for the checks (the share comes back with the body, to be held until
+/// the message is stored); past the budget, or past the transfer deadline, the sender is told
+/// to try later.
 async fn read_body(
     relay: &Relay,
     headers: &HeaderMap,
     body: Body,
-) -> Result<(Vec<u8>, crate::limits::Held), Response> {
+) -> Result<(Vec<u8>, Option<Spool>, crate::limits::Held), Response> {
     let max = relay.cfg.max_message_size;
     let deadline = tokio::time::Instant::now() + relay.cfg.message_transfer_timeout.duration();
     let mut held = relay.inflight.hold();
@@ -153,11 +157,20 @@ async fn read_body(
     };
     // Never trust the declared length for the allocation beyond the limit; and take it from
     // the budget first.
-    let first = declared.unwrap_or(0).min(max);
+    let first = declared.unwrap_or(0).min(max).min(SPILL as u64);
     if !held.grow(first, max) {
         return Err(busy());
     }
     let mut data = Vec::with_capacity(first as usize);
+    let mut spooler = Spooler::new(&relay.store, Direction::Incoming);
+    let mut total = 0u64;
+    let disk_error = |e: crate::store::StoreError| {
+        tracing::error!("mxdeliv: cannot spool the message: {e}");
+        reply_response(&Reply::new(
+            451,
+            "4.3.1 Insufficient system resources, try again later",
+        ))
+    };
     let mut stream = body.into_data_stream();
     loop {
         // Each piece within the read timeout, and the whole body by the deadline.
@@ -178,10 +191,11 @@ async fn read_body(
                     .into_response())
             }
         };
-        let want = data.len() as u64 + chunk.len() as u64;
-        if want > max {
+        total += chunk.len() as u64;
+        if total > max {
             return Err(too_big());
         }
+        let want = data.len() as u64 + chunk.len() as u64;
         if !held.grow(want, max) {
             return Err(busy());
         }
@@ -189,8 +203,13 @@ async fn read_body(
             data.reserve_exact(held.bytes() as usize - data.len());
         }
         data.extend_from_slice(&chunk);
+        spooler.push(&mut data).await.map_err(disk_error)?;
     }
-    Ok((data, held))
+    if spooler.is_spooling() && !held.grow(total, max) {
+        return Err(busy());
+    }
+    let (data, spool) = spooler.finish(data).await.map_err(disk_error)?;
+    Ok((data, spool, held))
 }
 
 /// The HTTP answer for an SMTP reply, with the reply (`"<code> <text>"`) as the body.

@@ -401,3 +401,42 @@ async fn a_body_past_the_in_flight_budget_is_a_temporary_refusal() {
     assert_eq!(status, 200, "{body}");
     assert_eq!(r.inflight.used(), 0);
 }
+
+/// Issue 14 item 5: a large body goes to disk as it arrives; the stored copy is that file, in
+/// the local form (the DKIM-Signature the check needed is gone from it), and tmp/ is empty after.
+#[tokio::test]
+async fn a_large_signed_body_is_spooled_and_stored_without_its_signature() {
+    let d = tempfile::tempdir().unwrap();
+    let r = crate::fuzzing::test_relay(d.path(), |cfg| cfg.max_message_size = 4 << 20).unwrap();
+    r.accounts.login(RCPT, "password1").await.unwrap();
+    let addr = listen(&r).await;
+    let kd = tempfile::tempdir().unwrap();
+    let kcfg = Config::with_domain("a.test", kd.path()).unwrap();
+    let path = Dkim::key_path(&kcfg);
+    std::fs::create_dir_all(path.parent().unwrap()).unwrap();
+    std::fs::write(&path, PKCS1).unwrap();
+    let dkim = Dkim::load(&kcfg).unwrap();
+    r.dns
+        .pin_dkim_key(&dkim.record_name(), &dkim.txt_record().unwrap())
+        .unwrap();
+    let enc = testmsg::encrypted("alice@a.test", RCPT);
+    let split = enc.windows(4).position(|w| w == b"\r\n\r\n").unwrap() + 4;
+    let filler = format!("{}\r\n", "x".repeat(78)).repeat(600_000 / 80);
+    let big = [&enc[..split], filler.as_bytes(), &enc[split..]].concat();
+    let signed = dkim.sign(&big).unwrap();
+    let before = crate::store::Store::spooled_bytes();
+    let to = format!("X-MAIL-TO: {RCPT}");
+    let (status, body) = post(&r, addr, &["X-MAIL-FROM: alice@a.test", &to], &signed).await;
+    assert_eq!((status, body.as_str()), (200, "250 2.0.0 OK"));
+    assert!(crate::store::Store::spooled_bytes() - before >= big.len() as u64);
+    assert_eq!(
+        inbox(&r, RCPT).await,
+        vec![crate::policy::prepare_local_delivery(&signed)]
+    );
+    assert_eq!(
+        std::fs::read_dir(r.store.dir().join("tmp"))
+            .unwrap()
+            .count(),
+        0
+    );
+}

@@ -1,0 +1,77 @@
+#!/usr/bin/env python3
+"""Bytes written per message (issue 14 item 5: streaming bodies to disk must not add writes).
+
+Sends COUNT encrypted messages of SIZE bytes over port 25 (STARTTLS, from 127.0.0.1 with an
+address-literal From of that address) to one local account, one after the other, and prints
+the relay's /proc/PID/io write_bytes per message (body files, index commits, log lines).
+Bounded: COUNT messages, loopback only.
+
+  tests/.venv/bin/python scripts/attack/write_bytes.py --bin /work/baseline/relaybox --size 4096
+  tests/.venv/bin/python scripts/attack/write_bytes.py --bin target/release/relaybox --size 4096
+"""
+
+from __future__ import annotations
+
+import argparse
+import imaplib
+import secrets
+import smtplib
+import sys
+import time
+from pathlib import Path
+
+from _relay import Relay, insecure
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "tests"))
+from mailhelpers import build_message  # noqa: E402
+
+
+def write_bytes(pid: int) -> int:
+    for line in Path(f"/proc/{pid}/io").read_text().splitlines():
+        if line.startswith("write_bytes:"):
+            return int(line.split()[1])
+    return -1
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--bin", required=True)
+    ap.add_argument("--size", type=int, default=4096)
+    ap.add_argument("--count", type=int, default=50)
+    args = ap.parse_args()
+    relay = Relay(args.bin)
+    try:
+        user = f"{secrets.token_hex(5)[:9]}@[{relay.ip}]"
+        im = imaplib.IMAP4_SSL(relay.ip, relay.port("imaps"), ssl_context=insecure(), timeout=30)
+        im.login(user, secrets.token_hex(10))
+        im.logout()
+        sender = "sender@[127.0.0.1]"
+        msg = build_message(sender, user, body="x" * 78 + "\r\n", encrypted=True)
+        filler = (b"y" * 78 + b"\r\n") * max(0, (args.size - len(msg)) // 80)
+        head, body = msg.split(b"\r\n\r\n", 1)
+        msg = head + b"\r\n\r\n" + filler + body
+        s = smtplib.SMTP(relay.ip, relay.port("smtp"), timeout=60, source_address=("127.0.0.1", 0))
+        s.ehlo("mx.example.org")
+        s.starttls(context=insecure())
+        s.ehlo("mx.example.org")
+        time.sleep(1.0)
+        before = write_bytes(relay.proc.pid)
+        codes: dict = {}
+        for _ in range(args.count):
+            try:
+                s.sendmail(sender, [user], msg)
+                codes[250] = codes.get(250, 0) + 1
+            except smtplib.SMTPException as e:
+                k = str(e)[:80]
+                codes[k] = codes.get(k, 0) + 1
+        s.quit()
+        time.sleep(1.0)
+        after = write_bytes(relay.proc.pid)
+        print(f"write_bytes: size={len(msg)} count={args.count} "
+              f"per_message={(after - before) / args.count:.0f} replies={codes}")
+    finally:
+        relay.stop()
+
+
+if __name__ == "__main__":
+    main()
