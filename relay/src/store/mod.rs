@@ -18,6 +18,7 @@ pub use index::{Account, DeviceToken, Flags, Mailbox, Message, Queued};
 pub use index::{ANSWERED, DELETED, DRAFT, FLAGGED, SEEN};
 pub use spool::{Body, Spool};
 
+use crate::sync::LockExt;
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
@@ -602,11 +603,7 @@ impl Store {
     /// A receiver that changes whenever the mailbox changes (new mail, flags, expunge). IMAP
     /// sessions wait on it in IDLE; the value is a change counter, not a modseq.
     pub fn watch(&self, mailbox: MailboxId) -> watch::Receiver<u64> {
-        let mut w = self
-            .inner
-            .watchers
-            .lock()
-            .unwrap_or_else(|p| p.into_inner());
+        let mut w = self.inner.watchers.lock_or_recover();
         w.entry(mailbox)
             .or_insert_with(|| watch::channel(0).0)
             .subscribe()
@@ -619,11 +616,7 @@ impl Store {
     }
 
     fn notify(&self, mailboxes: &[MailboxId]) {
-        let mut w = self
-            .inner
-            .watchers
-            .lock()
-            .unwrap_or_else(|p| p.into_inner());
+        let mut w = self.inner.watchers.lock_or_recover();
         for m in mailboxes {
             if let Some(tx) = w.get(m) {
                 if tx.receiver_count() == 0 {

@@ -18,6 +18,7 @@ pub(super) use queue::{Enqueue, QueueUpdate};
 
 use super::index::COUNTERS;
 use super::{recover, AccountId, CrashPoint, MailboxId, StoreError};
+use crate::sync::LockExt;
 use redb::{ReadableTable, WriteTransaction};
 use std::collections::BTreeSet;
 use std::path::PathBuf;
@@ -158,7 +159,7 @@ impl Writer {
             reply,
         });
         let sent = {
-            let tx = self.tx.lock().unwrap_or_else(|p| p.into_inner());
+            let tx = self.tx.lock_or_recover();
             match tx.as_ref() {
                 Some(tx) => tx.send(job).is_ok(),
                 None => false,
