@@ -252,17 +252,16 @@ pub async fn handle(
             "passphrase": restore_passphrase(&headers),
             "force": headers.get("x-backup-force").is_some_and(|v| v.as_bytes() == b"1"),
         });
-        let r = run(
+        let call = Call {
             relay,
-            ep,
-            session.as_deref(),
-            &input,
-            Some(upload.path()),
+            session: session.as_deref(),
+            input: &input,
+            upload: Some(upload.path()),
             ip,
             now,
             https,
-        )
-        .await;
+        };
+        let r = run(ep, &call).await;
         return r.unwrap_or_else(|ApiError(s, m)| error(s, m));
     }
     let body = match read_small_body(
@@ -284,7 +283,16 @@ pub async fn handle(
             _ => return error(StatusCode::BAD_REQUEST, "the body must be a JSON object"),
         }
     };
-    match run(relay, ep, session.as_deref(), &input, None, ip, now, https).await {
+    let call = Call {
+        relay,
+        session: session.as_deref(),
+        input: &input,
+        upload: None,
+        ip,
+        now,
+        https,
+    };
+    match run(ep, &call).await {
         Ok(r) => r,
         Err(ApiError(s, m)) => error(s, m),
     }
@@ -452,364 +460,415 @@ fn str_field<'a>(v: &'a Value, k: &str) -> Option<&'a str> {
     v.get(k).and_then(|x| x.as_str())
 }
 
-#[allow(clippy::too_many_arguments)]
-async fn run(
-    relay: &Arc<Relay>,
-    ep: Endpoint,
-    session: Option<&str>,
-    input: &Value,
-    upload: Option<&std::path::Path>,
+/// One authorized call: what every endpoint function gets.
+struct Call<'a> {
+    relay: &'a Arc<Relay>,
+    /// The caller's valid session cookie (none only for the login).
+    session: Option<&'a str>,
+    /// The JSON body (for the restore, values from its headers).
+    input: &'a Value,
+    /// The restore's backup file, streamed to disk in `handle`.
+    upload: Option<&'a std::path::Path>,
     ip: std::net::IpAddr,
     now: i64,
     https: bool,
-) -> Result<Response, ApiError> {
-    let admin = &relay.admin;
-    let cfg = &relay.cfg;
-    Ok(match ep {
-        Endpoint::Login => {
-            // The throttle was asked in `handle`, before the body was read.
-            let good = if admin.pending() {
-                str_field(input, "setup_code").is_some_and(|c| admin.check_code(c))
+}
+
+async fn run(ep: Endpoint, c: &Call<'_>) -> Result<Response, ApiError> {
+    use Endpoint::*;
+    let relay = c.relay;
+    match ep {
+        Login => login(c),
+        Logout => logout(c),
+        State => Ok(ok(state(relay, c.session.unwrap_or(""))?)),
+        Mode => save_mode(c),
+        Dns => Ok(ok(dns(relay, c.now)?)),
+        DnsZone => dns_zone(c),
+        DnsCheck => dns_check(c).await,
+        Settings => Ok(ok(settings(&relay.cfg)?)),
+        SaveSettings => save_settings(c),
+        Password => set_password(c),
+        Apply => {
+            restart_soon(relay);
+            Ok(ok(json!({ "restarting": true })))
+        }
+        Cert => start_cert(c),
+        CertStatus => {
+            let job = relay.admin.cert_job.lock_or_recover().clone();
+            Ok(ok(json!({ "job": job, "certificate": cert_info(relay) })))
+        }
+        Backup => backup(c),
+        Restore => restore(c).await,
+        Test => Ok(ok(self_test(relay).await)),
+        Updates => Ok(ok(super::update_api::status(relay))),
+        // Handled (streamed) before the body is read as JSON.
+        UpdateUpload => Err(bad("the bundle is the request body")),
+        UpdateInstall => Ok(ok(super::update_api::install(relay, c.input).map_err(bad)?)),
+        Status => Ok(ok(status(relay))),
+        Logs => Ok(ok(json!({
+            "lines": crate::logbuf::recent(crate::logbuf::LINES),
+            "warnings": crate::logbuf::warnings(crate::logbuf::WARNINGS),
+        }))),
+        Toggles => toggles(c),
+    }
+}
+
+fn login(c: &Call<'_>) -> Result<Response, ApiError> {
+    let admin = &c.relay.admin;
+    let (input, ip) = (c.input, c.ip);
+    // The throttle was asked in `handle`, before the body was read.
+    let good = if admin.pending() {
+        str_field(input, "setup_code").is_some_and(|c| admin.check_code(c))
+    } else {
+        str_field(input, "password").is_some_and(|p| admin.check_password(p))
+    };
+    if !good {
+        admin.throttle.failed(ip);
+        tracing::warn!(%ip, "admin login failed");
+        return Err(ApiError(
+            StatusCode::UNAUTHORIZED,
+            if admin.pending() {
+                "wrong setup code".into()
             } else {
-                str_field(input, "password").is_some_and(|p| admin.check_password(p))
-            };
-            if !good {
-                admin.throttle.failed(ip);
-                tracing::warn!(%ip, "admin login failed");
-                return Err(ApiError(
-                    StatusCode::UNAUTHORIZED,
-                    if admin.pending() {
-                        "wrong setup code".into()
-                    } else {
-                        "wrong password".into()
-                    },
+                "wrong password".into()
+            },
+        ));
+    }
+    admin.throttle.succeeded(ip);
+    tracing::info!(%ip, "admin logged in");
+    Ok(logged_in(
+        admin,
+        c.now,
+        c.https,
+        json!({ "pending": admin.pending() }),
+    ))
+}
+
+fn logout(c: &Call<'_>) -> Result<Response, ApiError> {
+    let ip = c.ip;
+    // Server-side: a copy of the cookie (or a replay) is refused from now on.
+    c.relay
+        .admin
+        .revoke_session(c.session.unwrap_or(""), c.now)
+        .map_err(AdminError::from)?;
+    tracing::info!(%ip, "admin logged out");
+    Ok((
+        [(header::SET_COOKIE, set_cookie("", c.https, 0))],
+        axum::Json(json!({ "ok": true })),
+    )
+        .into_response())
+}
+
+fn save_mode(c: &Call<'_>) -> Result<Response, ApiError> {
+    let (cfg, input) = (&c.relay.cfg, c.input);
+    let mut t = read_settings(cfg)?;
+    match str_field(input, "mode") {
+        Some("lan") => {
+            for k in ["mail_domain", "tls", "acme_email"] {
+                t.remove(k);
+            }
+        }
+        Some("domain") => {
+            let domain = str_field(input, "domain").unwrap_or("").trim();
+            let probe = Config::with_domain(domain, std::path::Path::new("/nonexistent"))
+                .map_err(|e| bad(e.to_string()))?;
+            if probe.is_ip_literal() {
+                return Err(bad(
+                    "a domain mode relay needs a domain name, not an IP address",
                 ));
             }
-            admin.throttle.succeeded(ip);
-            tracing::info!(%ip, "admin logged in");
-            logged_in(admin, now, https, json!({ "pending": admin.pending() }))
-        }
-        Endpoint::Logout => {
-            // Server-side: a copy of the cookie (or a replay) is refused from now on.
-            admin
-                .revoke_session(session.unwrap_or(""), now)
-                .map_err(AdminError::from)?;
-            tracing::info!(%ip, "admin logged out");
-            (
-                [(header::SET_COOKIE, set_cookie("", https, 0))],
-                axum::Json(json!({ "ok": true })),
-            )
-                .into_response()
-        }
-        Endpoint::State => ok(state(relay, session.unwrap_or(""))?),
-        Endpoint::Mode => {
-            let mut t = read_settings(cfg)?;
-            match str_field(input, "mode") {
-                Some("lan") => {
-                    for k in ["mail_domain", "tls", "acme_email"] {
-                        t.remove(k);
+            t.insert("mail_domain".into(), probe.mail_domain.clone().into());
+            t.insert("tls".into(), "acme".into());
+            match str_field(input, "acme_email").map(str::trim) {
+                Some(e) if !e.is_empty() => {
+                    if !e.contains('@') || e.len() > 254 {
+                        return Err(bad("the ACME contact must be an e-mail address"));
                     }
+                    t.insert("acme_email".into(), e.into());
                 }
-                Some("domain") => {
-                    let domain = str_field(input, "domain").unwrap_or("").trim();
-                    let probe = Config::with_domain(domain, std::path::Path::new("/nonexistent"))
-                        .map_err(|e| bad(e.to_string()))?;
-                    if probe.is_ip_literal() {
-                        return Err(bad(
-                            "a domain mode relay needs a domain name, not an IP address",
-                        ));
-                    }
-                    t.insert("mail_domain".into(), probe.mail_domain.clone().into());
-                    t.insert("tls".into(), "acme".into());
-                    match str_field(input, "acme_email").map(str::trim) {
-                        Some(e) if !e.is_empty() => {
-                            if !e.contains('@') || e.len() > 254 {
-                                return Err(bad("the ACME contact must be an e-mail address"));
-                            }
-                            t.insert("acme_email".into(), e.into());
-                        }
-                        _ => {
-                            t.remove("acme_email");
-                        }
-                    }
+                _ => {
+                    t.remove("acme_email");
                 }
-                _ => return Err(bad("mode must be \"lan\" or \"domain\"")),
             }
-            validate(cfg, &t)?;
-            write_settings(cfg, &t).map_err(AdminError::from)?;
-            tracing::info!(mode = ?str_field(input, "mode"), "admin: mode saved");
-            ok(json!({ "saved": true, "restart_needed": true }))
         }
-        Endpoint::Dns => ok(dns(relay, now)?),
-        Endpoint::DnsZone => {
-            let (domain, dkim) = dns_domain_and_key(relay)?;
-            let text = crate::dns::records::zone_text(&domain, &dkim, &mta_sts_id(now));
+        _ => return Err(bad("mode must be \"lan\" or \"domain\"")),
+    }
+    validate(cfg, &t)?;
+    write_settings(cfg, &t).map_err(AdminError::from)?;
+    tracing::info!(mode = ?str_field(input, "mode"), "admin: mode saved");
+    Ok(ok(json!({ "saved": true, "restart_needed": true })))
+}
+
+fn dns_zone(c: &Call<'_>) -> Result<Response, ApiError> {
+    let (domain, dkim) = dns_domain_and_key(c.relay)?;
+    let text = crate::dns::records::zone_text(&domain, &dkim, &mta_sts_id(c.now));
+    Ok((
+        [
             (
-                [
-                    (
-                        header::CONTENT_TYPE,
-                        "text/plain; charset=utf-8".to_string(),
-                    ),
-                    (
-                        header::CONTENT_DISPOSITION,
-                        format!("attachment; filename=\"{domain}.zone\""),
-                    ),
-                ],
-                text,
-            )
-                .into_response()
+                header::CONTENT_TYPE,
+                "text/plain; charset=utf-8".to_string(),
+            ),
+            (
+                header::CONTENT_DISPOSITION,
+                format!("attachment; filename=\"{domain}.zone\""),
+            ),
+        ],
+        text,
+    )
+        .into_response())
+}
+
+async fn dns_check(c: &Call<'_>) -> Result<Response, ApiError> {
+    let (relay, now) = (c.relay, c.now);
+    let cfg = &relay.cfg;
+    let (domain, dkim) = dns_domain_and_key(relay)?;
+    let records = crate::dns::records::expected(&domain, &dkim, &mta_sts_id(now));
+    let (report, outbound) = tokio::join!(
+        crate::dns::check::check(cfg, &domain, &records),
+        crate::dns::reach::outbound(&cfg.outbound_probes)
+    );
+    let found: Vec<std::net::IpAddr> = report
+        .records
+        .iter()
+        .filter(|r| r.rtype == "A/AAAA")
+        .flat_map(|r| r.found.iter().filter_map(|f| f.parse().ok()))
+        .collect();
+    let mut local = local_addresses();
+    // An address is this box's if a socket can be bound to it: that also covers what
+    // the interface list does not show (127.0.0.0/8, addresses on a local route).
+    for ip in &found {
+        if !local.contains(ip) && std::net::UdpSocket::bind((*ip, 0)).is_ok() {
+            local.push(*ip);
         }
-        Endpoint::DnsCheck => {
-            let (domain, dkim) = dns_domain_and_key(relay)?;
-            let records = crate::dns::records::expected(&domain, &dkim, &mta_sts_id(now));
-            let (report, outbound) = tokio::join!(
-                crate::dns::check::check(cfg, &domain, &records),
-                crate::dns::reach::outbound(&cfg.outbound_probes)
+    }
+    let addresses = crate::dns::reach::address_verdict(&found, &local);
+    let bad = |need: &str| {
+        report
+            .records
+            .iter()
+            .filter(|r| r.need == need && r.state != crate::dns::check::State::Ok)
+            .count()
+    };
+    *relay.admin.last_dns_check.lock_or_recover() = Some(json!({
+        "at": now,
+        "domain": report.domain,
+        "required_ok": report.required_ok,
+        "required_not_ok": bad("required"),
+        "recommended_not_ok": bad("recommended"),
+    }));
+    let mut v = serde_json::to_value(report)
+        .map_err(|e| ApiError(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()))?;
+    v["outbound"] = json!(outbound);
+    v["addresses"] = json!(addresses);
+    Ok(ok(v))
+}
+
+fn save_settings(c: &Call<'_>) -> Result<Response, ApiError> {
+    let (cfg, input) = (&c.relay.cfg, c.input);
+    let saved = read_settings(cfg)?;
+    let Some(obj) = input.as_object() else {
+        return Err(bad("expected an object"));
+    };
+    // Every field's problem at once, keyed by setting, for the form to show beside each
+    // field (and the count beside the button).
+    let mut fields = serde_json::Map::new();
+    let mut t = saved.clone();
+    for (k, v) in obj {
+        let Some(s) = SETTINGS.iter().find(|s| s.key == k) else {
+            fields.insert(
+                k.clone(),
+                format!("{k} is not a setting the admin pages change").into(),
             );
-            let found: Vec<std::net::IpAddr> = report
-                .records
-                .iter()
-                .filter(|r| r.rtype == "A/AAAA")
-                .flat_map(|r| r.found.iter().filter_map(|f| f.parse().ok()))
-                .collect();
-            let mut local = local_addresses();
-            // An address is this box's if a socket can be bound to it: that also covers what
-            // the interface list does not show (127.0.0.0/8, addresses on a local route).
-            for ip in &found {
-                if !local.contains(ip) && std::net::UdpSocket::bind((*ip, 0)).is_ok() {
-                    local.push(*ip);
-                }
+            continue;
+        };
+        match setting_value(s, v) {
+            Ok(value) => {
+                t.insert(k.clone(), value);
             }
-            let addresses = crate::dns::reach::address_verdict(&found, &local);
-            let bad = |need: &str| {
-                report
-                    .records
-                    .iter()
-                    .filter(|r| r.need == need && r.state != crate::dns::check::State::Ok)
-                    .count()
-            };
-            *admin.last_dns_check.lock_or_recover() = Some(json!({
-                "at": now,
-                "domain": report.domain,
-                "required_ok": report.required_ok,
-                "required_not_ok": bad("required"),
-                "recommended_not_ok": bad("recommended"),
-            }));
-            let mut v = serde_json::to_value(report)
-                .map_err(|e| ApiError(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()))?;
-            v["outbound"] = json!(outbound);
-            v["addresses"] = json!(addresses);
-            ok(v)
+            Err(e) => {
+                fields.insert(k.clone(), e.into());
+            }
         }
-        Endpoint::Settings => ok(settings(cfg)?),
-        Endpoint::SaveSettings => {
-            let saved = read_settings(cfg)?;
-            let Some(obj) = input.as_object() else {
-                return Err(bad("expected an object"));
-            };
-            // Every field's problem at once, keyed by setting, for the form to show beside each
-            // field (and the count beside the button).
-            let mut fields = serde_json::Map::new();
-            let mut t = saved.clone();
-            for (k, v) in obj {
-                let Some(s) = SETTINGS.iter().find(|s| s.key == k) else {
-                    fields.insert(
-                        k.clone(),
-                        format!("{k} is not a setting the admin pages change").into(),
-                    );
-                    continue;
-                };
-                match setting_value(s, v) {
-                    Ok(value) => {
-                        t.insert(k.clone(), value);
-                    }
-                    Err(e) => {
-                        fields.insert(k.clone(), e.into());
-                    }
+    }
+    if fields.is_empty() {
+        if let Err(whole) = validate(cfg, &t) {
+            // Name the field(s) the config check refused (one at a time against what
+            // is saved), or else say it for the whole form.
+            for k in obj.keys() {
+                let mut one = saved.clone();
+                if let Some(v) = t.get(k) {
+                    one.insert(k.clone(), v.clone());
+                }
+                if let Err(ApiError(_, m)) = validate(cfg, &one) {
+                    fields.insert(k.clone(), m.into());
                 }
             }
             if fields.is_empty() {
-                if let Err(whole) = validate(cfg, &t) {
-                    // Name the field(s) the config check refused (one at a time against what
-                    // is saved), or else say it for the whole form.
-                    for k in obj.keys() {
-                        let mut one = saved.clone();
-                        if let Some(v) = t.get(k) {
-                            one.insert(k.clone(), v.clone());
-                        }
-                        if let Err(ApiError(_, m)) = validate(cfg, &one) {
-                            fields.insert(k.clone(), m.into());
-                        }
-                    }
-                    if fields.is_empty() {
-                        return Err(whole);
-                    }
-                }
+                return Err(whole);
             }
-            if !fields.is_empty() {
-                let label = |k: &str| {
-                    SETTINGS
-                        .iter()
-                        .find(|s| s.key == k)
-                        .map_or(k.to_string(), |s| s.label.to_string())
-                };
-                let summary: Vec<String> = fields
-                    .iter()
-                    .map(|(k, m)| format!("{}: {}", label(k), m.as_str().unwrap_or("")))
-                    .collect();
-                return Ok((
-                    StatusCode::BAD_REQUEST,
-                    axum::Json(json!({
-                        "error": summary.join("; "),
-                        "fields": fields,
-                    })),
-                )
-                    .into_response());
-            }
-            write_settings(cfg, &t).map_err(AdminError::from)?;
-            tracing::info!(keys = ?obj.keys().collect::<Vec<_>>(), "admin: settings saved");
-            ok(json!({ "saved": true, "restart_needed": true }))
         }
-        Endpoint::Password => {
-            let pw = str_field(input, "password").unwrap_or("");
-            admin.set_password(pw)?;
-            if input.get("apply").and_then(|v| v.as_bool()) == Some(true) {
-                // The last step of the wizard: the settings take effect with the password, since
-                // on plain HTTP this browser cannot call `apply` once set-up is over.
-                restart_soon(relay);
-            }
-            // The secret changed: hand this browser a session under the new one.
-            logged_in(admin, now, https, json!({ "pending": false }))
+    }
+    if !fields.is_empty() {
+        let label = |k: &str| {
+            SETTINGS
+                .iter()
+                .find(|s| s.key == k)
+                .map_or(k.to_string(), |s| s.label.to_string())
+        };
+        let summary: Vec<String> = fields
+            .iter()
+            .map(|(k, m)| format!("{}: {}", label(k), m.as_str().unwrap_or("")))
+            .collect();
+        return Ok((
+            StatusCode::BAD_REQUEST,
+            axum::Json(json!({
+                "error": summary.join("; "),
+                "fields": fields,
+            })),
+        )
+            .into_response());
+    }
+    write_settings(cfg, &t).map_err(AdminError::from)?;
+    tracing::info!(keys = ?obj.keys().collect::<Vec<_>>(), "admin: settings saved");
+    Ok(ok(json!({ "saved": true, "restart_needed": true })))
+}
+
+fn set_password(c: &Call<'_>) -> Result<Response, ApiError> {
+    let (relay, input) = (c.relay, c.input);
+    let pw = str_field(input, "password").unwrap_or("");
+    relay.admin.set_password(pw)?;
+    if input.get("apply").and_then(|v| v.as_bool()) == Some(true) {
+        // The last step of the wizard: the settings take effect with the password, since
+        // on plain HTTP this browser cannot call `apply` once set-up is over.
+        restart_soon(relay);
+    }
+    // The secret changed: hand this browser a session under the new one.
+    Ok(logged_in(
+        &relay.admin,
+        c.now,
+        c.https,
+        json!({ "pending": false }),
+    ))
+}
+
+fn start_cert(c: &Call<'_>) -> Result<Response, ApiError> {
+    let relay = c.relay;
+    if !relay.cfg.is_acme() {
+        return Err(bad(
+            "this relay does not use ACME (choose the domain mode and apply it first)",
+        ));
+    }
+    {
+        let mut job = relay.admin.cert_job.lock_or_recover();
+        if job.running {
+            return Ok(ok(json!({ "started": false, "running": true })));
         }
-        Endpoint::Apply => {
-            restart_soon(relay);
-            ok(json!({ "restarting": true }))
-        }
-        Endpoint::Cert => {
-            if !cfg.is_acme() {
-                return Err(bad(
-                    "this relay does not use ACME (choose the domain mode and apply it first)",
-                ));
-            }
-            {
-                let mut job = admin.cert_job.lock_or_recover();
-                if job.running {
-                    return Ok(ok(json!({ "started": false, "running": true })));
-                }
-                *job = super::CertJob {
-                    running: true,
-                    started: Some(now),
-                    ..Default::default()
-                };
-            }
-            let r = relay.clone();
-            tokio::spawn(async move {
-                let result = crate::acme::run(&r, true).await;
-                let mut job = r.admin.cert_job.lock_or_recover();
-                job.running = false;
-                job.finished = Some(r.clock.now());
-                job.ok = Some(result.is_ok());
-                job.report = match result {
-                    Ok(s) | Err(s) => s,
-                };
-            });
-            ok(json!({ "started": true, "running": true }))
-        }
-        Endpoint::CertStatus => {
-            let job = admin.cert_job.lock_or_recover().clone();
-            ok(json!({ "job": job, "certificate": cert_info(relay) }))
-        }
-        Endpoint::Backup => {
-            let pass = str_field(input, "passphrase").unwrap_or("");
-            let config_text = admin
-                .config_path
-                .lock_or_recover()
-                .as_ref()
-                .and_then(|p| std::fs::read_to_string(p).ok());
-            let armored = crate::backup::create(cfg, config_text, &relay.store, pass, now)
-                .map_err(|e| match e {
-                    crate::backup::BackupError::Refused(m) => bad(m),
-                    e => ApiError(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()),
-                })?;
-            tracing::info!("admin: backup downloaded");
-            let day = mta_sts_id(now);
+        *job = super::CertJob {
+            running: true,
+            started: Some(c.now),
+            ..Default::default()
+        };
+    }
+    let r = relay.clone();
+    tokio::spawn(async move {
+        let result = crate::acme::run(&r, true).await;
+        let mut job = r.admin.cert_job.lock_or_recover();
+        job.running = false;
+        job.finished = Some(r.clock.now());
+        job.ok = Some(result.is_ok());
+        job.report = match result {
+            Ok(s) | Err(s) => s,
+        };
+    });
+    Ok(ok(json!({ "started": true, "running": true })))
+}
+
+fn backup(c: &Call<'_>) -> Result<Response, ApiError> {
+    let (relay, now) = (c.relay, c.now);
+    let cfg = &relay.cfg;
+    let pass = str_field(c.input, "passphrase").unwrap_or("");
+    let config_text = relay
+        .admin
+        .config_path
+        .lock_or_recover()
+        .as_ref()
+        .and_then(|p| std::fs::read_to_string(p).ok());
+    let armored =
+        crate::backup::create(cfg, config_text, &relay.store, pass, now).map_err(|e| match e {
+            crate::backup::BackupError::Refused(m) => bad(m),
+            e => ApiError(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()),
+        })?;
+    tracing::info!("admin: backup downloaded");
+    let day = mta_sts_id(now);
+    Ok((
+        [
             (
-                [
-                    (
-                        header::CONTENT_TYPE,
-                        "application/pgp-encrypted".to_string(),
-                    ),
-                    (
-                        header::CONTENT_DISPOSITION,
-                        format!(
-                            "attachment; filename=\"relaybox-backup-{}-{}.asc\"",
-                            cfg.mail_domain.trim_matches(['[', ']']).replace(':', "_"),
-                            &day[..day.len().min(8)]
-                        ),
-                    ),
-                ],
-                armored,
-            )
-                .into_response()
+                header::CONTENT_TYPE,
+                "application/pgp-encrypted".to_string(),
+            ),
+            (
+                header::CONTENT_DISPOSITION,
+                format!(
+                    "attachment; filename=\"relaybox-backup-{}-{}.asc\"",
+                    cfg.mail_domain.trim_matches(['[', ']']).replace(':', "_"),
+                    &day[..day.len().min(8)]
+                ),
+            ),
+        ],
+        armored,
+    )
+        .into_response())
+}
+
+async fn restore(c: &Call<'_>) -> Result<Response, ApiError> {
+    let relay = c.relay;
+    let pass = str_field(c.input, "passphrase").unwrap_or("");
+    let force = c.input.get("force").and_then(|v| v.as_bool()) == Some(true);
+    let Some(upload) = c.upload else {
+        return Err(bad("no backup uploaded"));
+    };
+    let file = std::fs::File::open(upload).map_err(AdminError::from)?;
+    let report = crate::backup::restore(
+        std::io::BufReader::new(file),
+        pass,
+        &relay.cfg.data_dir,
+        &relay.store,
+        force,
+    )
+    .await
+    .map_err(|e| match e {
+        crate::backup::BackupError::Io(e) => {
+            ApiError(StatusCode::INTERNAL_SERVER_ERROR, e.to_string())
         }
-        Endpoint::Restore => {
-            let pass = str_field(input, "passphrase").unwrap_or("");
-            let force = input.get("force").and_then(|v| v.as_bool()) == Some(true);
-            let Some(upload) = upload else {
-                return Err(bad("no backup uploaded"));
-            };
-            let file = std::fs::File::open(upload).map_err(AdminError::from)?;
-            let report = crate::backup::restore(
-                std::io::BufReader::new(file),
-                pass,
-                &cfg.data_dir,
-                &relay.store,
-                force,
-            )
-            .await
-            .map_err(|e| match e {
-                crate::backup::BackupError::Io(e) => {
-                    ApiError(StatusCode::INTERNAL_SERVER_ERROR, e.to_string())
-                }
-                e => bad(e.to_string()),
-            })?;
-            // The restored keys and settings are read at start.
-            restart_soon(relay);
-            ok(json!({ "restored": report, "restarting": true }))
+        e => bad(e.to_string()),
+    })?;
+    // The restored keys and settings are read at start.
+    restart_soon(relay);
+    Ok(ok(json!({ "restored": report, "restarting": true })))
+}
+
+fn toggles(c: &Call<'_>) -> Result<Response, ApiError> {
+    let (admin, cfg, input) = (&c.relay.admin, &c.relay.cfg, c.input);
+    if let Some(on) = input.get("maintenance").and_then(|v| v.as_bool()) {
+        admin.set_maintenance(on).map_err(AdminError::from)?;
+        if on {
+            tracing::warn!("admin: maintenance on: new mail connections are turned away");
+        } else {
+            tracing::info!("admin: maintenance off");
         }
-        Endpoint::Test => ok(self_test(relay).await),
-        Endpoint::Updates => ok(super::update_api::status(relay)),
-        // Handled (streamed) before the body is read as JSON.
-        Endpoint::UpdateUpload => return Err(bad("the bundle is the request body")),
-        Endpoint::UpdateInstall => ok(super::update_api::install(relay, input).map_err(bad)?),
-        Endpoint::Status => ok(status(relay)),
-        Endpoint::Logs => ok(json!({
-            "lines": crate::logbuf::recent(crate::logbuf::LINES),
-            "warnings": crate::logbuf::warnings(crate::logbuf::WARNINGS),
-        })),
-        Endpoint::Toggles => {
-            if let Some(on) = input.get("maintenance").and_then(|v| v.as_bool()) {
-                admin.set_maintenance(on).map_err(AdminError::from)?;
-                if on {
-                    tracing::warn!("admin: maintenance on: new mail connections are turned away");
-                } else {
-                    tracing::info!("admin: maintenance off");
-                }
-            }
-            if let Some(on) = input.get("nocreate").and_then(|v| v.as_bool()) {
-                super::set_flag_file(&cfg.nocreate_path(), on).map_err(AdminError::from)?;
-                tracing::info!(
-                    nocreate = on,
-                    "admin: new accounts {}",
-                    if on { "off" } else { "on" }
-                );
-            }
-            ok(json!({
-                "nocreate": cfg.nocreate_path().exists(),
-                "maintenance": admin.maintenance(),
-            }))
-        }
-    })
+    }
+    if let Some(on) = input.get("nocreate").and_then(|v| v.as_bool()) {
+        super::set_flag_file(&cfg.nocreate_path(), on).map_err(AdminError::from)?;
+        tracing::info!(
+            nocreate = on,
+            "admin: new accounts {}",
+            if on { "off" } else { "on" }
+        );
+    }
+    Ok(ok(json!({
+        "nocreate": cfg.nocreate_path().exists(),
+        "maintenance": admin.maintenance(),
+    })))
 }
 
 fn restart_soon(relay: &Arc<Relay>) {
