@@ -19,9 +19,12 @@
 //! graceful restart that re-executes the binary (`api` → `Apply`, `main`).
 //!
 //! Files: `api` is the JSON API behind the pages (`firmware-ui/setup.html`, `admin.html`,
-//! `admin.js`); `throttle` limits login attempts without letting anybody lock the owner out.
+//! `admin.js`); `throttle` limits login attempts without letting anybody lock the owner out;
+//! `selftest` sends one message between two fresh addresses (the pages' Test button, an update's
+//! trial boot).
 
 pub mod api;
+pub(crate) mod selftest;
 #[cfg(test)]
 mod tests;
 pub mod throttle;
