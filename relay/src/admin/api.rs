@@ -635,14 +635,7 @@ async fn dns_check(c: &Call<'_>) -> Result<Response, ApiError> {
         .filter(|r| r.rtype == "A/AAAA")
         .flat_map(|r| r.found.iter().filter_map(|f| f.parse().ok()))
         .collect();
-    let mut local = local_addresses();
-    // An address is this box's if a socket can be bound to it: that also covers what
-    // the interface list does not show (127.0.0.0/8, addresses on a local route).
-    for ip in &found {
-        if !local.contains(ip) && std::net::UdpSocket::bind((*ip, 0)).is_ok() {
-            local.push(*ip);
-        }
-    }
+    let local = crate::dns::reach::own_addresses(&found);
     let addresses = crate::dns::reach::address_verdict(&found, &local);
     let bad = |need: &str| {
         report
@@ -952,7 +945,10 @@ fn dns(relay: &Relay, now: i64) -> Result<Value, ApiError> {
             })
         })
         .collect();
-    let lan: Vec<String> = local_addresses().iter().map(|a| a.to_string()).collect();
+    let lan: Vec<String> = crate::dns::reach::local_addresses()
+        .iter()
+        .map(|a| a.to_string())
+        .collect();
     Ok(json!({
         "domain": domain,
         "records": records,
@@ -967,29 +963,6 @@ fn dns(relay: &Relay, now: i64) -> Result<Value, ApiError> {
                     if the relay's pages do not open by name from your own network but work from a phone on mobile data, \
                     that is the router, not the relay.",
     }))
-}
-
-/// The box's own non-loopback addresses, for the DNS and port-forwarding hints.
-fn local_addresses() -> Vec<std::net::IpAddr> {
-    let mut out = Vec::new();
-    if let Ok(addrs) = nix::ifaddrs::getifaddrs() {
-        for a in addrs {
-            let Some(s) = a.address else { continue };
-            let ip: Option<std::net::IpAddr> = if let Some(v4) = s.as_sockaddr_in() {
-                Some(v4.ip().into())
-            } else {
-                s.as_sockaddr_in6().map(|v6| v6.ip().into())
-            };
-            if let Some(ip) = ip {
-                let link_local =
-                    matches!(ip, std::net::IpAddr::V6(v6) if (v6.segments()[0] & 0xffc0) == 0xfe80);
-                if !ip.is_loopback() && !link_local && !out.contains(&ip) {
-                    out.push(ip);
-                }
-            }
-        }
-    }
-    out
 }
 
 #[derive(Clone, Copy, PartialEq, Eq)]

@@ -49,6 +49,42 @@ pub async fn outbound(targets: &[String]) -> Vec<Probe> {
     futures::future::join_all(probes).await
 }
 
+/// The box's own non-loopback addresses, for the DNS and port-forwarding hints.
+pub fn local_addresses() -> Vec<IpAddr> {
+    let mut out = Vec::new();
+    if let Ok(addrs) = nix::ifaddrs::getifaddrs() {
+        for a in addrs {
+            let Some(s) = a.address else { continue };
+            let ip: Option<IpAddr> = if let Some(v4) = s.as_sockaddr_in() {
+                Some(v4.ip().into())
+            } else {
+                s.as_sockaddr_in6().map(|v6| v6.ip().into())
+            };
+            if let Some(ip) = ip {
+                let link_local =
+                    matches!(ip, IpAddr::V6(v6) if (v6.segments()[0] & 0xffc0) == 0xfe80);
+                if !ip.is_loopback() && !link_local && !out.contains(&ip) {
+                    out.push(ip);
+                }
+            }
+        }
+    }
+    out
+}
+
+/// This box's addresses as [`address_verdict`] needs them: [`local_addresses`], plus those of
+/// `found` this box holds. An address is this box's if a socket can be bound to it: that also
+/// covers what the interface list does not show (127.0.0.0/8, addresses on a local route).
+pub fn own_addresses(found: &[IpAddr]) -> Vec<IpAddr> {
+    let mut local = local_addresses();
+    for ip in found {
+        if !local.contains(ip) && std::net::UdpSocket::bind((*ip, 0)).is_ok() {
+            local.push(*ip);
+        }
+    }
+    local
+}
+
 #[derive(Debug, Clone, Copy, Serialize, PartialEq, Eq)]
 #[serde(rename_all = "snake_case")]
 pub enum AddressState {
