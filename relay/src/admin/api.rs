@@ -210,29 +210,11 @@ pub async fn handle(
         Err(s) => return error(s, "no such admin endpoint"),
     };
     let now = relay.clock.now();
-    let session = cookie_of(&headers).filter(|c| relay.admin.session_valid(c, now));
-    if ep.needs_session() {
-        let Some(s) = &session else {
-            return error(StatusCode::UNAUTHORIZED, "log in first");
-        };
-        if method != Method::GET {
-            let token = headers
-                .get("x-csrf-token")
-                .and_then(|v| v.to_str().ok())
-                .unwrap_or("");
-            if !relay.admin.csrf_valid(s, token) {
-                return error(StatusCode::FORBIDDEN, "missing or wrong CSRF token");
-            }
-        }
-    }
     let ip = client.map_or(std::net::IpAddr::from([0, 0, 0, 0]), |c| c.0 .0.ip());
-    if ep == Endpoint::Login && relay.admin.throttle.check(ip).is_err() {
-        tracing::warn!(%ip, "admin login throttled");
-        return error(
-            StatusCode::TOO_MANY_REQUESTS,
-            "too many attempts; wait a minute",
-        );
-    }
+    let session = match authorize(relay, ep, &method, &headers, ip, now) {
+        Ok(s) => s,
+        Err(ApiError(s, m)) => return error(s, m),
+    };
     let declared = headers
         .get(header::CONTENT_LENGTH)
         .and_then(|v| v.to_str().ok())
@@ -299,6 +281,44 @@ pub async fn handle(
         Ok(r) => r,
         Err(ApiError(s, m)) => error(s, m),
     }
+}
+
+/// What the endpoint's row asks before any of its code runs or its body is read: a valid
+/// session, the CSRF token on a change, the throttle for the login. The valid session, if any.
+fn authorize(
+    relay: &Relay,
+    ep: Endpoint,
+    method: &Method,
+    headers: &HeaderMap,
+    ip: std::net::IpAddr,
+    now: i64,
+) -> Result<Option<String>, ApiError> {
+    let session = cookie_of(headers).filter(|c| relay.admin.session_valid(c, now));
+    if ep.needs_session() {
+        let Some(s) = &session else {
+            return Err(ApiError(StatusCode::UNAUTHORIZED, "log in first".into()));
+        };
+        if method != Method::GET {
+            let token = headers
+                .get("x-csrf-token")
+                .and_then(|v| v.to_str().ok())
+                .unwrap_or("");
+            if !relay.admin.csrf_valid(s, token) {
+                return Err(ApiError(
+                    StatusCode::FORBIDDEN,
+                    "missing or wrong CSRF token".into(),
+                ));
+            }
+        }
+    }
+    if ep == Endpoint::Login && relay.admin.throttle.check(ip).is_err() {
+        tracing::warn!(%ip, "admin login throttled");
+        return Err(ApiError(
+            StatusCode::TOO_MANY_REQUESTS,
+            "too many attempts; wait a minute".into(),
+        ));
+    }
+    Ok(session)
 }
 
 fn too_large(max: u64) -> Response {
