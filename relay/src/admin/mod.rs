@@ -21,7 +21,7 @@
 //! Files: `api` is the JSON API behind the pages (`firmware-ui/setup.html`, `admin.html`,
 //! `admin.js`); `throttle` limits login attempts without letting anybody lock the owner out;
 //! `selftest` sends one message between two fresh addresses (the pages' Test button, an update's
-//! trial boot).
+//! trial boot); `upload` reads request bodies within a size limit and a deadline.
 
 pub mod api;
 pub(crate) mod selftest;
@@ -29,6 +29,7 @@ pub(crate) mod selftest;
 mod tests;
 pub mod throttle;
 mod update_api;
+mod upload;
 
 use crate::config::Config;
 use crate::sync::LockExt;

@@ -3,7 +3,8 @@
 //! confirms; checked again by the root agent, which trusts nothing the daemon says), and the
 //! install request.
 
-use super::api::{error, ok, upload_to_file, UploadTo};
+use super::api::{error, ok};
+use super::upload::{upload_to_file, UploadTo};
 use crate::update::{agent, bundle, UpdateEnv};
 use crate::Relay;
 use axum::body::Body;
