@@ -12,8 +12,6 @@
 
 use super::upload::{read_small_body, upload_to_file, UploadTo};
 use super::{read_settings, write_settings, Admin, AdminError};
-// The update's trial boot (`update::commit`) still names it here.
-pub(crate) use super::selftest::self_test_steps;
 use crate::config::settings::{running_value, setting_value, shown, Kind, SETTINGS};
 use crate::config::Config;
 use crate::sync::LockExt;
