@@ -189,7 +189,7 @@ pub async fn run_with(relay: Arc<Relay>, ready: impl FnOnce()) -> anyhow::Result
         bound.push(format!("metrics={a}"));
         tasks.spawn(crate::metrics::serve(relay.clone(), listener));
     }
-    tokio::spawn(crate::control::expiry_schedule(relay.clone()));
+    tokio::spawn(crate::expiry::schedule(relay.clone()));
     if relay.cfg.is_acme() {
         tokio::spawn(crate::acme::renewal_schedule(relay.clone()));
     }
