@@ -12,6 +12,7 @@
 pub mod accounts;
 pub mod acme;
 pub mod admin;
+pub mod alpn;
 pub mod backup;
 pub mod clock;
 pub mod config;

@@ -272,6 +272,12 @@ impl Admin {
         self.enabled && !self.password_path().exists()
     }
 
+    /// Whether the admin pages and API answer on this port: always over HTTPS, over plain HTTP
+    /// only while set-up is pending (a new box has no certificate the browser trusts yet).
+    pub fn reachable(&self, https: bool) -> bool {
+        self.enabled() && (https || self.pending())
+    }
+
     fn setup_code(&self) -> Option<String> {
         let t = std::fs::read_to_string(&self.code_path).ok()?;
         let n = normalize_code(&t);
