@@ -119,7 +119,7 @@ pub fn read_settings(cfg: &Config) -> Result<toml::Table, AdminError> {
 
 /// The admin password's file: set-up is finished once it exists (see [`Admin::pending`]).
 pub fn password_file(cfg: &Config) -> PathBuf {
-    cfg.data_dir.join("admin").join("password")
+    cfg.admin_password_path()
 }
 
 fn random_code() -> String {
