@@ -55,7 +55,7 @@ pub fn parse_rcpt(args: &str) -> Result<RcptTo<String>, Reply> {
 }
 
 fn too_big() -> Reply {
-    Reply::new(552, "5.3.4 Message size exceeds fixed maximum message size")
+    crate::policy::codes::TOO_BIG.reply()
 }
 
 /// smtp-proto 0.2.5 wraps a SIZE beyond `usize::MAX` around to a small number (its

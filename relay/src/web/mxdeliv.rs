@@ -150,10 +150,7 @@ async fn read_body(
             in_flight = relay.inflight.used(),
             "mxdeliv: in-flight message memory spent"
         );
-        reply_response(&Reply::new(
-            451,
-            "4.3.1 Insufficient system resources, try again later",
-        ))
+        reply_response(&crate::policy::codes::BUSY.reply())
     };
     // Never trust the declared length for the allocation beyond the limit; and take it from
     // the budget first.
@@ -166,10 +163,7 @@ async fn read_body(
     let mut total = 0u64;
     let disk_error = |e: crate::store::StoreError| {
         tracing::error!("mxdeliv: cannot spool the message: {e}");
-        reply_response(&Reply::new(
-            451,
-            "4.3.1 Insufficient system resources, try again later",
-        ))
+        reply_response(&crate::policy::codes::BUSY.reply())
     };
     let mut stream = body.into_data_stream();
     loop {
