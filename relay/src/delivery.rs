@@ -136,7 +136,7 @@ impl Delivery {
     pub fn check_rcpt(&self, rcpt: &str, dir: Direction) -> Result<Target, Reply> {
         let rcpt = rcpt.trim().to_ascii_lowercase();
         let Some((_, domain)) = split_addr(&rcpt) else {
-            return Err(Reply::new(501, "5.1.3 Bad recipient address syntax"));
+            return Err(policy::codes::BAD_RECIPIENT.reply());
         };
         if !self.cfg.is_local_domain(domain) {
             return match dir {

@@ -31,3 +31,10 @@ pub const TOO_BIG: Canned = canned(552, "5.3.4 Message size exceeds fixed maximu
 pub const BUSY: Canned = canned(451, "4.3.1 Insufficient system resources, try again later");
 pub const NEED_MAIL: Canned = canned(503, "5.5.1 Error: need MAIL command");
 pub const UNRECOGNIZED: Canned = canned(500, "5.5.2 Command not recognized");
+pub const NEED_HELO: Canned = canned(503, "5.5.1 Error: send HELO/EHLO first");
+pub const BAD_SENDER: Canned = canned(501, "5.1.7 Bad sender address syntax");
+pub const BAD_RECIPIENT: Canned = canned(501, "5.1.3 Bad recipient address syntax");
+pub const TOO_MANY_RECIPIENTS: Canned = canned(452, "4.5.3 Too many recipients");
+pub const AUTH_SYNTAX: Canned = canned(501, "5.5.4 Syntax: AUTH mechanism [initial-response]");
+/// An AUTH response that is not valid base64 or not the mechanism's format.
+pub const UNDECODABLE: Canned = canned(501, "5.5.2 Cannot decode response");

@@ -293,7 +293,7 @@ impl Session {
             Ok(Request::Data) => self.data(io).await,
             Ok(Request::Rset) => self.rset(io),
             Ok(Request::Noop { .. }) => {
-                io.reply(codes::OK.code, codes::OK.text);
+                io.send(codes::OK);
                 Flow::Continue
             }
             Ok(Request::Help { .. }) => self.help(io),
@@ -320,10 +320,10 @@ impl Session {
                 self.fail(io, 501, &format!("5.5.4 Syntax: {syntax}"))
             }
             ParseError::InvalidSenderAddress => {
-                self.fail(io, 501, "5.1.7 Bad sender address syntax")
+                self.fail(io, codes::BAD_SENDER.code, codes::BAD_SENDER.text)
             }
             ParseError::InvalidRecipientAddress => {
-                self.fail(io, 501, "5.1.3 Bad recipient address syntax")
+                self.fail(io, codes::BAD_RECIPIENT.code, codes::BAD_RECIPIENT.text)
             }
             // A SIZE too large to be a number is too large a message.
             ParseError::InvalidParameter { param: "SIZE" } => {
@@ -387,7 +387,7 @@ impl Session {
         from: MailFrom<String>,
     ) -> Flow {
         if self.helo.is_none() {
-            return self.fail(io, 503, "5.5.1 Error: send HELO/EHLO first");
+            return self.fail(io, codes::NEED_HELO.code, codes::NEED_HELO.text);
         }
         if !self.tls {
             return self.fail(io, 530, "5.7.0 Must issue a STARTTLS command first");
@@ -423,7 +423,7 @@ impl Session {
             targets: Vec::new(),
             sender,
         });
-        io.reply(codes::SENDER_OK.code, codes::SENDER_OK.text);
+        io.send(codes::SENDER_OK);
         Flow::Continue
     }
 
@@ -453,7 +453,7 @@ impl Session {
             return Flow::Continue;
         }
         if tx.rcpt_to.len() >= max {
-            io.reply(452, "4.5.3 Too many recipients");
+            io.send(codes::TOO_MANY_RECIPIENTS);
             return Flow::Continue;
         }
         let addr = if to.address.eq_ignore_ascii_case("postmaster") {
@@ -465,7 +465,7 @@ impl Session {
             Ok(target) => {
                 tx.rcpt_to.push(addr.to_ascii_lowercase());
                 tx.targets.push(target);
-                io.reply(codes::RECIPIENT_OK.code, codes::RECIPIENT_OK.text);
+                io.send(codes::RECIPIENT_OK);
             }
             Err(reply) => {
                 tracing::debug!(rcpt = %addr, %reply, "recipient refused");
@@ -561,7 +561,7 @@ impl Session {
                     bytes = dec.total(),
                     "message far over the size limit, closing"
                 );
-                io.reply(codes::TOO_BIG.code, codes::TOO_BIG.text);
+                io.send(codes::TOO_BIG);
                 return Flow::Close;
             }
             let filled = tokio::select! {
@@ -592,11 +592,11 @@ impl Session {
             Ok(b) => b,
             Err(DataError::TooBig) => {
                 tracing::info!(size, "message refused: too big");
-                io.reply(codes::TOO_BIG.code, codes::TOO_BIG.text);
+                io.send(codes::TOO_BIG);
                 return Flow::Continue;
             }
             Err(DataError::Busy) => {
-                io.reply(codes::BUSY.code, codes::BUSY.text);
+                io.send(codes::BUSY);
                 return Flow::Continue;
             }
             Err(DataError::BareNewline) => {
@@ -652,7 +652,7 @@ impl Session {
 
     fn rset<S: AsyncRead + AsyncWrite + Unpin>(&mut self, io: &mut SmtpStream<S>) -> Flow {
         self.tx = None;
-        io.reply(codes::OK.code, codes::OK.text);
+        io.send(codes::OK);
         Flow::Continue
     }
 

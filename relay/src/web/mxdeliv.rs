@@ -88,11 +88,11 @@ fn envelope(relay: &Relay, headers: &HeaderMap) -> Result<Envelope, Reply> {
     };
     let mut rcpt_to = Vec::new();
     for v in headers.get_all("x-mail-to") {
-        let bad = || Reply::new(501, "5.1.3 Bad recipient address syntax");
+        let bad = || crate::policy::codes::BAD_RECIPIENT.reply();
         let s = std::str::from_utf8(v.as_bytes()).map_err(|_| bad())?;
         for addr in s.split(',').map(unbracket).filter(|a| !a.is_empty()) {
             if rcpt_to.len() >= relay.cfg.max_smtp_recipients {
-                return Err(Reply::new(452, "4.5.3 Too many recipients"));
+                return Err(crate::policy::codes::TOO_MANY_RECIPIENTS.reply());
             }
             rcpt_to.push(addr.to_ascii_lowercase());
         }
