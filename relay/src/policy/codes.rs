@@ -38,3 +38,11 @@ pub const TOO_MANY_RECIPIENTS: Canned = canned(452, "4.5.3 Too many recipients")
 pub const AUTH_SYNTAX: Canned = canned(501, "5.5.4 Syntax: AUTH mechanism [initial-response]");
 /// An AUTH response that is not valid base64 or not the mechanism's format.
 pub const UNDECODABLE: Canned = canned(501, "5.5.2 Cannot decode response");
+/// No accepted recipient when the message comes (`/mxdeliv`, delivery).
+pub const NO_RECIPIENTS: Canned = canned(554, "5.5.1 No valid recipients");
+pub const NO_SUCH_USER: Canned = canned(550, "5.1.1 Recipient address rejected: no such user");
+/// The store or the queue failed to take the message.
+pub const NOT_STORED: Canned = canned(
+    451,
+    "4.3.0 Local error while storing the message, try again later",
+);

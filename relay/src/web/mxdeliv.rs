@@ -98,7 +98,7 @@ fn envelope(relay: &Relay, headers: &HeaderMap) -> Result<Envelope, Reply> {
         }
     }
     if rcpt_to.is_empty() {
-        return Err(Reply::new(554, "5.5.1 No valid recipients"));
+        return Err(crate::policy::codes::NO_RECIPIENTS.reply());
     }
     Ok(Envelope {
         mail_from,
