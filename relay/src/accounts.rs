@@ -265,7 +265,7 @@ impl Accounts {
         if self.set_up.load(Ordering::Relaxed) {
             return true;
         }
-        let done = crate::admin::password_file(&self.cfg).exists();
+        let done = self.cfg.admin_password_path().exists();
         if done {
             self.set_up.store(true, Ordering::Relaxed);
         }

@@ -3,7 +3,7 @@
 //! our own port 80 (`web::redirect_to_https` answers from [`Acme::key_authorization`]).
 //!
 //! The account key (ECDSA P-256) is made once and kept in `<data_dir>/acme/account.json` (0600).
-//! The certificate and key are written atomically to [`cert_paths`]; every listener reads them
+//! The certificate and key are written atomically to [`crate::tls::acme_cert_paths`]; every listener reads them
 //! through [`crate::tls::CertStore`], which notices the new files, so no restart is needed. A
 //! failed order logs the CA's problem document and leaves the old files alone.
 //!
@@ -20,7 +20,6 @@ use instant_acme::{
 };
 use rustls::pki_types::CertificateDer;
 use std::collections::HashMap;
-use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -47,18 +46,6 @@ impl Acme {
 
     fn map(&self) -> std::sync::MutexGuard<'_, HashMap<String, String>> {
         self.challenges.lock_or_recover()
-    }
-}
-
-/// Where the ACME certificate and key live: `tls_cert`/`tls_key` when given, else
-/// `<data_dir>/acme/{cert,key}.pem`.
-pub fn cert_paths(cfg: &Config) -> (PathBuf, PathBuf) {
-    match (&cfg.tls_cert, &cfg.tls_key) {
-        (Some(c), Some(k)) => (c.clone(), k.clone()),
-        _ => {
-            let dir = cfg.data_dir.join("acme");
-            (dir.join("cert.pem"), dir.join("key.pem"))
-        }
     }
 }
 
@@ -153,7 +140,7 @@ pub async fn run(relay: &Relay, force: bool) -> Result<String, String> {
 
 async fn run_locked(relay: &Relay, force: bool, p: &mut Progress) -> Result<(), String> {
     let cfg = &relay.cfg;
-    let (cert_path, key_path) = cert_paths(cfg);
+    let (cert_path, key_path) = crate::tls::acme_cert_paths(cfg);
     let names = names(cfg);
     let now = relay.clock.now();
     let current = std::fs::read(&cert_path)
@@ -304,8 +291,8 @@ async fn ari_says_renew(account: &Account, c: &CertInfo, now: i64) -> Option<Str
     }
 }
 
-/// The HTTPS client for the ACME server: our rustls config (ring only) trusting the same roots
-/// as outbound delivery (the system's, webpki-roots when it has none) plus `acme_ca_file`.
+/// The HTTPS client for the ACME server: the same verifying client TLS as outbound delivery
+/// (system roots, webpki-roots when there are none), plus `acme_ca_file`.
 fn http_client(
     cfg: &Config,
 ) -> Result<
@@ -315,32 +302,8 @@ fn http_client(
     >,
     String,
 > {
-    let mut roots = crate::delivery::transport::client_tls::system_roots().clone();
-    if let Some(path) = &cfg.acme_ca_file {
-        let pem = std::fs::read(path)
-            .map_err(|e| format!("cannot read acme_ca_file {}: {e}", path.display()))?;
-        let certs: Vec<_> = rustls_pemfile::certs(&mut pem.as_slice())
-            .filter_map(Result::ok)
-            .collect();
-        if certs.is_empty() {
-            return Err(format!(
-                "acme_ca_file {} holds no certificate",
-                path.display()
-            ));
-        }
-        for c in certs {
-            roots
-                .add(c)
-                .map_err(|e| format!("unusable certificate in {}: {e}", path.display()))?;
-        }
-    }
-    let tls = rustls::ClientConfig::builder_with_provider(Arc::new(
-        rustls::crypto::ring::default_provider(),
-    ))
-    .with_safe_default_protocol_versions()
-    .map_err(|e| e.to_string())?
-    .with_root_certificates(roots)
-    .with_no_client_auth();
+    let tls = crate::tls::client::verified_config(cfg.acme_ca_file.as_deref(), "acme_ca_file")
+        .map_err(|e| format!("{e:#}"))?;
     let https = hyper_rustls::HttpsConnectorBuilder::new()
         .with_tls_config(tls)
         .https_only()
@@ -442,7 +405,10 @@ mod tests {
                 "www.chat.example.org"
             ]
         );
-        assert_eq!(cert_paths(&cfg).0, dir.path().join("acme/cert.pem"));
+        assert_eq!(
+            crate::tls::acme_cert_paths(&cfg).0,
+            dir.path().join("acme/cert.pem")
+        );
     }
 
     #[test]

@@ -928,6 +928,12 @@ impl Config {
     pub fn nocreate_path(&self) -> PathBuf {
         self.data_dir.join("nocreate")
     }
+
+    /// The admin password's file: set-up is finished once it exists. Here, not in `admin`,
+    /// because `accounts` also waits for it (no login works before set-up).
+    pub fn admin_password_path(&self) -> PathBuf {
+        self.data_dir.join("admin").join("password")
+    }
 }
 
 pub fn domain_literal(ip: IpAddr) -> String {

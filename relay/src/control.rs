@@ -154,55 +154,9 @@ pub async fn request(
     }))
 }
 
-/// Runs the daily expiry at `expiry_time` (UTC) until shutdown.
-pub async fn expiry_schedule(relay: Arc<Relay>) {
-    let Some(at) = relay.cfg.expiry_minute() else {
-        return;
-    };
-    loop {
-        let now = relay.clock.now();
-        let wait = seconds_until(now, at);
-        tracing::debug!(seconds = wait, "next expiry run");
-        tokio::select! {
-            _ = tokio::time::sleep(std::time::Duration::from_secs(wait)) => {}
-            _ = relay.shutdown.wait() => return,
-        }
-        let result = crate::expiry::run(&relay.store, &relay.cfg, &relay.clock, false)
-            .await
-            .map_err(|e| e.to_string());
-        if let Err(e) = &result {
-            tracing::error!("daily expiry failed: {e}");
-        }
-        relay.admin.record_expiry(relay.clock.now(), &result);
-        // Never run twice within the same minute.
-        tokio::time::sleep(std::time::Duration::from_secs(61)).await;
-    }
-}
-
-/// Seconds from `now` (Unix time) to the next `minute_of_day` UTC.
-pub fn seconds_until(now: i64, minute_of_day: u32) -> u64 {
-    let day = 86_400i64;
-    let target = minute_of_day as i64 * 60;
-    let into_day = now.rem_euclid(day);
-    let d = if target > into_day {
-        target - into_day
-    } else {
-        day - into_day + target
-    };
-    d as u64
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn next_run_is_later_today_or_tomorrow() {
-        let midnight = 20_000 * 86_400;
-        assert_eq!(seconds_until(midnight, 2), 120);
-        assert_eq!(seconds_until(midnight + 120, 2), 86_400);
-        assert_eq!(seconds_until(midnight + 3600, 2), 86_400 - 3600 + 120);
-    }
 
     #[test]
     fn requests_round_trip() {

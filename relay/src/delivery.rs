@@ -136,7 +136,7 @@ impl Delivery {
     pub fn check_rcpt(&self, rcpt: &str, dir: Direction) -> Result<Target, Reply> {
         let rcpt = rcpt.trim().to_ascii_lowercase();
         let Some((_, domain)) = split_addr(&rcpt) else {
-            return Err(Reply::new(501, "5.1.3 Bad recipient address syntax"));
+            return Err(policy::codes::BAD_RECIPIENT.reply());
         };
         if !self.cfg.is_local_domain(domain) {
             return match dir {
@@ -164,10 +164,7 @@ impl Delivery {
                 Err(quota_exceeded(&rcpt))
             }
             Ok(Some(a)) => Ok(Target::Local(a.id)),
-            Ok(None) => Err(Reply::new(
-                550,
-                "5.1.1 Recipient address rejected: no such user",
-            )),
+            Ok(None) => Err(policy::codes::NO_SUCH_USER.reply()),
             Err(e) => {
                 tracing::error!("recipient lookup failed: {e}");
                 Err(Reply::new(451, "4.3.0 Temporary lookup failure"))
@@ -245,7 +242,7 @@ impl Delivery {
         remote.sort_unstable();
         remote.dedup();
         if local.is_empty() && remote.is_empty() {
-            return Reply::new(554, "5.5.1 No valid recipients");
+            return policy::codes::NO_RECIPIENTS.reply();
         }
         let body = match spool {
             Some(s) => {
@@ -296,10 +293,7 @@ impl Delivery {
             }
             Err(e) => {
                 tracing::error!("local delivery failed: {e}");
-                Reply::new(
-                    451,
-                    "4.3.0 Local error while storing the message, try again later",
-                )
+                policy::codes::NOT_STORED.reply()
             }
         }
     }
@@ -349,10 +343,7 @@ impl Delivery {
             }
             Err(e) => {
                 tracing::error!("queueing failed: {e}");
-                Reply::new(
-                    451,
-                    "4.3.0 Local error while storing the message, try again later",
-                )
+                policy::codes::NOT_STORED.reply()
             }
         }
     }

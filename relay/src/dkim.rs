@@ -203,6 +203,15 @@ impl Dkim {
     }
 }
 
+impl records::DkimRecord for Dkim {
+    fn record_name(&self) -> String {
+        Dkim::record_name(self)
+    }
+    fn txt_record(&self) -> Option<String> {
+        Dkim::txt_record(self)
+    }
+}
+
 /// The `h=` list for a message with these header names: every header present except the
 /// omitted ones (OpenDKIM's `SignHeaders *`, so all instances are signed), then the oversigned
 /// ones once more. mail-auth signs each name in `h=` as often as it occurs and appends the names

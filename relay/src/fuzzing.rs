@@ -199,7 +199,7 @@ pub async fn router_request(
         }
     }
     let req = req.body(axum::body::Body::from(body))?;
-    let mut router = crate::web::router(relay.clone(), https);
+    let mut router = crate::alpn::app(relay.clone(), https);
     let resp = router.call(req).await?;
     let status = resp.status().as_u16();
     let headers = resp.headers().clone();

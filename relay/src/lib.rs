@@ -1,17 +1,29 @@
 //! relaybox: a chatmail relay in one binary.
 //!
-//! Module map (arrows are "uses"): `smtp` → `policy`, `delivery`, `accounts`; `web` (`/mxdeliv`)
-//! → `delivery`; `imap` → `store`, `accounts`; `delivery` → `store`, `policy`, `dkim` (origin
-//! check of incoming mail), `dns`; `accounts` → `store`. `policy` is pure (bytes in,
-//! verdict out) and never touches the store or a socket.
+//! Module map (arrows are "uses"; no cycles, except that `update` runs `admin`'s self-test
+//! before it commits an update):
+//! - `alpn` (ports 80 and 443: TLS, then IMAP, SMTP or HTTPS by ALPN) → `imap`, `smtp`, `web`,
+//!   `admin` (its API is a route of `web`'s router).
+//! - `smtp` → `policy`, `delivery`, `accounts`; `imap` → `store`, `accounts`, `delivery`, `push`;
+//!   `web` (pages, `/new`, `/mxdeliv`) → `delivery`, `accounts`, `store`, `policy`.
+//! - `admin` (set-up wizard, admin API) → `web`, `accounts`, `backup`, `update`, `dns`, `dkim`,
+//!   `acme`, `expiry`.
+//! - `delivery` → `store`, `policy`, `dkim` (origin check of incoming mail), `dns` (MX), `tls`,
+//!   `push`, `expiry` (quota); `push`, `expiry`, `accounts`, `backup` → `store`.
+//! - `dkim` → `dns`; `acme` → `tls`; `metrics` → `acme` (certificate dates).
+//!
+//! `policy` is pure (bytes in, verdict out) and never touches the store or a socket. `server`
+//! builds the [`Relay`] and starts every listener; `control` is the local command socket.
 //!
 //! Shared plumbing, one copy each: `io` (crash-safe private file writes), `sync` (locks that
 //! survive a panicking holder), `net` (the accept loop and TLS handshake of every listener),
-//! `http_client` (the outgoing POSTs of push and `/mxdeliv`), `acme::inspect_der` (X.509).
+//! `http_client` (the outgoing POSTs of push and `/mxdeliv`), `tls::client` (client TLS of every
+//! outgoing connection), `acme::inspect_der` (X.509).
 
 pub mod accounts;
 pub mod acme;
 pub mod admin;
+pub mod alpn;
 pub mod backup;
 pub mod clock;
 pub mod config;
@@ -48,7 +60,7 @@ pub struct Relay {
     pub store: store::Store,
     pub accounts: accounts::Accounts,
     pub delivery: delivery::Delivery,
-    /// The resolver: DKIM keys of incoming mail now, MX lookups for outbound delivery later.
+    /// The resolver: DKIM keys of incoming mail, MX records of outbound delivery.
     pub dns: dns::Dns,
     pub tls: tls::TlsConfigs,
     /// The ACME client's state: the HTTP-01 answers port 80 serves, the running order.

@@ -488,9 +488,7 @@ impl Client {
             .to_string();
         let port = uri.port_u16().unwrap_or(if https { 443 } else { 80 });
         let tls = if https {
-            let connectors = crate::delivery::transport::client_tls::Connectors::new(
-                cfg.outbound_ca_file.as_deref(),
-            )?;
+            let connectors = crate::tls::client::Connectors::new(cfg.outbound_ca_file.as_deref())?;
             let name = match host.parse::<std::net::IpAddr>() {
                 Ok(ip) => rustls::pki_types::ServerName::IpAddress(ip.into()),
                 Err(_) => rustls::pki_types::ServerName::try_from(host.clone())

@@ -1,9 +1,7 @@
 //! Start-up and shutdown: open the store, bind every listener, tell systemd we are ready, keep the
 //! watchdog fed, and stop everything on SIGTERM/SIGINT through the one shutdown signal.
 
-use crate::{
-    accounts, clock, config, delivery, dns, imap, limits, net, smtp, store, tls, web, Relay,
-};
+use crate::{accounts, clock, config, delivery, dns, imap, limits, net, smtp, store, tls, Relay};
 use anyhow::Context;
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -170,7 +168,7 @@ pub async fn run_with(relay: Arc<Relay>, ready: impl FnOnce()) -> anyhow::Result
             let what = if https { "HTTPS" } else { "HTTP" };
             let listener = bind(*a, what).await?;
             bound.push(format!("{}={a}", what.to_lowercase()));
-            tasks.spawn(web::serve(relay.clone(), listener, https));
+            tasks.spawn(crate::alpn::serve(relay.clone(), listener, https));
         }
     }
     {
@@ -189,7 +187,7 @@ pub async fn run_with(relay: Arc<Relay>, ready: impl FnOnce()) -> anyhow::Result
         bound.push(format!("metrics={a}"));
         tasks.spawn(crate::metrics::serve(relay.clone(), listener));
     }
-    tokio::spawn(crate::control::expiry_schedule(relay.clone()));
+    tokio::spawn(crate::expiry::schedule(relay.clone()));
     if relay.cfg.is_acme() {
         tokio::spawn(crate::acme::renewal_schedule(relay.clone()));
     }

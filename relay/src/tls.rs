@@ -1,6 +1,8 @@
 //! Server TLS: the certificate (operator-supplied, or self-signed and made on first start) and the
 //! rustls configs each listener uses. Only the `ring` provider is used.
 
+pub mod client;
+
 use crate::config::Config;
 use crate::sync::LockExt;
 use rustls::pki_types::{CertificateDer, PrivateKeyDer};
@@ -199,13 +201,6 @@ impl TlsConfigs {
         Self::from_store(Arc::new(CertStore::watch(&cert, &key, RELOAD_CHECK)?))
     }
 
-    pub fn from_parts(
-        chain: Vec<CertificateDer<'static>>,
-        key: PrivateKeyDer<'static>,
-    ) -> Result<TlsConfigs, TlsError> {
-        Self::from_store(Arc::new(CertStore::fixed(chain, key)?))
-    }
-
     pub fn from_store(certs: Arc<CertStore>) -> Result<TlsConfigs, TlsError> {
         let build = |versions: &[&'static rustls::SupportedProtocolVersion],
                      alpn: &[&[u8]]|
@@ -287,11 +282,23 @@ fn self_signed(cfg: &Config) -> Result<(PathBuf, PathBuf), TlsError> {
     Ok((cert_path, key_path))
 }
 
-/// ACME mode: the files the ACME client writes (see [`crate::acme::cert_paths`]). Until the
+/// Where the ACME certificate and key live: `tls_cert`/`tls_key` when given, else
+/// `<data_dir>/acme/{cert,key}.pem`. The ACME client writes them; the listeners read them.
+pub fn acme_cert_paths(cfg: &Config) -> (PathBuf, PathBuf) {
+    match (&cfg.tls_cert, &cfg.tls_key) {
+        (Some(c), Some(k)) => (c.clone(), k.clone()),
+        _ => {
+            let dir = cfg.data_dir.join("acme");
+            (dir.join("cert.pem"), dir.join("key.pem"))
+        }
+    }
+}
+
+/// ACME mode: the files the ACME client writes (see [`acme_cert_paths`]). Until the
 /// first certificate is issued they hold a self-signed one, so the listeners can start (port 80
 /// must be up to answer the HTTP-01 challenge) and pick up the real one when it is written.
 fn acme_placeholder(cfg: &Config) -> Result<(PathBuf, PathBuf), TlsError> {
-    let (cert_path, key_path) = crate::acme::cert_paths(cfg);
+    let (cert_path, key_path) = acme_cert_paths(cfg);
     if cert_path.exists() && key_path.exists() {
         return Ok((cert_path, key_path));
     }

@@ -123,7 +123,7 @@ pub fn read_settings(cfg: &Config) -> Result<toml::Table, AdminError> {
 
 /// The admin password's file: set-up is finished once it exists (see [`Admin::pending`]).
 pub fn password_file(cfg: &Config) -> PathBuf {
-    cfg.data_dir.join("admin").join("password")
+    cfg.admin_password_path()
 }
 
 fn random_code() -> String {
@@ -274,6 +274,12 @@ impl Admin {
     /// Set-up is not finished: no admin password yet.
     pub fn pending(&self) -> bool {
         self.enabled && !self.password_path().exists()
+    }
+
+    /// Whether the admin pages and API answer on this port: always over HTTPS, over plain HTTP
+    /// only while set-up is pending (a new box has no certificate the browser trusts yet).
+    pub fn reachable(&self, https: bool) -> bool {
+        self.enabled() && (https || self.pending())
     }
 
     fn setup_code(&self) -> Option<String> {

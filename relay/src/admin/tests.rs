@@ -625,7 +625,7 @@ async fn send(
     if let Some(p) = peer {
         req.extensions_mut().insert(crate::web::ClientAddr(p));
     }
-    let resp = crate::web::router(relay.clone(), true)
+    let resp = crate::alpn::app(relay.clone(), true)
         .oneshot(req)
         .await
         .unwrap();

@@ -45,7 +45,7 @@ async fn receiver(
     )));
     if web {
         let l = TcpListener::bind(https).await.unwrap();
-        tasks.push(tokio::spawn(crate::web::serve(relay.clone(), l, true)));
+        tasks.push(tokio::spawn(crate::alpn::serve(relay.clone(), l, true)));
     }
     Receiver {
         relay,

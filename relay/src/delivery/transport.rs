@@ -11,7 +11,6 @@
 //! strictly (web PKI, SNI = the MX host) except for domain literals and `_` names, which are
 //! encrypted without verification. Plaintext is never used.
 
-pub(crate) mod client_tls;
 mod https;
 mod smtp;
 
@@ -19,6 +18,7 @@ use crate::config::Config;
 use crate::dns::{Dns, Mx};
 use crate::policy::Reply;
 use crate::sync::LockExt;
+use crate::tls::client as client_tls;
 use std::collections::HashMap;
 use std::net::{IpAddr, SocketAddr};
 use std::sync::{Arc, Mutex};

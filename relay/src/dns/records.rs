@@ -3,7 +3,14 @@
 //!
 //! A and AAAA records are not listed: only the operator knows the public addresses.
 
-use crate::dkim::Dkim;
+/// The DKIM key as DNS publishes it. `crate::dkim::Dkim` is the implementation; a trait keeps
+/// `dns` from importing `dkim`, which itself uses the resolver to check incoming signatures.
+pub trait DkimRecord {
+    /// `<selector>._domainkey.<domain>.`
+    fn record_name(&self) -> String;
+    /// The TXT record's data; none for IP-literal relays, which publish no key.
+    fn txt_record(&self) -> Option<String>;
+}
 
 /// TTL of every record, as the reference prints them.
 pub const TTL: u32 = 3600;
@@ -53,7 +60,7 @@ pub fn txt_rdata(data: &str) -> String {
 
 /// The records for `domain` (a name, not an IP literal) with this DKIM key. `mta_sts_id` is the
 /// policy id, conventionally the time of the policy's last change as `YYYYMMDDHHMM`.
-pub fn expected(domain: &str, dkim: &Dkim, mta_sts_id: &str) -> Vec<Record> {
+pub fn expected(domain: &str, dkim: &impl DkimRecord, mta_sts_id: &str) -> Vec<Record> {
     let d = format!("{}.", domain.trim_end_matches('.'));
     let rec = |name: String, rtype, rdata: String, need| Record {
         name,
@@ -118,7 +125,7 @@ pub fn expected(domain: &str, dkim: &Dkim, mta_sts_id: &str) -> Vec<Record> {
 
 /// The records as a zone-file fragment with comments, as `relaybox dns` prints it. Lines that
 /// should not be published yet are commented out.
-pub fn zone_text(domain: &str, dkim: &Dkim, mta_sts_id: &str) -> String {
+pub fn zone_text(domain: &str, dkim: &impl DkimRecord, mta_sts_id: &str) -> String {
     let records = expected(domain, dkim, mta_sts_id);
     let d = domain.trim_end_matches('.');
     let mut out = format!(
@@ -153,6 +160,7 @@ pub fn zone_text(domain: &str, dkim: &Dkim, mta_sts_id: &str) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::dkim::Dkim;
 
     #[test]
     fn mta_sts_records_are_published_now_that_the_policy_is_served() {

@@ -3,6 +3,7 @@
 //! submission, local delivery, MX, `/mxdeliv`) asks it before anything is stored or queued. It
 //! does no I/O and knows nothing of the store or any protocol session.
 
+pub mod codes;
 pub mod gate;
 pub mod headers;
 pub mod ratelimit;

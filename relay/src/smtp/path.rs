@@ -19,7 +19,7 @@ pub fn parse_mail(args: &str) -> Result<MailFrom<String>, Reply> {
     let addr = if path.is_empty() {
         ""
     } else {
-        mailbox(path).ok_or_else(|| Reply::new(501, "5.1.7 Bad sender address syntax"))?
+        mailbox(path).ok_or_else(|| crate::policy::codes::BAD_SENDER.reply())?
     };
     if size_overflows(rest) {
         return Err(too_big());
@@ -38,7 +38,7 @@ pub fn parse_mail(args: &str) -> Result<MailFrom<String>, Reply> {
 pub fn parse_rcpt(args: &str) -> Result<RcptTo<String>, Reply> {
     let syntax = || Reply::new(501, "5.5.4 Syntax: RCPT TO:<address>");
     let (path, rest) = split(args, "TO").ok_or_else(syntax)?;
-    let bad = || Reply::new(501, "5.1.3 Bad recipient address syntax");
+    let bad = || crate::policy::codes::BAD_RECIPIENT.reply();
     let addr = if path.eq_ignore_ascii_case("postmaster") {
         path
     } else {
@@ -55,7 +55,7 @@ pub fn parse_rcpt(args: &str) -> Result<RcptTo<String>, Reply> {
 }
 
 fn too_big() -> Reply {
-    Reply::new(552, "5.3.4 Message size exceeds fixed maximum message size")
+    crate::policy::codes::TOO_BIG.reply()
 }
 
 /// smtp-proto 0.2.5 wraps a SIZE beyond `usize::MAX` around to a small number (its

@@ -10,7 +10,7 @@ use super::Kind;
 use crate::delivery::spooler::{Spooler, SPILL};
 use crate::delivery::Target;
 use crate::limits::Slot;
-use crate::policy::{Direction, Envelope, Reply};
+use crate::policy::{codes, Direction, Envelope};
 use crate::Relay;
 use smtp_proto::{Error as ParseError, MailFrom, RcptTo, Request};
 use std::net::IpAddr;
@@ -293,7 +293,7 @@ impl Session {
             Ok(Request::Data) => self.data(io).await,
             Ok(Request::Rset) => self.rset(io),
             Ok(Request::Noop { .. }) => {
-                io.reply(250, "2.0.0 Ok");
+                io.send(codes::OK);
                 Flow::Continue
             }
             Ok(Request::Help { .. }) => self.help(io),
@@ -302,7 +302,7 @@ impl Session {
                 Flow::Close
             }
             Ok(Request::StartTls) => self.starttls(io),
-            Ok(_) => self.fail(io, 500, "5.5.2 Command not recognized"),
+            Ok(_) => self.fail(io, codes::UNRECOGNIZED.code, codes::UNRECOGNIZED.text),
             Err(e) => self.parse_error(io, e),
         }
     }
@@ -313,22 +313,22 @@ impl Session {
         e: ParseError,
     ) -> Flow {
         match e {
-            ParseError::UnknownCommand => self.fail(io, 500, "5.5.2 Command not recognized"),
+            ParseError::UnknownCommand => {
+                self.fail(io, codes::UNRECOGNIZED.code, codes::UNRECOGNIZED.text)
+            }
             ParseError::SyntaxError { syntax } => {
                 self.fail(io, 501, &format!("5.5.4 Syntax: {syntax}"))
             }
             ParseError::InvalidSenderAddress => {
-                self.fail(io, 501, "5.1.7 Bad sender address syntax")
+                self.fail(io, codes::BAD_SENDER.code, codes::BAD_SENDER.text)
             }
             ParseError::InvalidRecipientAddress => {
-                self.fail(io, 501, "5.1.3 Bad recipient address syntax")
+                self.fail(io, codes::BAD_RECIPIENT.code, codes::BAD_RECIPIENT.text)
             }
             // A SIZE too large to be a number is too large a message.
-            ParseError::InvalidParameter { param: "SIZE" } => self.fail(
-                io,
-                552,
-                "5.3.4 Message size exceeds fixed maximum message size",
-            ),
+            ParseError::InvalidParameter { param: "SIZE" } => {
+                self.fail(io, codes::TOO_BIG.code, codes::TOO_BIG.text)
+            }
             ParseError::InvalidParameter { param } => {
                 self.fail(io, 501, &format!("5.5.4 Invalid parameter {param}"))
             }
@@ -387,7 +387,7 @@ impl Session {
         from: MailFrom<String>,
     ) -> Flow {
         if self.helo.is_none() {
-            return self.fail(io, 503, "5.5.1 Error: send HELO/EHLO first");
+            return self.fail(io, codes::NEED_HELO.code, codes::NEED_HELO.text);
         }
         if !self.tls {
             return self.fail(io, 530, "5.7.0 Must issue a STARTTLS command first");
@@ -401,11 +401,7 @@ impl Session {
             return self.fail(io, 503, "5.5.1 Error: nested MAIL command");
         }
         if from.size as u64 > self.relay.cfg.max_message_size {
-            return self.fail(
-                io,
-                552,
-                "5.3.4 Message size exceeds fixed maximum message size",
-            );
+            return self.fail(io, codes::TOO_BIG.code, codes::TOO_BIG.text);
         }
         let addr = from.address.trim();
         let (mail_from, sender) = match login {
@@ -427,7 +423,7 @@ impl Session {
             targets: Vec::new(),
             sender,
         });
-        io.reply(250, "2.1.0 Ok");
+        io.send(codes::SENDER_OK);
         Flow::Continue
     }
 
@@ -439,7 +435,7 @@ impl Session {
         let dir = self.direction();
         let max = self.relay.cfg.max_smtp_recipients;
         let Some(tx) = self.tx.as_mut() else {
-            return self.fail(io, 503, "5.5.1 Error: need MAIL command");
+            return self.fail(io, codes::NEED_MAIL.code, codes::NEED_MAIL.text);
         };
         if let SenderCheck::RateDue = tx.sender {
             tx.sender = match self.relay.delivery.check_send_rate(&tx.mail_from) {
@@ -457,7 +453,7 @@ impl Session {
             return Flow::Continue;
         }
         if tx.rcpt_to.len() >= max {
-            io.reply(452, "4.5.3 Too many recipients");
+            io.send(codes::TOO_MANY_RECIPIENTS);
             return Flow::Continue;
         }
         let addr = if to.address.eq_ignore_ascii_case("postmaster") {
@@ -469,7 +465,7 @@ impl Session {
             Ok(target) => {
                 tx.rcpt_to.push(addr.to_ascii_lowercase());
                 tx.targets.push(target);
-                io.reply(250, "2.1.5 Ok");
+                io.send(codes::RECIPIENT_OK);
             }
             Err(reply) => {
                 tracing::debug!(rcpt = %addr, %reply, "recipient refused");
@@ -511,7 +507,7 @@ impl Session {
 
     async fn data<S: AsyncRead + AsyncWrite + Unpin>(&mut self, io: &mut SmtpStream<S>) -> Flow {
         match &self.tx {
-            None => return self.fail(io, 503, "5.5.1 Error: need MAIL command"),
+            None => return self.fail(io, codes::NEED_MAIL.code, codes::NEED_MAIL.text),
             Some(tx) if tx.targets.is_empty() => {
                 return self.fail(io, 554, "5.5.1 Error: no valid recipients")
             }
@@ -565,7 +561,7 @@ impl Session {
                     bytes = dec.total(),
                     "message far over the size limit, closing"
                 );
-                io.reply(552, "5.3.4 Message size exceeds fixed maximum message size");
+                io.send(codes::TOO_BIG);
                 return Flow::Close;
             }
             let filled = tokio::select! {
@@ -596,11 +592,11 @@ impl Session {
             Ok(b) => b,
             Err(DataError::TooBig) => {
                 tracing::info!(size, "message refused: too big");
-                io.reply(552, "5.3.4 Message size exceeds fixed maximum message size");
+                io.send(codes::TOO_BIG);
                 return Flow::Continue;
             }
             Err(DataError::Busy) => {
-                io.reply(451, "4.3.1 Insufficient system resources, try again later");
+                io.send(codes::BUSY);
                 return Flow::Continue;
             }
             Err(DataError::BareNewline) => {
@@ -612,7 +608,7 @@ impl Session {
                 );
             }
         };
-        let busy = || Reply::new(451, "4.3.1 Insufficient system resources, try again later");
+        let busy = || codes::BUSY.reply();
         // The checks read the whole message: it counts against the budget again.
         if spooler.is_spooling() && !held.grow(size, limit) {
             tracing::warn!(
@@ -656,7 +652,7 @@ impl Session {
 
     fn rset<S: AsyncRead + AsyncWrite + Unpin>(&mut self, io: &mut SmtpStream<S>) -> Flow {
         self.tx = None;
-        io.reply(250, "2.0.0 Ok");
+        io.send(codes::OK);
         Flow::Continue
     }
 

@@ -59,6 +59,11 @@ impl<S: AsyncRead + AsyncWrite + Unpin> SmtpStream<S> {
             .extend_from_slice(format!("{code} {text}\r\n").as_bytes());
     }
 
+    /// Queues one of the named replies of [`crate::policy::codes`].
+    pub fn send(&mut self, c: crate::policy::codes::Canned) {
+        self.reply(c.code, c.text)
+    }
+
     /// Queues a multi-line reply: `code-line` for all but the last, `code line` for the last.
     pub fn reply_lines(&mut self, code: u16, lines: &[String]) {
         for (i, l) in lines.iter().enumerate() {

@@ -1,9 +1,5 @@
-//! HTTP (80) and HTTPS (443).
-//!
-//! Port 443 is also the fallback port for mail clients: TLS is terminated once here, and the
-//! ALPN protocol the client asked for picks the service, like the reference's nginx `stream`
-//! map (reference §3.1): `imap` → an IMAP session as on 993, `smtp` → a submissions session as
-//! on 465, anything else (or none) → the HTTPS router. Port 80 only redirects to HTTPS.
+//! The HTTP routes of ports 80 and 443 (the connections themselves are [`crate::alpn`]'s).
+//! Port 80 only redirects to HTTPS, except for the set-up wizard and ACME challenges.
 //!
 //! Files: `pages` renders the public pages, autoconfig and MTA-STS; `new` hands out random
 //! credentials (`/new`); `qr` draws the invite QR code; `mxdeliv` is relay-to-relay delivery.
@@ -15,19 +11,14 @@ pub mod qr;
 #[cfg(test)]
 mod tests;
 
-use crate::limits::Service;
 use crate::Relay;
 use axum::extract::{FromRef, State};
 use axum::http::{header, StatusCode, Uri};
 use axum::response::{IntoResponse, Response};
-use axum::routing::{any, get};
+use axum::routing::{any, get, MethodRouter};
 use axum::Router;
-use hyper_util::rt::{TokioIo, TokioTimer};
-use hyper_util::service::TowerToHyperService;
 use std::net::SocketAddr;
 use std::sync::Arc;
-use std::time::Duration;
-use tokio::net::{TcpListener, TcpStream};
 
 pub use new::NewLimiter;
 
@@ -51,8 +42,10 @@ impl FromRef<Web> for Arc<Relay> {
 #[derive(Clone, Copy, Debug)]
 pub struct ClientAddr(pub SocketAddr);
 
-/// The routes of the HTTPS (`https`) or the plain HTTP server.
-pub fn router(relay: Arc<Relay>, https: bool) -> Router {
+/// The routes of the HTTPS (`https`) or the plain HTTP server. `admin_api` answers
+/// `/api/admin/*`: the admin API builds on this module's state, so it is passed in rather than
+/// imported (see [`crate::alpn::app`]).
+pub fn router(relay: Arc<Relay>, https: bool, admin_api: MethodRouter<Web>) -> Router {
     let state = Web {
         limiter: Arc::new(NewLimiter::new()),
         relay,
@@ -67,7 +60,7 @@ pub fn router(relay: Arc<Relay>, https: bool) -> Router {
         .route("/favicon.ico", get(pages::favicon))
         // The handler reads the body itself, after the session check and with a limit per
         // endpoint (`admin::api`).
-        .route("/api/admin/{*rest}", any(crate::admin::api::handle));
+        .route("/api/admin/{*rest}", admin_api);
     let headers =
         axum::middleware::map_response(
             move |r: Response| async move { security_headers(r, https) },
@@ -190,112 +183,6 @@ pub(crate) async fn redirect_to_https(State(w): State<Web>, uri: Uri) -> Respons
         "Moved Permanently",
     )
         .into_response()
-}
-
-/// A TLS handshake on 443 that takes longer than this is abandoned.
-const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(30);
-
-/// What the ClientHello on 443 asked for.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum Alpn {
-    Imap,
-    Smtp,
-    Http,
-}
-
-pub async fn serve(relay: Arc<Relay>, listener: TcpListener, https: bool) {
-    let app = router(relay.clone(), https);
-    while let Some((tcp, peer)) = crate::net::accept(&relay.shutdown, || listener.accept()).await {
-        // Mail sessions on 443 move to the IMAP or SMTP count once ALPN says which.
-        let slot = match relay.conns.acquire(Service::Http, peer.ip(), false) {
-            Ok(slot) => slot,
-            Err(why) => {
-                crate::limits::log_refusal(Service::Http, peer, why);
-                crate::limits::turn_away(tcp, None);
-                continue;
-            }
-        };
-        let svc = TowerToHyperService::new(
-            tower::ServiceBuilder::new()
-                .layer(axum::Extension(ClientAddr(peer)))
-                .service(app.clone()),
-        );
-        let relay = relay.clone();
-        tokio::spawn(async move {
-            let mut http = hyper::server::conn::http1::Builder::new();
-            // A client that trickles its request headers is cut off after 60 s (the reference's
-            // read timeout); bodies are timed by the handlers that read them.
-            http.timer(TokioTimer::new())
-                .header_read_timeout(mxdeliv::READ_TIMEOUT);
-            if !https {
-                let _ = http.serve_connection(TokioIo::new(tcp), svc).await;
-                drop(slot);
-                return;
-            }
-            let tls = match crate::net::handshake(HANDSHAKE_TIMEOUT, accept_443(&relay, tcp)).await
-            {
-                Ok(x) => x,
-                Err(e) => {
-                    tracing::debug!(%peer, "TLS handshake on 443 {e}");
-                    return;
-                }
-            };
-            match tls.1 {
-                Alpn::Imap => {
-                    let slot = match slot.switch(Service::Imap, peer.ip(), true) {
-                        Ok(s) => s,
-                        Err(why) => {
-                            tracing::warn!(%peer, ?why, "too many IMAP connections on 443");
-                            return;
-                        }
-                    };
-                    crate::imap::serve_tls(relay, tls.0, slot).await;
-                }
-                Alpn::Smtp => {
-                    let slot = match slot.switch(Service::Smtp, peer.ip(), true) {
-                        Ok(s) => s,
-                        Err(why) => {
-                            tracing::warn!(%peer, ?why, "too many SMTP connections on 443");
-                            return;
-                        }
-                    };
-                    crate::smtp::serve_tls(relay, tls.0, slot).await;
-                }
-                Alpn::Http => {
-                    let _ = http.serve_connection(TokioIo::new(tls.0), svc).await;
-                    drop(slot);
-                }
-            }
-        });
-    }
-}
-
-/// The handshake on 443. A ClientHello that offers `imap` or `smtp` gets the mail clients'
-/// config (TLS 1.3 only, as on 993/465); anything else the HTTPS config. The protocol the
-/// handshake agreed on picks the service.
-async fn accept_443(
-    relay: &Relay,
-    tcp: TcpStream,
-) -> std::io::Result<(tokio_rustls::server::TlsStream<TcpStream>, Alpn)> {
-    let _ = tcp.set_nodelay(true);
-    let start =
-        tokio_rustls::LazyConfigAcceptor::new(rustls::server::Acceptor::default(), tcp).await?;
-    let mail = start
-        .client_hello()
-        .alpn()
-        .is_some_and(|mut l| l.any(|p| p == b"imap" || p == b"smtp"));
-    let config = if mail {
-        relay.tls.client_config.clone()
-    } else {
-        relay.tls.https_config.clone()
-    };
-    let tls = start.into_stream(config).await?;
-    let alpn = match tls.get_ref().1.alpn_protocol() {
-        Some(b"imap") => Alpn::Imap,
-        Some(b"smtp") => Alpn::Smtp,
-        _ => Alpn::Http,
-    };
-    Ok((tls, alpn))
 }
 
 pub(crate) fn html_escape(s: &str) -> String {

@@ -88,17 +88,17 @@ fn envelope(relay: &Relay, headers: &HeaderMap) -> Result<Envelope, Reply> {
     };
     let mut rcpt_to = Vec::new();
     for v in headers.get_all("x-mail-to") {
-        let bad = || Reply::new(501, "5.1.3 Bad recipient address syntax");
+        let bad = || crate::policy::codes::BAD_RECIPIENT.reply();
         let s = std::str::from_utf8(v.as_bytes()).map_err(|_| bad())?;
         for addr in s.split(',').map(unbracket).filter(|a| !a.is_empty()) {
             if rcpt_to.len() >= relay.cfg.max_smtp_recipients {
-                return Err(Reply::new(452, "4.5.3 Too many recipients"));
+                return Err(crate::policy::codes::TOO_MANY_RECIPIENTS.reply());
             }
             rcpt_to.push(addr.to_ascii_lowercase());
         }
     }
     if rcpt_to.is_empty() {
-        return Err(Reply::new(554, "5.5.1 No valid recipients"));
+        return Err(crate::policy::codes::NO_RECIPIENTS.reply());
     }
     Ok(Envelope {
         mail_from,
@@ -150,10 +150,7 @@ async fn read_body(
             in_flight = relay.inflight.used(),
             "mxdeliv: in-flight message memory spent"
         );
-        reply_response(&Reply::new(
-            451,
-            "4.3.1 Insufficient system resources, try again later",
-        ))
+        reply_response(&crate::policy::codes::BUSY.reply())
     };
     // Never trust the declared length for the allocation beyond the limit; and take it from
     // the budget first.
@@ -166,10 +163,7 @@ async fn read_body(
     let mut total = 0u64;
     let disk_error = |e: crate::store::StoreError| {
         tracing::error!("mxdeliv: cannot spool the message: {e}");
-        reply_response(&Reply::new(
-            451,
-            "4.3.1 Insufficient system resources, try again later",
-        ))
+        reply_response(&crate::policy::codes::BUSY.reply())
     };
     let mut stream = body.into_data_stream();
     loop {

@@ -179,7 +179,7 @@ async fn wizard_html(w: &Web) -> Response {
 /// `/setup` and `/admin`: the wizard while set-up is pending, the admin page after (HTTPS only).
 pub async fn admin_page(state: State<Web>, uri: Uri) -> Response {
     let w = &state.0;
-    if !crate::admin::api::reachable(&w.relay, w.https) {
+    if !w.relay.admin.reachable(w.https) {
         return if w.https {
             (StatusCode::NOT_FOUND, "Not Found").into_response()
         } else {
@@ -199,7 +199,7 @@ pub async fn admin_page(state: State<Web>, uri: Uri) -> Response {
 
 pub async fn admin_asset(state: State<Web>, uri: Uri) -> Response {
     let w = &state.0;
-    if !crate::admin::api::reachable(&w.relay, w.https) {
+    if !w.relay.admin.reachable(w.https) {
         return super::redirect_to_https(state, uri).await;
     }
     (

@@ -19,7 +19,7 @@ fn relay(dir: &std::path::Path) -> Arc<Relay> {
 async fn listen(relay: &Arc<Relay>) -> SocketAddr {
     let l = TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = l.local_addr().unwrap();
-    tokio::spawn(super::serve(relay.clone(), l, true));
+    tokio::spawn(crate::alpn::serve(relay.clone(), l, true));
     addr
 }
 
@@ -167,7 +167,7 @@ async fn call(
         .extension(super::ClientAddr("192.0.2.7:5555".parse().unwrap()))
         .body(Body::empty())
         .unwrap();
-    let resp = super::router(relay.clone(), https)
+    let resp = crate::alpn::app(relay.clone(), https)
         .oneshot(req)
         .await
         .unwrap();
@@ -187,7 +187,7 @@ async fn call(
 async fn new_hands_out_reference_shaped_credentials_and_is_rate_limited() {
     let dir = tempfile::tempdir().unwrap();
     let relay = relay(dir.path());
-    let app = super::router(relay.clone(), true);
+    let app = crate::alpn::app(relay.clone(), true);
     let mut statuses = Vec::new();
     for i in 0..8 {
         let method = if i % 2 == 0 { "POST" } else { "GET" };

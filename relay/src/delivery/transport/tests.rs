@@ -192,7 +192,7 @@ async fn receiver(
     if https {
         let l = TcpListener::bind((IpAddr::from(ip), 0)).await.unwrap();
         ports[0] = l.local_addr().unwrap().port();
-        tokio::spawn(crate::web::serve(relay.clone(), l, true));
+        tokio::spawn(crate::alpn::serve(relay.clone(), l, true));
     }
     if smtp {
         let l = TcpListener::bind((IpAddr::from(ip), 0)).await.unwrap();

@@ -3,6 +3,7 @@
 
 use super::{Flow, Session, MAX_LINE};
 use crate::accounts::LoginError;
+use crate::policy::codes;
 use crate::smtp::stream::SmtpStream;
 use crate::smtp::Kind;
 use base64::Engine;
@@ -18,7 +19,7 @@ impl Session {
             return self.fail(io, 503, "5.5.1 Error: authentication not enabled");
         }
         if self.helo.is_none() {
-            return self.fail(io, 503, "5.5.1 Error: send HELO/EHLO first");
+            return self.fail(io, codes::NEED_HELO.code, codes::NEED_HELO.text);
         }
         if !self.tls {
             return self.fail(
@@ -36,13 +37,13 @@ impl Session {
         let mut parts = args.split_ascii_whitespace();
         let (mech, initial) = (parts.next(), parts.next());
         if parts.next().is_some() {
-            return self.fail(io, 501, "5.5.4 Syntax: AUTH mechanism [initial-response]");
+            return self.fail(io, codes::AUTH_SYNTAX.code, codes::AUTH_SYNTAX.text);
         }
         let creds = match mech.map(str::to_ascii_uppercase).as_deref() {
             Some("PLAIN") => self.auth_plain(io, initial).await,
             Some("LOGIN") => self.auth_login(io, initial).await,
             Some(_) => return self.fail(io, 504, "5.5.4 Unrecognized authentication type"),
-            None => return self.fail(io, 501, "5.5.4 Syntax: AUTH mechanism [initial-response]"),
+            None => return self.fail(io, codes::AUTH_SYNTAX.code, codes::AUTH_SYNTAX.text),
         };
         match creds {
             Ok(Some((user, password))) => self.login(io, &user, &password).await,
@@ -63,7 +64,7 @@ impl Session {
             None => self.sasl_step(io, "").await?,
         };
         let Some(resp) = resp else {
-            return Err(self.fail(io, 501, "5.5.2 Cannot decode response"));
+            return Err(self.fail(io, codes::UNDECODABLE.code, codes::UNDECODABLE.text));
         };
         let mut fields = resp.split(|&b| b == 0);
         let (Some(authz), Some(user), Some(pass), None) =
@@ -95,10 +96,10 @@ impl Session {
             None => self.sasl_step(io, "VXNlcm5hbWU6").await?,
         };
         let Some(user) = user else {
-            return Err(self.fail(io, 501, "5.5.2 Cannot decode response"));
+            return Err(self.fail(io, codes::UNDECODABLE.code, codes::UNDECODABLE.text));
         };
         let Some(pass) = self.sasl_step(io, "UGFzc3dvcmQ6").await? else {
-            return Err(self.fail(io, 501, "5.5.2 Cannot decode response"));
+            return Err(self.fail(io, codes::UNDECODABLE.code, codes::UNDECODABLE.text));
         };
         match (String::from_utf8(user), String::from_utf8(pass)) {
             (Ok(u), Ok(p)) => Ok(Some((u, p))),

@@ -29,7 +29,7 @@ async fn relay(dir: &Path) -> Arc<Relay> {
 async fn listen(relay: &Arc<Relay>) -> SocketAddr {
     let l = TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = l.local_addr().unwrap();
-    tokio::spawn(super::super::serve(relay.clone(), l, true));
+    tokio::spawn(crate::alpn::serve(relay.clone(), l, true));
     addr
 }
 
@@ -365,7 +365,7 @@ async fn plain_http_has_no_mxdeliv() {
     let r = relay(d.path()).await;
     let l = TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = l.local_addr().unwrap();
-    tokio::spawn(super::super::serve(r.clone(), l, false));
+    tokio::spawn(crate::alpn::serve(r.clone(), l, false));
     let mut tcp = TcpStream::connect(addr).await.unwrap();
     let req = format!(
         "POST /mxdeliv HTTP/1.1\r\nHost: x\r\nConnection: close\r\nX-MAIL-TO: {RCPT}\r\nContent-Length: 0\r\n\r\n"

@@ -1,6 +1,7 @@
-//! Client TLS for outbound delivery (reference §7): strict web-PKI verification against the
-//! system roots (webpki-roots when the system has none) plus the operator's extra CA file, or
-//! encryption without verification for domain literals and `_` names. Only the `ring` provider.
+//! Client TLS, one place for every outgoing connection (delivery, push, `/mxdeliv`, ACME):
+//! strict web-PKI verification against the system roots (webpki-roots when the system has none)
+//! plus the operator's extra CA file, or, for outbound delivery only (reference §7), encryption
+//! without verification for domain literals and `_` names. Only the `ring` provider.
 
 use anyhow::Context;
 use rustls::client::danger::{HandshakeSignatureValid, ServerCertVerified, ServerCertVerifier};
@@ -23,29 +24,7 @@ pub struct Connectors {
 impl Connectors {
     pub fn new(ca_file: Option<&Path>) -> anyhow::Result<Connectors> {
         let provider = Arc::new(rustls::crypto::ring::default_provider());
-        let mut roots = system_roots().clone();
-        if let Some(path) = ca_file {
-            let pem = std::fs::read(path)
-                .with_context(|| format!("cannot read outbound_ca_file {}", path.display()))?;
-            let certs: Vec<CertificateDer<'static>> = rustls_pemfile::certs(&mut pem.as_slice())
-                .collect::<Result<_, _>>()
-                .with_context(|| format!("bad PEM in outbound_ca_file {}", path.display()))?;
-            if certs.is_empty() {
-                anyhow::bail!("outbound_ca_file {} holds no certificate", path.display());
-            }
-            for c in certs {
-                roots.add(c).with_context(|| {
-                    format!(
-                        "unusable certificate in outbound_ca_file {}",
-                        path.display()
-                    )
-                })?;
-            }
-        }
-        let verified = ClientConfig::builder_with_provider(provider.clone())
-            .with_safe_default_protocol_versions()?
-            .with_root_certificates(roots)
-            .with_no_client_auth();
+        let verified = verified_config(ca_file, "outbound_ca_file")?;
         let unverified = ClientConfig::builder_with_provider(provider.clone())
             .with_safe_default_protocol_versions()?
             .dangerous()
@@ -65,8 +44,35 @@ impl Connectors {
     }
 }
 
+/// A verifying client config (ring only) trusting the system's roots plus the certificates in
+/// `ca_file` (named by its config `key` in errors), for clients that add their own ALPN.
+pub fn verified_config(ca_file: Option<&Path>, key: &str) -> anyhow::Result<ClientConfig> {
+    let mut roots = system_roots().clone();
+    if let Some(path) = ca_file {
+        let pem =
+            std::fs::read(path).with_context(|| format!("cannot read {key} {}", path.display()))?;
+        let certs: Vec<CertificateDer<'static>> = rustls_pemfile::certs(&mut pem.as_slice())
+            .collect::<Result<_, _>>()
+            .with_context(|| format!("bad PEM in {key} {}", path.display()))?;
+        if certs.is_empty() {
+            anyhow::bail!("{key} {} holds no certificate", path.display());
+        }
+        for c in certs {
+            roots
+                .add(c)
+                .with_context(|| format!("unusable certificate in {key} {}", path.display()))?;
+        }
+    }
+    Ok(
+        ClientConfig::builder_with_provider(Arc::new(rustls::crypto::ring::default_provider()))
+            .with_safe_default_protocol_versions()?
+            .with_root_certificates(roots)
+            .with_no_client_auth(),
+    )
+}
+
 /// The system's trust anchors, read once per process; webpki-roots when the system has none.
-pub(crate) fn system_roots() -> &'static RootCertStore {
+fn system_roots() -> &'static RootCertStore {
     static ROOTS: OnceLock<RootCertStore> = OnceLock::new();
     ROOTS.get_or_init(|| {
         let mut roots = RootCertStore::empty();
