@@ -186,7 +186,7 @@ fn logged_in(admin: &Admin, now: i64, https: bool, mut body: Value) -> Response 
 /// Whether this request may reach the API on this port: always over HTTPS, over plain HTTP only
 /// while set-up is pending (a new box has no certificate the browser trusts yet).
 pub fn reachable(relay: &Relay, https: bool) -> bool {
-    relay.admin.enabled() && (https || relay.admin.pending())
+    relay.admin.reachable(https)
 }
 
 /// `/api/admin/*` on port 443 (and on 80 while set-up is pending).
