@@ -353,7 +353,8 @@ def main() -> int:
         assert rc not in (None, 0), f"the tampered bundle was accepted (exit {rc}): {log[-500:]}"
         after = fw.vm.ctl("partsum", timeout=120)
         assert before == after, f"the tampered bundle changed a partition:\n{before}\n{after}"
-        results["tampered_message"] = log.strip().splitlines()[-2] if log.strip() else ""
+        msgs = [ln for ln in log.strip().splitlines() if not ln.startswith("exit: ")]
+        results["tampered_message"] = msgs[-1] if msgs else ""
         results["tampered_check_s"] = round(took, 1)
         lines.append("tampered: refused")
         say(f"tampered: refused in {took:.0f}s ({results['tampered_message']})")
