@@ -446,6 +446,32 @@ pub struct Config {
     /// The longest the upload of a backup to restore may take.
     #[serde(default = "d_admin_restore_timeout")]
     pub admin_restore_timeout: Seconds,
+    /// `[update]`: signed A/B updates of the appliance.
+    #[serde(default)]
+    pub update: UpdateConfig,
+}
+
+/// The `[update]` table. Not settable from the settings file: the root update agent reads
+/// these, and the settings file is the daemon's to write.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct UpdateConfig {
+    /// State, progress, agent requests and uploaded bundles.
+    pub dir: PathBuf,
+    /// Where the config partition p1 (autoboot.txt) is mounted.
+    pub firmware_dir: PathBuf,
+    /// How long a tryboot start has to become healthy before it reboots to the old slot.
+    pub commit_timeout: Seconds,
+}
+
+impl Default for UpdateConfig {
+    fn default() -> Self {
+        UpdateConfig {
+            dir: PathBuf::from("/data/update"),
+            firmware_dir: PathBuf::from("/run/relaybox/firmware"),
+            commit_timeout: Seconds(300),
+        }
+    }
 }
 
 fn d_http_body_timeout() -> Seconds {
@@ -465,7 +491,7 @@ pub const SETTINGS_FILE: &str = "settings.toml";
 
 /// Keys the settings file may not change: they decide where the settings file itself and the
 /// listeners are, and a wrong value there would lock the operator out of the wizard.
-const NOT_IN_SETTINGS: &[&str] = &["data_dir", "listen", "admin_ui"];
+const NOT_IN_SETTINGS: &[&str] = &["data_dir", "listen", "admin_ui", "update"];
 
 /// The `tls` config key.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]

@@ -29,6 +29,7 @@ pub mod server;
 pub mod smtp;
 pub mod store;
 pub mod tls;
+pub mod update;
 pub mod version;
 pub mod web;
 

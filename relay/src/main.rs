@@ -111,6 +111,70 @@ enum Cmd {
         force: bool,
         backup: PathBuf,
     },
+    /// Install a signed update bundle into the inactive slot of the appliance and reboot into
+    /// it on trial (it is committed once healthy, else the old slot comes back). Run as root.
+    Update {
+        /// The `relaybox-<version>-rpi-arm64.update` file.
+        file: PathBuf,
+        /// Install even if the bundle's version is not newer than the running one.
+        #[arg(long)]
+        allow_downgrade: bool,
+        /// Write and arm the new slot, but leave the reboot to the operator.
+        #[arg(long)]
+        no_reboot: bool,
+        /// Do not ask before installing.
+        #[arg(long)]
+        yes: bool,
+        #[arg(long, default_value = "/etc/relaybox/relaybox.toml")]
+        config: PathBuf,
+    },
+    /// Make and check update bundles (for builds and tests).
+    UpdateBundle {
+        #[command(subcommand)]
+        cmd: BundleCmd,
+    },
+    /// Do the pending request of the daemon (install, commit, reboot); run by
+    /// relaybox-update.service as root.
+    UpdateAgent {
+        #[arg(long, default_value = "/etc/relaybox/relaybox.toml")]
+        config: PathBuf,
+    },
+}
+
+#[derive(Subcommand)]
+enum BundleCmd {
+    /// Write a signed bundle of a boot and a root image.
+    Create {
+        #[arg(long)]
+        boot: PathBuf,
+        #[arg(long)]
+        root: PathBuf,
+        #[arg(long)]
+        version: String,
+        #[arg(long)]
+        build_id: String,
+        /// The Ed25519 private key (PKCS#8 DER; OpenSSL's `genpkey -algorithm ed25519` too).
+        #[arg(long)]
+        key: PathBuf,
+        #[arg(long)]
+        out: PathBuf,
+        #[arg(long, default_value = "aarch64")]
+        arch: String,
+        #[arg(long, default_value = relaybox::update::BOARD)]
+        board: String,
+    },
+    /// Check a bundle (signature, manifest, length, hashes) and print its manifest; exit 1 if
+    /// it is refused.
+    Verify {
+        file: PathBuf,
+        /// The public key file (one line of 64 hex digits).
+        #[arg(long)]
+        pubkey: PathBuf,
+        #[arg(long, default_value = "aarch64")]
+        arch: String,
+        #[arg(long, default_value = relaybox::update::BOARD)]
+        board: String,
+    },
 }
 
 /// The backup passphrase: from a file (first line) or the environment, never the command line
@@ -296,6 +360,15 @@ fn main() -> anyhow::Result<()> {
                 Ok(())
             }
         },
+        Cmd::Update {
+            file,
+            allow_downgrade,
+            no_reboot,
+            yes,
+            config,
+        } => update(&file, allow_downgrade, no_reboot, yes, &config),
+        Cmd::UpdateBundle { cmd } => update_bundle(cmd),
+        Cmd::UpdateAgent { config } => update_agent(&config),
         Cmd::Serve { config } => {
             let cfg = Config::load(&config)?;
             let relay = relaybox::server::build(cfg)?;
@@ -326,6 +399,143 @@ fn serve_until_done(
         anyhow::bail!("cannot restart relaybox with the new settings: {e}");
     }
     Ok(())
+}
+
+/// The `[update]` settings of the appliance's config file, or the defaults without one.
+fn update_env(config: &std::path::Path) -> anyhow::Result<relaybox::update::UpdateEnv> {
+    let u = if config.exists() {
+        Config::load(config)?.update
+    } else {
+        config::UpdateConfig::default()
+    };
+    Ok(relaybox::update::UpdateEnv::system(&u.dir, &u.firmware_dir))
+}
+
+fn update(
+    file: &std::path::Path,
+    allow_downgrade: bool,
+    no_reboot: bool,
+    yes: bool,
+    config: &std::path::Path,
+) -> anyhow::Result<()> {
+    use relaybox::update::install;
+    let env = update_env(config)?;
+    let mut progress = |step: &str, pct: u32| -> std::io::Result<()> {
+        println!("update: {step} {pct}%");
+        env.write_progress(step, pct, "");
+        Ok(())
+    };
+    let mut confirm = |m: &relaybox::update::bundle::Manifest, to: relaybox::update::Slot| {
+        println!(
+            "update: bundle of relaybox {} (build {}, {}), signed and intact",
+            m.version, m.build_id, m.created
+        );
+        if yes {
+            return true;
+        }
+        print!(
+            "Install version {} into slot {to} and reboot into it? [y/N] ",
+            m.version
+        );
+        let _ = std::io::Write::flush(&mut std::io::stdout());
+        let mut line = String::new();
+        std::io::stdin().read_line(&mut line).is_ok() && matches!(line.trim(), "y" | "Y" | "yes")
+    };
+    let r = install::install(
+        &env,
+        file,
+        &install::InstallOpts { allow_downgrade },
+        &mut progress,
+        &mut confirm,
+    );
+    let i = match r {
+        Ok(i) => i,
+        Err(e) => {
+            env.write_progress("error", 0, &e);
+            anyhow::bail!("update: {e}");
+        }
+    };
+    println!(
+        "update: version {} written to slot {} and verified; the next reboot tries it once",
+        i.version, i.to
+    );
+    if no_reboot {
+        println!("update: reboot when ready (`systemctl reboot`)");
+        return Ok(());
+    }
+    println!("update: rebooting");
+    relaybox::update::agent::reboot().map_err(anyhow::Error::msg)
+}
+
+fn update_bundle(cmd: BundleCmd) -> anyhow::Result<()> {
+    use relaybox::update::bundle;
+    match cmd {
+        BundleCmd::Create {
+            boot,
+            root,
+            version,
+            build_id,
+            key,
+            out,
+            arch,
+            board,
+        } => {
+            let pk8 =
+                std::fs::read(&key).with_context(|| format!("cannot read {}", key.display()))?;
+            let key = bundle::load_key(&pk8).map_err(anyhow::Error::msg)?;
+            // Reproducible builds set the time of their sources.
+            let created = std::env::var("SOURCE_DATE_EPOCH")
+                .ok()
+                .and_then(|s| s.parse().ok())
+                .unwrap_or_else(relaybox::update::now_secs);
+            let opts = bundle::CreateOpts {
+                version: &version,
+                build_id: &build_id,
+                arch: &arch,
+                board: &board,
+                created,
+            };
+            let m = bundle::create(&boot, &root, &opts, &key, &out)
+                .map_err(|e| anyhow::anyhow!("{}: {e}", out.display()))?;
+            println!("{}", serde_json::to_string_pretty(&m)?);
+            Ok(())
+        }
+        BundleCmd::Verify {
+            file,
+            pubkey,
+            arch,
+            board,
+        } => {
+            let key = relaybox::update::read_pubkey(&pubkey).map_err(anyhow::Error::msg)?;
+            let expect = bundle::Expect {
+                pubkey: &key,
+                arch: &arch,
+                board: &board,
+                running_version: "",
+                allow_downgrade: true,
+                boot_max: relaybox::update::BOOT_MAX,
+                root_max: relaybox::update::ROOT_MAX,
+            };
+            let h = bundle::verify_file(&file, &expect, &mut |_, _, _| Ok(()))
+                .map_err(|e| anyhow::anyhow!("{}: {e}", file.display()))?;
+            println!("{}", serde_json::to_string_pretty(&h.manifest)?);
+            Ok(())
+        }
+    }
+}
+
+fn update_agent(config: &std::path::Path) -> anyhow::Result<()> {
+    use relaybox::update::agent;
+    let env = update_env(config)?;
+    let Some(req) = agent::take(&env).map_err(anyhow::Error::msg)? else {
+        return Ok(());
+    };
+    tracing::info!(?req, "update agent: request");
+    match agent::handle(&env, req) {
+        Ok(agent::After::Nothing) => Ok(()),
+        Ok(agent::After::Reboot) => agent::reboot().map_err(anyhow::Error::msg),
+        Err(e) => anyhow::bail!("update agent: {e}"),
+    }
 }
 
 /// The config an admin command works on: the given file, or the `relaybox dev` data directory.

@@ -30,7 +30,17 @@ pub fn build(cfg: config::Config) -> anyhow::Result<Arc<Relay>> {
     );
     let conns = limits::ConnLimiter::new(caps);
     let inflight = limits::Budget::new(cfg.max_inflight_message_memory.0.max(cfg.max_message_size));
-    let store = store::Store::open(&cfg.data_dir.join("store"))
+    // A slot on trial leaves the store in a format the committed slot reads (store/format.rs).
+    let trial = matches!(
+        crate::update::commit::record_start(&crate::update::UpdateEnv::from_config(&cfg)),
+        crate::update::commit::Start::Tryboot(_)
+    );
+    let open = if trial {
+        store::Store::open_deferred
+    } else {
+        store::Store::open
+    };
+    let store = open(&cfg.data_dir.join("store"))
         .with_context(|| format!("cannot open the store in {}", cfg.data_dir.display()))?;
     let tls = tls::TlsConfigs::load(&cfg).context("cannot set up TLS")?;
     let clock = clock::Clock::system();
@@ -187,6 +197,7 @@ pub async fn run(relay: Arc<Relay>) -> anyhow::Result<()> {
     );
     let _ = sd_notify::notify(false, &[sd_notify::NotifyState::Ready]);
     spawn_watchdog(&relay);
+    crate::update::commit::spawn_watch(relay.clone());
 
     // A listener task only ends on shutdown; if one dies earlier (a bug), stop the whole relay so
     // that systemd restarts it instead of leaving a port silently dead.

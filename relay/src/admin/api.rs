@@ -1071,7 +1071,7 @@ async fn self_test(relay: &Relay) -> Value {
     }
 }
 
-async fn self_test_steps(relay: &Relay, steps: &mut Vec<String>) -> Result<(), String> {
+pub(crate) async fn self_test_steps(relay: &Relay, steps: &mut Vec<String>) -> Result<(), String> {
     use crate::policy::{Direction, Envelope};
     let cfg = &relay.cfg;
     let (a, pa) = crate::accounts::random_credentials(cfg);

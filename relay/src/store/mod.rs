@@ -8,6 +8,7 @@
 //! Writes go through one writer thread that batches whatever is waiting into one redb transaction
 //! (group commit): under load, many deliveries share one index fsync.
 
+pub mod format;
 mod index;
 mod recover;
 mod writer;
@@ -137,8 +138,11 @@ pub fn normalize_mailbox_name(name: &str) -> String {
 impl Store {
     /// Opens (or creates) the store in `dir`, repairing whatever a crash left: orphan body files
     /// and leftovers in tmp/ are removed, index entries without a body are dropped.
+    /// Runs pending format migrations too (`format`; a tryboot start uses `open_deferred`).
     pub fn open(dir: &Path) -> Result<Store, StoreError> {
-        recover::open(dir)
+        let s = Store::open_deferred(dir)?;
+        s.migrate()?;
+        Ok(s)
     }
 
     pub fn dir(&self) -> &Path {

@@ -426,3 +426,44 @@ async fn crash_while_queueing_keeps_all_or_nothing() {
         assert_eq!(files, queued * 2, "{point:?}: no orphan files");
     }
 }
+
+/// The update rule (store/format.rs): a tryboot start of a version with a newer store format
+/// opens without migrating, so the old version, booted again after a failed trial, still
+/// reads everything, including mail the trial accepted. Migration runs after commit.
+#[tokio::test]
+async fn update_tryboot_start_leaves_the_store_readable_by_the_old_format() {
+    use format::Migration;
+    fn to_v2(txn: &redb::WriteTransaction) -> Result<(), StoreError> {
+        // A format change the old version could not read: a new table it would have to keep
+        // consistent.
+        const T: redb::TableDefinition<u64, u64> = redb::TableDefinition::new("v2_only");
+        txn.open_table(T)?.insert(1, 1)?;
+        Ok(())
+    }
+    let v2 = [Migration { to: 2, run: to_v2 }];
+    let d = tempfile::tempdir().unwrap();
+    let (s, acc, inbox) = store_with_account(d.path()).await;
+    s.deliver(&[acc], body(1)).await.unwrap();
+    assert_eq!(s.format().unwrap(), format::FORMAT);
+    drop(s);
+    // The tryboot start of "v2": opened deferred, mail accepted, no migration.
+    let s = Store::open_deferred(d.path()).unwrap();
+    s.deliver(&[acc], body(2)).await.unwrap();
+    assert_eq!(s.format().unwrap(), 1);
+    drop(s);
+    // The trial failed: the old version (format 1) opens it and has both messages.
+    let s = Store::open(d.path()).unwrap();
+    assert_eq!(s.migrate_to(1, &[]).unwrap(), 1);
+    assert_eq!(s.messages(inbox).unwrap().len(), 2);
+    assert_consistent(&s, &[inbox]);
+    // Committed: the migration runs; from then on the old version refuses with a reason
+    // instead of misreading.
+    assert_eq!(s.migrate_to(2, &v2).unwrap(), 2);
+    assert_eq!(s.format().unwrap(), 2);
+    let e = s.migrate_to(1, &[]).unwrap_err().to_string();
+    assert!(
+        e.contains("the store is in format 2, newer than this relaybox reads (1)"),
+        "{e}"
+    );
+    assert_eq!(s.messages(inbox).unwrap().len(), 2);
+}
