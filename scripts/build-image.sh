@@ -349,7 +349,7 @@ build_tryboot_module() {
 			die "cannot install $kb:arm64 (the kernel in the cached root is $KVER; when the mirror has moved on, delete $BASE to take the newer kernel)"; }
 		mv "$tc.tmp" "$tc"
 	fi
-	step "kernel module relaybox_tryboot: make against /usr/src/$kb-arm64... in $tc"
+	step "kernel module relaybox_tryboot: make against /usr/src/$kb in $tc"
 	local hdr
 	hdr=$(cd "$tc/usr/src" && ls -d "$kb" 2>/dev/null) || die "no /usr/src/$kb in $tc"
 	rm -rf "$tc/build"
@@ -647,7 +647,7 @@ printf 'relaybox %s (build %s), kernel %s\n' "$VERSION" "$BUILD_ID" "$KVER" >"$B
 #   update writes it at the start of the inactive boot partition; a 256 MiB image would make the
 #   bundle that much larger for nothing but zeros)
 BOOT_KIB=$(du -s --apparent-size --block-size=1K "$BOOT" | cut -f1)
-BOOT_IMG_KIB=$(( (BOOT_KIB * 5 / 4 + 8192 + 1023) / 1024 * 1024 ))
+BOOT_IMG_KIB=$(( (BOOT_KIB * 11 / 10 + 4096 + 1023) / 1024 * 1024 ))
 [ "$BOOT_IMG_KIB" -le $((BOOT_SLOT_MIB * 1024)) ] || die "the boot files ($BOOT_KIB KiB) do not fit a $BOOT_SLOT_MIB MiB slot"
 mkfs.vfat -C -n RELAYBOX -i "${DISK_ID:0:6}00" "$WORK/boot.vfat" "$BOOT_IMG_KIB" >/dev/null
 (cd "$BOOT" && find . -maxdepth 1 -type f -printf '%f\n' | LC_ALL=C sort | while read -r f; do
