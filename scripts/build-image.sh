@@ -651,7 +651,7 @@ BOOT_IMG_KIB=$(( (BOOT_KIB * 11 / 10 + 4096 + 1023) / 1024 * 1024 ))
 [ "$BOOT_IMG_KIB" -le $((BOOT_SLOT_MIB * 1024)) ] || die "the boot files ($BOOT_KIB KiB) do not fit a $BOOT_SLOT_MIB MiB slot"
 mkfs.vfat -C -n RELAYBOX -i "${DISK_ID:0:6}00" "$WORK/boot.vfat" "$BOOT_IMG_KIB" >/dev/null
 (cd "$BOOT" && find . -maxdepth 1 -type f -printf '%f\n' | LC_ALL=C sort | while read -r f; do
-	mcopy -i "$WORK/boot.vfat" -m "$f" "::$f"; done)
+	mcopy -i "$WORK/boot.vfat" -m "$f" "::$f" || exit 1; done) || die "the boot files do not fit the bundle's boot image"
 
 # -------------------------------------------------------------------------------------------------
 step "disk image: MBR, p1 config, p2/p3 boot A/B, p4 extended: p5/p6 root A/B, p7 data"
