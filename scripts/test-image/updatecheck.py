@@ -368,6 +368,7 @@ def main() -> int:
         cuts_ok = 0
         for i in range(n):
             at = rng.uniform(i / n, (i + 1) / n) * est * 1.2
+            fetch(fw, "good.update", *where["good.update"])  # a no-op when it is still there
             assert fw.vm.ctl("update good.update --no-reboot", timeout=20).strip() == "started"
             t0 = time.monotonic()
             while time.monotonic() - t0 < at and fw.proc.poll() is None:
@@ -377,6 +378,8 @@ def main() -> int:
             except (OSError, TimeoutError):
                 progress = []
             last = progress[-1] if progress else "(no output yet)"
+            failed = [ln for ln in progress if ln.startswith("exit: ") and ln != "exit: 0"]
+            assert not failed, f"the install failed by itself before the cut: {progress[-5:]}"
             say(f"power cut {i + 1}/{n} at {at:.1f}s into the install (last line: {last})")
             fw.power_cut()
             st = boot_and_probe(fw, relay, "", f"boot of A after power cut {i + 1}", 2)
