@@ -19,7 +19,8 @@
 #      Pi firmware (autoboot.txt, the tryboot flag, config.txt) and runs the four scenarios
 #      (tampered bundle, power cuts during an install, rollback of a broken update, an update
 #      that commits) with the build's .update bundle re-versioned (build-image.sh --rebundle);
-#      RELAYBOX_IMAGE_UPDATE_TESTS=0 skips them (quick local runs; CI always runs them)
+#      RELAYBOX_IMAGE_UPDATE_TESTS=0 skips them (quick local runs; CI always runs them),
+#      RELAYBOX_IMAGE_POWER_CUTS (5, the minimum) sets the number of power cuts
 #
 # Logs, the serial console and results: test-artifacts/image/. Bounded: every wait has a deadline
 # (the VM checks RELAYBOX_IMAGE_TIMEOUT s, default 900).
@@ -198,7 +199,7 @@ if [ "$rc" -eq 0 ] && [ "${RELAYBOX_IMAGE_UPDATE_TESTS:-1}" != 0 ]; then
     U0=$(date +%s)
     timeout -k 10 "${RELAYBOX_IMAGE_UPDATE_TIMEOUT:-3000}" "$PY" scripts/test-image/updatecheck.py --disk "$DISK" \
         --good "$WORK/good.update" --broken "$WORK/broken.update" --good-version "$NEXT_VERSION" \
-        --offset "$OFFSET" --artifacts "$ART" --work "$WORK/update" || urc=$?
+        --offset "$OFFSET" --artifacts "$ART" --work "$WORK/update" --power-cuts "${RELAYBOX_IMAGE_POWER_CUTS:-5}" || urc=$?
     echo "update scenarios: $(( $(date +%s) - U0 ))s (exit $urc)"
 fi
 
