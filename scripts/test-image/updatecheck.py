@@ -271,6 +271,21 @@ def run_update(fw: Firmware, name: str, args: str = "", timeout: float = 1200) -
     raise AssertionError(f"relaybox update {name} did not finish within {timeout:.0f}s: {log[-500:]}")
 
 
+# The install's steps in order (relaybox update's progress lines `update: <step> <n>%`); a cut
+# point is a position on this scale: 100 per step, then 100 for "written, flag set, not rebooted".
+STEPS = ["verifying boot", "verifying root", "writing boot", "writing root", "checking boot", "checking root"]
+
+
+def install_position(log: str) -> int:
+    pos = 0
+    for m in re.finditer(r"^update: (\w+ \w+) (\d+)%$", log, re.M):
+        if m.group(1) in STEPS:
+            pos = max(pos, STEPS.index(m.group(1)) * 100 + int(m.group(2)))
+    if re.search(r"^exit: 0$", log, re.M):
+        pos = len(STEPS) * 100
+    return pos
+
+
 def check_works(fw: Firmware, relay: VMRelay, st: dict, slot: str, committed: int, mail: dict, what: str) -> None:
     assert slot_of(st) == slot, f"{what}: running {st.get('cmdline_root')}, not slot {slot}"
     in_vm = st.get("autoboot", "").split("[tryboot]")[0].split()
@@ -366,30 +381,37 @@ def main() -> int:
 
         # --- power cuts during the install -----------------------------------------------------
         fetch(fw, "good.update", *where["good.update"])
-        # the install reads the bundle (verify), writes both images and reads them back: about
-        # three full passes; the cut points are spread over [0, 1.2 x that] in equal strata
-        est = max(30.0, 3.5 * took)
+        # the cut points: random positions of the install's progress (verify, write, read back
+        # each image; then done with the flag set but not rebooted), one in each of n equal strata
         n = args.power_cuts
+        scale = (len(STEPS) + 1) * 100
         cuts_ok = 0
         for i in range(n):
-            at = rng.uniform(i / n, (i + 1) / n) * est * 1.2
+            target = int(rng.uniform(i / n, (i + 1) / n) * scale)
             fetch(fw, "good.update", *where["good.update"])  # a no-op when it is still there
             assert fw.vm.ctl("update good.update --no-reboot", timeout=20).strip() == "started"
             t0 = time.monotonic()
-            while time.monotonic() - t0 < at and fw.proc.poll() is None:
-                time.sleep(0.2)
-            try:
-                progress = update_log(fw).strip().splitlines()
-            except (OSError, TimeoutError):
-                progress = []
+            progress: list[str] = []
+            while time.monotonic() - t0 < 900 and fw.proc.poll() is None:
+                try:
+                    text = update_log(fw)
+                except (OSError, TimeoutError):
+                    continue
+                progress = text.strip().splitlines()
+                done = install_position(text)
+                if done >= target or re.search(r"^exit: ", text, re.M):
+                    break
+            if target > len(STEPS) * 100:  # after the install: wait a random part of a few seconds
+                time.sleep(rng.uniform(0, 5))
+            at = time.monotonic() - t0
             last = progress[-1] if progress else "(no output yet)"
             failed = [ln for ln in progress if ln.startswith("exit: ") and ln != "exit: 0"]
             assert not failed, f"the install failed by itself before the cut: {progress[-5:]}"
-            say(f"power cut {i + 1}/{n} at {at:.1f}s into the install (last line: {last})")
+            say(f"power cut {i + 1}/{n} at position {target}/{scale}, {at:.1f}s into the install (last line: {last})")
             fw.power_cut()
             st = boot_and_probe(fw, relay, "", f"boot of A after power cut {i + 1}", 2)
             check_works(fw, relay, st, "A", 2, mail, f"after power cut {i + 1}")
-            results.setdefault("power_cuts", []).append({"at_s": round(at, 1), "last_line": last,
+            results.setdefault("power_cuts", []).append({"target": target, "at_s": round(at, 1), "last_line": last,
                                                          "phase_after": state(st).get("phase")})
             cuts_ok += 1
         lines.append(f"power-cut: ok {cuts_ok}/{n}")
