@@ -265,6 +265,13 @@ def run_update(fw: Firmware, name: str, args: str = "", timeout: float = 1200) -
             time.sleep(1)
             continue
         m = re.search(r"^exit: (\d+)$", log, re.M)
+        if m and m.group(1) == "0" and re.search(r"^update: rebooting$", log, re.M):
+            # the reboot is queued: QEMU ends once the guest has shut down
+            try:
+                fw.proc.wait(300)
+            except subprocess.TimeoutExpired:
+                raise AssertionError("relaybox update said it reboots, but the VM did not reboot in 300 s")
+            return None, log, time.monotonic() - t0
         if m:
             return int(m.group(1)), log, time.monotonic() - t0
         time.sleep(1)
