@@ -94,7 +94,115 @@ if [ "${1:-}" = --buildroot ]; then
 	buildroot_build "$@"
 	exit 0
 fi
-[ $# -eq 0 ] || { echo "usage: $0 [--buildroot rpi4|rpi5]" >&2; exit 2; }
+
+# =================================================================================================
+# Update bundles (issue 15): relaybox-<version>-rpi-arm64.update, signed with the key in
+# RELAYBOX_UPDATE_KEY_DIR (default image/test-keys: the committed TEST key, so the image is
+# test-signed: fine for CI and trying things out, never for a release; scripts/release-key.sh
+# makes a release key pair outside the repository)
+# =================================================================================================
+KEY_DIR=${RELAYBOX_UPDATE_KEY_DIR:-$REPO/image/test-keys}
+update_key() {  # sets UPDATE_PUB, UPDATE_PK8, TEST_SIGNED
+	UPDATE_PUB=$KEY_DIR/update-key.pub
+	[ -f "$UPDATE_PUB" ] || die "no $UPDATE_PUB (RELAYBOX_UPDATE_KEY_DIR=$KEY_DIR; scripts/release-key.sh DIR makes one)"
+	grep -Eqx '[0-9a-f]{64}' "$UPDATE_PUB" || die "$UPDATE_PUB is not one line of 64 hex digits"
+	UPDATE_PK8=$KEY_DIR/release-key.pk8
+	[ -f "$UPDATE_PK8" ] || UPDATE_PK8=$KEY_DIR/update-test-key.pk8
+	[ -f "$UPDATE_PK8" ] || die "no release-key.pk8 (or update-test-key.pk8) in $KEY_DIR"
+	TEST_SIGNED=
+	if [ "$(cd "$KEY_DIR" && pwd -P)" = "$(cd "$REPO/image/test-keys" 2>/dev/null && pwd -P)" ]; then
+		TEST_SIGNED=1
+		echo "################################################################################"
+		echo "## WARNING: test-signed: updates for this image are signed with the TEST key in"
+		echo "## image/test-keys/, whose private half is public. Set RELAYBOX_UPDATE_KEY_DIR to"
+		echo "## a release key (scripts/release-key.sh) for anything but tests."
+		echo "################################################################################"
+	fi
+}
+# the host's relaybox, for `relaybox update-bundle create` (RELAYBOX_BIN: the one scripts/test.sh built)
+host_relaybox() {
+	HOST_BIN=${RELAYBOX_BIN:-$REPO/target/release/relaybox}
+	if [ ! -x "$HOST_BIN" ] || ! "$HOST_BIN" update-bundle --help >/dev/null 2>&1; then
+		step "host build of relaybox (for update-bundle create)"
+		nice -n 10 cargo build --release --locked -p relaybox 2>&1 | tail -n 3
+		HOST_BIN=$REPO/target/release/relaybox
+	fi
+	"$HOST_BIN" update-bundle --help >/dev/null 2>&1 || die "$HOST_BIN has no update-bundle subcommand"
+}
+# make_bundle BOOT.img ROOT.img VERSION BUILD_ID OUT: sign, then check the result with the public key
+make_bundle() {
+	rm -f "$5"
+	"$HOST_BIN" update-bundle create --boot "$1" --root "$2" --version "$3" --build-id "$4" \
+		--key "$UPDATE_PK8" --out "$5.tmp" || die "update-bundle create failed"
+	"$HOST_BIN" update-bundle verify "$5.tmp" --pubkey "$UPDATE_PUB" >/dev/null \
+		|| die "the new bundle does not verify with $UPDATE_PUB"
+	mv "$5.tmp" "$5"
+}
+
+# --rebundle IN.update OUT.update --version V [--build-id ID] [--broken-relaybox]: a bundle made
+# from another one's images with another version in os-release (and, for the QEMU rollback test
+# only, a relaybox that exits 1): rebuilds the EROFS root, no cross build, ~1 minute.
+rebundle() {
+	local in=$1 out=$2 version= build_id= broken=
+	shift 2
+	while [ $# -gt 0 ]; do
+		case $1 in
+		--version) version=$2; shift 2 ;;
+		--build-id) build_id=$2; shift 2 ;;
+		--broken-relaybox) broken=1; shift ;;
+		*) die "--rebundle: unknown option $1" ;;
+		esac
+	done
+	[ -n "$version" ] || die "--rebundle needs --version"
+	build_id=${build_id:-rebundle.$version${broken:+.broken}}
+	local w
+	w=$(mktemp -d /tmp/relaybox-rebundle.XXXXXX)
+	# shellcheck disable=SC2064
+	trap "rm -rf '$w'" EXIT
+	python3 - "$in" "$w" <<'PY'
+import json, struct, sys
+src, w = sys.argv[1], sys.argv[2]
+with open(src, "rb") as f:
+    assert f.read(8) == b"RBXUPD01", "not a relaybox update bundle"
+    (mlen,) = struct.unpack("<I", f.read(4))
+    m = json.loads(f.read(mlen))
+    f.read(64)
+    for part in ("boot", "root"):
+        left = m[part]["size"]
+        with open(f"{w}/{part}.img", "wb") as o:
+            while left:
+                b = f.read(min(left, 1 << 20))
+                assert b, "truncated bundle"
+                o.write(b)
+                left -= len(b)
+PY
+	fsck.erofs --extract="$w/root" "$w/root.img" >/dev/null || die "cannot extract the root of $in"
+	rm -f "$w/root.img"
+	sed -i -e "s/^VERSION=.*/VERSION=\"$version (build $build_id)\"/" -e "s/^VERSION_ID=.*/VERSION_ID=\"$version\"/" \
+		-e "s/^IMAGE_VERSION=.*/IMAGE_VERSION=\"$version\"/" -e "s/^PRETTY_NAME=.*/PRETTY_NAME=\"relaybox $version\"/" \
+		-e "s/^BUILD_ID=.*/BUILD_ID=\"$build_id\"/" "$w/root/usr/lib/os-release"
+	if [ -n "$broken" ]; then
+		printf '#!/bin/sh\n# QEMU rollback test: a relaybox that never becomes healthy\necho "relaybox: broken on purpose (update rollback test)" >&2\nexit 1\n' \
+			>"$w/root/usr/bin/relaybox"
+	fi
+	mkfs.erofs -zlz4hc -T "$SOURCE_DATE_EPOCH" "$w/root.img" "$w/root" >/dev/null 2>&1 || die "mkfs.erofs failed"
+	rm -rf "$w/root"
+	printf 'relaybox %s (build %s)\n' "$version" "$build_id" >"$w/relaybox-version.txt"
+	mcopy -o -i "$w/boot.img" "$w/relaybox-version.txt" ::relaybox-version.txt
+	make_bundle "$w/boot.img" "$w/root.img" "$version" "$build_id" "$out"
+	echo "bundle: $out ($(stat -c %s "$out") bytes, version $version, build $build_id${broken:+, relaybox broken on purpose})"
+}
+
+if [ "${1:-}" = --rebundle ]; then
+	[ $# -ge 3 ] || { echo "usage: $0 --rebundle IN.update OUT.update --version V [--build-id ID] [--broken-relaybox]" >&2; exit 2; }
+	shift
+	export SOURCE_DATE_EPOCH=${SOURCE_DATE_EPOCH:-$(git log -1 --format=%ct 2>/dev/null || date +%s)}
+	update_key
+	host_relaybox
+	rebundle "$@"
+	exit 0
+fi
+[ $# -eq 0 ] || { echo "usage: $0 [--buildroot rpi4|rpi5 | --rebundle IN OUT --version V ...]" >&2; exit 2; }
 
 # =================================================================================================
 # Debian arm64 image (CI)
@@ -161,6 +269,8 @@ have zstd || need+=(zstd)
 have file || need+=(file)
 apt_install "${need[@]}"
 ensure_cargo
+update_key
+host_relaybox
 
 # -------------------------------------------------------------------------------------------------
 # The root filesystem recipe; its hash names the cached tarball.
@@ -211,6 +321,52 @@ if [ -n "$MMDEB_PID" ]; then
 fi
 
 # -------------------------------------------------------------------------------------------------
+# The kernel module relaybox_tryboot (image/tryboot-module/), cross-built for the image's kernel
+# $KVER. Debian's linux-headers-<abi>-arm64 (arm64 headers, Module.symvers) need the host-arch
+# linux-kbuild of the same version (fixdep, modpost) and Debian's gcc-14: trixie packages, which
+# this (older) build host may not have; so they are installed into a trixie amd64+arm64 chroot
+# (mmdebstrap, native maintainer scripts, ~70 s cold), cached in $CACHE, and make runs in it.
+# The .ko is cached too, keyed by kernel and module source.
+build_tryboot_module() {
+	local src=$REPO/image/tryboot-module key kb tc
+	key=$(cat "$src"/Kbuild "$src"/*.c | sha256sum | cut -c1-16)
+	TRYBOOT_KO=$CACHE/relaybox_tryboot-$KVER-$key.ko
+	if [ -s "$TRYBOOT_KO" ]; then
+		step "kernel module relaybox_tryboot for $KVER: cached $TRYBOOT_KO"
+		return 0
+	fi
+	[ "$(uname -m)" = x86_64 ] || die "building relaybox_tryboot needs an x86_64 (amd64) build host"
+	kb=linux-headers-$KVER
+	tc=$CACHE/kbuild-$KVER
+	if [ ! -d "$tc" ]; then
+		step "kernel module toolchain: mmdebstrap trixie amd64 chroot with gcc-aarch64-linux-gnu and $kb:arm64 (once per kernel)"
+		rm -rf "$tc.tmp"
+		timeout 900 mmdebstrap --variant=apt --mode=root --format=directory --architectures=amd64,arm64 \
+			--include="make,gcc-aarch64-linux-gnu,$kb:arm64" \
+			'--setup-hook=printf "Package: linux-*\nPin: release n=trixie-backports\nPin-Priority: 990\n" >"$1/etc/apt/preferences.d/relaybox-kernel"' \
+			"$SUITE" "$tc.tmp" "deb $MIRROR trixie main" "deb $MIRROR trixie-backports main" \
+			>"$WORK/mmdebstrap-kbuild.log" 2>&1 || { tail -n 30 "$WORK/mmdebstrap-kbuild.log"; rm -rf "$tc.tmp"
+			die "cannot install $kb:arm64 (the kernel in the cached root is $KVER; when the mirror has moved on, delete $BASE to take the newer kernel)"; }
+		mv "$tc.tmp" "$tc"
+	fi
+	step "kernel module relaybox_tryboot: make against /usr/src/$kb in $tc"
+	local hdr
+	hdr=$(cd "$tc/usr/src" && ls -d "$kb" 2>/dev/null) || die "no /usr/src/$kb in $tc"
+	rm -rf "$tc/build"
+	mkdir -p "$tc/build"
+	cp "$src"/Kbuild "$src"/*.c "$tc/build/"
+	chroot "$tc" make -s -C "/usr/src/$hdr" M=/build ARCH=arm64 CROSS_COMPILE=aarch64-linux-gnu- modules \
+		>"$WORK/tryboot-module.log" 2>&1 || { cat "$WORK/tryboot-module.log"; die "building relaybox_tryboot failed"; }
+	local ko=$tc/build/relaybox_tryboot.ko vm
+	vm=$(modinfo -F vermagic "$ko")
+	case $vm in "$KVER "*) ;; *) die "relaybox_tryboot has vermagic '$vm', not the image kernel $KVER" ;; esac
+	aarch64-linux-gnu-strip --strip-debug -o "$TRYBOOT_KO.tmp" "$ko"
+	mv "$TRYBOOT_KO.tmp" "$TRYBOOT_KO"
+	rm -rf "$tc/build"
+	echo "relaybox_tryboot.ko: $(stat -c %s "$TRYBOOT_KO") bytes, vermagic $vm"
+}
+
+# -------------------------------------------------------------------------------------------------
 step "assemble the root: Debian base + buildroot-overlay/ + relaybox"
 ROOT=$WORK/root
 BOOT=$WORK/boot-a
@@ -255,6 +411,10 @@ systemd-sysusers --root="$ROOT" "$WORK"/sysusers.d/*.conf
 	net/mac80211 net/ceph net/sunrpc)
 find "$KDIR/kernel/drivers/net/ethernet" -mindepth 1 -maxdepth 1 ! -name broadcom ! -name cadence -exec rm -rf {} +
 find "$KDIR/kernel/drivers/net/wireless" -mindepth 1 -maxdepth 1 ! -name broadcom -exec rm -rf {} +
+#   relaybox_tryboot: the module that sets the firmware's tryboot flag for updates (see
+#   image/tryboot-module/), built against this very kernel's headers
+build_tryboot_module
+install -D -m 0644 "$TRYBOOT_KO" "$KDIR/updates/relaybox_tryboot.ko"
 depmod -b "$ROOT" "$KVER"
 #   firmware: only the Wi-Fi chip of the Pi 4 and Pi 5 (CYW43455) and the regulatory database
 FW=$ROOT/usr/lib/firmware
@@ -379,6 +539,8 @@ cp -a buildroot-overlay/. "$ROOT"/
 install -D -m 0755 scripts/test-image/overlay/usr/libexec/relaybox-test/testctl "$ROOT/usr/libexec/relaybox-test/testctl"
 install -m 0644 scripts/test-image/overlay/usr/lib/systemd/system/relaybox-test*.service "$ROOT/usr/lib/systemd/system/"
 install -m 0755 "$BIN" "$ROOT/usr/bin/relaybox"
+#   the public key updates must be signed with
+install -D -m 0644 "$UPDATE_PUB" "$ROOT/usr/share/relaybox/update-key.pub"
 aarch64-linux-gnu-strip "$ROOT/usr/bin/relaybox"
 mkdir -p "$ROOT/data" "$ROOT/boot"
 #   the relaybox user (RELAYBOX_USERS in image/package/relaybox/relaybox.mk)
@@ -387,7 +549,7 @@ systemd-sysusers --root="$ROOT" "$WORK/relaybox-sysusers.conf"
 #   the presets of buildroot-overlay/usr/lib/systemd/system-preset/70-relaybox.preset
 SYSTEMCTL=(systemctl --root="$ROOT" --quiet)
 "${SYSTEMCTL[@]}" enable relaybox.service relaybox-firstboot.service relaybox-console.service \
-	relaybox-imager-config.service systemd-networkd.service systemd-networkd-wait-online.service \
+	relaybox-imager-config.service relaybox-update.path relaybox-tryboot-watchdog.service systemd-networkd.service systemd-networkd-wait-online.service \
 	systemd-resolved.service systemd-timesyncd.service systemd-time-wait-sync.service
 "${SYSTEMCTL[@]}" disable getty@.service 2>/dev/null || true
 "${SYSTEMCTL[@]}" disable wpa_supplicant.service 2>/dev/null || true
@@ -461,12 +623,35 @@ device_tree=bcm2711-rpi-cm4-io.dtb
 # The Pi 5 boots from its EEPROM; it picks bcm2712-rpi-5-b.dtb or, on D0 boards,
 # bcm2712d0-rpi-5-b.dtb (a copy of Linux's bcm2712-d-rpi-5-b.dtb) by itself.
 
+# A/B: autoboot.txt on p1 names the boot partition; each slot's own root (p5, p6)
+[boot_partition=2]
+cmdline=cmdline-a.txt
+[boot_partition=3]
+cmdline=cmdline-b.txt
+
 [all]
 EOF
 # console=tty1 last: /dev/console is the HDMI screen (the setup code); serial: ttyS1 (Pi 4, mini
 # UART with upstream device trees), ttyAMA10 (Pi 5 debug UART)
-printf 'root=PARTUUID=%s-05 rootfstype=erofs ro rootwait console=ttyS1,115200 console=ttyAMA10,115200 console=tty1 net.ifnames=0 cma=64M quiet\n' "$DISK_ID" >"$BOOT/cmdline.txt"
+# One boot partition image for both slots (an update writes the same one to p2 or p3): the
+# firmware's [boot_partition=N] filter in config.txt picks the command line naming the root of
+# the slot it booted; cmdline.txt (slot A) is for firmware without that filter.
+for slot in a:05 b:06; do
+	printf 'root=PARTUUID=%s-%s rootfstype=erofs ro rootwait console=ttyS1,115200 console=ttyAMA10,115200 console=tty1 net.ifnames=0 cma=64M quiet\n' \
+		"$DISK_ID" "${slot#*:}" >"$BOOT/cmdline-${slot%:*}.txt"
+done
+cp "$BOOT/cmdline-a.txt" "$BOOT/cmdline.txt"
 printf 'relaybox %s (build %s), kernel %s\n' "$VERSION" "$BUILD_ID" "$KVER" >"$BOOT/relaybox-version.txt"
+
+#   the boot image of the update bundle: the same files in a FAT sized to them plus headroom (an
+#   update writes it at the start of the inactive boot partition; a 256 MiB image would make the
+#   bundle that much larger for nothing but zeros)
+BOOT_KIB=$(du -s --apparent-size --block-size=1K "$BOOT" | cut -f1)
+BOOT_IMG_KIB=$(( (BOOT_KIB * 11 / 10 + 4096 + 1023) / 1024 * 1024 ))
+[ "$BOOT_IMG_KIB" -le $((BOOT_SLOT_MIB * 1024)) ] || die "the boot files ($BOOT_KIB KiB) do not fit a $BOOT_SLOT_MIB MiB slot"
+mkfs.vfat -C -n RELAYBOX -i "${DISK_ID:0:6}00" "$WORK/boot.vfat" "$BOOT_IMG_KIB" >/dev/null
+(cd "$BOOT" && find . -maxdepth 1 -type f -printf '%f\n' | LC_ALL=C sort | while read -r f; do
+	mcopy -i "$WORK/boot.vfat" -m "$f" "::$f" || exit 1; done) || die "the boot files do not fit the bundle's boot image"
 
 # -------------------------------------------------------------------------------------------------
 step "disk image: MBR, p1 config, p2/p3 boot A/B, p4 extended: p5/p6 root A/B, p7 data"
@@ -555,6 +740,10 @@ json.dump({"os_list": [entry]}, open(sys.argv[1], "w"), indent=2)
 open(sys.argv[1], "a").write("\n")
 PY
 
+step "update bundle: $NAME.update (boot $(stat -c %s "$WORK/boot.vfat") + root $ROOT_SIZE bytes)"
+make_bundle "$WORK/boot.vfat" "$WORK/root.erofs" "$VERSION" "$BUILD_ID" "$BUILD/$NAME.update"
+BUNDLE_SIZE=$(stat -c %s "$BUILD/$NAME.update")
+
 step "done"
 {
 	echo "image:       $IMG.xz ($XZ_SIZE bytes compressed, $RAW_SIZE bytes raw)"
@@ -562,6 +751,7 @@ step "done"
 	echo "imager json: $BUILD/relaybox.json"
 	echo "version:     relaybox $VERSION (build $BUILD_ID), kernel $KVER"
 	echo "root (EROFS): $ROOT_SIZE bytes in a $ROOT_SLOT_MIB MiB slot"
+	echo "update:      $BUILD/$NAME.update ($BUNDLE_SIZE bytes)${TEST_SIGNED:+, TEST-SIGNED (image/test-keys)}"
 	echo "build time:  $(( $(date +%s) - T0 ))s"
 } | tee "$BUILD/$NAME.summary.txt"
 echo "flash with Raspberry Pi Imager (Use custom) or: xzcat $IMG.xz | sudo dd of=/dev/sdX bs=4M conv=fsync status=progress"

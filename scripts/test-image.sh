@@ -15,6 +15,12 @@
 #      (systemd.wants=relaybox-testctl.service, a unit that is in the image but never enabled),
 #      the serial console, and no 2-minute wait for an NTP server the VM cannot reach
 #   4. scripts/test-image/vmcheck.py does the checks from the host (see there)
+#   5. the A/B updates (issue 15), on the same disk: scripts/test-image/updatecheck.py plays the
+#      Pi firmware (autoboot.txt, the tryboot flag, config.txt) and runs the four scenarios
+#      (tampered bundle, power cuts during an install, rollback of a broken update, an update
+#      that commits) with the build's .update bundle re-versioned (build-image.sh --rebundle);
+#      RELAYBOX_IMAGE_UPDATE_TESTS=0 skips them (quick local runs; CI always runs them),
+#      RELAYBOX_IMAGE_POWER_CUTS (5, the issue's minimum) sets the number of power cuts
 #
 # Logs, the serial console and results: test-artifacts/image/. Bounded: every wait has a deadline
 # (the VM checks RELAYBOX_IMAGE_TIMEOUT s, default 900).
@@ -173,14 +179,44 @@ kill "$QEMU_PID" 2>/dev/null || true
 wait "$QEMU_PID" 2>/dev/null || true
 QEMU_PID=
 
+# ---------------------------------------------------------------------------------------------
+# the A/B updates (issue 15)
+urc=0
+if [ "$rc" -eq 0 ] && [ "${RELAYBOX_IMAGE_UPDATE_TESTS:-1}" != 0 ]; then
+    BUNDLE=${XZ%.img.xz}.update
+    [ -f "$BUNDLE" ] || die "no update bundle $BUNDLE next to the image"
+    IMG_VERSION=$(basename "$XZ" | sed -n 's/^relaybox-\(.*\)-rpi-arm64\.img\.xz$/\1/p')
+    NEXT_VERSION=$(echo "$IMG_VERSION" | awk -F. -v OFS=. '{ $NF = $NF + 1; print }')
+    step "update bundles: $NEXT_VERSION (working) and $NEXT_VERSION (relaybox broken) from $(basename "$BUNDLE") ($(stat -c %s "$BUNDLE") bytes)"
+    mkdir -p "$WORK/update"
+    R0=$(date +%s)
+    nice -n 10 bash scripts/build-image.sh --rebundle "$BUNDLE" "$WORK/good.update" --version "$NEXT_VERSION" \
+        >"$ART/rebundle.log" 2>&1 || { tail -n 20 "$ART/rebundle.log"; die "build-image.sh --rebundle failed"; }
+    nice -n 10 bash scripts/build-image.sh --rebundle "$BUNDLE" "$WORK/broken.update" --version "$NEXT_VERSION" \
+        --broken-relaybox >>"$ART/rebundle.log" 2>&1 || { tail -n 20 "$ART/rebundle.log"; die "build-image.sh --rebundle failed"; }
+    echo "rebundled in $(( $(date +%s) - R0 ))s: $(grep '^bundle:' "$ART/rebundle.log" | tr '\n' ' ')"
+    step "update scenarios (QEMU, the harness plays the Pi firmware; serial logs in $ART/serial-update-run*.log)"
+    U0=$(date +%s)
+    timeout -k 10 "${RELAYBOX_IMAGE_UPDATE_TIMEOUT:-3000}" "$PY" scripts/test-image/updatecheck.py --disk "$DISK" \
+        --good "$WORK/good.update" --broken "$WORK/broken.update" --good-version "$NEXT_VERSION" \
+        --offset "$OFFSET" --artifacts "$ART" --work "$WORK/update" --power-cuts "${RELAYBOX_IMAGE_POWER_CUTS:-5}" || urc=$?
+    echo "update scenarios: $(( $(date +%s) - U0 ))s (exit $urc)"
+fi
+
 TOTAL=$(( $(date +%s) - T0 ))
 {
     echo "image: $XZ: $XZ_SIZE bytes compressed, $RAW_SIZE bytes raw; build: $BUILD_TIME"
     [ -f "$ART/results.txt" ] && cat "$ART/results.txt"
+    [ -f "$ART/update-results.txt" ] && cat "$ART/update-results.txt"
+    [ "${RELAYBOX_IMAGE_UPDATE_TESTS:-1}" != 0 ] || echo "update scenarios: skipped (RELAYBOX_IMAGE_UPDATE_TESTS=0)"
     echo "total script time: ${TOTAL}s"
 } | tee "$ART/summary.txt"
 if [ "$rc" -ne 0 ]; then
     echo "image test FAILED (vmcheck exit $rc); see $ART/" >&2
     exit "$rc"
+fi
+if [ "$urc" -ne 0 ]; then
+    echo "image test FAILED (update scenarios, updatecheck exit $urc); see $ART/" >&2
+    exit "$urc"
 fi
 step "image test passed"

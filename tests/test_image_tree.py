@@ -676,3 +676,132 @@ def test_built_image_root_has_no_secrets(tmp_path):
     assert list(fw.glob("brcm/brcmfmac43455-sdio.raspberrypi,5-model-b.txt"))
     assert list(fw.glob("cypress/cyfmac43455-sdio.bin")) and list(fw.glob("regulatory.db"))
     assert (out / "usr/sbin/wpa_supplicant").exists() and (out / "usr/bin/wpa_passphrase").exists()
+
+
+# --- the built image: updates (issue 15) ---------------------------------------------------------
+
+
+def read_partition(img, part, dest, size=None):
+    _, parts = partitions(img)
+    left = size if size is not None else parts[part]["size"] * 512
+    with open(img, "rb") as src, open(dest, "wb") as dst:
+        src.seek(parts[part]["start"] * 512)
+        while left:
+            chunk = src.read(min(left, 1 << 20))
+            if not chunk:
+                break
+            dst.write(chunk)
+            left -= len(chunk)
+    return dest
+
+
+def vermagic(ko: bytes) -> str:
+    m = re.search(rb"vermagic=([^\0]*)\0", ko)
+    assert m, "no vermagic in the module"
+    return m.group(1).decode()
+
+
+def bundle_parts(path):
+    """(manifest, signature, offset of the payload) of a relaybox .update bundle (UPD-IFACE §1)."""
+    with open(path, "rb") as f:
+        assert f.read(8) == b"RBXUPD01"
+        mlen = int.from_bytes(f.read(4), "little")
+        manifest = json.loads(f.read(mlen))
+        sig = f.read(64)
+    return manifest, sig, 12 + mlen + 64
+
+
+def test_built_image_tryboot_module_and_update_units(tmp_path):
+    """The root has the relaybox_tryboot module built for its own kernel (vermagic equal to the
+    kernel's modules'), loaded at boot, the update key and the enabled update units."""
+    img = built_image()
+    if shutil.which("fsck.erofs") is None:
+        pytest.skip("erofs-utils not installed")
+    root = read_partition(img, 5, tmp_path / "root.erofs")
+    out = tmp_path / "root"
+    r = subprocess.run(["fsck.erofs", f"--extract={out}", "--no-preserve", str(root)], capture_output=True, text=True)
+    assert r.returncode == 0, r.stdout + r.stderr
+    root.unlink()
+    (kdir,) = list((out / "usr/lib/modules").iterdir())
+    ko = kdir / "updates/relaybox_tryboot.ko"
+    assert ko.is_file(), "relaybox_tryboot.ko is not in the root"
+    data = ko.read_bytes()
+    assert data[:4] == b"\x7fELF" and data[0x12:0x14] == (183).to_bytes(2, "little"), "not an arm64 ELF module"
+    # the kernel's own modules say which vermagic it accepts
+    ref = next(kdir.rglob("erofs.ko*"), None) or next(kdir.rglob("*.ko.xz"))
+    raw = ref.read_bytes()
+    if ref.name.endswith(".xz"):
+        import lzma
+        raw = lzma.decompress(raw)
+    elif ref.name.endswith(".zst"):
+        raw = subprocess.run(["zstd", "-qdc", str(ref)], capture_output=True, check=True).stdout
+    assert vermagic(data) == vermagic(raw), f"vermagic {vermagic(data)!r} != the kernel's {vermagic(raw)!r}"
+    assert vermagic(data).split()[0] == kdir.name
+    assert re.search(rb"license=GPL\0", data), "not GPL: the firmware symbols are EXPORT_SYMBOL_GPL"
+    assert b"rpi_firmware_property" in data and b"rpi_firmware_get" in data
+    assert "updates/relaybox_tryboot.ko:" in (kdir / "modules.dep").read_text(), "depmod did not see it"
+    loads = [ln.strip() for p in (out / "usr/lib/modules-load.d").glob("*.conf") for ln in p.read_text().splitlines()]
+    assert "relaybox_tryboot" in loads, "relaybox_tryboot is not loaded at boot (modules-load.d)"
+    key = (out / "usr/share/relaybox/update-key.pub").read_text()
+    assert re.fullmatch(r"[0-9a-f]{64}\n?", key), "update-key.pub is not 64 hex digits"
+    wants = {p.name for p in (out / "etc/systemd/system").glob("*.wants/*")}
+    for unit in ("relaybox-tryboot-watchdog.service", "relaybox-update.path"):
+        assert unit in wants, f"{unit} is not enabled"
+    assert (out / "usr/lib/systemd/system/relaybox-update.service").is_file()
+    fstab = [ln.split() for ln in (out / "etc/fstab").read_text().splitlines() if ln and not ln.startswith("#")]
+    (p1,) = [f for f in fstab if f[1] == "/run/relaybox/firmware"]
+    assert p1[0] == "PARTUUID=52424f58-01" and p1[2] == "vfat" and "rw" in p1[3].split(",")
+
+
+def test_built_image_update_bundle(tmp_path):
+    """The .update bundle next to the image: signed manifest of this version, its root image is
+    byte for byte the image's root A, its boot image a small FAT with the A/B command lines."""
+    img = built_image()
+    bundle = Path(str(img).removesuffix(".img") + ".update")
+    assert bundle.is_file(), f"no {bundle.name} next to the image"
+    manifest, sig, off = bundle_parts(bundle)
+    version = re.match(r"relaybox-(.+)-rpi-arm64\.img$", img.name).group(1)
+    assert manifest["format"] == 1 and manifest["version"] == version, manifest
+    assert manifest["arch"] == "aarch64" and manifest["board"] == "rpi-arm64"
+    boot, root = manifest["boot"], manifest["root"]
+    assert bundle.stat().st_size == off + boot["size"] + root["size"], "payload size does not match the manifest"
+    assert len(sig) == 64
+    # the boot image is sized to its content, not the 256 MiB slot
+    assert boot["size"] <= 128 * 2**20, f"boot image {boot['size']} bytes"
+    with open(bundle, "rb") as f:
+        f.seek(off)
+        boot_img = f.read(boot["size"])
+        h = hashlib.sha256()
+        left = root["size"]
+        while left:
+            chunk = f.read(min(left, 1 << 20))
+            h.update(chunk)
+            left -= len(chunk)
+    assert hashlib.sha256(boot_img).hexdigest() == boot["sha256"]
+    assert h.hexdigest() == root["sha256"]
+    p5 = read_partition(img, 5, tmp_path / "p5", size=root["size"])
+    assert hashlib.sha256(p5.read_bytes()).hexdigest() == root["sha256"], "the bundle's root is not root A"
+    p5.unlink()
+    (tmp_path / "boot.img").write_bytes(boot_img)
+    files = {}
+    for name in ("config.txt", "cmdline.txt", "cmdline-a.txt", "cmdline-b.txt", "Image", "initrd.img"):
+        r = subprocess.run(["mtype" if name.endswith(".txt") else "mdir", "-i", str(tmp_path / "boot.img"), f"::{name}"],
+                           capture_output=True)
+        assert r.returncode == 0, f"{name} not in the bundle's boot image"
+        files[name] = r.stdout.decode(errors="replace")
+    # one boot image for both slots: the firmware's [boot_partition=N] picks the root
+    config = files["config.txt"]
+    assert re.search(r"^\[boot_partition=2\]\ncmdline=cmdline-a\.txt$", config, re.M), config
+    assert re.search(r"^\[boot_partition=3\]\ncmdline=cmdline-b\.txt$", config, re.M), config
+    assert "root=PARTUUID=52424f58-05 " in files["cmdline-a.txt"] and "root=PARTUUID=52424f58-06 " in files["cmdline-b.txt"]
+    assert files["cmdline.txt"] == files["cmdline-a.txt"]
+    # the signature, with relaybox itself when a host build is there
+    binary = os.environ.get("RELAYBOX_BIN", str(REPO / "target/release/relaybox"))
+    if Path(binary).is_file():
+        key = tmp_path / "update-key.pub"
+        summary = img.with_name(img.name.removesuffix(".img") + ".summary.txt").read_text()
+        if "TEST-SIGNED" in summary:
+            shutil.copy(REPO / "image/test-keys/update-key.pub", key)
+            r = subprocess.run([binary, "update-bundle", "verify", str(bundle), "--pubkey", str(key)],
+                               capture_output=True, text=True)
+            assert r.returncode == 0, r.stdout + r.stderr
