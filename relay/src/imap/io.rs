@@ -205,6 +205,29 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Framed<S> {
         }
     }
 
+    /// Appends what arrives, at most `max` bytes, to `dst`: at least one byte, or an error (end of
+    /// input is an error here, since a literal was announced).
+    async fn read_some(
+        &mut self,
+        dst: &mut Vec<u8>,
+        max: usize,
+        deadline: Option<Instant>,
+    ) -> Result<usize, ReadError> {
+        let mut limited = (&mut self.stream).take(max as u64);
+        let read = limited.read_buf(dst);
+        let got = match deadline {
+            Some(d) => match tokio::time::timeout_at(d, read).await {
+                Ok(r) => r?,
+                Err(_) => return Err(ReadError::Timeout),
+            },
+            None => read.await?,
+        };
+        if got == 0 {
+            return Err(ReadError::Eof);
+        }
+        Ok(got)
+    }
+
     /// Appends exactly `n` bytes of input to `dst`. Memory grows as data arrives, not as
     /// announced, so announcing a huge literal costs a client nothing it has not sent.
     async fn read_exact_into(
@@ -222,19 +245,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Framed<S> {
                 // accounted for in the budget) by more than the command's text.
                 dst.reserve_exact(left.min(dst.len().max(256 * 1024)));
             }
-            let mut limited = (&mut self.stream).take(left as u64);
-            let read = limited.read_buf(dst);
-            let got = match deadline {
-                Some(d) => match tokio::time::timeout_at(d, read).await {
-                    Ok(r) => r?,
-                    Err(_) => return Err(ReadError::Timeout),
-                },
-                None => read.await?,
-            };
-            if got == 0 {
-                return Err(ReadError::Eof);
-            }
-            left -= got;
+            left -= self.read_some(dst, left, deadline).await?;
         }
         Ok(())
     }
@@ -356,19 +367,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Framed<S> {
                 return Ok(());
             }
             let room = (SPOOL_CHUNK - chunk.len()).min(left);
-            let mut limited = (&mut self.stream).take(room as u64);
-            let read = limited.read_buf(&mut chunk);
-            let got = match deadline {
-                Some(d) => match tokio::time::timeout_at(d, read).await {
-                    Ok(r) => r?,
-                    Err(_) => return Err(ReadError::Timeout),
-                },
-                None => read.await?,
-            };
-            if got == 0 {
-                return Err(ReadError::Eof);
-            }
-            left -= got;
+            left -= self.read_some(&mut chunk, room, deadline).await?;
         }
     }
 
