@@ -489,15 +489,7 @@ async fn backup_from_one_relay_restores_into_a_new_one_through_the_api() {
         &acc.password_hash
     ));
     // The upload went to a file, which is gone again.
-    let left: Vec<_> = std::fs::read_dir(b_dir.path().join("admin"))
-        .unwrap()
-        .filter_map(|e| e.ok())
-        .filter(|e| {
-            e.file_name()
-                .to_string_lossy()
-                .starts_with("restore-upload")
-        })
-        .collect();
+    let left = restore_uploads_left(b_dir.path());
     assert!(left.is_empty(), "{left:?}");
 }
 
@@ -522,15 +514,7 @@ async fn a_backup_upload_over_its_limit_is_refused() {
     )
     .await;
     assert_eq!(status, 413);
-    let left: Vec<_> = std::fs::read_dir(dir.path().join("admin"))
-        .unwrap()
-        .filter_map(|e| e.ok())
-        .filter(|e| {
-            e.file_name()
-                .to_string_lossy()
-                .starts_with("restore-upload")
-        })
-        .collect();
+    let left = restore_uploads_left(dir.path());
     assert!(left.is_empty(), "{left:?}");
 }
 
@@ -1000,4 +984,14 @@ async fn state_names_the_served_certificate_fingerprint() {
         .collect();
     assert_eq!(fp, want.join(":"));
     assert_eq!(v["certificate"]["self_issued"], true);
+}
+
+/// Backup uploads still lying in the admin dir (each is deleted once the restore is done or refused).
+fn restore_uploads_left(data_dir: &std::path::Path) -> Vec<std::ffi::OsString> {
+    std::fs::read_dir(data_dir.join("admin"))
+        .unwrap()
+        .filter_map(|e| e.ok())
+        .map(|e| e.file_name())
+        .filter(|n| n.to_string_lossy().starts_with("restore-upload"))
+        .collect()
 }
