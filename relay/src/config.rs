@@ -8,7 +8,9 @@ use std::fmt;
 use std::net::{IpAddr, SocketAddr};
 use std::path::{Path, PathBuf};
 
+mod ddns;
 pub(crate) mod settings;
+pub use ddns::DdnsConfig;
 
 #[derive(Debug, thiserror::Error)]
 pub enum ConfigError {
@@ -480,6 +482,9 @@ pub struct Config {
     /// `[update]`: signed A/B updates of the appliance.
     #[serde(default)]
     pub update: UpdateConfig,
+    /// `[ddns]`: dynamic DNS updates of the domain's A/AAAA records.
+    #[serde(default)]
+    pub ddns: DdnsConfig,
 }
 
 /// The `[update]` table. Not settable from the settings file: the root update agent reads
@@ -796,6 +801,7 @@ impl Config {
                 "must be at least 1s and at most queue_retry_max".into(),
             );
         }
+        self.ddns.check()?;
         if self.queue_lifetime.0 == 0 {
             return invalid("queue_lifetime", "must be longer than zero".into());
         }

@@ -28,6 +28,7 @@ pub mod backup;
 pub mod clock;
 pub mod config;
 pub mod control;
+pub mod ddns;
 pub mod delivery;
 pub mod dkim;
 pub mod dns;
@@ -73,4 +74,6 @@ pub struct Relay {
     pub conns: Arc<limits::ConnLimiter>,
     /// Memory for message bodies being received.
     pub inflight: Arc<limits::Budget>,
+    /// Dynamic DNS status for the admin page.
+    pub ddns: ddns::Ddns,
 }

@@ -70,6 +70,7 @@ pub fn build(cfg: config::Config) -> anyhow::Result<Arc<Relay>> {
         shutdown: net::Shutdown::new(),
         conns,
         inflight,
+        ddns: Default::default(),
     }))
 }
 
@@ -223,6 +224,10 @@ pub async fn run_with(relay: Arc<Relay>, ready: impl FnOnce()) -> anyhow::Result
     if relay.cfg.is_acme() {
         tokio::spawn(crate::acme::renewal_schedule(relay.clone()));
     }
+    // The router's external IPv4 (port mapping) goes in here; until something sends, only
+    // `ddns.ipv4` gives the public IPv4.
+    let (_router_v4, router_v4_rx) = tokio::sync::watch::channel(None);
+    tokio::spawn(crate::ddns::run(relay.clone(), router_v4_rx));
     tokio::spawn(relay.delivery.push().clone().run(relay.shutdown.clone()));
     tokio::spawn(relay.delivery.queue().clone().run(relay.shutdown.clone()));
     tracing::info!(

@@ -997,6 +997,7 @@ fn status(relay: &Relay) -> Value {
         "last_expiry": relay.admin.last_expiry(),
         "expiry_time_utc": relay.cfg.expiry_time,
         "last_dns_check": relay.admin.last_dns_check.lock_or_recover().clone(),
+        "ddns": relay.ddns.status(),
         "warnings": crate::logbuf::warnings(10),
         "version": crate::version::long(),
         "os_release": crate::version::os_release(std::path::Path::new("/etc/os-release")),
