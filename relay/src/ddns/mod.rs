@@ -86,6 +86,16 @@ pub fn current(cfg: &DdnsConfig, router_v4: Option<Ipv4Addr>, local: &[IpAddr]) 
     Addresses { ipv4, ipv6 }
 }
 
+/// The public addresses for the DNS step's A/AAAA records: the IPv4 the last DDNS check saw
+/// or `ddns.ipv4`, and the box's global IPv6.
+pub fn public_addresses(relay: &Relay) -> Addresses {
+    let seen = relay.ddns.status().current;
+    Addresses {
+        ipv4: seen.ipv4.or(relay.cfg.ddns.ipv4),
+        ipv6: crate::dns::reach::global_ipv6(&crate::dns::reach::local_addresses()),
+    }
+}
+
 /// Writes `want` with every configured method; what each said, and whether all succeeded.
 pub async fn update(
     cfg: &DdnsConfig,
