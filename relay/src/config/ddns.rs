@@ -74,9 +74,10 @@ impl DdnsConfig {
             if !(lower.starts_with("http://") || lower.starts_with("https://"))
                 || u.replace(['{', '}'], "").parse::<hyper::Uri>().is_err()
             {
+                // Not echoed: the URL usually holds the provider's token.
                 return invalid(
                     "ddns.update_url",
-                    format!("expected an http:// or https:// URL, got {u:?}"),
+                    "expected an http:// or https:// URL".into(),
                 );
             }
         }
