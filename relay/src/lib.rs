@@ -1,13 +1,14 @@
 //! relaybox: a chatmail relay in one binary.
 //!
-//! Module map (arrows are "uses"; no cycles, except that `update` runs `admin`'s self-test
-//! before it commits an update):
+//! Module map (arrows are "uses"; no cycles):
 //! - `alpn` (ports 80 and 443: TLS, then IMAP, SMTP or HTTPS by ALPN) → `imap`, `smtp`, `web`,
 //!   `admin` (its API is a route of `web`'s router).
 //! - `smtp` → `policy`, `delivery`, `accounts`; `imap` → `store`, `accounts`, `delivery`, `push`;
 //!   `web` (pages, `/new`, `/mxdeliv`) → `delivery`, `accounts`, `store`, `policy`.
 //! - `admin` (set-up wizard, admin API) → `web`, `accounts`, `backup`, `update`, `dns`, `dkim`,
-//!   `acme`, `expiry`.
+//!   `acme`, `expiry`, `selftest`.
+//! - `update` (signed A/B updates) → `selftest` (before it commits a trial boot); `selftest` (one
+//!   message between two fresh addresses) → `accounts`, `delivery`, `store`, `policy`.
 //! - `delivery` → `store`, `policy`, `dkim` (origin check of incoming mail), `dns` (MX), `tls`,
 //!   `push`, `expiry` (quota); `push`, `expiry`, `accounts`, `backup` → `store`.
 //! - `dkim` → `dns`; `acme` → `tls`; `metrics` → `acme` (certificate dates).
@@ -43,6 +44,7 @@ pub mod metrics;
 pub mod net;
 pub mod policy;
 pub mod push;
+pub mod selftest;
 pub mod server;
 pub mod smtp;
 pub mod store;
