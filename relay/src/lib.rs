@@ -20,6 +20,9 @@
 //! survive a panicking holder), `net` (the accept loop and TLS handshake of every listener),
 //! `http_client` (the outgoing POSTs of push and `/mxdeliv`), `tls::client` (client TLS of every
 //! outgoing connection), `acme::inspect_der` (X.509).
+//!
+//! `testkit` (test relays, the SERVFAIL DNS server, shared test helpers) is built only for tests
+//! and with the `testkit` feature (the fuzz crate); the test hooks of `store` and `dns` with it.
 
 pub mod accounts;
 pub mod acme;
@@ -33,8 +36,6 @@ pub mod delivery;
 pub mod dkim;
 pub mod dns;
 pub mod expiry;
-#[doc(hidden)]
-pub mod fuzzing;
 pub mod http_client;
 pub mod imap;
 pub mod io;
@@ -49,6 +50,9 @@ pub mod server;
 pub mod smtp;
 pub mod store;
 pub mod sync;
+#[cfg(any(test, feature = "testkit"))]
+#[doc(hidden)]
+pub mod testkit;
 pub mod tls;
 pub mod update;
 pub mod version;

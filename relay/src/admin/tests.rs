@@ -1,5 +1,5 @@
 use super::api::{Endpoint, COOKIE, PREFIX};
-use crate::fuzzing::{https_request, test_relay};
+use crate::testkit::{https_request, test_relay};
 use crate::Relay;
 use std::sync::Arc;
 

@@ -36,8 +36,10 @@ mod tests_limits;
 #[cfg(test)]
 mod tests_net;
 
-/// For the `imap_seqsearch` fuzz target (crate::fuzzing).
+/// For the `imap_seqsearch` fuzz target (crate::testkit).
+#[cfg(any(test, feature = "testkit"))]
 pub(crate) use search::find_ci;
+#[cfg(any(test, feature = "testkit"))]
 pub(crate) use sequence::{resolve_seqs, resolve_uids, Ranges, SetError, MAX_RANGES};
 
 use crate::limits::{Service, Slot};

@@ -15,7 +15,7 @@ pub(super) const PASS: &str = "password1";
 pub(super) const RCPT: &str = "rcptuser1@[127.0.0.1]";
 
 pub(super) fn relay_with(dir: &Path, tune: impl FnOnce(&mut Config)) -> Arc<Relay> {
-    crate::fuzzing::test_relay(dir, tune).unwrap()
+    crate::testkit::test_relay(dir, tune).unwrap()
 }
 
 /// A relay with the sender and one recipient account.

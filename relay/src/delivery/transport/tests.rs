@@ -180,7 +180,7 @@ async fn receiver(
 ) -> Receiver {
     let dir = tempfile::tempdir().unwrap();
     let domain = domain.to_string();
-    let relay = crate::fuzzing::test_relay(dir.path(), move |cfg| {
+    let relay = crate::testkit::test_relay(dir.path(), move |cfg| {
         cfg.mail_domain = domain;
         if let Some((c, k)) = tls {
             cfg.tls_cert = Some(c);
@@ -214,7 +214,7 @@ fn free_port(ip: [u8; 4]) -> u16 {
 }
 
 fn sender_cfg(dir: &Path, https: u16, smtp: u16) -> Config {
-    let mut cfg = crate::fuzzing::test_config(dir).unwrap();
+    let mut cfg = crate::testkit::test_config(dir).unwrap();
     cfg.outbound_https_port = https;
     cfg.outbound_smtp_port = smtp;
     cfg.allowed_destination_networks = vec![loopback_net()];

@@ -1,6 +1,9 @@
-//! Entry points for the fuzz targets in `fuzz/` (cargo-fuzz). Not an API: it exists so the
-//! targets can build a relay on a temporary directory and drive the SMTP and IMAP sessions over
-//! an in-memory stream, and reach the pure gate functions.
+//! The test kit: what unit tests and the fuzz targets in `fuzz/` (cargo-fuzz) share. Not an
+//! API, and not in the release binary: built for `cfg(test)` and with the `testkit` feature
+//! (which the fuzz crate enables). It builds a relay on a temporary directory, drives the SMTP
+//! and IMAP sessions over an in-memory stream, reaches the pure gate functions, and holds the
+//! test-only hooks (the SERVFAIL DNS server here; `Store::crash_at` and `Dns::pin_dkim_key`
+//! are compiled only together with this module).
 
 use crate::config::{ByteSize, Config};
 use crate::Relay;
@@ -63,7 +66,7 @@ pub fn test_config(dir: &Path) -> anyhow::Result<Config> {
     cfg.max_load_1m = 1e9;
     cfg.min_available_memory = ByteSize(0);
     cfg.min_free_disk_space = ByteSize(0);
-    cfg.dns_servers = vec![crate::dns::servfail_server()];
+    cfg.dns_servers = vec![servfail_server()];
     Ok(cfg)
 }
 
@@ -279,4 +282,32 @@ pub fn split_request(rest: &[u8]) -> (Headers, &[u8]) {
         })
         .collect();
     (headers, body)
+}
+
+/// A DNS server for tests that answers every query with SERVFAIL at once, so temporary failures
+/// can be tested without waiting for timeouts. The test and fuzz relays resolve through it,
+/// so they never reach the network and an unexpected lookup fails at once instead of hanging.
+pub fn servfail_server() -> std::net::SocketAddr {
+    // One per process: every test relay asks for it, and each server is a thread for good.
+    static SERVER: std::sync::OnceLock<std::net::SocketAddr> = std::sync::OnceLock::new();
+    *SERVER.get_or_init(start_servfail_server)
+}
+
+fn start_servfail_server() -> std::net::SocketAddr {
+    let sock = std::net::UdpSocket::bind("127.0.0.1:0").expect("bind a loopback UDP port");
+    let addr = sock.local_addr().expect("a bound socket has an address");
+    std::thread::spawn(move || {
+        let mut buf = [0u8; 1500];
+        while let Ok((n, peer)) = sock.recv_from(&mut buf) {
+            if n < 12 {
+                continue;
+            }
+            // Same id and question; QR (response) and RA set, RCODE 2 (SERVFAIL).
+            let mut resp = buf[..n].to_vec();
+            resp[2] |= 0x80;
+            resp[3] = 0x80 | 2;
+            let _ = sock.send_to(&resp, peer);
+        }
+    });
+    addr
 }
