@@ -190,8 +190,6 @@ pub async fn router_request(
     headers: &[(Vec<u8>, Vec<u8>)],
     body: Vec<u8>,
 ) -> anyhow::Result<(u16, axum::http::HeaderMap, Vec<u8>)> {
-    use http_body_util::BodyExt;
-    use tower::Service;
     let mut req = axum::http::Request::builder().method(method).uri(path);
     for (name, value) in headers {
         if let (Ok(n), Ok(v)) = (
@@ -202,12 +200,52 @@ pub async fn router_request(
         }
     }
     let req = req.body(axum::body::Body::from(body))?;
+    route(relay, https, req).await
+}
+
+/// Passes `req` through the HTTPS (`https`) or plain HTTP router, without a socket, and
+/// collects the whole response: status code, headers and body.
+pub async fn route(
+    relay: &Arc<Relay>,
+    https: bool,
+    req: axum::http::Request<axum::body::Body>,
+) -> anyhow::Result<(u16, axum::http::HeaderMap, Vec<u8>)> {
+    use http_body_util::BodyExt;
+    use tower::Service;
     let mut router = crate::alpn::app(relay.clone(), https);
     let resp = router.call(req).await?;
     let status = resp.status().as_u16();
     let headers = resp.headers().clone();
     let bytes = resp.into_body().collect().await?.to_bytes().to_vec();
     Ok((status, headers, bytes))
+}
+
+/// The bodies of the messages in `addr`'s INBOX, oldest first; the account and its INBOX must
+/// exist.
+pub async fn inbox(relay: &Relay, addr: &str) -> Vec<Vec<u8>> {
+    let acc = relay.store.account(addr).unwrap().expect("account");
+    let mbox = relay
+        .store
+        .mailbox(acc.id, "INBOX")
+        .unwrap()
+        .expect("INBOX");
+    let mut out = Vec::new();
+    for m in relay.store.messages(mbox.id).unwrap() {
+        out.push(relay.store.read_body(m.body_id).await.unwrap());
+    }
+    out
+}
+
+/// A port on `ip` that is free for both TCP and UDP (bound, then let go): for a listener a test
+/// starts later, or for a port where nobody may answer.
+pub fn free_port(ip: std::net::IpAddr) -> u16 {
+    loop {
+        let udp = std::net::UdpSocket::bind((ip, 0)).unwrap();
+        let port = udp.local_addr().unwrap().port();
+        if std::net::TcpListener::bind((ip, port)).is_ok() {
+            return port;
+        }
+    }
 }
 
 /// The setup code of the admin fuzz relay (also in the target's dictionary).

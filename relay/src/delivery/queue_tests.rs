@@ -68,15 +68,7 @@ impl Receiver {
     }
 }
 
-async fn inbox(relay: &Relay, addr: &str) -> Vec<Vec<u8>> {
-    let a = relay.store.account(addr).unwrap().unwrap();
-    let mb = relay.store.mailbox(a.id, "INBOX").unwrap().unwrap();
-    let mut out = Vec::new();
-    for m in relay.store.messages(mb.id).unwrap() {
-        out.push(relay.store.read_body(m.body_id).await.unwrap());
-    }
-    out
-}
+use crate::testkit::inbox;
 
 /// The sending relay, with its queue running; `tune` sets retry and lifetime.
 async fn sender(

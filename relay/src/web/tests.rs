@@ -167,20 +167,8 @@ async fn call(
         .extension(super::ClientAddr("192.0.2.7:5555".parse().unwrap()))
         .body(Body::empty())
         .unwrap();
-    let resp = crate::alpn::app(relay.clone(), https)
-        .oneshot(req)
-        .await
-        .unwrap();
-    let status = resp.status();
-    let headers = resp.headers().clone();
-    let body = resp
-        .into_body()
-        .collect()
-        .await
-        .unwrap()
-        .to_bytes()
-        .to_vec();
-    (status, headers, body)
+    let (status, headers, body) = crate::testkit::route(relay, https, req).await.unwrap();
+    (StatusCode::from_u16(status).unwrap(), headers, body)
 }
 
 #[tokio::test]

@@ -92,15 +92,7 @@ async fn post(relay: &Relay, addr: SocketAddr, headers: &[&str], body: &[u8]) ->
     send(relay, addr, &head, body).await
 }
 
-async fn inbox(relay: &Relay, addr: &str) -> Vec<Vec<u8>> {
-    let acc = relay.store.account(addr).unwrap().unwrap();
-    let mbox = relay.store.mailbox(acc.id, "INBOX").unwrap().unwrap();
-    let mut out = Vec::new();
-    for m in relay.store.messages(mbox.id).unwrap() {
-        out.push(relay.store.read_body(m.body_id).await.unwrap());
-    }
-    out
-}
+use crate::testkit::inbox;
 
 #[tokio::test]
 async fn encrypted_mail_to_a_local_user_lands_in_the_inbox() {
