@@ -5,21 +5,21 @@
 //! session never sees a socket, only a stream, and hands STARTTLS back here for the handshake.
 
 mod data;
-#[cfg(test)]
-mod limit_tests;
 mod path;
-#[cfg(test)]
-mod policy_tests;
-#[cfg(test)]
-mod prop_tests;
-#[cfg(test)]
-mod rcpt_tests;
 mod session;
 mod stream;
 #[cfg(test)]
 mod tests;
 #[cfg(test)]
-mod tls_tests;
+mod tests_limits;
+#[cfg(test)]
+mod tests_policy;
+#[cfg(test)]
+mod tests_prop;
+#[cfg(test)]
+mod tests_rcpt;
+#[cfg(test)]
+mod tests_tls;
 
 use crate::limits::{Service, Slot};
 use crate::net::{next_conn_id, Conn};
