@@ -219,7 +219,7 @@ async fn tls_accept(relay: &Relay, tcp: TcpStream, kind: Kind) -> Option<Conn> {
 /// until the client closes, the session ends or STARTTLS is accepted (no handshake here; with
 /// `tls` the session behaves as after one). No pause after failed logins; `timeout` bounds each
 /// read and write.
-#[doc(hidden)]
+#[cfg(any(test, feature = "testkit"))]
 pub async fn run_session<S>(relay: Arc<Relay>, kind: Kind, tls: bool, stream: S, timeout: Duration)
 where
     S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin,
