@@ -343,10 +343,10 @@ mod tests {
             std::fs::Permissions::from_mode(0o644),
         )
         .unwrap();
-        let relay = crate::fuzzing::test_relay(&data, |_| {}).unwrap();
+        let relay = crate::testkit::test_relay(&data, |_| {}).unwrap();
         let a = relay
             .accounts
-            .login(crate::fuzzing::USER, crate::fuzzing::PASS)
+            .login(crate::testkit::USER, crate::testkit::PASS)
             .await
             .unwrap();
         relay

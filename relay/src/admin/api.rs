@@ -393,7 +393,7 @@ async fn run(ep: Endpoint, c: &Call<'_>) -> Result<Response, ApiError> {
         }
         Backup => backup(c),
         Restore => restore(c).await,
-        Test => Ok(ok(super::selftest::self_test(relay).await)),
+        Test => Ok(ok(crate::selftest::self_test(relay).await)),
         Updates => Ok(ok(super::update_api::status(relay))),
         // Handled (streamed) before the body is read as JSON.
         UpdateUpload => Err(bad("the bundle is the request body")),
