@@ -231,7 +231,7 @@ function showPortmap(s) {
   if (!note) return;
   const working = s.state === "working";
   note.textContent = working ? "Asking the router…" : s.note;
-  note.className = s.reach === "cgnat" || s.reach === "private" ? "error" : s.reach === "public" ? "ok" : "";
+  note.className = ["cgnat", "private", "no_public_address"].includes(s.reach) ? "error" : s.reach === "public" ? "ok" : "";
   const facts = [];
   if (s.router) facts.push("Router: " + s.router);
   if (s.local_ipv4) facts.push("this box: " + s.local_ipv4);

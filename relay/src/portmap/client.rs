@@ -63,12 +63,17 @@ impl Router {
         }
     }
 
-    /// The router's own address on the internet side, as it says.
+    /// The router's own address on the internet side, as it says; 0.0.0.0 when it says it has
+    /// none it could forward from.
     pub async fn external_address(&self) -> Result<Ipv4Addr, String> {
         match self {
-            Router::Upnp(g) => match g.get_external_ip().await.map_err(|e| e.to_string())? {
-                IpAddr::V4(v4) => Ok(v4),
-                IpAddr::V6(v6) => Err(format!("the router gave an IPv6 address ({v6})")),
+            Router::Upnp(g) => match g.get_external_ip().await {
+                Ok(IpAddr::V4(v4)) => Ok(v4),
+                Ok(IpAddr::V6(v6)) => Err(format!("the router gave an IPv6 address ({v6})")),
+                // miniupnpd (and routers built on it) answers with an empty address when its
+                // own WAN address is private or CGNAT: "none worth telling".
+                Err(e) if upnp_empty_address(&e.to_string()) => Ok(Ipv4Addr::UNSPECIFIED),
+                Err(e) => Err(e.to_string()),
             },
             Router::NatPmp(gw) => {
                 let a = natpmp_call(
@@ -78,10 +83,12 @@ impl Router {
                     natpmp::parse_external_address,
                 )
                 .await?;
-                if a.result != natpmp::ResultCode::Success {
-                    return Err(a.result.describe());
+                match a.result {
+                    natpmp::ResultCode::Success => Ok(a.address),
+                    // RFC 6886 §3.2: the gateway has no usable external address (yet).
+                    natpmp::ResultCode::NetworkFailure => Ok(Ipv4Addr::UNSPECIFIED),
+                    r => Err(r.describe()),
                 }
-                Ok(a.address)
             }
         }
     }
@@ -167,6 +174,13 @@ pub async fn find(gateway: Option<Ipv4Addr>) -> Result<Router, String> {
             "no UPnP router answered ({upnp}) and the gateway {gw} does not answer NAT-PMP ({e})"
         )),
     }
+}
+
+/// Whether a failed GetExternalIPAddress was an answer with an empty address, which igd-next
+/// reports as an invalid response carrying the body.
+fn upnp_empty_address(error: &str) -> bool {
+    error.contains("<NewExternalIPAddress></NewExternalIPAddress>")
+        || error.contains("<NewExternalIPAddress/>")
 }
 
 async fn upnp_map(g: &Gateway<Tokio>, local: Ipv4Addr, t: &Target) -> Outcome {

@@ -281,7 +281,7 @@ async fn attempt(targets: &[Target], now: i64) -> (Status, Option<Held>) {
     s.local_ipv4 = Some(local);
     let external = router.external_address().await;
     let ext = external.as_ref().ok().copied();
-    s.external_ipv4 = ext;
+    s.external_ipv4 = ext.filter(|a| !a.is_unspecified());
     s.reach = plan::classify(ext);
     s.note = match &external {
         Err(e) => format!("The router did not tell its external address: {e}."),

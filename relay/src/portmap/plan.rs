@@ -70,6 +70,9 @@ pub enum Reach {
     Cgnat,
     /// Another private address: this router sits behind a second router.
     Private,
+    /// The router says it has no address it could forward from (what miniupnpd answers when its
+    /// WAN address is private or CGNAT).
+    NoPublicAddress,
     /// The router did not say.
     Unknown,
 }
@@ -77,12 +80,13 @@ pub enum Reach {
 pub fn classify(ip: Option<Ipv4Addr>) -> Reach {
     let Some(ip) = ip else { return Reach::Unknown };
     let o = ip.octets();
-    if o[0] == 100 && (o[1] & 0xc0) == 64 {
+    if ip.is_unspecified() {
+        Reach::NoPublicAddress
+    } else if o[0] == 100 && (o[1] & 0xc0) == 64 {
         Reach::Cgnat
     } else if ip.is_private()
         || ip.is_loopback()
         || ip.is_link_local()
-        || ip.is_unspecified()
         || ip.is_broadcast()
         // 198.18.0.0/15, benchmarking; never routed on the internet
         || (o[0] == 198 && (o[1] & 0xfe) == 18)
@@ -114,6 +118,13 @@ pub fn reach_note(reach: Reach, ip: Option<Ipv4Addr>) -> String {
              or another router) in front of it. Put that one into bridge mode, or forward the \
              same ports on it to this router ({ip}), or ask the provider for a public address."
         ),
+        Reach::NoPublicAddress => "This connection cannot receive from the internet: the \
+             router says it has no public address to forward from. Its own connection is \
+             probably behind the provider's carrier-grade NAT or behind another router. Ask \
+             your provider for a public IPv4 address, put a modem in front into bridge mode, use \
+             IPv6 if the provider gives you a global IPv6 address, or run the relay on a server \
+             with a public address."
+            .to_string(),
         Reach::Unknown => "The router did not tell its external address.".to_string(),
     }
 }
@@ -188,7 +199,9 @@ mod tests {
         assert_eq!(c("100.128.0.1"), Reach::Public);
         assert_eq!(c("192.168.178.1"), Reach::Private);
         assert_eq!(c("10.1.2.3"), Reach::Private);
-        assert_eq!(c("0.0.0.0"), Reach::Private);
+        assert_eq!(c("0.0.0.0"), Reach::NoPublicAddress);
+        let n = reach_note(Reach::NoPublicAddress, None);
+        assert!(n.contains("cannot receive from the internet"), "{n}");
         assert_eq!(classify(None), Reach::Unknown);
         let n = reach_note(Reach::Cgnat, Some("100.64.0.1".parse().unwrap()));
         assert!(n.contains("cannot receive from the internet"), "{n}");
