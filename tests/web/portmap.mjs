@@ -5,9 +5,16 @@
 //   node portmap.mjs '{"https":"https://192.168.77.2","password":"…","shots":"/dir"}'
 import { chromium } from "playwright-core";
 import { run } from "./run.mjs";
+import path from "node:path";
 
 const args = JSON.parse(process.argv[2]);
 const { result, step, shot } = run(args);
+
+// The panel alone (the admin page is long): scrolled to the top of the window.
+async function panelShot(pg, file) {
+  await pg.evaluate(() => document.querySelector("#portmap-note").previousElementSibling.scrollIntoView({ block: "start" }));
+  await pg.screenshot({ path: file });
+}
 
 const rows = (pg) => pg.$$eval("#portmap tbody tr", (trs) =>
   Object.fromEntries(trs.map((tr) => [tr.dataset.port, tr.dataset.result])));
@@ -28,14 +35,14 @@ try {
   result.before_text = await page.textContent("#portmap");
   result.before_note = await page.textContent("#portmap-note");
   await page.locator("#portmap").scrollIntoViewIfNeeded();
-  await shot(page, "portmap-no-router");
+  await panelShot(page, path.join(args.shots, "panel-no-router.png"));
   await page.click("#portmap-retry");
   await page.waitForFunction(() => document.querySelector("#portmap tbody tr[data-result=mapped]"), null, { timeout: 30000 });
   step("retry");
   result.after = await rows(page);
   result.after_facts = await page.textContent("#portmap-facts");
   result.after_note = await page.textContent("#portmap-note");
-  await shot(page, "portmap-mapped");
+  await panelShot(page, path.join(args.shots, "panel-mapped.png"));
   result.overflow = await page.evaluate(() => document.documentElement.scrollWidth - document.documentElement.clientWidth);
   result.ok = true;
 } catch (e) {
