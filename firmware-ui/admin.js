@@ -266,7 +266,8 @@ async function loadPortmap() {
 function portmapButton() {
   button("portmap-retry", async () => {
     $("portmap-note").textContent = "Asking the router…";
-    showPortmap(await api("POST", "portmap/retry"));
+    // A round already under way: follow it instead.
+    if (showPortmap(await api("POST", "portmap/retry"))) await loadPortmap();
   });
 }
 

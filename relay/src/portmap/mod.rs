@@ -188,7 +188,12 @@ pub async fn run(relay: Arc<Relay>) {
     let mut held: Option<Held> = None;
     loop {
         pm.status.send_modify(|s| s.state = State::Working);
-        let (status, now_held) = attempt(&targets, relay.clock.now()).await;
+        // A shutdown does not wait for a round in progress (a slow router can take 10 s a
+        // request); what it mapped runs out with its lease, and what was held is removed below.
+        let (status, now_held) = tokio::select! {
+            r = attempt(&targets, relay.clock.now()) => r,
+            _ = relay.shutdown.wait() => break,
+        };
         // A different router (or none) now: the old one's mappings are given back.
         if let Some(old) = held.take() {
             let same = now_held
@@ -322,5 +327,46 @@ fn port_status(t: &Target, result: PortResult, detail: String) -> PortStatus {
         internal: t.internal,
         result,
         detail,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn done(reach: Reach, ext: &str) -> Status {
+        let mut s = Status::initial(PortMapping::Auto);
+        s.state = State::Done;
+        s.reach = reach;
+        s.external_ipv4 = ext.parse().ok();
+        s
+    }
+
+    /// Dynamic DNS gets the router's external address only when the internet can reach it.
+    #[test]
+    fn only_a_public_external_address_is_offered_as_the_public_ipv4() {
+        let pm = PortMap::new(PortMapping::Auto);
+        let rx = pm.public_ipv4();
+        pm.publish(done(Reach::Cgnat, "100.64.0.9"));
+        assert_eq!(*rx.borrow(), None);
+        pm.publish(done(Reach::Public, "81.2.69.2"));
+        assert_eq!(*rx.borrow(), Some(Ipv4Addr::new(81, 2, 69, 2)));
+        pm.publish(done(Reach::NoPublicAddress, ""));
+        assert_eq!(*rx.borrow(), None);
+        assert_eq!(pm.status().reach, Reach::NoPublicAddress);
+    }
+
+    /// "Retry" while mapping is off, or while a round runs, answers at once with the status.
+    #[tokio::test]
+    async fn retry_does_not_wait_when_nothing_would_run() {
+        let pm = PortMap::new(PortMapping::Off);
+        let t0 = std::time::Instant::now();
+        assert_eq!(pm.retry(Duration::from_secs(20)).await.state, State::Off);
+        let pm = PortMap::new(PortMapping::Auto);
+        assert_eq!(
+            pm.retry(Duration::from_secs(20)).await.state,
+            State::Working
+        );
+        assert!(t0.elapsed() < Duration::from_secs(1));
     }
 }
