@@ -117,6 +117,18 @@ class HomeNet:
         self.tmp, self.ext = tmp, f"{ext_net}.2"
         self.miniupnpd: subprocess.Popen | None = None
         self.relay: subprocess.Popen | None = None
+        self.router_log = tmp / "miniupnpd.log"
+        try:
+            self._build(ext_net)
+            if run_router:
+                self.start_router(upnp, natpmp, deny_ports)
+        except BaseException:
+            # The fixture never saw this network: remove the namespaces here.
+            self.close()
+            raise
+
+    def _build(self, ext_net: str) -> None:
+        tmp = self.tmp
         for ns in (self.inet, self.router, self.lan):
             sh("ip", "netns", "add", ns)
             sh("ip", "-n", ns, "link", "set", "lo", "up")
@@ -135,9 +147,6 @@ class HomeNet:
         rules = tmp / "router.nft"
         rules.write_text(NFT_RULES)
         sh("ip", "netns", "exec", self.router, "nft", "-f", str(rules))
-        self.router_log = tmp / "miniupnpd.log"
-        if run_router:
-            self.start_router(upnp, natpmp, deny_ports)
 
     def start_router(self, upnp=True, natpmp=True, deny_ports=()) -> None:
         """miniupnpd on the router (without it the router speaks neither UPnP nor NAT-PMP)."""
