@@ -44,6 +44,7 @@ pub mod logbuf;
 pub mod metrics;
 pub mod net;
 pub mod policy;
+pub mod portmap;
 pub mod push;
 pub mod selftest;
 pub mod server;
@@ -79,4 +80,6 @@ pub struct Relay {
     pub conns: Arc<limits::ConnLimiter>,
     /// Memory for message bodies being received.
     pub inflight: Arc<limits::Budget>,
+    /// Port mapping on the home router: its outcome, and the public IPv4 address it learnt.
+    pub portmap: portmap::PortMap,
 }
