@@ -57,6 +57,7 @@ pub fn build(cfg: config::Config) -> anyhow::Result<Arc<Relay>> {
             "set-up wizard enabled: a new one-time setup code was written"
         );
     }
+    let portmap = crate::portmap::PortMap::new(cfg.port_mapping);
     Ok(Arc::new(Relay {
         admin,
         accounts: accounts::Accounts::new(cfg.clone(), store.clone(), clock.clone()),
@@ -66,6 +67,7 @@ pub fn build(cfg: config::Config) -> anyhow::Result<Arc<Relay>> {
         store,
         tls,
         acme: crate::acme::Acme::default(),
+        portmap,
         clock,
         shutdown: net::Shutdown::new(),
         conns,
@@ -224,12 +226,12 @@ pub async fn run_with(relay: Arc<Relay>, ready: impl FnOnce()) -> anyhow::Result
     if relay.cfg.is_acme() {
         tokio::spawn(crate::acme::renewal_schedule(relay.clone()));
     }
-    // The router's external IPv4 (port mapping) goes in here; until something sends, only
-    // `ddns.ipv4` gives the public IPv4.
-    let (_router_v4, router_v4_rx) = tokio::sync::watch::channel(None);
-    tokio::spawn(crate::ddns::run(relay.clone(), router_v4_rx));
+    // The router's external IPv4, as port mapping learns it, is the public IPv4 to publish.
+    tokio::spawn(crate::ddns::run(relay.clone(), relay.portmap.public_ipv4()));
     tokio::spawn(relay.delivery.push().clone().run(relay.shutdown.clone()));
     tokio::spawn(relay.delivery.queue().clone().run(relay.shutdown.clone()));
+    // Not one of `tasks`: it ends only after the shutdown, once the router has been told.
+    let portmap = tokio::spawn(crate::portmap::run(relay.clone()));
     tracing::info!(
         domain = %relay.cfg.mail_domain,
         listeners = %bound.join(" "),
@@ -267,6 +269,9 @@ pub async fn run_with(relay: Arc<Relay>, ready: impl FnOnce()) -> anyhow::Result
         while tasks.join_next().await.is_some() {}
     })
     .await;
+    // The router forgets the mappings when told; otherwise they would point at a stopped relay
+    // until their lease runs out.
+    let _ = tokio::time::timeout(Duration::from_secs(5), portmap).await;
     match failure {
         Some(f) => Err(anyhow::anyhow!(f)),
         None => Ok(()),
@@ -380,10 +385,10 @@ mod tests {
             std::fs::Permissions::from_mode(0o644),
         )
         .unwrap();
-        let relay = crate::fuzzing::test_relay(&data, |_| {}).unwrap();
+        let relay = crate::testkit::test_relay(&data, |_| {}).unwrap();
         let a = relay
             .accounts
-            .login(crate::fuzzing::USER, crate::fuzzing::PASS)
+            .login(crate::testkit::USER, crate::testkit::PASS)
             .await
             .unwrap();
         relay
@@ -439,7 +444,7 @@ mod tests {
                 std::net::SocketAddr::from(([0u16; 8], p)),
             ]
         };
-        let relay = crate::fuzzing::test_relay(t.path(), |c| {
+        let relay = crate::testkit::test_relay(t.path(), |c| {
             let d = crate::config::Listen::default();
             assert!(d.smtp.iter().any(|a| a.is_ipv6()) && d.smtp.iter().any(|a| a.is_ipv4()));
             c.listen = crate::config::Listen {

@@ -200,7 +200,7 @@ async fn a_wrong_key_or_no_key_is_refused_and_changes_nothing() {
 async fn the_ddns_task_follows_the_routers_address() {
     let Some(k) = knot() else { return };
     let dir = tempfile::tempdir().unwrap();
-    let relay = relaybox::fuzzing::test_relay(dir.path(), |c| {
+    let relay = relaybox::testkit::test_relay(dir.path(), |c| {
         c.mail_domain = DOMAIN.into();
         c.ddns.server = Some(k.addr);
         c.ddns.zone = Some(ZONE.into());
