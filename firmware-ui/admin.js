@@ -450,6 +450,7 @@ async function loadStatus() {
     ["Data partition free", s.disk ? human(s.disk.free_bytes) + " of " + human(s.disk.total_bytes) : "—"],
     ["Certificate expires in", s.certificate_expires_in_s === null ? "—" : Math.floor(s.certificate_expires_in_s / 86400) + " days"],
     ["DNS check", dnsSummary(s.last_dns_check)],
+    ["Dynamic DNS", ddnsSummary(s.ddns)],
     ["Last clean-up of old mail", expirySummary(s.last_expiry, s.expiry_time_utc)],
     ["Running for", duration(s.uptime_s)],
     ["Version", systemSummary(s.version, s.os_release)],
@@ -482,6 +483,18 @@ function dnsSummary(c) {
   if (c.required_ok && c.recommended_not_ok === 0) return "all records ok (" + when + ")";
   if (c.required_ok) return "required ok, " + c.recommended_not_ok + " recommended missing (" + when + ")";
   return c.required_not_ok + " required records missing or wrong (" + when + ")";
+}
+
+// The last dynamic DNS update: when, which addresses, and what the server or provider said.
+function ddnsSummary(d) {
+  if (!d || !d.enabled) return "off (set [ddns] in the config to keep the A/AAAA records up to date)";
+  if (d.note) return "off: " + d.note;
+  const u = d.last_update;
+  if (!u) return d.last_check ? "no public address known yet" : "not checked yet";
+  const when = new Date(u.at * 1000).toLocaleString();
+  const last = (u.ok ? "updated " : "failed ") + when + " (" + u.addresses + "): " + u.result;
+  const ok = d.last_success;
+  return ok && !u.ok ? last + "; last success " + new Date(ok.at * 1000).toLocaleString() : last;
 }
 
 function expirySummary(e, at) {

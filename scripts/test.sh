@@ -175,6 +175,7 @@ stage_setup() {
     # gpg reads relaybox backups in a Rust test (they are plain OpenPGP)
     have gpg || apt_install gnupg
     ensure_mta_packages
+    ensure_knot
     ensure_router_packages
     # headless Chromium renders the public pages in tests/test_web.py
     have chromium || apt_install chromium
@@ -219,6 +220,16 @@ stage_setup() {
 # Postfix + OpenDKIM for the federation interop test. The tests run their own instance
 # (`postfix -c DIR`); the package must not set up or start a system one: debconf "No
 # configuration" (no /etc/postfix/main.cf), and services are not started during the install.
+# Knot DNS takes the relay's RFC 2136 updates in relay/tests/ddns_knot.rs, which starts its own
+# knotd on a loopback port. Its system service is masked before the install so the package does
+# not start a server on port 53 (the link works with or without a running systemd).
+ensure_knot() {
+    [ -x /usr/sbin/knotd ] && return 0
+    as_root mkdir -p /etc/systemd/system
+    as_root ln -sf /dev/null /etc/systemd/system/knot.service
+    apt_install knot
+}
+
 ensure_mta_packages() {
     local need=()
     [ -x /usr/sbin/postfix ] || need+=(postfix)

@@ -8,7 +8,9 @@ use std::fmt;
 use std::net::{IpAddr, SocketAddr};
 use std::path::{Path, PathBuf};
 
+mod ddns;
 pub(crate) mod settings;
+pub use ddns::DdnsConfig;
 
 #[derive(Debug, thiserror::Error)]
 pub enum ConfigError {
@@ -254,8 +256,22 @@ impl Listen {
 }
 
 impl Default for Listen {
+    /// Every standard port on all IPv4 and all IPv6 addresses (dual stack; the server makes the
+    /// `[::]` sockets IPv6-only so both can be bound, and skips them on a host without IPv6).
     fn default() -> Self {
         let mut l = Listen::standard(IpAddr::from([0, 0, 0, 0]), 0).expect("offset 0 always fits");
+        let v6 = Listen::standard(IpAddr::from([0u16; 8]), 0).expect("offset 0 always fits");
+        for (all, six) in [
+            (&mut l.smtp, v6.smtp),
+            (&mut l.submissions, v6.submissions),
+            (&mut l.submission, v6.submission),
+            (&mut l.imap, v6.imap),
+            (&mut l.imaps, v6.imaps),
+            (&mut l.http, v6.http),
+            (&mut l.https, v6.https),
+        ] {
+            all.extend(six);
+        }
         l.metrics = vec![SocketAddr::from(([127, 0, 0, 1], 9464))];
         l
     }
@@ -471,6 +487,9 @@ pub struct Config {
     /// `[update]`: signed A/B updates of the appliance.
     #[serde(default)]
     pub update: UpdateConfig,
+    /// `[ddns]`: dynamic DNS updates of the domain's A/AAAA records.
+    #[serde(default)]
+    pub ddns: DdnsConfig,
 }
 
 /// The `[update]` table. Not settable from the settings file: the root update agent reads
@@ -796,6 +815,7 @@ impl Config {
                 "must be at least 1s and at most queue_retry_max".into(),
             );
         }
+        self.ddns.check()?;
         if self.queue_lifetime.0 == 0 {
             return invalid("queue_lifetime", "must be longer than zero".into());
         }

@@ -32,6 +32,7 @@ pub mod backup;
 pub mod clock;
 pub mod config;
 pub mod control;
+pub mod ddns;
 pub mod delivery;
 pub mod dkim;
 pub mod dns;
@@ -80,6 +81,8 @@ pub struct Relay {
     pub conns: Arc<limits::ConnLimiter>,
     /// Memory for message bodies being received.
     pub inflight: Arc<limits::Budget>,
+    /// Dynamic DNS status for the admin page.
+    pub ddns: ddns::Ddns,
     /// Port mapping on the home router: its outcome, and the public IPv4 address it learnt.
     pub portmap: portmap::PortMap,
 }

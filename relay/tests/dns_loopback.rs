@@ -366,3 +366,40 @@ async fn live_check_asks_the_zones_authoritative_servers_not_the_resolver() {
         format!("the authoritative servers ns1.relay.test ({AUTH})")
     );
 }
+
+/// The check compares the AAAA record with the box's global IPv6 address (and the A record
+/// with its public IPv4 when known): the same address is ok, another one is wrong.
+#[tokio::test]
+async fn live_check_compares_the_aaaa_record_with_the_boxs_address() {
+    use relaybox::dns::check::{check, State};
+    let Some(server) = dnsmasq(&["--host-record=box.test,81.2.69.160,2a01:4f8::7".to_string()])
+    else {
+        return;
+    };
+    let dir = tempfile::tempdir().unwrap();
+    let (cfg, _) = resolver(&server, dir.path(), "box.test");
+    let state = |report: &relaybox::dns::check::Report, rtype: &str| {
+        report
+            .records
+            .iter()
+            .find(|c| c.rtype == rtype)
+            .map(|c| (c.state, c.found.clone()))
+            .unwrap()
+    };
+    let v6 = |s: &str| Some(s.parse().unwrap());
+    let same = relaybox::dns::records::addresses(
+        "box.test",
+        Some("81.2.69.160".parse().unwrap()),
+        v6("2a01:4f8::7"),
+    );
+    let report = check(&cfg, "box.test", &same).await;
+    assert_eq!(state(&report, "AAAA").0, State::Ok, "{report:#?}");
+    assert_eq!(state(&report, "A").0, State::Ok, "{report:#?}");
+    let moved = relaybox::dns::records::addresses("box.test", None, v6("2a01:4f8::8"));
+    let report = check(&cfg, "box.test", &moved).await;
+    assert_eq!(
+        state(&report, "AAAA"),
+        (State::Wrong, vec!["2a01:4f8::7".to_string()]),
+        "{report:#?}"
+    );
+}

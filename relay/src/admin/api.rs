@@ -510,7 +510,16 @@ fn save_mode(c: &Call<'_>) -> Result<Response, ApiError> {
 
 fn dns_zone(c: &Call<'_>) -> Result<Response, ApiError> {
     let (domain, dkim) = dns_domain_and_key(c.relay)?;
-    let text = crate::dns::records::zone_text(&domain, &dkim, &mta_sts_id(c.now));
+    let mut text = crate::dns::records::zone_text(&domain, &dkim, &mta_sts_id(c.now));
+    let own = crate::ddns::public_addresses(c.relay);
+    let addresses = crate::dns::records::addresses(&domain, own.ipv4, own.ipv6);
+    if !addresses.is_empty() {
+        text.push_str("\n; This box's public addresses, as it sees them now:\n");
+        for r in addresses {
+            text.push_str(&r.zone_line());
+            text.push('\n');
+        }
+    }
     Ok((
         [
             (
@@ -531,7 +540,13 @@ async fn dns_check(c: &Call<'_>) -> Result<Response, ApiError> {
     let (relay, now) = (c.relay, c.now);
     let cfg = &relay.cfg;
     let (domain, dkim) = dns_domain_and_key(relay)?;
-    let records = crate::dns::records::expected(&domain, &dkim, &mta_sts_id(now));
+    let own = crate::ddns::public_addresses(relay);
+    let mut records = crate::dns::records::addresses(&domain, own.ipv4, own.ipv6);
+    records.extend(crate::dns::records::expected(
+        &domain,
+        &dkim,
+        &mta_sts_id(now),
+    ));
     let (report, outbound) = tokio::join!(
         crate::dns::check::check(cfg, &domain, &records),
         crate::dns::reach::outbound(&cfg.outbound_probes)
@@ -840,8 +855,14 @@ const PORTS: &[(u16, &str, &str)] = &[
 
 fn dns(relay: &Relay, now: i64) -> Result<Value, ApiError> {
     let (domain, dkim) = dns_domain_and_key(relay)?;
-    let records: Vec<Value> = crate::dns::records::expected(&domain, &dkim, &mta_sts_id(now))
+    let own = crate::ddns::public_addresses(relay);
+    let records: Vec<Value> = crate::dns::records::addresses(&domain, own.ipv4, own.ipv6)
         .into_iter()
+        .chain(crate::dns::records::expected(
+            &domain,
+            &dkim,
+            &mta_sts_id(now),
+        ))
         .map(|r| {
             json!({
                 "name": r.name,
@@ -1012,6 +1033,7 @@ fn status(relay: &Relay) -> Value {
         "last_expiry": relay.admin.last_expiry(),
         "expiry_time_utc": relay.cfg.expiry_time,
         "last_dns_check": relay.admin.last_dns_check.lock_or_recover().clone(),
+        "ddns": relay.ddns.status(),
         "warnings": crate::logbuf::warnings(10),
         "version": crate::version::long(),
         "os_release": crate::version::os_release(std::path::Path::new("/etc/os-release")),

@@ -528,6 +528,8 @@ async fn status_logs_toggles_and_the_last_expiry_run() {
     assert_eq!(v["maintenance"], false);
     assert!(v["last_expiry"].is_null(), "{v}");
     assert!(v["last_dns_check"].is_null(), "{v}");
+    assert_eq!(v["ddns"]["enabled"], false, "off unless configured: {v}");
+    assert!(v["ddns"]["last_update"].is_null(), "{v}");
     assert!(v["warnings"].is_array(), "{v}");
     assert!(
         v["written_bytes_per_day"].is_null(),

@@ -793,3 +793,28 @@ async fn loopback_destinations_are_never_connected_to_without_the_allowance() {
     );
     assert_eq!(inbox_len(&rx.relay, "rcptuser1@[127.0.0.12]").await, 0);
 }
+
+/// Outbound connections prefer IPv4 when a host has both kinds of address, whatever order the
+/// addresses came in, and use IPv6 when IPv4 refuses.
+#[tokio::test]
+async fn ipv4_is_preferred_and_ipv6_used_when_ipv4_refuses() {
+    if !crate::net::ipv6_available() {
+        eprintln!("SKIPPED: this host has no IPv6");
+        return;
+    }
+    let v6 = tokio::net::TcpListener::bind("[::1]:0").await.unwrap();
+    let port = v6.local_addr().unwrap().port();
+    let v4 = tokio::net::TcpListener::bind(("127.0.0.1", port)).await;
+    let v6_ip: IpAddr = "::1".parse().unwrap();
+    let v4_ip: IpAddr = "127.0.0.1".parse().unwrap();
+    let mut ips = vec![v6_ip, v4_ip];
+    super::prefer_ipv4(&mut ips);
+    assert_eq!(ips, vec![v4_ip, v6_ip]);
+    if v4.is_ok() {
+        let s = super::connect_tcp(&ips, port, None).await.unwrap();
+        assert!(s.peer_addr().unwrap().is_ipv4());
+    }
+    drop(v4);
+    let s = super::connect_tcp(&ips, port, None).await.unwrap();
+    assert_eq!(s.peer_addr().unwrap().ip(), v6_ip);
+}
