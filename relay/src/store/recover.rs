@@ -141,11 +141,15 @@ pub(super) fn open(dir: &Path) -> Result<Store, StoreError> {
         txn.open_table(index::QUEUE)?;
         txn.commit()?;
     }
+    // The log first: files and index are compared against the index as it was at the crash.
+    let (mut wal, records) = super::wal::Wal::open(dir)?;
+    let seq = super::writer::replay(&db, dir, &mut wal, records)?;
     let max_id = repair(&db, dir)?;
 
     let db = Arc::new(db);
     let crash_at = Arc::new(Mutex::new(None));
-    let writer = super::writer::Writer::start(db.clone(), dir.to_owned(), crash_at.clone());
+    let writer =
+        super::writer::Writer::start(db.clone(), dir.to_owned(), crash_at.clone(), wal, seq);
     Ok(Store {
         inner: Arc::new(Inner {
             dir: dir.to_owned(),

@@ -553,3 +553,136 @@ async fn crash_at_each_step_of_a_spooled_delivery_reopens_consistent() {
         assert_eq!(n, expect, "{point:?}");
     }
 }
+
+/// Copies a live store's files as a power cut would leave them: what reached the files, not
+/// what redb holds in memory.
+fn copy_dir(from: &Path, to: &Path) {
+    std::fs::create_dir_all(to).unwrap();
+    for e in std::fs::read_dir(from).unwrap() {
+        let e = e.unwrap();
+        let dst = to.join(e.file_name());
+        if e.file_type().unwrap().is_dir() {
+            copy_dir(&e.path(), &dst);
+        } else {
+            std::fs::copy(e.path(), dst).unwrap();
+        }
+    }
+}
+
+#[tokio::test]
+async fn power_cut_before_checkpoint_replays_the_log_to_the_same_state() {
+    let d = tempfile::tempdir().unwrap();
+    let (s, acc, inbox) = store_with_account(d.path()).await;
+    s.crash_at(Some(CrashPoint::BeforeCheckpoint));
+    for n in 1..=4 {
+        s.deliver(&[acc], body(n)).await.unwrap();
+    }
+    let archive = s.create_mailbox(acc, "Archive").await.unwrap();
+    s.move_messages(inbox, vec![1, 2], archive.id)
+        .await
+        .unwrap();
+    s.store_flags(
+        inbox,
+        vec![3],
+        FlagOp::Add,
+        Flags::from_names(["\\Deleted"]),
+        None,
+    )
+    .await
+    .unwrap();
+    assert_eq!(s.expunge(inbox, None).await.unwrap(), vec![3]);
+    s.add_device_token(acc, "tok", 5, 3).await.unwrap();
+    assert!(std::fs::metadata(d.path().join("index.wal")).unwrap().len() > 0);
+
+    let cut = tempfile::tempdir().unwrap();
+    copy_dir(d.path(), cut.path());
+    let without_log = tempfile::tempdir().unwrap();
+    copy_dir(d.path(), without_log.path());
+    std::fs::remove_file(without_log.path().join("index.wal")).unwrap();
+
+    let r = Store::open(cut.path()).unwrap();
+    for mb in [inbox, archive.id] {
+        assert_eq!(r.messages(mb).unwrap(), s.messages(mb).unwrap());
+        assert_eq!(r.mailbox_by_id(mb).unwrap(), s.mailbox_by_id(mb).unwrap());
+    }
+    assert_eq!(r.account_by_id(acc).unwrap(), s.account_by_id(acc).unwrap());
+    assert_consistent(&r, &[inbox, archive.id]);
+    assert_eq!(
+        std::fs::metadata(cut.path().join("index.wal"))
+            .unwrap()
+            .len(),
+        0
+    );
+    // The replayed store goes on from where the log ended.
+    r.deliver(&[acc], body(5)).await.unwrap();
+    assert_eq!(r.messages(inbox).unwrap().last().unwrap().uid, 5);
+    drop(r);
+
+    // Proof that the log carried it: redb's file alone has none of it.
+    let w = Store::open(without_log.path()).unwrap();
+    assert!(w.messages(inbox).unwrap().is_empty());
+    assert!(w.mailbox(acc, "Archive").unwrap().is_none());
+    assert_consistent(&w, &[inbox]);
+}
+
+#[tokio::test]
+async fn closing_the_store_checkpoints_and_empties_the_log() {
+    let d = tempfile::tempdir().unwrap();
+    let (s, acc, inbox) = store_with_account(d.path()).await;
+    s.deliver(&[acc], body(1)).await.unwrap();
+    assert!(std::fs::metadata(d.path().join("index.wal")).unwrap().len() > 0);
+    drop(s);
+    assert_eq!(
+        std::fs::metadata(d.path().join("index.wal")).unwrap().len(),
+        0
+    );
+    let s = Store::open(d.path()).unwrap();
+    assert_eq!(s.messages(inbox).unwrap().len(), 1);
+}
+
+fn process_write_bytes() -> u64 {
+    std::fs::read_to_string("/proc/self/io")
+        .ok()
+        .and_then(|s| {
+            s.lines()
+                .find_map(|l| {
+                    l.strip_prefix("write_bytes:")
+                        .map(|v| v.trim().parse().ok())
+                })
+                .flatten()
+        })
+        .unwrap_or(0)
+}
+
+/// Issue 18: one message arriving alone (a Pi's usual day) cost ~55 KB of writes, most of
+/// it the durable redb commit. Needs a process of its own (nextest) and a disk-backed tmp.
+#[tokio::test]
+async fn store_a_lone_delivery_writes_under_three_times_its_size() {
+    if std::env::var("NEXTEST_EXECUTION_MODE").as_deref() != Ok("process-per-test") {
+        eprintln!("skipped: /proc/self/io counts other tests' writes outside nextest");
+        return;
+    }
+    let d = tempfile::tempdir().unwrap();
+    let probe = d.path().join("probe");
+    let before = process_write_bytes();
+    std::fs::write(&probe, vec![1u8; 65536]).unwrap();
+    std::fs::File::open(&probe).unwrap().sync_all().unwrap();
+    if process_write_bytes() - before < 65536 {
+        eprintln!("skipped: the temp dir's writes do not reach the block layer (tmpfs?)");
+        return;
+    }
+    let (s, acc, inbox) = store_with_account(d.path()).await;
+    let msg: Arc<[u8]> = vec![b'x'; 4700].into();
+    let n = 20u64;
+    let before = process_write_bytes();
+    for _ in 0..n {
+        s.deliver(&[acc], msg.clone()).await.unwrap();
+    }
+    let per_msg = (process_write_bytes() - before) / n;
+    eprintln!("{per_msg} bytes written per 4700-byte message");
+    assert_eq!(s.messages(inbox).unwrap().len(), n as usize);
+    assert!(
+        per_msg <= 3 * 4700,
+        "{per_msg} bytes written per 4700-byte message"
+    );
+}
