@@ -128,6 +128,8 @@ struct Inner {
     watchers: Mutex<HashMap<MailboxId, watch::Sender<u64>>>,
     next_body: std::sync::atomic::AtomicU64,
     crash_at: Arc<Mutex<Option<CrashPoint>>>,
+    /// Whether the writer logs batches to `index.wal` (format 2 and later, see `format`).
+    logged: Arc<std::sync::atomic::AtomicBool>,
 }
 
 /// Cheap to clone; every clone is the same store.

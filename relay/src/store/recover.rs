@@ -148,8 +148,15 @@ pub(super) fn open(dir: &Path) -> Result<Store, StoreError> {
 
     let db = Arc::new(db);
     let crash_at = Arc::new(Mutex::new(None));
-    let writer =
-        super::writer::Writer::start(db.clone(), dir.to_owned(), crash_at.clone(), wal, seq);
+    let logged = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let writer = super::writer::Writer::start(
+        db.clone(),
+        dir.to_owned(),
+        crash_at.clone(),
+        wal,
+        seq,
+        logged.clone(),
+    );
     Ok(Store {
         inner: Arc::new(Inner {
             dir: dir.to_owned(),
@@ -158,6 +165,7 @@ pub(super) fn open(dir: &Path) -> Result<Store, StoreError> {
             watchers: Mutex::new(HashMap::new()),
             next_body: AtomicU64::new(max_id + 1),
             crash_at,
+            logged,
         }),
     })
 }

@@ -27,6 +27,7 @@ use redb::{ReadableTable, WriteTransaction};
 use std::cell::Cell;
 use std::collections::BTreeSet;
 use std::path::PathBuf;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{mpsc, Arc, Mutex};
 use std::time::{Duration, Instant};
 use tokio::sync::oneshot;
@@ -269,12 +270,14 @@ impl Writer {
         crash_at: Arc<Mutex<Option<CrashPoint>>>,
         wal: Wal,
         seq: u64,
+        on: Arc<AtomicBool>,
     ) -> Writer {
         let (tx, rx) = mpsc::channel::<Box<dyn Job>>();
         let thread = std::thread::Builder::new()
             .name("store-writer".into())
             .spawn(move || {
                 let mut log = Log {
+                    on,
                     wal,
                     seq,
                     unsynced_since: None,
@@ -317,6 +320,8 @@ impl Writer {
 /// The writer's side of the log: the next sequence number, and since when redb holds batches
 /// that only the log makes durable.
 struct Log {
+    /// Set once the store is in format 2 (`format`); until then every commit is durable.
+    on: Arc<AtomicBool>,
     wal: Wal,
     seq: u64,
     unsynced_since: Option<Instant>,
@@ -445,7 +450,7 @@ fn commit_batch(
     if ops.is_empty() {
         // Every op was refused before it wrote anything: there is nothing to commit.
         drop(txn);
-    } else {
+    } else if log.on.load(Ordering::Acquire) {
         // The log record is the commit point: redb's own commit below is not synced.
         let rec = Record {
             seq: log.seq + 1,
@@ -487,6 +492,16 @@ fn commit_batch(
             }
             return;
         }
+    } else if let Err(e) = txn.commit() {
+        // Format 1 (a trial boot before migration): redb's own durable commit, as the
+        // version that may be booted again expects.
+        let err = e.to_string();
+        tracing::error!("index commit failed: {err}");
+        for j in applied {
+            unlink_new(dir, j.as_ref());
+            j.reply(Some(StoreError::Db(err.clone())));
+        }
+        return;
     }
     if crash == Some(CrashPoint::AfterCommit) {
         // Simulated power cut: the commit is on disk, nobody hears about it.
