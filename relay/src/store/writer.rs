@@ -338,7 +338,11 @@ impl Log {
             .and_then(|_| self.wal.reset());
         match r {
             Ok(()) => self.unsynced_since = None,
-            Err(e) => tracing::error!("index checkpoint failed (will retry): {e}"),
+            Err(e) => {
+                tracing::error!("index checkpoint failed (will retry): {e}");
+                // Not at once: the disk is in trouble, and retrying in a loop helps nobody.
+                std::thread::sleep(Duration::from_secs(1));
+            }
         }
     }
 
@@ -360,11 +364,13 @@ fn run(
 ) {
     loop {
         let crash = || crash_at.lock().ok().and_then(|c| *c);
-        let first = match log.due() {
+        let due = match crash() {
+            Some(CrashPoint::BeforeCheckpoint) => None,
+            _ => log.due(),
+        };
+        let first = match due {
             Some(wait) if wait.is_zero() => {
-                if crash() != Some(CrashPoint::BeforeCheckpoint) {
-                    log.checkpoint(db);
-                }
+                log.checkpoint(db);
                 continue;
             }
             Some(wait) => match rx.recv_timeout(wait) {
