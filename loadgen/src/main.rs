@@ -92,6 +92,10 @@ enum Mode {
         /// Give up waiting for delivery after this many seconds.
         #[arg(long, default_value_t = 60.0)]
         drain_timeout: f64,
+        /// Each client starts a message at most every this many seconds (0: back to back); the
+        /// paced row sends one per second, as a relay sees most of the day.
+        #[arg(long, default_value_t = 0.0)]
+        interval: f64,
     },
     /// Opens K authenticated IMAP connections in IDLE and holds them until HOLD seconds pass or
     /// the file given by --until-file exists; writes --ready-file once all are idle.
@@ -527,6 +531,7 @@ async fn count_inboxes(t: &Target, users: &[String]) -> Result<u64> {
     Ok(total)
 }
 
+#[allow(clippy::too_many_arguments)]
 async fn throughput(
     t: Arc<Target>,
     first: u32,
@@ -535,6 +540,7 @@ async fn throughput(
     duration: f64,
     count: u64,
     drain_timeout: f64,
+    interval: Duration,
 ) -> Result<Value> {
     let body = Arc::new(pgpmsg::make(size)?);
     // Sender k sends to recipient k; senders are FIRST.., recipients FIRST+clients...
@@ -559,7 +565,10 @@ async fn throughput(
         tasks.push(tokio::spawn(async move {
             let mut lat = Vec::new();
             let mut i = 0u64;
+            let mut next = Instant::now();
             while !stop.load(Ordering::Relaxed) && Instant::now() < deadline {
+                tokio::time::sleep_until(next.into()).await;
+                next += interval;
                 if count > 0 && sent.fetch_add(1, Ordering::Relaxed) >= count {
                     stop.store(true, Ordering::Relaxed);
                     break;
@@ -742,7 +751,21 @@ fn main() -> Result<()> {
                 duration,
                 count,
                 drain_timeout,
-            } => throughput(t, first, clients, size, duration, count, drain_timeout).await,
+                interval,
+            } => {
+                let pace = Duration::from_secs_f64(interval);
+                throughput(
+                    t,
+                    first,
+                    clients,
+                    size,
+                    duration,
+                    count,
+                    drain_timeout,
+                    pace,
+                )
+                .await
+            }
             Mode::Idle {
                 clients,
                 hold,

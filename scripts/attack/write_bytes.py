@@ -15,7 +15,9 @@ from __future__ import annotations
 import argparse
 import imaplib
 import secrets
+import signal
 import smtplib
+import subprocess
 import sys
 import time
 from pathlib import Path
@@ -38,6 +40,10 @@ def main() -> None:
     ap.add_argument("--bin", required=True)
     ap.add_argument("--size", type=int, default=4096)
     ap.add_argument("--count", type=int, default=50)
+    ap.add_argument("--pace", type=float, default=0.0,
+                    help="seconds between messages (1 = the paced C=1 row of issue 18)")
+    ap.add_argument("--strace", metavar="FILE",
+                    help="attach strace to the relay while sending; write its summary to FILE")
     args = ap.parse_args()
     relay = Relay(args.bin)
     try:
@@ -55,9 +61,18 @@ def main() -> None:
         s.starttls(context=insecure())
         s.ehlo("mx.example.org")
         time.sleep(1.0)
+        tracer = None
+        if args.strace:
+            tracer = subprocess.Popen(
+                ["strace", "-f", "-c", "-o", args.strace, "-p", str(relay.proc.pid)],
+                stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+            time.sleep(1.0)
         before = write_bytes(relay.proc.pid)
         codes: dict = {}
-        for _ in range(args.count):
+        t0 = time.monotonic()
+        for i in range(args.count):
+            if args.pace:
+                time.sleep(max(0.0, t0 + i * args.pace - time.monotonic()))
             try:
                 s.sendmail(sender, [user], msg)
                 codes[250] = codes.get(250, 0) + 1
@@ -67,6 +82,9 @@ def main() -> None:
         s.quit()
         time.sleep(1.0)
         after = write_bytes(relay.proc.pid)
+        if tracer:
+            tracer.send_signal(signal.SIGINT)
+            tracer.wait(timeout=30)
         print(f"write_bytes: size={len(msg)} count={args.count} "
               f"per_message={(after - before) / args.count:.0f} replies={codes}")
     finally:

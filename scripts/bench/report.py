@@ -71,6 +71,11 @@ for size in (4096, 102400):
     row("disk writes", f"{size // 1024} KB: net of cancelled/msg", "KiB",
         lambda r, s=size: (r[f"diskio-{s}"]["write_bytes"] - r[f"diskio-{s}"]["cancelled_write_bytes"])
         / r[f"disk-{s}"]["delivered"] / 1024)
+row("disk writes", "4.7 KB paced 1/s, C=1: write_bytes/msg", "KiB",
+    lambda r: r["diskio-paced"]["write_bytes"] / r["disk-paced"]["delivered"] / 1024)
+row("disk writes", "4.7 KB paced 1/s, C=1: net of cancelled/msg", "KiB",
+    lambda r: (r["diskio-paced"]["write_bytes"] - r["diskio-paced"]["cancelled_write_bytes"])
+    / r["disk-paced"]["delivered"] / 1024)
 row("Delta Chat", "ping-pong round trip median", "ms", lambda r: r["dc"]["median_ms"])
 row("Delta Chat", "ping-pong round trip max", "ms", lambda r: r["dc"]["max_ms"])
 row("Delta Chat", "samples", "", lambda r: r["dc"]["count"], lower=False)

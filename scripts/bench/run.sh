@@ -12,11 +12,11 @@ cd "$(dirname "${BASH_SOURCE[0]}")/../.."
 ROOT=$PWD
 export CARGO_TARGET_DIR=${CARGO_TARGET_DIR:-$ROOT/target}
 
-QUICK=0 SMOKE=0 IDLE_CLIENTS=1000,10000 LAT_COUNT=1000 TP_SECS=5 DISK_MSGS=400 DC_COUNT=20
+QUICK=0 SMOKE=0 IDLE_CLIENTS=1000,10000 LAT_COUNT=1000 TP_SECS=5 DISK_MSGS=400 DC_COUNT=20 PACED_MSGS=40
 while [ $# -gt 0 ]; do
     case "$1" in
-    --quick) QUICK=1 IDLE_CLIENTS=100 LAT_COUNT=30 TP_SECS=1 DISK_MSGS=100 DC_COUNT=5 ;;
-    --smoke) QUICK=1 SMOKE=1 IDLE_CLIENTS=20 LAT_COUNT=4 TP_SECS=0.3 DISK_MSGS=20 DC_COUNT=2 ;;
+    --quick) QUICK=1 IDLE_CLIENTS=100 LAT_COUNT=30 TP_SECS=1 DISK_MSGS=100 DC_COUNT=5 PACED_MSGS=10 ;;
+    --smoke) QUICK=1 SMOKE=1 IDLE_CLIENTS=20 LAT_COUNT=4 TP_SECS=0.3 DISK_MSGS=20 DC_COUNT=2 PACED_MSGS=3 ;;
     --idle-clients) IDLE_CLIENTS=$2; shift ;;
     --latency-count) LAT_COUNT=$2; shift ;;
     --dc-count) DC_COUNT=$2; shift ;;
@@ -199,6 +199,19 @@ for s in relaybox reference; do
         read -r w c <<<"$(io_delta $s "$WORK/io-before")"
         echo "{\"write_bytes\": $w, \"cancelled_write_bytes\": $c}" >"$RES/$s-diskio-$size.json"
     done
+    # Issue 18: one 4.7 KB PGP/MIME message per second from one client, the load a Pi sees most
+    # of the day (no group commit to share an fsync with).
+    echo "== $s: disk writes, paced: $PACED_MSGS x 4.7 KB at 1/s, C=1"
+    first=$(next_range 2)
+    lg $s "acct-paced" --first-account "$first" accounts --count 2
+    sync
+    sleep 1
+    io_of $s >"$WORK/io-before"
+    lg $s "disk-paced" --first-account "$first" throughput --clients 1 --size 4700 --interval 1 \
+        --duration 600 --count "$PACED_MSGS" --drain-timeout 60
+    sleep 1
+    read -r w c <<<"$(io_delta $s "$WORK/io-before")"
+    echo "{\"write_bytes\": $w, \"cancelled_write_bytes\": $c}" >"$RES/$s-diskio-paced.json"
     for n in ${IDLE_CLIENTS//,/ }; do
         echo "== $s: $n IDLE clients"
         rm -f "$WORK/ready" "$WORK/until"

@@ -15,7 +15,11 @@ use super::{Store, StoreError};
 use redb::ReadableDatabase;
 
 /// The format this relaybox writes after its migrations.
-pub const FORMAT: u64 = 1;
+///
+/// 2: index changes are made durable by `index.wal` (store/wal.rs), redb only at checkpoints. A
+/// format-1 relaybox would ignore the log and lose what redb had not checkpointed, so until the
+/// migration has run the writer commits redb durably, as format 1 does.
+pub const FORMAT: u64 = 2;
 const KEY: &str = "store_format";
 
 /// One step: from format `to - 1` to `to`, in one write transaction with the version bump.
@@ -24,8 +28,14 @@ pub struct Migration {
     pub run: fn(&redb::WriteTransaction) -> Result<(), StoreError>,
 }
 
-/// The steps up to [`FORMAT`] (none yet: format 1 is the first).
-pub const MIGRATIONS: &[Migration] = &[];
+/// The steps up to [`FORMAT`].
+pub const MIGRATIONS: &[Migration] = &[Migration {
+    to: 2,
+    run: |_| Ok(()), // no table changes: the version number alone turns the log on
+}];
+
+/// The first format whose index changes go through `index.wal`.
+const LOGGED: u64 = 2;
 
 impl Store {
     /// The format the store on disk is in.
@@ -43,6 +53,7 @@ impl Store {
         if f > FORMAT {
             return Err(newer(f, FORMAT));
         }
+        s.set_logged(f);
         Ok(s)
     }
 
@@ -72,7 +83,14 @@ impl Store {
             tracing::info!(from = cur, to = step.to, "store migrated");
             cur = step.to;
         }
+        self.set_logged(cur);
         Ok(cur)
+    }
+
+    fn set_logged(&self, format: u64) {
+        self.inner
+            .logged
+            .store(format >= LOGGED, std::sync::atomic::Ordering::Release);
     }
 }
 

@@ -6,12 +6,16 @@
 //! without an index entry is an orphan that `open` removes (nobody was told it was accepted).
 //!
 //! Writes go through one writer thread that batches whatever is waiting into one redb transaction
-//! (group commit): under load, many deliveries share one index fsync.
+//! (group commit): under load, many deliveries share one index fsync. That fsync is of a short
+//! append to the index's write-ahead log (`wal`), not of redb's pages, which are made durable
+//! by a checkpoint every minute; "the index transaction commits" below means "its log record is
+//! synced".
 
 pub mod format;
 mod index;
 mod recover;
 mod spool;
+mod wal;
 mod writer;
 
 pub use index::{Account, DeviceToken, Flags, Mailbox, Message, Queued};
@@ -75,7 +79,7 @@ db_err!(
 );
 
 /// How a STORE command changes flags.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub enum FlagOp {
     Replace,
     Add,
@@ -112,6 +116,9 @@ pub enum CrashPoint {
     ExpungeAfterCommit,
     /// The disk fills up half-way through writing a body (ENOSPC).
     DiskFull,
+    /// A power cut before the index checkpoint: redb's non-durable commits are lost, only the
+    /// write-ahead log has them (the writer never checkpoints, not even when the store closes).
+    BeforeCheckpoint,
 }
 
 struct Inner {
@@ -121,6 +128,8 @@ struct Inner {
     watchers: Mutex<HashMap<MailboxId, watch::Sender<u64>>>,
     next_body: std::sync::atomic::AtomicU64,
     crash_at: Arc<Mutex<Option<CrashPoint>>>,
+    /// Whether the writer logs batches to `index.wal` (format 2 and later, see `format`).
+    logged: Arc<std::sync::atomic::AtomicBool>,
 }
 
 /// Cheap to clone; every clone is the same store.

@@ -141,11 +141,22 @@ pub(super) fn open(dir: &Path) -> Result<Store, StoreError> {
         txn.open_table(index::QUEUE)?;
         txn.commit()?;
     }
+    // The log first: files and index are compared against the index as it was at the crash.
+    let (mut wal, records) = super::wal::Wal::open(dir)?;
+    let seq = super::writer::replay(&db, dir, &mut wal, records)?;
     let max_id = repair(&db, dir)?;
 
     let db = Arc::new(db);
     let crash_at = Arc::new(Mutex::new(None));
-    let writer = super::writer::Writer::start(db.clone(), dir.to_owned(), crash_at.clone());
+    let logged = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let writer = super::writer::Writer::start(
+        db.clone(),
+        dir.to_owned(),
+        crash_at.clone(),
+        wal,
+        seq,
+        logged.clone(),
+    );
     Ok(Store {
         inner: Arc::new(Inner {
             dir: dir.to_owned(),
@@ -154,6 +165,7 @@ pub(super) fn open(dir: &Path) -> Result<Store, StoreError> {
             watchers: Mutex::new(HashMap::new()),
             next_body: AtomicU64::new(max_id + 1),
             crash_at,
+            logged,
         }),
     })
 }

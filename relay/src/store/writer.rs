@@ -5,6 +5,9 @@
 //! its changes in a shared transaction.
 //!
 //! The ops live by the table they change: `account`, `mailbox`, `message`, `queue`.
+//!
+//! A batch is durable once its ops are in the write-ahead log (`wal`); the redb commit itself
+//! is not synced until the next checkpoint.
 
 mod account;
 mod mailbox;
@@ -17,13 +20,128 @@ pub(super) use message::{Append, Copy, Deliver, Expunge, Remove, StoreFlags};
 pub(super) use queue::{Enqueue, QueueUpdate};
 
 use super::index::COUNTERS;
-use super::{recover, AccountId, CrashPoint, MailboxId, StoreError};
+use super::wal::{Record, Wal};
+use super::{recover, wal, AccountId, CrashPoint, MailboxId, StoreError};
 use crate::sync::LockExt;
 use redb::{ReadableTable, WriteTransaction};
+use std::cell::Cell;
 use std::collections::BTreeSet;
 use std::path::PathBuf;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{mpsc, Arc, Mutex};
+use std::time::{Duration, Instant};
 use tokio::sync::oneshot;
+
+thread_local! {
+    /// Unix seconds of the batch being applied on this thread (see [`batch_now`]).
+    static BATCH_NOW: Cell<u64> = const { Cell::new(0) };
+}
+
+/// The time of the batch being applied: ops read it instead of the clock, so that a batch
+/// replayed from the log after a crash does exactly what it did the first time.
+pub(super) fn batch_now() -> u64 {
+    BATCH_NOW.with(|n| n.get())
+}
+
+/// Counter in `counters`: the sequence number of the last batch in redb's state.
+pub(super) const WAL_SEQ: &str = "wal_seq";
+
+/// Every op as the log stores it. Postcard names a variant by its position: append new ops at
+/// the end, never reorder or remove one (a log written before must still replay).
+#[derive(serde::Serialize, serde::Deserialize)]
+pub(super) enum LoggedOp {
+    CreateAccount(CreateAccount),
+    LastLogin(LastLogin),
+    DeleteAccount(DeleteAccount),
+    RemoveToken(RemoveToken),
+    AddToken(AddToken),
+    CreateMailbox(CreateMailbox),
+    DeleteMailbox(DeleteMailbox),
+    RenameMailbox(RenameMailbox),
+    Subscribe(Subscribe),
+    Deliver(Deliver),
+    Append(Append),
+    StoreFlags(StoreFlags),
+    Expunge(Expunge),
+    Remove(Remove),
+    Copy(Copy),
+    Enqueue(Enqueue),
+    QueueUpdate(QueueUpdate),
+}
+
+impl LoggedOp {
+    /// Applies the op again (replay); its answer is not needed any more.
+    fn apply(self, txn: &WriteTransaction, eff: &mut Effects) -> Result<(), StoreError> {
+        fn run<O: WriteOp>(
+            op: O,
+            txn: &WriteTransaction,
+            eff: &mut Effects,
+        ) -> Result<(), StoreError> {
+            op.apply(txn, eff).map(|_| ())
+        }
+        match self {
+            LoggedOp::CreateAccount(o) => run(o, txn, eff),
+            LoggedOp::LastLogin(o) => run(o, txn, eff),
+            LoggedOp::DeleteAccount(o) => run(o, txn, eff),
+            LoggedOp::RemoveToken(o) => run(o, txn, eff),
+            LoggedOp::AddToken(o) => run(o, txn, eff),
+            LoggedOp::CreateMailbox(o) => run(o, txn, eff),
+            LoggedOp::DeleteMailbox(o) => run(o, txn, eff),
+            LoggedOp::RenameMailbox(o) => run(o, txn, eff),
+            LoggedOp::Subscribe(o) => run(o, txn, eff),
+            LoggedOp::Deliver(o) => run(o, txn, eff),
+            LoggedOp::Append(o) => run(o, txn, eff),
+            LoggedOp::StoreFlags(o) => run(o, txn, eff),
+            LoggedOp::Expunge(o) => run(o, txn, eff),
+            LoggedOp::Remove(o) => run(o, txn, eff),
+            LoggedOp::Copy(o) => run(o, txn, eff),
+            LoggedOp::Enqueue(o) => run(o, txn, eff),
+            LoggedOp::QueueUpdate(o) => run(o, txn, eff),
+        }
+    }
+}
+
+/// Replays the log records redb does not hold yet (a crash came before their checkpoint) in
+/// one durable transaction, then empties the log. Returns the last sequence number.
+pub(super) fn replay(
+    db: &redb::Database,
+    dir: &std::path::Path,
+    wal: &mut Wal,
+    records: Vec<Record>,
+) -> Result<u64, StoreError> {
+    let durable = {
+        let txn = redb::ReadableDatabase::begin_read(db)?;
+        let t = txn.open_table(COUNTERS)?;
+        let v = t.get(WAL_SEQ)?.map(|v| v.value());
+        v.unwrap_or(0)
+    };
+    let mut last = durable;
+    let pending: Vec<Record> = records.into_iter().filter(|r| r.seq > durable).collect();
+    if !pending.is_empty() {
+        let txn = db.begin_write()?;
+        let mut eff = Effects::default();
+        let n = pending.len();
+        for rec in pending {
+            BATCH_NOW.with(|t| t.set(rec.now));
+            for op in rec.ops {
+                match op.apply(&txn, &mut eff) {
+                    Ok(()) => {}
+                    Err(e) if is_logical(&e) => {}
+                    Err(e) => return Err(e),
+                }
+            }
+            last = rec.seq;
+        }
+        txn.open_table(COUNTERS)?.insert(WAL_SEQ, last)?;
+        txn.commit()?;
+        for b in &eff.freed_bodies {
+            recover::unlink_body(dir, *b);
+        }
+        tracing::info!(batches = n, "replayed the index log after an unclean stop");
+    }
+    wal.reset()?;
+    Ok(last)
+}
 
 /// One change to the index, applied inside the writer's shared transaction.
 pub(super) trait WriteOp: Send + 'static {
@@ -35,10 +153,14 @@ pub(super) trait WriteOp: Send + 'static {
         Vec::new()
     }
 
+    /// The op as the log records it.
+    fn logged(&self) -> LoggedOp;
+
     fn apply(self, txn: &WriteTransaction, eff: &mut Effects) -> Result<Self::Out, StoreError>;
 }
 
 /// A message stored into the INBOX of local accounts alongside a queue change.
+#[derive(Clone, serde::Serialize, serde::Deserialize)]
 pub(super) struct LocalCopy {
     pub accounts: Vec<AccountId>,
     pub body_id: u64,
@@ -58,6 +180,7 @@ type Answer<T> = Result<(T, Vec<MailboxId>), StoreError>;
 /// An op with its caller's reply channel; the batch sees it only through [`Job`].
 struct Request<O: WriteOp> {
     op: Option<O>,
+    logged: Option<LoggedOp>,
     bodies: Vec<u64>,
     result: Option<Result<(O::Out, Effects), StoreError>>,
     reply: oneshot::Sender<Answer<O::Out>>,
@@ -71,6 +194,8 @@ trait Job: Send {
     fn apply(&mut self, txn: &WriteTransaction) -> Option<String>;
     /// What the op did if it applied without error.
     fn effects(&self) -> Option<&Effects>;
+    /// The op for the log, if it applied (an op refused with a logical error changed nothing).
+    fn take_logged(&mut self) -> Option<LoggedOp>;
     /// Answers the caller: with `failure` if given, else with the op's result.
     fn reply(self: Box<Self>, failure: Option<StoreError>);
 }
@@ -82,6 +207,7 @@ impl<O: WriteOp> Job for Request<O> {
 
     fn apply(&mut self, txn: &WriteTransaction) -> Option<String> {
         let op = self.op.take()?;
+        self.logged = Some(op.logged());
         let mut eff = Effects::default();
         let r = op.apply(txn, &mut eff).map(|out| (out, eff));
         let fatal = match &r {
@@ -95,6 +221,13 @@ impl<O: WriteOp> Job for Request<O> {
     fn effects(&self) -> Option<&Effects> {
         match &self.result {
             Some(Ok((_, eff))) => Some(eff),
+            _ => None,
+        }
+    }
+
+    fn take_logged(&mut self) -> Option<LoggedOp> {
+        match &self.result {
+            Some(Ok(_)) => self.logged.take(),
             _ => None,
         }
     }
@@ -135,11 +268,22 @@ impl Writer {
         db: Arc<redb::Database>,
         dir: PathBuf,
         crash_at: Arc<Mutex<Option<CrashPoint>>>,
+        wal: Wal,
+        seq: u64,
+        on: Arc<AtomicBool>,
     ) -> Writer {
         let (tx, rx) = mpsc::channel::<Box<dyn Job>>();
         let thread = std::thread::Builder::new()
             .name("store-writer".into())
-            .spawn(move || run(db, dir, rx, crash_at))
+            .spawn(move || {
+                let mut log = Log {
+                    on,
+                    wal,
+                    seq,
+                    unsynced_since: None,
+                };
+                run(&db, &dir, rx, &crash_at, &mut log);
+            })
             .map_err(|e| tracing::error!("cannot start the store writer: {e}"))
             .ok();
         Writer {
@@ -155,6 +299,7 @@ impl Writer {
         let job = Box::new(Request {
             bodies: op.new_bodies(),
             op: Some(op),
+            logged: None,
             result: None,
             reply,
         });
@@ -172,13 +317,72 @@ impl Writer {
     }
 }
 
+/// The writer's side of the log: the next sequence number, and since when redb holds batches
+/// that only the log makes durable.
+struct Log {
+    /// Set once the store is in format 2 (`format`); until then every commit is durable.
+    on: Arc<AtomicBool>,
+    wal: Wal,
+    seq: u64,
+    unsynced_since: Option<Instant>,
+}
+
+impl Log {
+    /// A durable redb commit (it persists every non-durable one before it), then the log
+    /// emptied. On failure the log is kept: it still holds what redb may have lost.
+    fn checkpoint(&mut self, db: &redb::Database) {
+        let r = db
+            .begin_write()
+            .map_err(StoreError::from)
+            .and_then(|t| t.commit().map_err(StoreError::from))
+            .and_then(|_| self.wal.reset());
+        match r {
+            Ok(()) => self.unsynced_since = None,
+            Err(e) => {
+                tracing::error!("index checkpoint failed (will retry): {e}");
+                // Not at once: the disk is in trouble, and retrying in a loop helps nobody.
+                std::thread::sleep(Duration::from_secs(1));
+            }
+        }
+    }
+
+    fn due(&self) -> Option<Duration> {
+        let since = self.unsynced_since?;
+        if self.wal.len() >= wal::CHECKPOINT_BYTES {
+            return Some(Duration::ZERO);
+        }
+        Some(wal::CHECKPOINT_AFTER.saturating_sub(since.elapsed()))
+    }
+}
+
 fn run(
-    db: Arc<redb::Database>,
-    dir: PathBuf,
+    db: &redb::Database,
+    dir: &std::path::Path,
     rx: mpsc::Receiver<Box<dyn Job>>,
-    crash_at: Arc<Mutex<Option<CrashPoint>>>,
+    crash_at: &Mutex<Option<CrashPoint>>,
+    log: &mut Log,
 ) {
-    while let Ok(first) = rx.recv() {
+    loop {
+        let crash = || crash_at.lock().ok().and_then(|c| *c);
+        let due = match crash() {
+            Some(CrashPoint::BeforeCheckpoint) => None,
+            _ => log.due(),
+        };
+        let first = match due {
+            Some(wait) if wait.is_zero() => {
+                log.checkpoint(db);
+                continue;
+            }
+            Some(wait) => match rx.recv_timeout(wait) {
+                Ok(j) => j,
+                Err(mpsc::RecvTimeoutError::Timeout) => continue,
+                Err(mpsc::RecvTimeoutError::Disconnected) => break,
+            },
+            None => match rx.recv() {
+                Ok(j) => j,
+                Err(_) => break,
+            },
+        };
         let mut batch = vec![first];
         while batch.len() < MAX_BATCH {
             match rx.try_recv() {
@@ -186,8 +390,12 @@ fn run(
                 Err(_) => break,
             }
         }
-        let crash = crash_at.lock().ok().and_then(|c| *c);
-        commit_batch(&db, &dir, batch, crash);
+        commit_batch(db, dir, batch, crash(), log);
+    }
+    // The store is closing: leave redb durable and the log empty.
+    let crash = crash_at.lock().ok().and_then(|c| *c);
+    if log.unsynced_since.is_some() && crash != Some(CrashPoint::BeforeCheckpoint) {
+        log.checkpoint(db);
     }
 }
 
@@ -196,6 +404,7 @@ fn commit_batch(
     dir: &std::path::Path,
     batch: Vec<Box<dyn Job>>,
     crash: Option<CrashPoint>,
+    log: &mut Log,
 ) {
     // Renames of new body files must be durable before the index names them; one fsync per
     // directory covers every body of the batch.
@@ -217,7 +426,12 @@ fn commit_batch(
             return;
         }
     }
-    let txn = match db.begin_write() {
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_secs())
+        .unwrap_or(0);
+    BATCH_NOW.with(|t| t.set(now));
+    let mut txn = match db.begin_write() {
         Ok(t) => t,
         Err(e) => return fail_all(dir, batch, e.into()),
     };
@@ -237,7 +451,56 @@ fn commit_batch(
             return;
         }
     }
-    if let Err(e) = txn.commit() {
+    let ops: Vec<LoggedOp> = applied.iter_mut().filter_map(|j| j.take_logged()).collect();
+    let wal_before = log.wal.len();
+    if ops.is_empty() {
+        // Every op was refused before it wrote anything: there is nothing to commit.
+        drop(txn);
+    } else if log.on.load(Ordering::Acquire) {
+        // The log record is the commit point: redb's own commit below is not synced.
+        let rec = Record {
+            seq: log.seq + 1,
+            now,
+            ops,
+        };
+        let logged = txn
+            .open_table(COUNTERS)
+            .map_err(StoreError::from)
+            .and_then(|mut t| {
+                t.insert(WAL_SEQ, rec.seq)?;
+                Ok(())
+            })
+            .and_then(|_| {
+                txn.set_durability(redb::Durability::None)
+                    .map_err(|e| StoreError::Db(e.to_string()))
+            })
+            .and_then(|_| log.wal.append(&rec));
+        if let Err(e) = logged {
+            let err = e.to_string();
+            tracing::error!("index log write failed: {err}");
+            drop(txn);
+            for j in applied {
+                unlink_new(dir, j.as_ref());
+                j.reply(Some(StoreError::Db(err.clone())));
+            }
+            return;
+        }
+        log.seq = rec.seq;
+        log.unsynced_since.get_or_insert_with(Instant::now);
+        if let Err(e) = txn.commit() {
+            let err = e.to_string();
+            tracing::error!("index commit failed: {err}");
+            // Callers hear of a failure, so the batch must not come back at replay.
+            log.wal.rewind(wal_before);
+            for j in applied {
+                unlink_new(dir, j.as_ref());
+                j.reply(Some(StoreError::Db(err.clone())));
+            }
+            return;
+        }
+    } else if let Err(e) = txn.commit() {
+        // Format 1 (a trial boot before migration): redb's own durable commit, as the
+        // version that may be booted again expects.
         let err = e.to_string();
         tracing::error!("index commit failed: {err}");
         for j in applied {

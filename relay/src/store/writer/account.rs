@@ -3,7 +3,7 @@
 
 use super::mailbox::{get_mailbox_by_id_w, new_mailbox};
 use super::message::{all_messages, remove_uids};
-use super::{next_counter, Effects, WriteOp};
+use super::{next_counter, Effects, LoggedOp, WriteOp};
 use crate::store::index::*;
 use crate::store::{AccountId, MailboxId, StoreError};
 use redb::{ReadableTable, WriteTransaction};
@@ -31,6 +31,7 @@ pub(super) fn account_exists(txn: &WriteTransaction, id: AccountId) -> Result<bo
 
 /// Creates the account with its INBOX unless the address has one; answers the stored account
 /// and whether this op created it.
+#[derive(Clone, serde::Serialize, serde::Deserialize)]
 pub(in crate::store) struct CreateAccount {
     pub addr: String,
     pub hash: String,
@@ -38,6 +39,10 @@ pub(in crate::store) struct CreateAccount {
 }
 
 impl WriteOp for CreateAccount {
+    fn logged(&self) -> LoggedOp {
+        LoggedOp::CreateAccount(self.clone())
+    }
+
     type Out = (Account, bool);
 
     fn apply(self, txn: &WriteTransaction, _: &mut Effects) -> Result<(Account, bool), StoreError> {
@@ -66,12 +71,17 @@ impl WriteOp for CreateAccount {
     }
 }
 
+#[derive(Clone, serde::Serialize, serde::Deserialize)]
 pub(in crate::store) struct LastLogin {
     pub id: AccountId,
     pub day: i64,
 }
 
 impl WriteOp for LastLogin {
+    fn logged(&self) -> LoggedOp {
+        LoggedOp::LastLogin(self.clone())
+    }
+
     type Out = ();
 
     fn apply(self, txn: &WriteTransaction, _: &mut Effects) -> Result<(), StoreError> {
@@ -84,11 +94,16 @@ impl WriteOp for LastLogin {
     }
 }
 
+#[derive(Clone, serde::Serialize, serde::Deserialize)]
 pub(in crate::store) struct DeleteAccount {
     pub id: AccountId,
 }
 
 impl WriteOp for DeleteAccount {
+    fn logged(&self) -> LoggedOp {
+        LoggedOp::DeleteAccount(self.clone())
+    }
+
     type Out = ();
 
     fn apply(self, txn: &WriteTransaction, eff: &mut Effects) -> Result<(), StoreError> {
@@ -118,12 +133,17 @@ impl WriteOp for DeleteAccount {
     }
 }
 
+#[derive(Clone, serde::Serialize, serde::Deserialize)]
 pub(in crate::store) struct RemoveToken {
     pub id: AccountId,
     pub token: String,
 }
 
 impl WriteOp for RemoveToken {
+    fn logged(&self) -> LoggedOp {
+        LoggedOp::RemoveToken(self.clone())
+    }
+
     type Out = ();
 
     fn apply(self, txn: &WriteTransaction, _: &mut Effects) -> Result<(), StoreError> {
@@ -137,6 +157,7 @@ impl WriteOp for RemoveToken {
     }
 }
 
+#[derive(Clone, serde::Serialize, serde::Deserialize)]
 pub(in crate::store) struct AddToken {
     pub id: AccountId,
     pub token: String,
@@ -146,6 +167,10 @@ pub(in crate::store) struct AddToken {
 }
 
 impl WriteOp for AddToken {
+    fn logged(&self) -> LoggedOp {
+        LoggedOp::AddToken(self.clone())
+    }
+
     type Out = ();
 
     fn apply(self, txn: &WriteTransaction, _: &mut Effects) -> Result<(), StoreError> {

@@ -2,7 +2,7 @@
 
 use super::account::get_account_w;
 use super::message::{all_messages, insert_message, remove_uids};
-use super::{next_counter, Effects, WriteOp};
+use super::{next_counter, Effects, LoggedOp, WriteOp};
 use crate::store::index::*;
 use crate::store::{AccountId, MailboxId, StoreError};
 use redb::{ReadableTable, WriteTransaction};
@@ -49,10 +49,8 @@ pub(super) fn new_mailbox(
     let id = next_counter(txn, "mailbox", 0)?;
     // UIDVALIDITY grows with time and never repeats, so a mailbox deleted and made again (or a
     // store restored from backup into a fresh one) never reuses UIDs under an old validity.
-    let now = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.as_secs())
-        .unwrap_or(0);
+    // The batch's time, not the clock's: a batch replayed from the log must get the same value.
+    let now = super::batch_now();
     let uidvalidity = next_counter(txn, "uidvalidity", now.saturating_sub(1))? as u32;
     let m = Mailbox {
         id,
@@ -69,12 +67,17 @@ pub(super) fn new_mailbox(
     Ok(m)
 }
 
+#[derive(Clone, serde::Serialize, serde::Deserialize)]
 pub(in crate::store) struct CreateMailbox {
     pub account: AccountId,
     pub name: String,
 }
 
 impl WriteOp for CreateMailbox {
+    fn logged(&self) -> LoggedOp {
+        LoggedOp::CreateMailbox(self.clone())
+    }
+
     type Out = Mailbox;
 
     fn apply(self, txn: &WriteTransaction, _: &mut Effects) -> Result<Mailbox, StoreError> {
@@ -87,12 +90,17 @@ impl WriteOp for CreateMailbox {
 }
 
 /// Deletes a mailbox with its messages.
+#[derive(Clone, serde::Serialize, serde::Deserialize)]
 pub(in crate::store) struct DeleteMailbox {
     pub account: AccountId,
     pub name: String,
 }
 
 impl WriteOp for DeleteMailbox {
+    fn logged(&self) -> LoggedOp {
+        LoggedOp::DeleteMailbox(self.clone())
+    }
+
     type Out = ();
 
     fn apply(self, txn: &WriteTransaction, eff: &mut Effects) -> Result<(), StoreError> {
@@ -111,6 +119,7 @@ impl WriteOp for DeleteMailbox {
     }
 }
 
+#[derive(Clone, serde::Serialize, serde::Deserialize)]
 pub(in crate::store) struct RenameMailbox {
     pub account: AccountId,
     pub from: String,
@@ -118,6 +127,10 @@ pub(in crate::store) struct RenameMailbox {
 }
 
 impl WriteOp for RenameMailbox {
+    fn logged(&self) -> LoggedOp {
+        LoggedOp::RenameMailbox(self.clone())
+    }
+
     type Out = ();
 
     fn apply(self, txn: &WriteTransaction, eff: &mut Effects) -> Result<(), StoreError> {
@@ -159,6 +172,7 @@ impl WriteOp for RenameMailbox {
     }
 }
 
+#[derive(Clone, serde::Serialize, serde::Deserialize)]
 pub(in crate::store) struct Subscribe {
     pub account: AccountId,
     pub name: String,
@@ -166,6 +180,10 @@ pub(in crate::store) struct Subscribe {
 }
 
 impl WriteOp for Subscribe {
+    fn logged(&self) -> LoggedOp {
+        LoggedOp::Subscribe(self.clone())
+    }
+
     type Out = ();
 
     fn apply(self, txn: &WriteTransaction, _: &mut Effects) -> Result<(), StoreError> {

@@ -4,7 +4,7 @@
 
 use super::account::{get_account_w, put_account};
 use super::mailbox::{get_mailbox_by_id_w, get_mailbox_w, put_mailbox};
-use super::{Effects, LocalCopy, WriteOp};
+use super::{Effects, LocalCopy, LoggedOp, WriteOp};
 use crate::store::index::*;
 use crate::store::{AccountId, CopyResult, FlagOp, FlagUpdate, MailboxId, StoreError};
 use redb::{ReadableTable, WriteTransaction};
@@ -150,6 +150,7 @@ pub(super) fn deliver_local(
     Ok(())
 }
 
+#[derive(Clone, serde::Serialize, serde::Deserialize)]
 pub(in crate::store) struct Deliver {
     pub accounts: Vec<AccountId>,
     pub body_id: u64,
@@ -158,6 +159,10 @@ pub(in crate::store) struct Deliver {
 }
 
 impl WriteOp for Deliver {
+    fn logged(&self) -> LoggedOp {
+        LoggedOp::Deliver(self.clone())
+    }
+
     type Out = ();
 
     fn new_bodies(&self) -> Vec<u64> {
@@ -176,6 +181,7 @@ impl WriteOp for Deliver {
 }
 
 /// APPEND; answers (uidvalidity, uid).
+#[derive(Clone, serde::Serialize, serde::Deserialize)]
 pub(in crate::store) struct Append {
     pub mailbox: MailboxId,
     pub flags: Flags,
@@ -185,6 +191,10 @@ pub(in crate::store) struct Append {
 }
 
 impl WriteOp for Append {
+    fn logged(&self) -> LoggedOp {
+        LoggedOp::Append(self.clone())
+    }
+
     type Out = (u32, u32);
 
     fn new_bodies(&self) -> Vec<u64> {
@@ -207,6 +217,7 @@ impl WriteOp for Append {
     }
 }
 
+#[derive(Clone, serde::Serialize, serde::Deserialize)]
 pub(in crate::store) struct StoreFlags {
     pub mailbox: MailboxId,
     pub uids: Vec<u32>,
@@ -253,6 +264,10 @@ fn get_message_w(
 }
 
 impl WriteOp for StoreFlags {
+    fn logged(&self) -> LoggedOp {
+        LoggedOp::StoreFlags(self.clone())
+    }
+
     type Out = FlagUpdate;
 
     fn apply(self, txn: &WriteTransaction, eff: &mut Effects) -> Result<FlagUpdate, StoreError> {
@@ -296,12 +311,17 @@ impl WriteOp for StoreFlags {
 }
 
 /// Removes messages flagged `\Deleted` (only among `uids` if given); answers the removed UIDs.
+#[derive(Clone, serde::Serialize, serde::Deserialize)]
 pub(in crate::store) struct Expunge {
     pub mailbox: MailboxId,
     pub uids: Option<Vec<u32>>,
 }
 
 impl WriteOp for Expunge {
+    fn logged(&self) -> LoggedOp {
+        LoggedOp::Expunge(self.clone())
+    }
+
     type Out = Vec<u32>;
 
     fn apply(self, txn: &WriteTransaction, eff: &mut Effects) -> Result<Vec<u32>, StoreError> {
@@ -323,12 +343,17 @@ impl WriteOp for Expunge {
 }
 
 /// Removes the named messages whatever their flags; answers the removed UIDs.
+#[derive(Clone, serde::Serialize, serde::Deserialize)]
 pub(in crate::store) struct Remove {
     pub mailbox: MailboxId,
     pub uids: Vec<u32>,
 }
 
 impl WriteOp for Remove {
+    fn logged(&self) -> LoggedOp {
+        LoggedOp::Remove(self.clone())
+    }
+
     type Out = Vec<u32>;
 
     fn apply(self, txn: &WriteTransaction, eff: &mut Effects) -> Result<Vec<u32>, StoreError> {
@@ -342,6 +367,7 @@ impl WriteOp for Remove {
 }
 
 /// COPY, or MOVE with `remove` (the source messages go in the same transaction).
+#[derive(Clone, serde::Serialize, serde::Deserialize)]
 pub(in crate::store) struct Copy {
     pub src: MailboxId,
     pub uids: Vec<u32>,
@@ -350,6 +376,10 @@ pub(in crate::store) struct Copy {
 }
 
 impl WriteOp for Copy {
+    fn logged(&self) -> LoggedOp {
+        LoggedOp::Copy(self.clone())
+    }
+
     type Out = CopyResult;
 
     fn apply(self, txn: &WriteTransaction, eff: &mut Effects) -> Result<CopyResult, StoreError> {

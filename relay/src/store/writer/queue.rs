@@ -3,7 +3,7 @@
 
 use super::account::account_exists;
 use super::message::{add_ref, deliver_local, drop_ref};
-use super::{next_counter, Effects, LocalCopy, WriteOp};
+use super::{next_counter, Effects, LocalCopy, LoggedOp, WriteOp};
 use crate::store::index::*;
 use crate::store::StoreError;
 use redb::{ReadableTable, WriteTransaction};
@@ -11,12 +11,17 @@ use redb::{ReadableTable, WriteTransaction};
 /// Queues a message for remote recipients, and (in the same transaction) delivers the local
 /// copy, so a message to local and remote recipients is accepted all or nothing. Answers the
 /// queue id.
+#[derive(Clone, serde::Serialize, serde::Deserialize)]
 pub(in crate::store) struct Enqueue {
     pub entry: Queued,
     pub local: Option<LocalCopy>,
 }
 
 impl WriteOp for Enqueue {
+    fn logged(&self) -> LoggedOp {
+        LoggedOp::Enqueue(self.clone())
+    }
+
     type Out = u64;
 
     fn new_bodies(&self) -> Vec<u64> {
@@ -41,6 +46,7 @@ impl WriteOp for Enqueue {
 /// Records what one delivery attempt did: `done` recipients leave the queue (delivered or
 /// bounced), the bounce (if any) lands in the sender's INBOX in the same transaction, so a
 /// recipient is reported exactly once; the rest waits for `retry`.
+#[derive(Clone, serde::Serialize, serde::Deserialize)]
 pub(in crate::store) struct QueueUpdate {
     pub id: u64,
     pub done: Vec<String>,
@@ -49,6 +55,10 @@ pub(in crate::store) struct QueueUpdate {
 }
 
 impl WriteOp for QueueUpdate {
+    fn logged(&self) -> LoggedOp {
+        LoggedOp::QueueUpdate(self.clone())
+    }
+
     type Out = ();
 
     fn new_bodies(&self) -> Vec<u64> {
