@@ -56,6 +56,10 @@ struct Cli {
     /// A label stored in the result (e.g. `relaybox` or `reference`).
     #[arg(long, default_value = "")]
     label: String,
+    /// Local addresses to connect from, comma-separated, used in turn (one address has about
+    /// 28 000 ephemeral ports towards one server port; 100 000 clients need several).
+    #[arg(long, value_delimiter = ',')]
+    source: Vec<std::net::IpAddr>,
     #[command(subcommand)]
     mode: Mode,
 }
@@ -112,6 +116,29 @@ enum Mode {
         #[arg(long, default_value_t = 64)]
         parallel: usize,
     },
+    /// K IMAP clients in IDLE (accounts FIRST..FIRST+K) while SENDERS connections (the accounts
+    /// after them) submit RATE messages per second in all, round robin to the idle clients, for
+    /// DURATION seconds; each message's end of DATA → its recipient's EXISTS, per minute; then
+    /// waits (at most DRAIN seconds) until every accepted message was announced: the rest is lost.
+    Soak {
+        #[arg(long, default_value_t = 5000)]
+        clients: usize,
+        #[arg(long, default_value_t = 8)]
+        senders: usize,
+        #[arg(long, default_value_t = 100.0)]
+        rate: f64,
+        #[arg(long, default_value_t = 600.0)]
+        duration: f64,
+        #[arg(long, default_value_t = 4096)]
+        size: usize,
+        #[arg(long, default_value_t = 60.0)]
+        drain: f64,
+        /// Written once every client is in IDLE, just before the first message.
+        #[arg(long)]
+        ready_file: Option<std::path::PathBuf>,
+        #[arg(long, default_value_t = 64)]
+        parallel: usize,
+    },
     /// Logs in once (IMAP) with accounts FIRST..FIRST+N, so that create-on-login relays have them.
     Accounts {
         #[arg(long, default_value_t = 10)]
@@ -127,6 +154,10 @@ struct Target {
     prefix: String,
     password: String,
     tls: tokio_rustls::TlsConnector,
+    source: Vec<std::net::IpAddr>,
+    /// Read and write buffer per connection: small where thousands sit idle.
+    buf_size: usize,
+    next_source: AtomicU64,
 }
 
 impl Target {
@@ -135,16 +166,27 @@ impl Target {
     }
 
     async fn connect(&self, port: u16) -> Result<BufStream<TlsStream<TcpStream>>> {
-        let tcp = TcpStream::connect((self.host.as_str(), port))
-            .await
-            .with_context(|| format!("connect {}:{port}", self.host))?;
+        let tcp = if self.source.is_empty() {
+            TcpStream::connect((self.host.as_str(), port)).await
+        } else {
+            let n = self.next_source.fetch_add(1, Ordering::Relaxed) as usize;
+            let from = self.source[n % self.source.len()];
+            let to = std::net::SocketAddr::new(self.host.parse()?, port);
+            let sock = match from {
+                std::net::IpAddr::V4(_) => tokio::net::TcpSocket::new_v4()?,
+                std::net::IpAddr::V6(_) => tokio::net::TcpSocket::new_v6()?,
+            };
+            sock.bind((from, 0).into())?;
+            sock.connect(to).await
+        }
+        .with_context(|| format!("connect {}:{port}", self.host))?;
         tcp.set_nodelay(true)?;
         let name = match self.host.parse::<std::net::IpAddr>() {
             Ok(ip) => rustls::pki_types::ServerName::IpAddress(ip.into()),
             Err(_) => rustls::pki_types::ServerName::try_from(self.host.clone())?,
         };
         let tls = self.tls.connect(name, tcp).await.context("TLS handshake")?;
-        Ok(BufStream::with_capacity(64 * 1024, 64 * 1024, tls))
+        Ok(BufStream::with_capacity(self.buf_size, self.buf_size, tls))
     }
 }
 
@@ -629,6 +671,10 @@ fn raise_nofile(want: u64) -> u64 {
     if soft >= want {
         return soft;
     }
+    // Root may raise the hard limit too (100 000 clients need more than the usual 20 000).
+    if want > hard && setrlimit(Resource::RLIMIT_NOFILE, want, want).is_ok() {
+        return want;
+    }
     let new = want.min(hard);
     match setrlimit(Resource::RLIMIT_NOFILE, new, hard) {
         Ok(()) => new,
@@ -708,6 +754,257 @@ async fn idle(
     }))
 }
 
+struct SoakOpts {
+    clients: usize,
+    senders: usize,
+    rate: f64,
+    duration: f64,
+    size: usize,
+    drain: f64,
+    ready_file: Option<std::path::PathBuf>,
+    parallel: usize,
+}
+
+/// Per recipient: the end-of-DATA instants of its messages not yet announced by EXISTS.
+type Pending = Arc<Vec<std::sync::Mutex<std::collections::VecDeque<Instant>>>>;
+
+async fn soak(t: Arc<Target>, first: u32, o: SoakOpts) -> Result<Value> {
+    let nofile = raise_nofile((o.clients + o.senders) as u64 + 256);
+    let body = Arc::new(pgpmsg::make(o.size)?);
+    let pending: Pending = Arc::new(
+        (0..o.clients)
+            .map(|_| std::sync::Mutex::new(Default::default()))
+            .collect(),
+    );
+    // (minute of the send, latency) of each announced message
+    let samples = Arc::new(std::sync::Mutex::new(Vec::<(u64, Duration)>::new()));
+    let announced = Arc::new(AtomicU64::new(0));
+    let stop = Arc::new(AtomicBool::new(false));
+    let dropped = Arc::new(AtomicU64::new(0));
+    let start_at = Arc::new(std::sync::OnceLock::<Instant>::new());
+
+    // The idle clients: each reads its connection and matches EXISTS to what was sent to it.
+    let sem = Arc::new(tokio::sync::Semaphore::new(o.parallel));
+    let (ready_tx, mut ready_rx) = tokio::sync::mpsc::channel::<Result<()>>(o.clients.max(1));
+    let mut readers = Vec::new();
+    for k in 0..o.clients {
+        let (t, sem, ready_tx) = (t.clone(), sem.clone(), ready_tx.clone());
+        let (pending, samples, announced, stop, dropped, start_at) = (
+            pending.clone(),
+            samples.clone(),
+            announced.clone(),
+            stop.clone(),
+            dropped.clone(),
+            start_at.clone(),
+        );
+        readers.push(tokio::spawn(async move {
+            let setup = async {
+                let _permit = sem.acquire_owned().await?;
+                let mut i = Imap::login(&t, &t.addr(first + k as u32)).await?;
+                i.select().await?;
+                i.idle().await?;
+                Ok::<_, anyhow::Error>(i)
+            };
+            let mut i = match setup.await {
+                Ok(i) => {
+                    let _ = ready_tx.send(Ok(())).await;
+                    i
+                }
+                Err(e) => {
+                    let _ = ready_tx.send(Err(e)).await;
+                    return;
+                }
+            };
+            let mut seen = i.exists;
+            // Kept across timeouts: a line cut by one is completed by the next read.
+            let mut buf = Vec::new();
+            while !stop.load(Ordering::Relaxed) {
+                let read = i.c.read_until(b'\n', &mut buf);
+                match tokio::time::timeout(Duration::from_secs(2), read).await {
+                    Err(_) => continue,
+                    Ok(Ok(n)) if n > 0 && buf.ends_with(b"\n") => {}
+                    Ok(_) => {
+                        dropped.fetch_add(1, Ordering::Relaxed);
+                        return;
+                    }
+                }
+                let line = String::from_utf8_lossy(&buf).into_owned();
+                buf.clear();
+                if i.note_exists(&line) && i.exists > seen {
+                    let now = Instant::now();
+                    let t0 = *start_at.get().unwrap_or(&now);
+                    let mut q = pending[k].lock().unwrap_or_else(|e| e.into_inner());
+                    for _ in seen..i.exists {
+                        if let Some(sent) = q.pop_front() {
+                            let minute = sent.saturating_duration_since(t0).as_secs() / 60;
+                            let mut s = samples.lock().unwrap_or_else(|e| e.into_inner());
+                            s.push((minute, now.saturating_duration_since(sent)));
+                        }
+                        announced.fetch_add(1, Ordering::Relaxed);
+                    }
+                    seen = i.exists;
+                }
+            }
+        }));
+    }
+    drop(ready_tx);
+    let ramp_started = Instant::now();
+    let (mut idle_ok, mut idle_failed, mut first_err) = (0usize, 0usize, None);
+    while let Some(r) = ready_rx.recv().await {
+        match r {
+            Ok(()) => idle_ok += 1,
+            Err(e) => {
+                idle_failed += 1;
+                first_err.get_or_insert(format!("{e:#}"));
+            }
+        }
+        if idle_ok + idle_failed == o.clients {
+            break;
+        }
+    }
+    let ramp = ramp_started.elapsed().as_secs_f64();
+    if idle_ok == 0 {
+        bail!("no client got to IDLE: {first_err:?}");
+    }
+    // Senders log in before the clock starts.
+    let mut smtps = Vec::new();
+    for j in 0..o.senders {
+        let from = t.addr(first + (o.clients + j) as u32);
+        smtps.push((Smtp::login(&t, &from).await?, from));
+    }
+    if let Some(f) = &o.ready_file {
+        std::fs::write(f, format!("{idle_ok}\n"))?;
+    }
+    let t0 = Instant::now();
+    let _ = start_at.set(t0);
+    let total = (o.rate * o.duration).round() as u64;
+    let accepted = Arc::new(AtomicU64::new(0));
+    let refused = Arc::new(AtomicU64::new(0));
+    let submit = Arc::new(std::sync::Mutex::new(Vec::<Duration>::new()));
+    let mut tasks = Vec::new();
+    for (j, (mut smtp, from)) in smtps.into_iter().enumerate() {
+        let (t, body, pending, accepted, refused, submit) = (
+            t.clone(),
+            body.clone(),
+            pending.clone(),
+            accepted.clone(),
+            refused.clone(),
+            submit.clone(),
+        );
+        let (senders, clients, rate) = (o.senders as u64, o.clients as u64, o.rate);
+        tasks.push(tokio::spawn(async move {
+            // Message n is due at t0 + n / rate; sender j sends n = j, j + senders, …
+            let mut n = j as u64;
+            while n < total {
+                let due = t0 + Duration::from_secs_f64(n as f64 / rate);
+                tokio::time::sleep_until(due.into()).await;
+                let k = (n % clients) as usize;
+                let to = t.addr(first + k as u32);
+                let msg = pgpmsg::wrap(&body, &from, &to, &format!("soak{n}"));
+                // Queued before the 250: the EXISTS may come first.
+                let mut sent = None;
+                let r = async {
+                    smtp.cmd(&format!("MAIL FROM:<{from}>"), 250).await?;
+                    smtp.cmd(&format!("RCPT TO:<{to}>"), 250).await?;
+                    smtp.cmd("DATA", 354).await?;
+                    smtp.c.write_all(&msg).await?;
+                    smtp.c.write_all(b".\r\n").await?;
+                    smtp.c.flush().await?;
+                    let end = Instant::now();
+                    pending[k]
+                        .lock()
+                        .unwrap_or_else(|e| e.into_inner())
+                        .push_back(end);
+                    sent = Some(end);
+                    smtp.reply().await
+                }
+                .await;
+                match r {
+                    Ok((250, _)) => {
+                        accepted.fetch_add(1, Ordering::Relaxed);
+                        if let Some(end) = sent {
+                            let mut s = submit.lock().unwrap_or_else(|e| e.into_inner());
+                            s.push(end.elapsed());
+                        }
+                    }
+                    _ => {
+                        refused.fetch_add(1, Ordering::Relaxed);
+                        if sent.is_some() {
+                            // not accepted, so not awaited
+                            pending[k]
+                                .lock()
+                                .unwrap_or_else(|e| e.into_inner())
+                                .pop_back();
+                        }
+                        if r.is_err() {
+                            // the connection is gone; a new one
+                            match Smtp::login(&t, &from).await {
+                                Ok(s) => smtp = s,
+                                Err(_) => return,
+                            }
+                        }
+                    }
+                }
+                n += senders;
+            }
+        }));
+    }
+    for task in tasks {
+        task.await?;
+    }
+    let send_elapsed = t0.elapsed().as_secs_f64();
+    let accepted = accepted.load(Ordering::Relaxed);
+    let drain_until = Instant::now() + Duration::from_secs_f64(o.drain);
+    while announced.load(Ordering::Relaxed) < accepted && Instant::now() < drain_until {
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    stop.store(true, Ordering::Relaxed);
+    for r in readers {
+        let _ = r.await;
+    }
+    let announced = announced.load(Ordering::Relaxed);
+    let samples = std::mem::take(&mut *samples.lock().unwrap_or_else(|e| e.into_inner()));
+    let minutes = samples.iter().map(|(m, _)| *m).max().map_or(0, |m| m + 1);
+    let per_minute: Vec<Value> = (0..minutes)
+        .map(|m| {
+            let v = samples
+                .iter()
+                .filter(|(mm, _)| *mm == m)
+                .map(|(_, d)| *d)
+                .collect();
+            let mut s = stats_ms(v);
+            s["minute"] = json!(m);
+            s
+        })
+        .collect();
+    let all = samples.iter().map(|(_, d)| *d).collect();
+    let submit = std::mem::take(&mut *submit.lock().unwrap_or_else(|e| e.into_inner()));
+    Ok(json!({
+        "mode": "soak",
+        "clients": o.clients,
+        "idle_established": idle_ok,
+        "idle_failed": idle_failed,
+        "first_error": first_err,
+        "idle_dropped": dropped.load(Ordering::Relaxed),
+        "ramp_s": ramp,
+        "senders": o.senders,
+        "rate": o.rate,
+        "duration_s": o.duration,
+        "size": o.size,
+        "wire_bytes": pgpmsg::wrap(&body, &t.addr(0), &t.addr(1), "x").len(),
+        "planned": total,
+        "accepted": accepted,
+        "refused": refused.load(Ordering::Relaxed),
+        "send_elapsed_s": send_elapsed,
+        "announced": announced,
+        "lost": accepted.saturating_sub(announced),
+        "nofile_limit": nofile,
+        "data_to_250": stats_ms(submit),
+        "data_to_exists": stats_ms(all),
+        "data_to_exists_per_minute": per_minute,
+    }))
+}
+
 async fn accounts(t: Arc<Target>, first: u32, count: usize) -> Result<Value> {
     let sem = Arc::new(tokio::sync::Semaphore::new(32));
     let started = Instant::now();
@@ -740,6 +1037,12 @@ fn main() -> Result<()> {
         prefix: cli.prefix.clone(),
         password: cli.password.clone(),
         tls: tls_connector()?,
+        buf_size: match cli.mode {
+            Mode::Idle { .. } | Mode::Soak { .. } => 2 * 1024,
+            _ => 64 * 1024,
+        },
+        source: cli.source.clone(),
+        next_source: AtomicU64::new(0),
     });
     let first = cli.first_account;
     let mut result = rt.block_on(async {
@@ -774,6 +1077,28 @@ fn main() -> Result<()> {
                 parallel,
             } => idle(t, first, clients, hold, ready_file, until_file, parallel).await,
             Mode::Accounts { count } => accounts(t, first, count).await,
+            Mode::Soak {
+                clients,
+                senders,
+                rate,
+                duration,
+                size,
+                drain,
+                ready_file,
+                parallel,
+            } => {
+                let o = SoakOpts {
+                    clients,
+                    senders,
+                    rate,
+                    duration,
+                    size,
+                    drain,
+                    ready_file,
+                    parallel,
+                };
+                soak(t, first, o).await
+            }
         }
     })?;
     result["label"] = json!(cli.label);

@@ -143,7 +143,9 @@ pub async fn accept_tls(
     tcp: TcpStream,
     timeout: Duration,
 ) -> Result<Conn, HandshakeError> {
-    handshake(timeout, acceptor.accept(tcp))
+    // Boxed: the handshake state (a whole rustls connection) would otherwise stay inline, as
+    // dead weight, in the future of every connection for its whole life.
+    handshake(timeout, Box::pin(acceptor.accept(tcp)))
         .await
         .map(|s| Conn::Tls(Box::new(s)))
 }

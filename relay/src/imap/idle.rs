@@ -23,17 +23,14 @@ enum Event {
 }
 
 impl Session {
+    /// Only the wait itself is inline in the connection's future: the steps around it (the
+    /// continuation, updates, keepalives) are boxed, being rare, so an idle client's task
+    /// carries no more than the `select!` below.
     pub(super) async fn idle<S: AsyncRead + AsyncWrite + Unpin>(
         &mut self,
         io: &mut Framed<S>,
     ) -> io::Result<Done> {
-        if let Ok(c) = CommandContinuationRequest::basic(None, "idling") {
-            io.send(&Response::CommandContinuationRequest(c)).await?;
-        }
-        // Whatever changed since the last command is news the client is waiting for.
-        self.send_updates(io).await?;
-        io.flush().await?;
-        io.shrink();
+        Box::pin(self.idle_start(io)).await?;
         let relay = self.relay.clone();
         let deadline = Instant::now() + AUTH_TIMEOUT;
         let _idling = crate::metrics::M.imap_idle.hold();
@@ -52,51 +49,83 @@ impl Session {
             let ev = tokio::select! {
                 line = io.read_line() => Event::Line(line),
                 _ = changed => Event::Changed,
-                _ = tokio::time::sleep(self.keepalive) => Event::Keepalive,
-                _ = tokio::time::sleep_until(deadline) => Event::Timeout,
+                // One timer for both (each costs the future its size)
+                _ = tokio::time::sleep_until((Instant::now() + self.keepalive).min(deadline)) => {
+                    if Instant::now() >= deadline {
+                        Event::Timeout
+                    } else {
+                        Event::Keepalive
+                    }
+                }
                 _ = relay.shutdown.wait() => Event::Shutdown,
             };
-            match ev {
-                Event::Line(Ok(line)) => {
-                    let word = line.trim_ascii();
-                    return Ok(if word.eq_ignore_ascii_case(b"DONE") {
-                        Done::ok("Idle completed")
-                    } else {
-                        Done::bad("Expected DONE")
-                    });
-                }
-                Event::Line(Err(ReadError::TooLong)) => return Ok(Done::bad("Expected DONE")),
-                Event::Line(Err(ReadError::Io(e))) => return Err(e),
-                Event::Line(Err(ReadError::Eof | ReadError::Busy | ReadError::Timeout)) => {
-                    return Err(io::Error::new(
-                        io::ErrorKind::UnexpectedEof,
-                        "closed in IDLE",
-                    ))
-                }
-                Event::Changed => {
-                    // The change counter was consumed by `changed()`; make `send_updates` look.
-                    if let Some(sel) = self.selected.as_mut() {
-                        sel.watch.mark_changed();
-                    }
-                    self.send_updates(io).await?;
-                }
-                Event::Keepalive => {
-                    io.send(&untagged(StatusKind::Ok, None, "Still here"))
-                        .await?;
-                }
-                Event::Timeout => {
-                    io.send(&bye("Autologout; idle for too long")).await?;
-                    io.flush().await?;
-                    return Err(io::Error::new(io::ErrorKind::TimedOut, "IDLE timeout"));
-                }
-                Event::Shutdown => {
-                    io.send(&bye("Server shutting down")).await?;
-                    io.flush().await?;
-                    return Err(io::Error::other("shutdown"));
-                }
+            if let Some(done) = Box::pin(self.idle_event(io, ev)).await? {
+                return Ok(done);
             }
-            io.flush().await?;
-            io.shrink();
         }
+    }
+
+    async fn idle_start<S: AsyncRead + AsyncWrite + Unpin>(
+        &mut self,
+        io: &mut Framed<S>,
+    ) -> io::Result<()> {
+        if let Ok(c) = CommandContinuationRequest::basic(None, "idling") {
+            io.send(&Response::CommandContinuationRequest(c)).await?;
+        }
+        // Whatever changed since the last command is news the client is waiting for.
+        self.send_updates(io).await?;
+        io.flush().await?;
+        io.shrink();
+        Ok(())
+    }
+
+    /// What one wake-up in IDLE leads to: the tagged reply to DONE, or `None` to go on waiting.
+    async fn idle_event<S: AsyncRead + AsyncWrite + Unpin>(
+        &mut self,
+        io: &mut Framed<S>,
+        ev: Event,
+    ) -> io::Result<Option<Done>> {
+        match ev {
+            Event::Line(Ok(line)) => {
+                let word = line.trim_ascii();
+                return Ok(Some(if word.eq_ignore_ascii_case(b"DONE") {
+                    Done::ok("Idle completed")
+                } else {
+                    Done::bad("Expected DONE")
+                }));
+            }
+            Event::Line(Err(ReadError::TooLong)) => return Ok(Some(Done::bad("Expected DONE"))),
+            Event::Line(Err(ReadError::Io(e))) => return Err(e),
+            Event::Line(Err(ReadError::Eof | ReadError::Busy | ReadError::Timeout)) => {
+                return Err(io::Error::new(
+                    io::ErrorKind::UnexpectedEof,
+                    "closed in IDLE",
+                ))
+            }
+            Event::Changed => {
+                // The change counter was consumed by `changed()`; make `send_updates` look.
+                if let Some(sel) = self.selected.as_mut() {
+                    sel.watch.mark_changed();
+                }
+                self.send_updates(io).await?;
+            }
+            Event::Keepalive => {
+                io.send(&untagged(StatusKind::Ok, None, "Still here"))
+                    .await?;
+            }
+            Event::Timeout => {
+                io.send(&bye("Autologout; idle for too long")).await?;
+                io.flush().await?;
+                return Err(io::Error::new(io::ErrorKind::TimedOut, "IDLE timeout"));
+            }
+            Event::Shutdown => {
+                io.send(&bye("Server shutting down")).await?;
+                io.flush().await?;
+                return Err(io::Error::other("shutdown"));
+            }
+        }
+        io.flush().await?;
+        io.shrink();
+        Ok(None)
     }
 }

@@ -166,6 +166,18 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Framed<S> {
 
     /// Reads more input. Cancel-safe: bytes read land in `rbuf` and stay there.
     async fn fill(&mut self) -> Result<(), ReadError> {
+        if self.rbuf.capacity() == 0 {
+            // Waiting with nothing buffered (IDLE, between commands): hold no buffer until
+            // input arrives. The few bytes here cost the future little; `DONE` fits.
+            let mut first = [0u8; 32];
+            return match self.stream.read(&mut first).await? {
+                0 => Err(ReadError::Eof),
+                n => {
+                    self.rbuf.extend_from_slice(&first[..n]);
+                    Ok(())
+                }
+            };
+        }
         if self.rbuf.capacity() - self.rbuf.len() < 512 {
             // Small while idle, doubling for long lines.
             self.rbuf.reserve(self.rbuf.len().max(1024));
@@ -417,7 +429,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Framed<S> {
 
     /// Gives back buffer memory before a long wait (IDLE, between commands).
     pub(crate) fn shrink(&mut self) {
-        if self.out.is_empty() && self.out.capacity() > KEEP_CAPACITY {
+        if self.out.is_empty() {
             self.out = Vec::new();
         }
         if self.rbuf.is_empty() {
@@ -444,6 +456,28 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Framed<S> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use imap_codec::imap_types::response::StatusKind;
+
+    #[tokio::test]
+    async fn waiting_for_input_holds_no_buffers() {
+        let (mut client, server) = tokio::io::duplex(4096);
+        let mut io = Framed::new(server);
+        client.write_all(b"a NOOP\r\n").await.unwrap();
+        assert_eq!(io.read_line().await.unwrap(), b"a NOOP\r\n");
+        let ok = crate::imap::session::untagged(StatusKind::Ok, None, "Still here");
+        io.send(&ok).await.unwrap();
+        io.flush().await.unwrap();
+        io.shrink();
+        // As in IDLE: a read that waits for input that does not come.
+        let wait = tokio::time::timeout(Duration::from_millis(20), io.read_line()).await;
+        assert!(wait.is_err());
+        assert_eq!((io.rbuf.capacity(), io.out.capacity()), (0, 0));
+        client.write_all(b"DONE\r\n").await.unwrap();
+        assert_eq!(io.read_line().await.unwrap(), b"DONE\r\n");
+        let long = format!("b LOGIN {} x\r\n", "u".repeat(3000));
+        client.write_all(long.as_bytes()).await.unwrap();
+        assert_eq!(io.read_line().await.unwrap(), long.as_bytes());
+    }
 
     #[test]
     fn literal_suffixes() {

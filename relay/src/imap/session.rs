@@ -13,6 +13,7 @@ use imap_codec::imap_types::core::{IString, NString, Quoted, Tag, Text};
 use imap_codec::imap_types::response::{
     Bye, Code, CodeOther, Data, Response, Status, StatusBody, StatusKind, Tagged,
 };
+use imap_codec::imap_types::IntoStatic;
 use imap_codec::CommandCodec;
 use std::borrow::Cow;
 use std::io;
@@ -204,6 +205,15 @@ enum Need {
     Selected,
 }
 
+/// Whether a command line is `<tag> IDLE` (the decoder has the last word).
+fn is_idle(buf: &[u8]) -> bool {
+    let mut words = buf.trim_ascii_end().split(|&b| b == b' ');
+    matches!(
+        (words.next(), words.next(), words.next()),
+        (Some(_), Some(w), None) if w.eq_ignore_ascii_case(b"IDLE")
+    )
+}
+
 fn need(body: &CommandBody<'_>) -> Need {
     use CommandBody as C;
     match body {
@@ -340,7 +350,13 @@ impl Session {
                 Ok(Ok(f)) => f,
             };
             let next = match frame {
-                Frame::Command(buf) => self.handle(io, &buf).await,
+                // A session spends nearly all its life in IDLE; every other command's future
+                // is boxed, so the largest of them is not carried, inline, by each idle
+                // connection's task.
+                Frame::Command(buf) if self.user.is_some() && is_idle(&buf) => {
+                    self.handle_idle(io, &buf).await
+                }
+                Frame::Command(buf) => Box::pin(self.handle(io, &buf)).await,
                 Frame::TooLong(head) => {
                     self.refuse(io, &head, Done::bad("Command line too long"))
                         .await
@@ -389,6 +405,28 @@ impl Session {
             None => untagged(done.kind, done.code, &done.text),
         };
         io.send(&r).await?;
+        Ok(Next::Continue)
+    }
+
+    /// `tag IDLE`, as `handle` would run it, with only the tag kept across the wait.
+    async fn handle_idle<S: AsyncRead + AsyncWrite + Unpin>(
+        &mut self,
+        io: &mut Framed<S>,
+        buf: &[u8],
+    ) -> io::Result<Next> {
+        let tag = match CommandCodec::default().decode(buf) {
+            Ok((
+                _,
+                Command {
+                    tag,
+                    body: CommandBody::Idle,
+                },
+            )) => tag.into_static(),
+            _ => return Box::pin(self.handle(io, buf)).await,
+        };
+        tracing::debug!(command = "IDLE", "command");
+        let done = self.idle(io).await?;
+        io.send(&tagged(tag, done)).await?;
         Ok(Next::Continue)
     }
 
