@@ -370,4 +370,4 @@ impl Delivery {
 mod tests;
 
 #[cfg(test)]
-mod queue_tests;
+mod tests_queue;

@@ -57,6 +57,7 @@ pub fn build(cfg: config::Config) -> anyhow::Result<Arc<Relay>> {
             "set-up wizard enabled: a new one-time setup code was written"
         );
     }
+    let portmap = crate::portmap::PortMap::new(cfg.port_mapping);
     Ok(Arc::new(Relay {
         admin,
         accounts: accounts::Accounts::new(cfg.clone(), store.clone(), clock.clone()),
@@ -66,6 +67,7 @@ pub fn build(cfg: config::Config) -> anyhow::Result<Arc<Relay>> {
         store,
         tls,
         acme: crate::acme::Acme::default(),
+        portmap,
         clock,
         shutdown: net::Shutdown::new(),
         conns,
@@ -193,6 +195,8 @@ pub async fn run_with(relay: Arc<Relay>, ready: impl FnOnce()) -> anyhow::Result
     }
     tokio::spawn(relay.delivery.push().clone().run(relay.shutdown.clone()));
     tokio::spawn(relay.delivery.queue().clone().run(relay.shutdown.clone()));
+    // Not one of `tasks`: it ends only after the shutdown, once the router has been told.
+    let portmap = tokio::spawn(crate::portmap::run(relay.clone()));
     tracing::info!(
         domain = %relay.cfg.mail_domain,
         listeners = %bound.join(" "),
@@ -230,6 +234,9 @@ pub async fn run_with(relay: Arc<Relay>, ready: impl FnOnce()) -> anyhow::Result
         while tasks.join_next().await.is_some() {}
     })
     .await;
+    // The router forgets the mappings when told; otherwise they would point at a stopped relay
+    // until their lease runs out.
+    let _ = tokio::time::timeout(Duration::from_secs(5), portmap).await;
     match failure {
         Some(f) => Err(anyhow::anyhow!(f)),
         None => Ok(()),
@@ -343,10 +350,10 @@ mod tests {
             std::fs::Permissions::from_mode(0o644),
         )
         .unwrap();
-        let relay = crate::fuzzing::test_relay(&data, |_| {}).unwrap();
+        let relay = crate::testkit::test_relay(&data, |_| {}).unwrap();
         let a = relay
             .accounts
-            .login(crate::fuzzing::USER, crate::fuzzing::PASS)
+            .login(crate::testkit::USER, crate::testkit::PASS)
             .await
             .unwrap();
         relay
