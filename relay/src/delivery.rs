@@ -9,7 +9,7 @@ use crate::dkim::Dkim;
 use crate::dns::Dns;
 use crate::metrics::M;
 use crate::policy::ratelimit::SendLimiter;
-use crate::policy::{self, Direction, Envelope, Reply, Verdict};
+use crate::policy::{self, Direction, Envelope, Reply};
 use crate::push::Push;
 use crate::store::{AccountId, Body, Spool, Store};
 use queue::Queue;
@@ -181,7 +181,7 @@ impl Delivery {
         data: Vec<u8>,
         dir: Direction,
     ) -> Reply {
-        self.submit_spooled(env, targets, data, None, dir).await
+        self.submit_spooled(env, targets, &data, None, dir).await
     }
 
     /// `submit` for a message whose local copy is already on disk (`spool`, written by a
@@ -190,25 +190,22 @@ impl Delivery {
         &self,
         env: &Envelope,
         targets: &[Target],
-        data: Vec<u8>,
+        data: &[u8],
         spool: Option<Spool>,
         dir: Direction,
     ) -> Reply {
-        let (verdict, kind) = match dir {
-            Direction::Outgoing => policy::check_outgoing_kind(env, &data),
-            Direction::Incoming => policy::check_incoming_kind(env, &data),
-        };
-        crate::metrics::count_filtered(dir, kind, matches!(verdict, Verdict::Accept(_)));
-        let data = match verdict {
-            Verdict::Accept(d) => d,
-            Verdict::Reject(r) => {
-                if r.code == 523 {
-                    M.rejected_unencrypted_mail.inc();
-                }
-                tracing::info!(reply = %r, "message refused by policy");
-                return r;
+        let (verdict, kind) = policy::judge(env, data, dir);
+        crate::metrics::count_filtered(dir, kind, verdict.is_ok());
+        if let Err(r) = verdict {
+            if r.code == 523 {
+                M.rejected_unencrypted_mail.inc();
             }
-        };
+            tracing::info!(reply = %r, "message refused by policy");
+            return r;
+        }
+        // What `check_outgoing` hands back; incoming mail passes unchanged, without a copy.
+        let cleaned = (dir == Direction::Outgoing).then(|| policy::headers::clean_outgoing(data));
+        let data: &[u8] = cleaned.as_deref().unwrap_or(data);
         if dir == Direction::Incoming {
             // Origin check (reference §3.5 step 7) only after the gate: unencrypted mail is
             // refused without any DNS lookup (filtermail#69), and a spoofer cannot make us query
@@ -222,8 +219,7 @@ impl Delivery {
             //
             // No per-recipient refusal of unencrypted mail (§3.5 step 6): every account we create
             // enforces encryption, so the gate's 523 already holds for all recipients.
-            if let Err(r) = crate::dkim::verify_origin(&self.dns, &self.cfg, env.peer, &data).await
-            {
+            if let Err(r) = crate::dkim::verify_origin(&self.dns, &self.cfg, env.peer, data).await {
                 tracing::info!(reply = %r, "incoming message refused by the origin check");
                 return r;
             }
@@ -248,12 +244,12 @@ impl Delivery {
             Some(s) => {
                 debug_assert_eq!(
                     s.len(),
-                    policy::prepare_local_delivery(&data).len() as u64,
+                    policy::prepare_local_delivery(data).len() as u64,
                     "the spool holds the local copy"
                 );
                 Body::Spooled(s)
             }
-            None => Body::Bytes(policy::prepare_local_delivery(&data).into()),
+            None => Body::Bytes(policy::prepare_local_delivery(data).into()),
         };
         for id in &local {
             match self.fits(*id, body.len()).await {
@@ -277,7 +273,7 @@ impl Delivery {
             }
         }
         if !remote.is_empty() {
-            return self.enqueue(env, &local, body, &data, remote).await;
+            return self.enqueue(env, &local, body, data, remote).await;
         }
         match self
             .store

@@ -302,6 +302,11 @@ impl Budget {
         self.used.load(Ordering::Relaxed)
     }
 
+    /// Bytes not taken yet.
+    pub fn left(&self) -> u64 {
+        self.cap.saturating_sub(self.used())
+    }
+
     /// An empty share.
     pub fn hold(self: &Arc<Self>) -> Held {
         Held {

@@ -10,7 +10,7 @@
 //! in memory for the checks that need the message as received (the gate, DKIM).
 
 use crate::policy::{self, Direction};
-use crate::store::{Spool, Store, StoreError};
+use crate::store::{Received, Spool, Store, StoreError};
 
 /// Bytes kept in memory before the body goes to disk.
 pub const SPILL: usize = 256 * 1024;
@@ -98,9 +98,10 @@ impl Spooler {
         Ok(())
     }
 
-    /// The whole message as received, in memory (the gate and DKIM read it whole), and the
-    /// spool to adopt as the local copy, if any. `rest` is what `push` has not taken.
-    pub async fn finish(self, rest: Vec<u8>) -> Result<(Vec<u8>, Option<Spool>), StoreError> {
+    /// The whole message as received (the gate and DKIM read it whole), and the spool to
+    /// adopt as the local copy, if any. `rest` is what `push` has not taken. A spooled body is
+    /// mapped, not read back: no second copy of it on the heap.
+    pub async fn finish(self, rest: Vec<u8>) -> Result<(Received, Option<Spool>), StoreError> {
         let Spooler {
             spool,
             head,
@@ -109,16 +110,15 @@ impl Spooler {
             ..
         } = self;
         let Some(mut spool) = spool else {
-            return Ok((rest, None));
+            return Ok((Received::Heap(rest), None));
         };
         if !rest.is_empty() {
             spool.write(rest).await?;
         }
         if raw {
-            let data = spool.read_into(0, Vec::new()).await?;
-            return Ok((data, None));
+            return Ok((spool.received(Vec::new(), 0)?, None));
         }
-        let data = spool.read_into(stored_head_len, head).await?;
+        let data = spool.received(head, stored_head_len)?;
         Ok((data, Some(spool)))
     }
 }

@@ -94,21 +94,20 @@ pub fn is_armored_pgp_message(payload: &[u8], dir: Direction) -> bool {
     // The CRC24 line (`=XXXX`) is optional in RFC 9580. The reference cuts at the last `=`,
     // which also eats base64 padding when there is no CRC line; we cut only a line that starts
     // with `=` and accept padded or unpadded base64, so valid messages without CRC pass too.
-    // The reference removes every CR and LF before decoding, not just line ends.
-    let mut lines: Vec<Vec<u8>> = body
-        .split(|&b| b == b'\n')
-        .map(|l| {
-            l.iter()
-                .copied()
-                .filter(|&b| b != b'\r')
-                .collect::<Vec<u8>>()
-        })
-        .filter(|l| !l.is_empty())
-        .collect();
-    if lines.last().is_some_and(|l| l.starts_with(b"=")) {
-        lines.pop();
+    // The reference removes every CR and LF before decoding, not just line ends. One buffer
+    // for the joined lines (a big message's armor is tens of MB; no Vec per line).
+    let mut b64: Vec<u8> = Vec::with_capacity(body.len());
+    let mut last_line = 0;
+    for l in body.split(|&b| b == b'\n') {
+        let start = b64.len();
+        b64.extend(l.iter().copied().filter(|&b| b != b'\r'));
+        if b64.len() > start {
+            last_line = start;
+        }
     }
-    let b64: Vec<u8> = lines.concat();
+    if b64[last_line..].starts_with(b"=") {
+        b64.truncate(last_line);
+    }
     // Unpadded base64 is fine, but padding that is there must be complete, as standard base64
     // (the reference's decoder) wants it; `Indifferent` alone would take "QQ=".
     if b64.is_empty() || (b64.ends_with(b"=") && !b64.len().is_multiple_of(4)) {

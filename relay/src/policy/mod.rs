@@ -174,7 +174,23 @@ pub fn check_outgoing_kind(env: &Envelope, data: &[u8]) -> (Verdict, MailKind) {
 /// Both directions share the order of the reference: parse, From, (outgoing: From = envelope),
 /// gate; only an outgoing message is rewritten.
 fn check(env: &Envelope, data: &[u8], dir: Direction) -> (Verdict, MailKind) {
-    let reject = |r| (Verdict::Reject(r), MailKind::Unencrypted);
+    match judge(env, data, dir) {
+        (Ok(()), kind) => {
+            let out = match dir {
+                Direction::Outgoing => headers::clean_outgoing(data),
+                Direction::Incoming => data.to_vec(),
+            };
+            (Verdict::Accept(out), kind)
+        }
+        (Err(r), kind) => (Verdict::Reject(r), kind),
+    }
+}
+
+/// The verdict of [`check`] without the copy of the message it hands back (the caller
+/// rewrites an outgoing header with [`headers::clean_outgoing`] itself): a big message is not
+/// copied to the heap to be passed on unchanged.
+pub fn judge(env: &Envelope, data: &[u8], dir: Direction) -> (Result<(), Reply>, MailKind) {
+    let reject = |r| (Err(r), MailKind::Unencrypted);
     let msg = match parse(data) {
         Ok(m) => m,
         Err(r) => return reject(r),
@@ -191,13 +207,9 @@ fn check(env: &Envelope, data: &[u8], dir: Direction) -> (Verdict, MailKind) {
     }
     let kind = classify(&msg, &from, env, dir);
     if kind == MailKind::Unencrypted {
-        return (Verdict::Reject(encryption_needed()), kind);
+        return (Err(encryption_needed()), kind);
     }
-    let out = match dir {
-        Direction::Outgoing => headers::clean_outgoing(data),
-        Direction::Incoming => data.to_vec(),
-    };
-    (Verdict::Accept(out), kind)
+    (Ok(()), kind)
 }
 
 /// Incoming rules (reference §3.5 steps 1–6): the From header must parse; the message must be

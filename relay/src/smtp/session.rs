@@ -71,6 +71,8 @@ impl Default for Limits {
 /// MAIL FROM and what followed it.
 struct Transaction {
     mail_from: String,
+    /// The size MAIL FROM declared (`SIZE=`), 0 if none.
+    size: u64,
     rcpt_to: Vec<String>,
     targets: Vec<Target>,
     sender: SenderCheck,
@@ -403,6 +405,17 @@ impl Session {
         if from.size as u64 > self.relay.cfg.max_message_size {
             return self.fail(io, codes::TOO_BIG.code, codes::TOO_BIG.text);
         }
+        // A declared message the in-flight budget cannot take now is refused before it is
+        // sent (one without SIZE is checked at DATA).
+        if from.size > 0 && self.memory_need(from.size as u64) > self.relay.inflight.left() {
+            tracing::warn!(
+                size = from.size,
+                in_flight = self.relay.inflight.used(),
+                "in-flight message memory spent, MAIL gets 451"
+            );
+            io.send(codes::BUSY);
+            return Flow::Continue;
+        }
         let addr = from.address.trim();
         let (mail_from, sender) = match login {
             Some(login) if !addr.eq_ignore_ascii_case(&login) => {
@@ -419,6 +432,7 @@ impl Session {
         };
         self.tx = Some(Transaction {
             mail_from,
+            size: from.size as u64,
             rcpt_to: Vec::new(),
             targets: Vec::new(),
             sender,
@@ -505,24 +519,44 @@ impl Session {
         Flow::Continue
     }
 
+    /// Memory a message of `size` bytes (0: not declared) holds while it is received and
+    /// checked. Past `SPILL` bytes a body goes to disk and the checks map it, so incoming mail
+    /// holds at most `SPILL`; outgoing mail is copied whole for the header cleanup and the
+    /// DKIM signature.
+    fn memory_need(&self, size: u64) -> u64 {
+        match (size, self.direction()) {
+            (0, _) => SPILL as u64,
+            (n, Direction::Incoming) => n.min(SPILL as u64),
+            (n, Direction::Outgoing) => n,
+        }
+    }
+
     async fn data<S: AsyncRead + AsyncWrite + Unpin>(&mut self, io: &mut SmtpStream<S>) -> Flow {
-        match &self.tx {
+        let declared = match &self.tx {
             None => return self.fail(io, codes::NEED_MAIL.code, codes::NEED_MAIL.text),
             Some(tx) if tx.targets.is_empty() => {
                 return self.fail(io, 554, "5.5.1 Error: no valid recipients")
             }
-            Some(_) => {}
+            Some(tx) => tx.size,
+        };
+        let limit = self.relay.cfg.max_message_size;
+        // The body's share of the in-flight budget, held until the message is stored: what the
+        // message needs is taken before the client may send it, so that the refusal comes
+        // before the transfer, not after it. It grows if the message turns out bigger.
+        let mut held = self.relay.inflight.hold();
+        if !held.grow(self.memory_need(declared).min(limit), limit) {
+            tracing::warn!(
+                in_flight = self.relay.inflight.used(),
+                "in-flight message memory spent, DATA gets 451"
+            );
+            io.send(codes::BUSY);
+            return Flow::Continue;
         }
         io.reply(354, "End data with <CR><LF>.<CR><LF>");
-        let limit = self.relay.cfg.max_message_size;
         let limit_usize = usize::try_from(limit).unwrap_or(usize::MAX);
         let mut dec = DataDecoder::new(limit_usize);
         // The whole message must arrive by then, not just each piece within the read timeout.
         let deadline = Instant::now() + self.relay.cfg.message_transfer_timeout.duration();
-        // The body's share of the in-flight budget, held until the message is stored. Past
-        // `SPILL` bytes the body goes to disk (`Spooler`), so the share stays small while it
-        // arrives; it grows to the message's size once more for the checks at the end.
-        let mut held = self.relay.inflight.hold();
         let mut spooler = Spooler::new(&self.relay.store, self.direction());
         while !dec.is_done() {
             if !dec.is_dropping() {
@@ -609,8 +643,9 @@ impl Session {
             }
         };
         let busy = || codes::BUSY.reply();
-        // The checks read the whole message: it counts against the budget again.
-        if spooler.is_spooling() && !held.grow(size, limit) {
+        // Outgoing mail is copied whole for the cleanup and the signature (`memory_need`).
+        let dir = self.direction();
+        if spooler.is_spooling() && dir == Direction::Outgoing && !held.grow(size, limit) {
             tracing::warn!(
                 size,
                 in_flight = self.relay.inflight.used(),
@@ -637,7 +672,7 @@ impl Session {
         let reply = self
             .relay
             .delivery
-            .submit_spooled(&env, &tx.targets, body, spool, self.direction())
+            .submit_spooled(&env, &tx.targets, &body, spool, dir)
             .await;
         tracing::info!(
             size,

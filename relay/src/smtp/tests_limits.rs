@@ -70,7 +70,7 @@ fn filler(n: usize) -> String {
 }
 
 #[tokio::test]
-async fn data_past_the_in_flight_budget_gets_451_and_the_budget_comes_back() {
+async fn data_past_the_in_flight_budget_gets_451_before_the_transfer_and_the_budget_comes_back() {
     let d = tempfile::tempdir().unwrap();
     let r = relay_with(d.path(), |c| {
         c.max_message_size = 100_000;
@@ -83,32 +83,85 @@ async fn data_past_the_in_flight_budget_gets_451_and_the_budget_comes_back() {
     let mut b = started(&r, Kind::Submissions, true).await;
     b.login().await;
 
-    // A is in the middle of a 90 KB message.
+    // A is in the middle of a 90 KB message it declared.
     let big = message(USER, &filler(90_000));
-    assert_eq!(a.cmd(&format!("MAIL FROM:<{USER}>")).await, "250 2.1.0 Ok");
+    let mail = format!("MAIL FROM:<{USER}> SIZE={}", big.len());
+    assert_eq!(a.cmd(&mail).await, "250 2.1.0 Ok");
     assert_eq!(a.cmd(&format!("RCPT TO:<{RCPT}>")).await, "250 2.1.5 Ok");
     assert!(a.cmd("DATA").await.starts_with("354 "));
-    a.send(&big.as_bytes()[..88_000]).await;
+    a.send(&big.as_bytes()[..50_000]).await;
+    assert!(r.inflight.used() >= 88_000, "{}", r.inflight.used());
+
+    // B's messages do not fit beside it: refused before a byte of them is sent, at MAIL for
+    // a declared size, at DATA (no 354) otherwise; the session goes on.
+    let busy = "451 4.3.1 Insufficient system resources, try again later";
+    assert_eq!(b.cmd(&format!("MAIL FROM:<{USER}> SIZE=20000")).await, busy);
+    assert_eq!(b.cmd(&format!("MAIL FROM:<{USER}>")).await, "250 2.1.0 Ok");
+    assert_eq!(b.cmd(&format!("RCPT TO:<{RCPT}>")).await, "250 2.1.5 Ok");
+    assert_eq!(b.cmd("DATA").await, busy);
+    assert_eq!(b.cmd("RSET").await, "250 2.0.0 Ok");
+
+    a.send(&big.as_bytes()[50_000..]).await;
+    assert!(a.cmd(".").await.starts_with("250 "));
+    assert_eq!(r.inflight.used(), 0);
+    let small = message(USER, &filler(20_000));
+    assert!(b.mail(USER, RCPT, &small).await.starts_with("250 "));
+    assert_eq!(r.inflight.used(), 0);
+    // A share taken at DATA comes back when the client goes away mid-transfer too.
+    assert!(a.cmd(&mail).await.starts_with("250 "));
+    assert!(a
+        .cmd(&format!("RCPT TO:<{RCPT}>"))
+        .await
+        .starts_with("250 "));
+    assert!(a.cmd("DATA").await.starts_with("354 "));
+    assert!(r.inflight.used() >= 88_000, "{}", r.inflight.used());
+    a.send(&big.as_bytes()[..10_000]).await;
+    drop(a);
     for _ in 0..100 {
-        if r.inflight.used() >= 88_000 {
+        if r.inflight.used() == 0 {
             break;
         }
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
-    assert!(r.inflight.used() >= 88_000, "{}", r.inflight.used());
+    assert_eq!(r.inflight.used(), 0);
+}
 
-    // B's message does not fit beside it: a temporary refusal, the session goes on.
-    let small = message(USER, &filler(20_000));
+/// Incoming mail past `SPILL` is checked from its spool file (mapped, not read back into
+/// memory), so it needs no budget for the whole message at the end of the transfer: with less
+/// budget left than the message's size, it is still taken, and a declared size asks only for
+/// what will be in memory.
+#[tokio::test]
+async fn large_incoming_mail_needs_no_budget_for_the_whole_message() {
+    const SPILL: u64 = 256 * 1024;
+    let d = tempfile::tempdir().unwrap();
+    let r = relay_with(d.path(), |c| {
+        c.max_message_size = 2_000_000;
+        c.max_inflight_message_memory = ByteSize(2_000_000);
+    });
+    r.accounts.login(RCPT, "password2").await.unwrap();
+    // Others hold all but 600 KB.
+    let mut others = r.inflight.hold();
+    assert!(others.grow(1_400_000, 1_400_000));
+    let from = "someone@[192.0.2.1]";
+    let big = message(from, &filler(1_000_000));
+    let mut c = started(&r, Kind::Mx, true).await;
+    assert!(c.cmd("EHLO mx.example.org").await.starts_with("250"));
+    let mail = format!("MAIL FROM:<{from}> SIZE={}", big.len());
+    assert_eq!(c.cmd(&mail).await, "250 2.1.0 Ok");
+    assert!(c.cmd(&format!("RCPT TO:<{RCPT}>")).await.starts_with("250"));
+    assert!(c.cmd("DATA").await.starts_with("354"));
+    c.send(big.as_bytes()).await;
+    let reply = c.cmd(".").await;
+    assert!(reply.starts_with("250 "), "{reply}");
+    assert_eq!(inbox(&r, RCPT).await.len(), 1);
+    assert_eq!(r.inflight.used(), 1_400_000);
+    // With less than `SPILL` left, a declared incoming message is refused at MAIL.
+    let mut more = r.inflight.hold();
+    assert!(more.grow(2_000_000 - 1_400_000 - SPILL + 1, u64::MAX));
     assert_eq!(
-        b.mail(USER, RCPT, &small).await,
+        c.cmd(&mail).await,
         "451 4.3.1 Insufficient system resources, try again later"
     );
-
-    a.send(&big.as_bytes()[88_000..]).await;
-    assert!(a.cmd(".").await.starts_with("250 "));
-    assert_eq!(r.inflight.used(), 0);
-    assert!(b.mail(USER, RCPT, &small).await.starts_with("250 "));
-    assert_eq!(r.inflight.used(), 0);
 }
 
 #[tokio::test]

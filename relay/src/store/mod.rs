@@ -13,6 +13,7 @@
 
 pub mod format;
 mod index;
+mod mapped;
 mod recover;
 mod spool;
 mod wal;
@@ -20,6 +21,7 @@ mod writer;
 
 pub use index::{Account, DeviceToken, Flags, Mailbox, Message, Queued};
 pub use index::{ANSWERED, DELETED, DRAFT, FLAGGED, SEEN};
+pub use mapped::{Mapped, Received};
 pub use spool::{Body, Spool};
 
 use crate::sync::LockExt;

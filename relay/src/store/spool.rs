@@ -8,7 +8,7 @@
 //! half-received message is never visible.
 
 use super::{recover, CrashPoint, Store, StoreError};
-use std::io::{Read, Seek, SeekFrom, Write};
+use std::io::Write;
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicU64, Ordering};
 
@@ -106,18 +106,18 @@ impl Spool {
         Ok(buf)
     }
 
-    /// Appends everything from `offset` to the end of the file to `out`.
-    pub async fn read_into(&mut self, offset: u64, out: Vec<u8>) -> Result<Vec<u8>, StoreError> {
-        let len = self.len;
-        self.with_file(move |f| {
-            let mut out = out;
-            out.reserve_exact(len.saturating_sub(offset) as usize);
-            f.seek(SeekFrom::Start(offset))?;
-            f.read_to_end(&mut out)?;
-            f.seek(SeekFrom::End(0))?;
-            Ok(out)
-        })
-        .await
+    /// The received message for the checks: `head`, then the file from `offset` on, mapped
+    /// rather than read (see [`super::Mapped`]); `head` alone when nothing follows it.
+    pub fn received(&self, head: Vec<u8>, offset: u64) -> Result<super::Received, StoreError> {
+        let file = self.file.as_ref().ok_or(StoreError::Closed)?;
+        match super::Mapped::new(&head, file, offset, self.len) {
+            Ok(Some(m)) => Ok(super::Received::Mapped(m)),
+            Ok(None) => Ok(super::Received::Heap(head)),
+            Err(source) => Err(StoreError::Io {
+                path: self.path.clone(),
+                source,
+            }),
+        }
     }
 
     /// Makes the file durable and moves it into `mail/`; returns its body id. The directory

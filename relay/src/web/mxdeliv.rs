@@ -7,7 +7,7 @@
 
 use crate::delivery::spooler::{Spooler, SPILL};
 use crate::policy::{Direction, Envelope, Reply};
-use crate::store::Spool;
+use crate::store::{Received, Spool};
 use crate::Relay;
 use axum::body::Body;
 use axum::extract::State;
@@ -64,7 +64,7 @@ pub async fn handle(
     };
     let reply = relay
         .delivery
-        .submit_spooled(&env, &targets, data, spool, Direction::Incoming)
+        .submit_spooled(&env, &targets, &data, spool, Direction::Incoming)
         .await;
     tracing::info!(
         from = %env.mail_from,
@@ -119,15 +119,15 @@ fn unbracket(s: &str) -> &str {
 /// refused before reading anything; otherwise (also for chunked bodies) the body is read piece
 /// by piece and refused as soon as it passes the limit, so a sender can never make us hold more
 /// than that (plus one piece). Past `SPILL` bytes the body goes to disk as it arrives
-/// ([`Spooler`]); the bytes in memory count against the in-flight budget, and the whole message
-/// once more at the end, for the checks (the share comes back with the body, to be held until
-/// the message is stored); past the budget, or past the transfer deadline, the sender is told
-/// to try later.
+/// ([`Spooler`]) and is mapped for the checks at the end; the bytes in memory count against
+/// the in-flight budget, taken for a declared `Content-Length` before anything is read (the
+/// share comes back with the body, to be held until the message is stored); past the budget,
+/// or past the transfer deadline, the sender is told to try later.
 async fn read_body(
     relay: &Relay,
     headers: &HeaderMap,
     body: Body,
-) -> Result<(Vec<u8>, Option<Spool>, crate::limits::Held), Response> {
+) -> Result<(Received, Option<Spool>, crate::limits::Held), Response> {
     let max = relay.cfg.max_message_size;
     let deadline = tokio::time::Instant::now() + relay.cfg.message_transfer_timeout.duration();
     let mut held = relay.inflight.hold();
@@ -198,9 +198,6 @@ async fn read_body(
         }
         data.extend_from_slice(&chunk);
         spooler.push(&mut data).await.map_err(disk_error)?;
-    }
-    if spooler.is_spooling() && !held.grow(total, max) {
-        return Err(busy());
     }
     let (data, spool) = spooler.finish(data).await.map_err(disk_error)?;
     Ok((data, spool, held))
