@@ -11,6 +11,7 @@
 //! - `delivery` → `store`, `policy`, `dkim` (origin check of incoming mail), `dns` (MX), `tls`,
 //!   `push`, `expiry` (quota); `push`, `expiry`, `accounts`, `backup` → `store`.
 //! - `dkim` → `dns`; `acme` → `tls`; `metrics` → `acme` (certificate dates).
+//! - `calls` (TURN for Delta Chat calls) → `metrics`; `imap` reads its METADATA credentials.
 //!
 //! `policy` is pure (bytes in, verdict out) and never touches the store or a socket. `server`
 //! builds the [`Relay`] and starts every listener; `control` is the local command socket.
@@ -25,6 +26,7 @@ pub mod acme;
 pub mod admin;
 pub mod alpn;
 pub mod backup;
+pub mod calls;
 pub mod clock;
 pub mod config;
 pub mod control;
@@ -73,4 +75,6 @@ pub struct Relay {
     pub conns: Arc<limits::ConnLimiter>,
     /// Memory for message bodies being received.
     pub inflight: Arc<limits::Budget>,
+    /// TURN for calls, when this relay serves it (credentials for METADATA).
+    pub turn: Option<calls::Turn>,
 }

@@ -57,7 +57,9 @@ pub fn build(cfg: config::Config) -> anyhow::Result<Arc<Relay>> {
             "set-up wizard enabled: a new one-time setup code was written"
         );
     }
+    let turn = crate::calls::Turn::open(&cfg).context("cannot set up TURN")?;
     Ok(Arc::new(Relay {
+        turn,
         admin,
         accounts: accounts::Accounts::new(cfg.clone(), store.clone(), clock.clone()),
         delivery,
@@ -186,6 +188,21 @@ pub async fn run_with(relay: Arc<Relay>, ready: impl FnOnce()) -> anyhow::Result
         let listener = bind(*a, "metrics").await?;
         bound.push(format!("metrics={a}"));
         tasks.spawn(crate::metrics::serve(relay.clone(), listener));
+    }
+    if let Some(turn) = &relay.turn {
+        // The router-learned public address (UPnP) is not wired yet: turn_public_ip or a guess.
+        let server =
+            crate::calls::server::start(&relay.cfg, turn, relay.clock.clone(), None).await?;
+        bound.push(format!(
+            "turn={}:{}/udp",
+            crate::calls::server::listen_ip(&relay.cfg),
+            relay.cfg.turn_port
+        ));
+        let shutdown = relay.shutdown.clone();
+        tokio::spawn(async move {
+            shutdown.wait().await;
+            let _ = server.close().await;
+        });
     }
     tokio::spawn(crate::expiry::schedule(relay.clone()));
     if relay.cfg.is_acme() {
