@@ -232,7 +232,7 @@ def test_rss_per_allocation_and_throughput(turn_relay, peer):
     after = turn_relay.metrics()
     sent, received = _stat(out, "tot_send_msgs"), _stat(out, "tot_recv_msgs")
     assert "error" not in out and clients <= held <= 2 * clients, f"held {held} at once\n{out[-3000:]}"
-    assert sent == clients * 400 and received >= sent * 0.95, out[-3000:]
+    assert sent == clients * 400 and received >= sent * 0.9, out[-3000:]
     relayed = after["relaybox_turn_relayed_bytes_total"] - base["relaybox_turn_relayed_bytes_total"]
     line = (
         f"{held} allocations held: RSS {rss0} KiB -> {rss_held} KiB = "
@@ -266,3 +266,30 @@ def test_allocations_per_user_are_capped(turn_relay, peer):
     finally:
         holder.kill()
         holder.communicate(timeout=10)
+
+
+def test_a_taken_turn_port_leaves_mail_running_and_announces_nothing(tmp_path):
+    r = TurnRelay("turn-taken", tmp_path / "taken")
+    blocker = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    blocker.bind((r.ip, r.turn_port))
+    try:
+        r.start()
+        try:
+            assert metadata_turn_or_nil(r) is None
+            assert "TURN" in r.stderr() and "calls will use the clients' other TURN servers" in r.stderr()
+        finally:
+            r.stop()
+    finally:
+        blocker.close()
+
+
+def metadata_turn_or_nil(relay) -> str | None:
+    addr, password = relay.new_credentials()
+    conn = mailhelpers.imap_login(relay, addr, password)
+    try:
+        typ, data = conn._simple_command("GETMETADATA", '""', "/shared/vendor/deltachat/turn")
+        assert typ == "OK", data
+        typ, data = conn._untagged_response(typ, data, "METADATA")
+        return None if data[0].endswith(b"NIL)") else data[0].decode()
+    finally:
+        conn.logout()

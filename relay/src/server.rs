@@ -191,18 +191,26 @@ pub async fn run_with(relay: Arc<Relay>, ready: impl FnOnce()) -> anyhow::Result
     }
     if let Some(turn) = &relay.turn {
         // The router-learned public address (UPnP) is not wired yet: turn_public_ip or a guess.
-        let server =
-            crate::calls::server::start(&relay.cfg, turn, relay.clock.clone(), None).await?;
-        bound.push(format!(
-            "turn={}:{}/udp",
-            crate::calls::server::listen_ip(&relay.cfg),
-            relay.cfg.turn_port
-        ));
-        let shutdown = relay.shutdown.clone();
-        tokio::spawn(async move {
-            shutdown.wait().await;
-            let _ = server.close().await;
-        });
+        // Calls are optional: without the UDP port the relay still serves mail and announces
+        // no TURN.
+        match crate::calls::server::start(&relay.cfg, turn, relay.clock.clone(), None).await {
+            Ok(server) => {
+                bound.push(format!(
+                    "turn={}:{}/udp",
+                    crate::calls::server::listen_ip(&relay.cfg),
+                    relay.cfg.turn_port
+                ));
+                let shutdown = relay.shutdown.clone();
+                tokio::spawn(async move {
+                    shutdown.wait().await;
+                    let _ = server.close().await;
+                });
+            }
+            Err(e) => {
+                turn.set_serving(false);
+                tracing::error!("{e:#}; calls will use the clients' other TURN servers");
+            }
+        }
     }
     tokio::spawn(crate::expiry::schedule(relay.clone()));
     if relay.cfg.is_acme() {

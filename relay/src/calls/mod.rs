@@ -22,6 +22,9 @@ pub struct Turn {
     /// The host clients are told to reach TURN at (`host:port:…`).
     host: String,
     port: u16,
+    /// False when the UDP socket could not be had: nothing is announced then, so clients use
+    /// their other TURN servers instead of a dead one. Mail goes on either way.
+    serving: std::sync::atomic::AtomicBool,
 }
 
 /// The HMAC key of the REST scheme.
@@ -71,15 +74,24 @@ impl Turn {
             secret,
             host,
             port: cfg.turn_port,
+            serving: std::sync::atomic::AtomicBool::new(true),
         }))
     }
 
     /// The METADATA value at `now`: `host:port:<expiry>:<password>` (the reference's form; core
     /// splits it at the first three colons).
-    pub fn announcement(&self, now: i64) -> String {
+    pub fn announcement(&self, now: i64) -> Option<String> {
+        if !self.serving.load(std::sync::atomic::Ordering::Relaxed) {
+            return None;
+        }
         let username = (now + CREDENTIAL_LIFETIME).to_string();
         let password = self.secret.password(&username);
-        format!("{}:{}:{username}:{password}", self.host, self.port)
+        Some(format!("{}:{}:{username}:{password}", self.host, self.port))
+    }
+
+    /// Records whether the TURN server runs (see `serving`).
+    pub fn set_serving(&self, on: bool) {
+        self.serving.store(on, std::sync::atomic::Ordering::Relaxed);
     }
 
     pub fn secret(&self) -> &Secret {

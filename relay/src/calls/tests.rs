@@ -49,7 +49,7 @@ fn announcement_is_host_port_expiry_and_rest_password() {
     let d = tempfile::tempdir().unwrap();
     let c = cfg("mail_domain = \"chat.example.org\"", d.path());
     let turn = Turn::open(&c).unwrap().unwrap();
-    let a = turn.announcement(1_000_000);
+    let a = turn.announcement(1_000_000).unwrap();
     let parts: Vec<&str> = a.splitn(4, ':').collect();
     assert_eq!(parts[0], "chat.example.org");
     assert_eq!(parts[1], "3478");
@@ -65,7 +65,10 @@ fn announcement_is_host_port_expiry_and_rest_password() {
     );
     // The same secret after a restart: cached credentials stay valid.
     let again = Turn::open(&c).unwrap().unwrap();
-    assert_eq!(again.announcement(1_000_000), a);
+    assert_eq!(again.announcement(1_000_000), Some(a));
+    // Without its UDP socket nothing is announced.
+    again.set_serving(false);
+    assert_eq!(again.announcement(1_000_000), None);
 }
 
 #[test]
@@ -76,6 +79,7 @@ fn an_ipv4_literal_announces_its_ip_and_an_ipv6_literal_is_refused() {
         .unwrap()
         .unwrap()
         .announcement(0)
+        .unwrap()
         .starts_with("192.0.2.7:3478:"));
     let c = cfg(
         "mail_domain = \"[ipv6:2001:db8::1]\"\nturn = true",

@@ -44,7 +44,7 @@ impl Session {
             }
             "/shared/vendor/deltachat/irohrelay" => cfg.iroh_relay.clone(),
             "/shared/vendor/deltachat/turn" => match &self.relay.turn {
-                Some(t) => Some(t.announcement(self.relay.clock.now())),
+                Some(t) => t.announcement(self.relay.clock.now()),
                 None => cfg.turn_server.clone(),
             },
             "/shared/admin" if !cfg.privacy_mail.is_empty() => {
