@@ -177,6 +177,7 @@ stage_setup() {
     ensure_mta_packages
     # coturn's turnutils_uclient is the TURN client of tests/test_turn.py
     ensure_coturn
+    ensure_router_packages
     # headless Chromium renders the public pages in tests/test_web.py
     have chromium || apt_install chromium
     # Python 3 with venv (Debian splits venv/ensurepip into python3-venv)
@@ -227,6 +228,34 @@ ensure_mta_packages() {
     [ -x /usr/sbin/opendkim-genkey ] || need+=(opendkim-tools)
     [ "${#need[@]}" -gt 0 ] || return 0
     echo "postfix postfix/main_mailer_type select No configuration" | as_root debconf-set-selections
+    local added_policy=0
+    if [ ! -e /usr/sbin/policy-rc.d ]; then
+        printf '#!/bin/sh\nexit 101\n' | as_root tee /usr/sbin/policy-rc.d >/dev/null
+        as_root chmod 755 /usr/sbin/policy-rc.d
+        added_policy=1
+    fi
+    local rc=0
+    apt_install "${need[@]}" || rc=$?
+    if [ "$added_policy" = 1 ]; then
+        as_root rm -f /usr/sbin/policy-rc.d
+    fi
+    return "$rc"
+}
+
+# miniupnpd (UPnP-IGD and NAT-PMP) and nftables play the home router of the port-mapping test
+# (tests/test_portmap.py), which starts its own instance inside a network namespace. The
+# package's system service must never run: it is masked and not started during the install, and
+# debconf is told not to start it.
+ensure_router_packages() {
+    local need=()
+    [ -x /usr/sbin/miniupnpd ] || need+=(miniupnpd-nftables)
+    have nft || [ -x /usr/sbin/nft ] || need+=(nftables)
+    have ip || [ -x /usr/sbin/ip ] || [ -x /sbin/ip ] || need+=(iproute2)
+    [ "${#need[@]}" -gt 0 ] || return 0
+    echo "miniupnpd miniupnpd/start_daemon boolean false" | as_root debconf-set-selections
+    if have systemctl; then
+        as_root systemctl mask miniupnpd.service >/dev/null 2>&1 || true
+    fi
     local added_policy=0
     if [ ! -e /usr/sbin/policy-rc.d ]; then
         printf '#!/bin/sh\nexit 101\n' | as_root tee /usr/sbin/policy-rc.d >/dev/null

@@ -419,6 +419,11 @@ pub struct Config {
     /// reference's public chatmail relay; an empty list turns the probe off.
     #[serde(default = "d_outbound_probes")]
     pub outbound_probes: Vec<String>,
+    /// `"auto"`: ask the home router (UPnP-IGD, else NAT-PMP) to forward the ports in use to
+    /// this box, renew the leases, remove them at shutdown (`relay/src/portmap/`). `"off"`:
+    /// leave the router alone. `relaybox dev` turns it off.
+    #[serde(default)]
+    pub port_mapping: PortMapping,
 
     /// How long outbound mail is retried before it bounces (Postfix's `maximal_queue_lifetime`,
     /// 2 days in the reference).
@@ -574,6 +579,15 @@ pub const SETTINGS_FILE: &str = "settings.toml";
 /// Keys the settings file may not change: they decide where the settings file itself and the
 /// listeners are, and a wrong value there would lock the operator out of the wizard.
 const NOT_IN_SETTINGS: &[&str] = &["data_dir", "listen", "admin_ui", "update"];
+
+/// The `port_mapping` config key.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum PortMapping {
+    #[default]
+    Auto,
+    Off,
+}
 
 /// The `tls` config key.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]

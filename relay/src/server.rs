@@ -58,6 +58,7 @@ pub fn build(cfg: config::Config) -> anyhow::Result<Arc<Relay>> {
         );
     }
     let turn = crate::calls::Turn::open(&cfg).context("cannot set up TURN")?;
+    let portmap = crate::portmap::PortMap::new(cfg.port_mapping);
     Ok(Arc::new(Relay {
         turn,
         admin,
@@ -68,6 +69,7 @@ pub fn build(cfg: config::Config) -> anyhow::Result<Arc<Relay>> {
         store,
         tls,
         acme: crate::acme::Acme::default(),
+        portmap,
         clock,
         shutdown: net::Shutdown::new(),
         conns,
@@ -218,6 +220,8 @@ pub async fn run_with(relay: Arc<Relay>, ready: impl FnOnce()) -> anyhow::Result
     }
     tokio::spawn(relay.delivery.push().clone().run(relay.shutdown.clone()));
     tokio::spawn(relay.delivery.queue().clone().run(relay.shutdown.clone()));
+    // Not one of `tasks`: it ends only after the shutdown, once the router has been told.
+    let portmap = tokio::spawn(crate::portmap::run(relay.clone()));
     tracing::info!(
         domain = %relay.cfg.mail_domain,
         listeners = %bound.join(" "),
@@ -255,6 +259,9 @@ pub async fn run_with(relay: Arc<Relay>, ready: impl FnOnce()) -> anyhow::Result
         while tasks.join_next().await.is_some() {}
     })
     .await;
+    // The router forgets the mappings when told; otherwise they would point at a stopped relay
+    // until their lease runs out.
+    let _ = tokio::time::timeout(Duration::from_secs(5), portmap).await;
     match failure {
         Some(f) => Err(anyhow::anyhow!(f)),
         None => Ok(()),
@@ -368,10 +375,10 @@ mod tests {
             std::fs::Permissions::from_mode(0o644),
         )
         .unwrap();
-        let relay = crate::fuzzing::test_relay(&data, |_| {}).unwrap();
+        let relay = crate::testkit::test_relay(&data, |_| {}).unwrap();
         let a = relay
             .accounts
-            .login(crate::fuzzing::USER, crate::fuzzing::PASS)
+            .login(crate::testkit::USER, crate::testkit::PASS)
             .await
             .unwrap();
         relay

@@ -33,15 +33,9 @@ fn find_dnsmasq() -> Option<PathBuf> {
         .find(|p| p.is_file())
 }
 
-/// A port free for both UDP and TCP on a loopback address (dnsmasq serves both).
+/// A port free for both UDP and TCP on a loopback address.
 fn free_port(ip: &str) -> u16 {
-    loop {
-        let udp = std::net::UdpSocket::bind((ip, 0)).unwrap();
-        let port = udp.local_addr().unwrap().port();
-        if std::net::TcpListener::bind((ip, port)).is_ok() {
-            return port;
-        }
-    }
+    relaybox::testkit::free_port(ip.parse().unwrap())
 }
 
 /// Starts dnsmasq answering for `.test` from `records` only (anything else in `.test` is

@@ -52,6 +52,8 @@ pub enum Endpoint {
     Updates,
     UpdateUpload,
     UpdateInstall,
+    PortMap,
+    PortMapRetry,
 }
 
 impl Endpoint {
@@ -78,6 +80,8 @@ impl Endpoint {
         Endpoint::Updates,
         Endpoint::UpdateUpload,
         Endpoint::UpdateInstall,
+        Endpoint::PortMap,
+        Endpoint::PortMapRetry,
     ];
 
     /// Method and path below [`PREFIX`].
@@ -106,6 +110,8 @@ impl Endpoint {
             Updates => (Method::GET, "update"),
             UpdateUpload => (Method::POST, "update/upload"),
             UpdateInstall => (Method::POST, "update/install"),
+            PortMap => (Method::GET, "portmap"),
+            PortMapRetry => (Method::POST, "portmap/retry"),
         }
     }
 
@@ -393,7 +399,7 @@ async fn run(ep: Endpoint, c: &Call<'_>) -> Result<Response, ApiError> {
         }
         Backup => backup(c),
         Restore => restore(c).await,
-        Test => Ok(ok(super::selftest::self_test(relay).await)),
+        Test => Ok(ok(crate::selftest::self_test(relay).await)),
         Updates => Ok(ok(super::update_api::status(relay))),
         // Handled (streamed) before the body is read as JSON.
         UpdateUpload => Err(bad("the bundle is the request body")),
@@ -404,6 +410,15 @@ async fn run(ep: Endpoint, c: &Call<'_>) -> Result<Response, ApiError> {
             "warnings": crate::logbuf::warnings(crate::logbuf::WARNINGS),
         }))),
         Toggles => toggles(c),
+        PortMap => Ok(ok(json!(relay.portmap.status()))),
+        // Answers once the new attempt is over (a UPnP search and the requests take a few
+        // seconds), so the page can show the outcome at once.
+        PortMapRetry => Ok(ok(json!(
+            relay
+                .portmap
+                .retry(std::time::Duration::from_secs(20))
+                .await
+        ))),
     }
 }
 

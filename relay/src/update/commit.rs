@@ -159,7 +159,7 @@ pub async fn health(relay: &crate::Relay) -> Result<(), String> {
         .account_count()
         .map_err(|e| format!("the store does not answer: {e}"))?;
     let mut steps = Vec::new();
-    crate::admin::selftest::self_test_steps(relay, &mut steps)
+    crate::selftest::self_test_steps(relay, &mut steps)
         .await
         .map_err(|e| format!("the delivery self-test failed: {e}"))
 }

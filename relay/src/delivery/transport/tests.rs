@@ -180,7 +180,7 @@ async fn receiver(
 ) -> Receiver {
     let dir = tempfile::tempdir().unwrap();
     let domain = domain.to_string();
-    let relay = crate::fuzzing::test_relay(dir.path(), move |cfg| {
+    let relay = crate::testkit::test_relay(dir.path(), move |cfg| {
         cfg.mail_domain = domain;
         if let Some((c, k)) = tls {
             cfg.tls_cert = Some(c);
@@ -207,14 +207,13 @@ async fn receiver(
     }
 }
 
-/// A port on `ip` where nobody listens (bound, then let go).
+/// A port on `ip` where nobody listens.
 fn free_port(ip: [u8; 4]) -> u16 {
-    let l = std::net::TcpListener::bind((IpAddr::from(ip), 0)).unwrap();
-    l.local_addr().unwrap().port()
+    crate::testkit::free_port(IpAddr::from(ip))
 }
 
 fn sender_cfg(dir: &Path, https: u16, smtp: u16) -> Config {
-    let mut cfg = crate::fuzzing::test_config(dir).unwrap();
+    let mut cfg = crate::testkit::test_config(dir).unwrap();
     cfg.outbound_https_port = https;
     cfg.outbound_smtp_port = smtp;
     cfg.allowed_destination_networks = vec![loopback_net()];
@@ -236,9 +235,7 @@ async fn add_user(r: &Relay, addr: &str) {
 }
 
 async fn inbox_len(r: &Relay, addr: &str) -> usize {
-    let acc = r.store.account(addr).unwrap().unwrap();
-    let mbox = r.store.mailbox(acc.id, "INBOX").unwrap().unwrap();
-    r.store.messages(mbox.id).unwrap().len()
+    crate::testkit::inbox(r, addr).await.len()
 }
 
 fn msg(to: &str) -> Arc<[u8]> {
