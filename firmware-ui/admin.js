@@ -211,7 +211,7 @@ async function loadDns() {
   ports.textContent = "";
   for (const p of d.ports) {
     const tr = ports.insertRow();
-    tr.insertCell().textContent = p.port + " (" + p.need + ")";
+    tr.insertCell().textContent = p.port + "/" + p.proto + " (" + p.need + ")";
     tr.insertCell().textContent = p.what;
   }
   $("hairpin").textContent = d.hairpin;

@@ -176,6 +176,8 @@ stage_setup() {
     have gpg || apt_install gnupg
     ensure_mta_packages
     ensure_knot
+    # coturn's turnutils_uclient is the TURN client of tests/test_turn.py
+    ensure_coturn
     ensure_router_packages
     # headless Chromium renders the public pages in tests/test_web.py
     have chromium || apt_install chromium
@@ -273,6 +275,27 @@ ensure_router_packages() {
     fi
     local rc=0
     apt_install "${need[@]}" || rc=$?
+    if [ "$added_policy" = 1 ]; then
+        as_root rm -f /usr/sbin/policy-rc.d
+    fi
+    return "$rc"
+}
+
+# coturn brings turnutils_uclient/turnutils_peer for the TURN test. Its own server must not run:
+# the unit is masked before the install (a /dev/null link works before the unit exists, with or
+# without a running systemd), and policy-rc.d stops the maintainer scripts from starting it.
+ensure_coturn() {
+    have turnutils_uclient && return 0
+    as_root mkdir -p /etc/systemd/system
+    as_root ln -sf /dev/null /etc/systemd/system/coturn.service
+    local added_policy=0
+    if [ ! -e /usr/sbin/policy-rc.d ]; then
+        printf '#!/bin/sh\nexit 101\n' | as_root tee /usr/sbin/policy-rc.d >/dev/null
+        as_root chmod 755 /usr/sbin/policy-rc.d
+        added_policy=1
+    fi
+    local rc=0
+    apt_install coturn || rc=$?
     if [ "$added_policy" = 1 ]; then
         as_root rm -f /usr/sbin/policy-rc.d
     fi

@@ -255,6 +255,42 @@ impl Listen {
     }
 }
 
+/// A UDP port range, `"first-last"` in the config.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct PortRange(pub u16, pub u16);
+
+impl PortRange {
+    pub fn parse(s: &str) -> Result<PortRange, String> {
+        let bad =
+            || format!("expected \"first-last\" with 1024 <= first <= last <= 65535, got {s:?}");
+        let (a, b) = s.trim().split_once('-').ok_or_else(bad)?;
+        let a: u16 = a.trim().parse().map_err(|_| bad())?;
+        let b: u16 = b.trim().parse().map_err(|_| bad())?;
+        if a < 1024 || a > b {
+            return Err(bad());
+        }
+        Ok(PortRange(a, b))
+    }
+
+    /// How many ports the range holds.
+    pub fn count(&self) -> usize {
+        usize::from(self.1 - self.0) + 1
+    }
+}
+
+impl std::fmt::Display for PortRange {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}-{}", self.0, self.1)
+    }
+}
+
+impl<'de> Deserialize<'de> for PortRange {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        let s = String::deserialize(d)?;
+        PortRange::parse(&s).map_err(serde::de::Error::custom)
+    }
+}
+
 impl Default for Listen {
     /// Every standard port on all IPv4 and all IPv6 addresses (dual stack; the server makes the
     /// `[::]` sockets IPv6-only so both can be bound, and skips them on a host without IPv6).
@@ -459,6 +495,35 @@ pub struct Config {
     /// reference's form `host:port:username:password`; unset: NIL.
     #[serde(default)]
     pub turn_server: Option<String>,
+    /// Serve TURN (UDP) for Delta Chat calls and announce it in that METADATA entry. Unset: on
+    /// for a named domain without `turn_server`, off for an IP literal (dev runs, LAN mode).
+    #[serde(default)]
+    pub turn: Option<bool>,
+    /// The TURN port (UDP) on the IP of the first `[listen] imaps` address.
+    #[serde(default = "d_turn_port")]
+    pub turn_port: u16,
+    /// The UDP ports relayed media flows through, `"first-last"`: few, so one router forward
+    /// covers them; one allocation (one side of one call) takes one port.
+    #[serde(default = "d_turn_relay_ports")]
+    pub turn_relay_ports: PortRange,
+    /// The public address a relay port is reached at, announced in each allocation. Behind NAT
+    /// it is the router's public address (the box's own LAN address would break every call).
+    #[serde(default)]
+    pub turn_public_ip: Option<IpAddr>,
+    /// Most TURN allocations at once, over all users.
+    #[serde(default = "d_turn_max_allocations")]
+    pub turn_max_allocations: usize,
+    /// Most TURN allocations at once for one TURN username (one credential fetch; one call
+    /// needs one per side).
+    #[serde(default = "d_turn_max_allocations_per_user")]
+    pub turn_max_allocations_per_user: usize,
+    /// Most TURN allocations at once from one client IP address (a household or a carrier NAT
+    /// shares one).
+    #[serde(default = "d_turn_max_allocations_per_ip")]
+    pub turn_max_allocations_per_ip: usize,
+    /// Bytes per second one allocation may relay in each direction; more is dropped.
+    #[serde(default = "d_turn_max_allocation_rate")]
+    pub turn_max_allocation_rate: ByteSize,
 
     #[serde(default)]
     pub privacy_postal: String,
@@ -552,6 +617,25 @@ pub enum TlsMode {
     Acme,
 }
 
+fn d_turn_port() -> u16 {
+    3478
+}
+fn d_turn_relay_ports() -> PortRange {
+    PortRange(49152, 49251)
+}
+fn d_turn_max_allocations() -> usize {
+    200
+}
+fn d_turn_max_allocations_per_user() -> usize {
+    10
+}
+fn d_turn_max_allocations_per_ip() -> usize {
+    20
+}
+fn d_turn_max_allocation_rate() -> ByteSize {
+    // A video call is about 2.5 Mbit/s per direction; twice that leaves room.
+    ByteSize(640 << 10)
+}
 fn d_acme_directory() -> String {
     "https://acme-v02.api.letsencrypt.org/directory".into()
 }
@@ -850,6 +934,32 @@ impl Config {
                 return invalid(key, "must be one non-empty line (or left out)".into());
             }
         }
+        if self.turn == Some(true) && self.turn_server.is_some() {
+            return invalid(
+                "turn",
+                "turn = true serves TURN here, turn_server announces another server: keep one"
+                    .into(),
+            );
+        }
+        if self.turn_enabled() {
+            if self.turn_port == 0 {
+                return invalid("turn_port", "must be a port from 1 to 65535".into());
+            }
+            if self.turn_relay_ports.0 <= self.turn_port
+                && self.turn_port <= self.turn_relay_ports.1
+            {
+                return invalid("turn_relay_ports", "must not contain turn_port".into());
+            }
+            if self.turn_max_allocations == 0
+                || self.turn_max_allocations_per_user == 0
+                || self.turn_max_allocations_per_ip == 0
+            {
+                return invalid(
+                    "turn_max_allocations",
+                    "must be at least 1 (or set turn = false)".into(),
+                );
+            }
+        }
         match (&self.tls_cert, &self.tls_key) {
             (Some(_), None) | (None, Some(_)) => {
                 return invalid(
@@ -902,6 +1012,12 @@ impl Config {
             None if self.tls_cert.is_some() => TlsMode::Files,
             None => TlsMode::SelfSigned,
         }
+    }
+
+    /// Whether this relay serves TURN itself (see the `turn` key).
+    pub fn turn_enabled(&self) -> bool {
+        self.turn
+            .unwrap_or(!self.is_ip_literal() && self.turn_server.is_none())
     }
 
     /// True when certificates come from an ACME CA.

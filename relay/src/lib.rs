@@ -12,6 +12,7 @@
 //! - `delivery` → `store`, `policy`, `dkim` (origin check of incoming mail), `dns` (MX), `tls`,
 //!   `push`, `expiry` (quota); `push`, `expiry`, `accounts`, `backup` → `store`.
 //! - `dkim` → `dns`; `acme` → `tls`; `metrics` → `acme` (certificate dates).
+//! - `calls` (TURN for Delta Chat calls) → `metrics`; `imap` reads its METADATA credentials.
 //!
 //! `policy` is pure (bytes in, verdict out) and never touches the store or a socket. `server`
 //! builds the [`Relay`] and starts every listener; `control` is the local command socket.
@@ -29,6 +30,7 @@ pub mod acme;
 pub mod admin;
 pub mod alpn;
 pub mod backup;
+pub mod calls;
 pub mod clock;
 pub mod config;
 pub mod control;
@@ -83,6 +85,8 @@ pub struct Relay {
     pub inflight: Arc<limits::Budget>,
     /// Dynamic DNS status for the admin page.
     pub ddns: ddns::Ddns,
+    /// TURN for calls, when this relay serves it (credentials for METADATA).
+    pub turn: Option<calls::Turn>,
     /// Port mapping on the home router: its outcome, and the public IPv4 address it learnt.
     pub portmap: portmap::PortMap,
 }

@@ -99,6 +99,13 @@ pub struct Metrics {
     pub imap_connections: Gauge,
     pub smtp_connections: Gauge,
     pub imap_idle: Gauge,
+    /// TURN (calls): allocations open now and made so far, refused by a limit, and bytes relayed
+    /// or dropped over the per-allocation rate (both directions).
+    pub turn_allocations: Gauge,
+    pub turn_allocations_created: Counter,
+    pub turn_refused: Counter,
+    pub turn_relayed_bytes: Counter,
+    pub turn_dropped_bytes: Counter,
 }
 
 /// The process's metrics.
@@ -133,6 +140,11 @@ impl Metrics {
             imap_connections: Gauge::new(),
             smtp_connections: Gauge::new(),
             imap_idle: Gauge::new(),
+            turn_allocations: Gauge::new(),
+            turn_allocations_created: Counter::new(),
+            turn_refused: Counter::new(),
+            turn_relayed_bytes: Counter::new(),
+            turn_dropped_bytes: Counter::new(),
         }
     }
 }
@@ -435,6 +447,36 @@ pub fn render(m: &Metrics, s: &Snapshot) -> String {
         "imap_idle_clients",
         "IMAP clients in IDLE.",
         m.imap_idle.get(),
+    );
+    gauge(
+        o,
+        "turn_allocations",
+        "TURN allocations open (one per side of a relayed call).",
+        m.turn_allocations.get(),
+    );
+    counter(
+        o,
+        "turn_allocations_created",
+        "TURN allocations made.",
+        &m.turn_allocations_created,
+    );
+    counter(
+        o,
+        "turn_refused",
+        "TURN allocations refused by a limit (total, per user, per IP).",
+        &m.turn_refused,
+    );
+    counter(
+        o,
+        "turn_relayed_bytes",
+        "Bytes relayed by TURN, both directions.",
+        &m.turn_relayed_bytes,
+    );
+    counter(
+        o,
+        "turn_dropped_bytes",
+        "Bytes TURN dropped over the per-allocation rate.",
+        &m.turn_dropped_bytes,
     );
     if let Some(w) = s.written_bytes {
         gauge(

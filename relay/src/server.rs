@@ -57,8 +57,10 @@ pub fn build(cfg: config::Config) -> anyhow::Result<Arc<Relay>> {
             "set-up wizard enabled: a new one-time setup code was written"
         );
     }
+    let turn = crate::calls::Turn::open(&cfg).context("cannot set up TURN")?;
     let portmap = crate::portmap::PortMap::new(cfg.port_mapping);
     Ok(Arc::new(Relay {
+        turn,
         admin,
         accounts: accounts::Accounts::new(cfg.clone(), store.clone(), clock.clone()),
         delivery,
@@ -221,6 +223,29 @@ pub async fn run_with(relay: Arc<Relay>, ready: impl FnOnce()) -> anyhow::Result
         };
         bound.push(format!("metrics={a}"));
         tasks.spawn(crate::metrics::serve(relay.clone(), listener));
+    }
+    if let Some(turn) = &relay.turn {
+        // The router-learned public address (UPnP) is not wired yet: turn_public_ip or a guess.
+        // Calls are optional: without the UDP port the relay still serves mail and announces
+        // no TURN.
+        match crate::calls::server::start(&relay.cfg, turn, relay.clock.clone(), None).await {
+            Ok(server) => {
+                bound.push(format!(
+                    "turn={}:{}/udp",
+                    crate::calls::server::listen_ip(&relay.cfg),
+                    relay.cfg.turn_port
+                ));
+                let shutdown = relay.shutdown.clone();
+                tokio::spawn(async move {
+                    shutdown.wait().await;
+                    let _ = server.close().await;
+                });
+            }
+            Err(e) => {
+                turn.set_serving(false);
+                tracing::error!("{e:#}; calls will use the clients' other TURN servers");
+            }
+        }
     }
     tokio::spawn(crate::expiry::schedule(relay.clone()));
     if relay.cfg.is_acme() {

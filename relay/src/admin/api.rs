@@ -853,6 +853,23 @@ const PORTS: &[(u16, &str, &str)] = &[
     (143, "optional", "IMAP with STARTTLS (older clients)"),
 ];
 
+/// [`PORTS`] (TCP), and TURN's UDP ports when the relay will serve calls under `domain`.
+fn forward_ports(cfg: &Config, domain: &str) -> Vec<Value> {
+    let mut out: Vec<Value> = PORTS
+        .iter()
+        .map(|(p, need, what)| json!({"port": p, "proto": "tcp", "need": need, "what": what}))
+        .collect();
+    let mut named = cfg.clone();
+    named.mail_domain = domain.to_string();
+    if named.turn_enabled() {
+        out.push(json!({"port": named.turn_port, "proto": "udp", "need": "recommended",
+            "what": "TURN: Delta Chat calls between people whose networks block a direct connection"}));
+        out.push(json!({"port": named.turn_relay_ports.to_string(), "proto": "udp", "need": "recommended",
+            "what": "TURN relay ports: the media of those calls (one port per side of a call)"}));
+    }
+    out
+}
+
 fn dns(relay: &Relay, now: i64) -> Result<Value, ApiError> {
     let (domain, dkim) = dns_domain_and_key(relay)?;
     let own = crate::ddns::public_addresses(relay);
@@ -886,7 +903,7 @@ fn dns(relay: &Relay, now: i64) -> Result<Value, ApiError> {
             if lan.is_empty() { "(no address found)".to_string() } else { lan.join(", ") }
         ),
         "lan_addresses": lan,
-        "ports": PORTS.iter().map(|(p, need, what)| json!({"port": p, "need": need, "what": what})).collect::<Vec<_>>(),
+        "ports": forward_ports(&relay.cfg, &domain),
         "hairpin": "Many home routers cannot reach their own public address from inside (no NAT hairpin): \
                     if the relay's pages do not open by name from your own network but work from a phone on mobile data, \
                     that is the router, not the relay.",

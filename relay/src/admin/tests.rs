@@ -311,6 +311,26 @@ async fn settings_are_validated_saved_and_read_back_at_the_next_start() {
     let (_, v, _) = call(&relay, "GET", "/api/admin/dns", Some(&session), None, "").await;
     let records = v["records"].as_array().unwrap();
     assert!(records.iter().any(|r| r["type"] == "MX"), "{v}");
+    // The domain turns TURN on, so the UDP ports to forward are listed with the TCP ones.
+    let ports = v["ports"].as_array().unwrap();
+    assert!(
+        ports
+            .iter()
+            .any(|p| p["port"] == 443 && p["proto"] == "tcp"),
+        "{v}"
+    );
+    assert!(
+        ports
+            .iter()
+            .any(|p| p["port"] == 3478 && p["proto"] == "udp"),
+        "{v}"
+    );
+    assert!(
+        ports
+            .iter()
+            .any(|p| p["port"] == "49152-49251" && p["proto"] == "udp"),
+        "{v}"
+    );
     let dkim_txt = crate::dkim::Dkim::load(&cfg).unwrap().txt_record().unwrap();
     assert!(
         records

@@ -43,7 +43,10 @@ impl Session {
                 Some(cfg.max_smtp_recipients.to_string())
             }
             "/shared/vendor/deltachat/irohrelay" => cfg.iroh_relay.clone(),
-            "/shared/vendor/deltachat/turn" => cfg.turn_server.clone(),
+            "/shared/vendor/deltachat/turn" => match &self.relay.turn {
+                Some(t) => t.announcement(self.relay.clock.now()),
+                None => cfg.turn_server.clone(),
+            },
             "/shared/admin" if !cfg.privacy_mail.is_empty() => {
                 let m = cfg.privacy_mail.trim();
                 Some(if m.starts_with("mailto:") {
