@@ -225,21 +225,18 @@ pub async fn run_with(relay: Arc<Relay>, ready: impl FnOnce()) -> anyhow::Result
         tasks.spawn(crate::metrics::serve(relay.clone(), listener));
     }
     if let Some(turn) = &relay.turn {
-        // The router-learned public address (UPnP) is not wired yet: turn_public_ip or a guess.
         // Calls are optional: without the UDP port the relay still serves mail and announces
         // no TURN.
-        match crate::calls::server::start(&relay.cfg, turn, relay.clock.clone(), None).await {
+        let mut public = relay.portmap.public_ipv4();
+        let learned = public.borrow_and_update().map(std::net::IpAddr::V4);
+        match crate::calls::server::start(&relay.cfg, turn, relay.clock.clone(), learned).await {
             Ok(server) => {
                 bound.push(format!(
                     "turn={}:{}/udp",
                     crate::calls::server::listen_ip(&relay.cfg),
                     relay.cfg.turn_port
                 ));
-                let shutdown = relay.shutdown.clone();
-                tokio::spawn(async move {
-                    shutdown.wait().await;
-                    let _ = server.close().await;
-                });
+                tokio::spawn(follow_public_address(relay.clone(), server, public));
             }
             Err(e) => {
                 turn.set_serving(false);
@@ -361,6 +358,45 @@ impl Signals {
             _ = recv(&mut self.int) => {}
         }
     }
+}
+
+/// Runs TURN until the shutdown, started again whenever port mapping learns a new public IPv4:
+/// the relayed address a call's peer sends its media to is fixed when the TURN server starts,
+/// and the router answers only after the listeners are up. `turn_public_ip` wins over the router,
+/// so then there is nothing to follow.
+async fn follow_public_address(
+    relay: Arc<Relay>,
+    mut server: turn::server::Server,
+    mut public: tokio::sync::watch::Receiver<Option<std::net::Ipv4Addr>>,
+) {
+    let follow = relay.cfg.turn_public_ip.is_none();
+    loop {
+        tokio::select! {
+            _ = relay.shutdown.wait() => break,
+            changed = public.changed(), if follow => {
+                if changed.is_err() {
+                    continue;
+                }
+                let Some(ip) = *public.borrow_and_update() else {
+                    continue;
+                };
+                let Some(turn) = &relay.turn else { break };
+                // Allocations relayed on the old address are useless to peers now; the
+                // clients allocate again.
+                let _ = server.close().await;
+                tracing::info!(%ip, "TURN restarted to announce the router's public address");
+                match crate::calls::server::start(&relay.cfg, turn, relay.clock.clone(), Some(ip.into())).await {
+                    Ok(s) => server = s,
+                    Err(e) => {
+                        turn.set_serving(false);
+                        tracing::error!("{e:#}; calls will use the clients' other TURN servers");
+                        return;
+                    }
+                }
+            }
+        }
+    }
+    let _ = server.close().await;
 }
 
 #[cfg(test)]
