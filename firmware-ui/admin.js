@@ -215,6 +215,60 @@ async function loadDns() {
     tr.insertCell().textContent = p.what;
   }
   $("hairpin").textContent = d.hairpin;
+  loadPortmap().catch((e) => showError(e.message));
+}
+
+// Automatic port mapping (relay/src/portmap/): the router's answer per port, and what its
+// external address means. Shown in the wizard's DNS step and on the admin page.
+const PORTMAP_RESULT = {
+  mapped: "mapped",
+  refused_by_router: "refused by the router",
+  no_router_support: "no router support",
+};
+
+function showPortmap(s) {
+  const note = $("portmap-note");
+  if (!note) return;
+  const working = s.state === "working";
+  note.textContent = working ? "Asking the router…" : s.note;
+  note.className = ["cgnat", "private", "no_public_address"].includes(s.reach) ? "error" : s.reach === "public" ? "ok" : "";
+  const facts = [];
+  if (s.router) facts.push("Router: " + s.router);
+  if (s.local_ipv4) facts.push("this box: " + s.local_ipv4);
+  if (s.external_ipv4) facts.push("external address: " + s.external_ipv4);
+  if (s.checked) facts.push("checked " + new Date(s.checked * 1000).toLocaleTimeString());
+  $("portmap-facts").textContent = facts.join("; ");
+  const body = $("portmap").tBodies[0];
+  body.textContent = "";
+  for (const p of s.ports) {
+    const tr = body.insertRow();
+    tr.dataset.port = p.external;
+    tr.dataset.result = p.result;
+    tr.insertCell().textContent = p.external + (p.internal !== p.external ? " → " + p.internal : "");
+    tr.insertCell().textContent = p.service;
+    const r = tr.insertCell();
+    r.textContent = PORTMAP_RESULT[p.result] + (p.detail ? ": " + p.detail : "");
+    r.className = p.result === "mapped" ? "ok" : "error";
+  }
+  $("portmap-retry").hidden = s.state === "off" || s.state === "nothing_to_map";
+  return working;
+}
+
+async function loadPortmap() {
+  if (!$("portmap-note")) return;
+  // The first attempt runs while the relay starts; follow it until it is over.
+  for (let i = 0; i < 20; i++) {
+    if (!showPortmap(await api("GET", "portmap"))) return;
+    await sleep(1000);
+  }
+}
+
+function portmapButton() {
+  button("portmap-retry", async () => {
+    $("portmap-note").textContent = "Asking the router…";
+    // A round already under way: follow it instead.
+    if (showPortmap(await api("POST", "portmap/retry"))) await loadPortmap();
+  });
 }
 
 async function certStatus() {
@@ -234,6 +288,7 @@ async function certStatus() {
 }
 
 function setupPage() {
+  portmapButton();
   button("login", async () => {
     await api("POST", "login", { setup_code: $("setup-code").value });
     go("mode");
@@ -395,6 +450,7 @@ async function loadStatus() {
     ["Data partition free", s.disk ? human(s.disk.free_bytes) + " of " + human(s.disk.total_bytes) : "—"],
     ["Certificate expires in", s.certificate_expires_in_s === null ? "—" : Math.floor(s.certificate_expires_in_s / 86400) + " days"],
     ["DNS check", dnsSummary(s.last_dns_check)],
+    ["Dynamic DNS", ddnsSummary(s.ddns)],
     ["Last clean-up of old mail", expirySummary(s.last_expiry, s.expiry_time_utc)],
     ["Running for", duration(s.uptime_s)],
     ["Version", systemSummary(s.version, s.os_release)],
@@ -429,6 +485,18 @@ function dnsSummary(c) {
   return c.required_not_ok + " required records missing or wrong (" + when + ")";
 }
 
+// The last dynamic DNS update: when, which addresses, and what the server or provider said.
+function ddnsSummary(d) {
+  if (!d || !d.enabled) return "off (set [ddns] in the config to keep the A/AAAA records up to date)";
+  if (d.note) return "off: " + d.note;
+  const u = d.last_update;
+  if (!u) return d.last_check ? "no public address known yet" : "not checked yet";
+  const when = new Date(u.at * 1000).toLocaleString();
+  const last = (u.ok ? "updated " : "failed ") + when + " (" + u.addresses + "): " + u.result;
+  const ok = d.last_success;
+  return ok && !u.ok ? last + "; last success " + new Date(ok.at * 1000).toLocaleString() : last;
+}
+
 function expirySummary(e, at) {
   if (!e) return "not yet (runs daily at " + at + " UTC)";
   const when = new Date(e.at * 1000).toLocaleString();
@@ -461,9 +529,11 @@ async function showAdmin() {
   $("logout").hidden = false;
   $("welcome").hidden = !location.search.includes("welcome");
   await Promise.all([loadStatus(), loadSettings()]);
+  loadPortmap().catch((e) => showError(e.message));
 }
 
 function adminPage() {
+  portmapButton();
   button("login", async () => {
     await api("POST", "login", { password: $("password").value });
     await showAdmin();

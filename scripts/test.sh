@@ -175,6 +175,8 @@ stage_setup() {
     # gpg reads relaybox backups in a Rust test (they are plain OpenPGP)
     have gpg || apt_install gnupg
     ensure_mta_packages
+    ensure_knot
+    ensure_router_packages
     # headless Chromium renders the public pages in tests/test_web.py
     have chromium || apt_install chromium
     # Python 3 with venv (Debian splits venv/ensurepip into python3-venv)
@@ -218,6 +220,16 @@ stage_setup() {
 # Postfix + OpenDKIM for the federation interop test. The tests run their own instance
 # (`postfix -c DIR`); the package must not set up or start a system one: debconf "No
 # configuration" (no /etc/postfix/main.cf), and services are not started during the install.
+# Knot DNS takes the relay's RFC 2136 updates in relay/tests/ddns_knot.rs, which starts its own
+# knotd on a loopback port. Its system service is masked before the install so the package does
+# not start a server on port 53 (the link works with or without a running systemd).
+ensure_knot() {
+    [ -x /usr/sbin/knotd ] && return 0
+    as_root mkdir -p /etc/systemd/system
+    as_root ln -sf /dev/null /etc/systemd/system/knot.service
+    apt_install knot
+}
+
 ensure_mta_packages() {
     local need=()
     [ -x /usr/sbin/postfix ] || need+=(postfix)
@@ -225,6 +237,34 @@ ensure_mta_packages() {
     [ -x /usr/sbin/opendkim-genkey ] || need+=(opendkim-tools)
     [ "${#need[@]}" -gt 0 ] || return 0
     echo "postfix postfix/main_mailer_type select No configuration" | as_root debconf-set-selections
+    local added_policy=0
+    if [ ! -e /usr/sbin/policy-rc.d ]; then
+        printf '#!/bin/sh\nexit 101\n' | as_root tee /usr/sbin/policy-rc.d >/dev/null
+        as_root chmod 755 /usr/sbin/policy-rc.d
+        added_policy=1
+    fi
+    local rc=0
+    apt_install "${need[@]}" || rc=$?
+    if [ "$added_policy" = 1 ]; then
+        as_root rm -f /usr/sbin/policy-rc.d
+    fi
+    return "$rc"
+}
+
+# miniupnpd (UPnP-IGD and NAT-PMP) and nftables play the home router of the port-mapping test
+# (tests/test_portmap.py), which starts its own instance inside a network namespace. The
+# package's system service must never run: it is masked and not started during the install, and
+# debconf is told not to start it.
+ensure_router_packages() {
+    local need=()
+    [ -x /usr/sbin/miniupnpd ] || need+=(miniupnpd-nftables)
+    have nft || [ -x /usr/sbin/nft ] || need+=(nftables)
+    have ip || [ -x /usr/sbin/ip ] || [ -x /sbin/ip ] || need+=(iproute2)
+    [ "${#need[@]}" -gt 0 ] || return 0
+    echo "miniupnpd miniupnpd/start_daemon boolean false" | as_root debconf-set-selections
+    if have systemctl; then
+        as_root systemctl mask miniupnpd.service >/dev/null 2>&1 || true
+    fi
     local added_policy=0
     if [ ! -e /usr/sbin/policy-rc.d ]; then
         printf '#!/bin/sh\nexit 101\n' | as_root tee /usr/sbin/policy-rc.d >/dev/null

@@ -4,7 +4,7 @@
 #![no_main]
 
 use libfuzzer_sys::fuzz_target;
-use relaybox::fuzzing::{
+use relaybox::testkit::{
     check_incoming, check_outgoing, check_outgoing_kind, from_address, is_armored_pgp_message,
     is_valid_packet_sequence, Direction, Envelope, MailKind, Verdict,
 };

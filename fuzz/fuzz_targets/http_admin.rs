@@ -11,7 +11,7 @@
 #![no_main]
 
 use libfuzzer_sys::fuzz_target;
-use relaybox::fuzzing::{admin_env, admin_session, reset_admin, router_request, split_request};
+use relaybox::testkit::{admin_env, admin_session, reset_admin, router_request, split_request};
 
 fuzz_target!(|data: &[u8]| {
     let Some((&mode, rest)) = data.split_first() else {

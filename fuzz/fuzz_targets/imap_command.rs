@@ -6,7 +6,7 @@
 #![no_main]
 
 use libfuzzer_sys::fuzz_target;
-use relaybox::fuzzing::{env, imap_session, reset, PASS, USER};
+use relaybox::testkit::{env, imap_session, reset, PASS, USER};
 use std::time::Duration;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 

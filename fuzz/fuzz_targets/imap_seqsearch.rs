@@ -9,7 +9,7 @@
 #![no_main]
 
 use libfuzzer_sys::fuzz_target;
-use relaybox::fuzzing::imap_sets::{
+use relaybox::testkit::imap_sets::{
     find_ci, ranges, resolve_seqs, resolve_uids, SeqOrUid, Sequence, SequenceSet, MAX_RANGES,
 };
 

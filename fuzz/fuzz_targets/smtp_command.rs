@@ -6,7 +6,7 @@
 #![no_main]
 
 use libfuzzer_sys::fuzz_target;
-use relaybox::fuzzing::{env, reset, smtp_session, SmtpKind, PASS, USER};
+use relaybox::testkit::{env, reset, smtp_session, SmtpKind, PASS, USER};
 use std::time::Duration;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 

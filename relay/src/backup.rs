@@ -306,7 +306,7 @@ mod tests {
     #[tokio::test]
     async fn round_trip_keeps_keys_and_accounts_and_refuses_wrong_passphrases() {
         let src = tempfile::tempdir().unwrap();
-        let relay = crate::fuzzing::test_relay(src.path(), |_| {}).unwrap();
+        let relay = crate::testkit::test_relay(src.path(), |_| {}).unwrap();
         relay
             .accounts
             .login("oldaccnt1@[127.0.0.1]", "old password 1")
@@ -369,7 +369,7 @@ mod tests {
             .to_string();
             assert!(e.contains("already has 1 accounts"), "{e}");
         }
-        let restored = crate::fuzzing::test_relay(dst.path(), |_| {}).unwrap();
+        let restored = crate::testkit::test_relay(dst.path(), |_| {}).unwrap();
         assert_eq!(
             std::fs::read(crate::dkim::Dkim::key_path(&restored.cfg)).unwrap(),
             dkim_before
@@ -397,7 +397,7 @@ mod tests {
             return;
         };
         let src = tempfile::tempdir().unwrap();
-        let relay = crate::fuzzing::test_relay(src.path(), |_| {}).unwrap();
+        let relay = crate::testkit::test_relay(src.path(), |_| {}).unwrap();
         let armored = create(&relay.cfg, None, &relay.store, "gpg can read this", 7).unwrap();
         let home = tempfile::tempdir().unwrap();
         let file = home.path().join("backup.asc");

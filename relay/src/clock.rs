@@ -28,7 +28,8 @@ impl Clock {
         self.now().div_euclid(86_400)
     }
 
-    /// Moves this clock (and every clone of it) forward; tests use it instead of sleeping.
+    /// Test hook: moves this clock (and every clone of it) forward instead of sleeping.
+    #[cfg(any(test, feature = "testkit"))]
     pub fn advance(&self, secs: i64) {
         self.offset_secs.fetch_add(secs, Ordering::Relaxed);
     }

@@ -8,7 +8,9 @@ use std::fmt;
 use std::net::{IpAddr, SocketAddr};
 use std::path::{Path, PathBuf};
 
+mod ddns;
 pub(crate) mod settings;
+pub use ddns::DdnsConfig;
 
 #[derive(Debug, thiserror::Error)]
 pub enum ConfigError {
@@ -254,8 +256,22 @@ impl Listen {
 }
 
 impl Default for Listen {
+    /// Every standard port on all IPv4 and all IPv6 addresses (dual stack; the server makes the
+    /// `[::]` sockets IPv6-only so both can be bound, and skips them on a host without IPv6).
     fn default() -> Self {
         let mut l = Listen::standard(IpAddr::from([0, 0, 0, 0]), 0).expect("offset 0 always fits");
+        let v6 = Listen::standard(IpAddr::from([0u16; 8]), 0).expect("offset 0 always fits");
+        for (all, six) in [
+            (&mut l.smtp, v6.smtp),
+            (&mut l.submissions, v6.submissions),
+            (&mut l.submission, v6.submission),
+            (&mut l.imap, v6.imap),
+            (&mut l.imaps, v6.imaps),
+            (&mut l.http, v6.http),
+            (&mut l.https, v6.https),
+        ] {
+            all.extend(six);
+        }
         l.metrics = vec![SocketAddr::from(([127, 0, 0, 1], 9464))];
         l
     }
@@ -383,6 +399,11 @@ pub struct Config {
     /// reference's public chatmail relay; an empty list turns the probe off.
     #[serde(default = "d_outbound_probes")]
     pub outbound_probes: Vec<String>,
+    /// `"auto"`: ask the home router (UPnP-IGD, else NAT-PMP) to forward the ports in use to
+    /// this box, renew the leases, remove them at shutdown (`relay/src/portmap/`). `"off"`:
+    /// leave the router alone. `relaybox dev` turns it off.
+    #[serde(default)]
+    pub port_mapping: PortMapping,
 
     /// How long outbound mail is retried before it bounces (Postfix's `maximal_queue_lifetime`,
     /// 2 days in the reference).
@@ -466,6 +487,9 @@ pub struct Config {
     /// `[update]`: signed A/B updates of the appliance.
     #[serde(default)]
     pub update: UpdateConfig,
+    /// `[ddns]`: dynamic DNS updates of the domain's A/AAAA records.
+    #[serde(default)]
+    pub ddns: DdnsConfig,
 }
 
 /// The `[update]` table. Not settable from the settings file: the root update agent reads
@@ -509,6 +533,15 @@ pub const SETTINGS_FILE: &str = "settings.toml";
 /// Keys the settings file may not change: they decide where the settings file itself and the
 /// listeners are, and a wrong value there would lock the operator out of the wizard.
 const NOT_IN_SETTINGS: &[&str] = &["data_dir", "listen", "admin_ui", "update"];
+
+/// The `port_mapping` config key.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum PortMapping {
+    #[default]
+    Auto,
+    Off,
+}
 
 /// The `tls` config key.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
@@ -782,6 +815,7 @@ impl Config {
                 "must be at least 1s and at most queue_retry_max".into(),
             );
         }
+        self.ddns.check()?;
         if self.queue_lifetime.0 == 0 {
             return invalid("queue_lifetime", "must be longer than zero".into());
         }

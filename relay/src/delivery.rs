@@ -374,4 +374,4 @@ impl Delivery {
 mod tests;
 
 #[cfg(test)]
-mod queue_tests;
+mod tests_queue;

@@ -199,9 +199,9 @@ impl Dns {
         &self.inner.keys
     }
 
-    /// Answers `name` (e.g. `opendkim._domainkey.a.test`) with this DKIM key record from now on,
-    /// without asking DNS. For tests and for setups without DNS; an unparseable record is
-    /// refused.
+    /// Test hook: answers `name` (e.g. `opendkim._domainkey.a.test`) with this DKIM key record
+    /// from now on, without asking DNS; an unparseable record is refused.
+    #[cfg(any(test, feature = "testkit"))]
     pub fn pin_dkim_key(&self, name: &str, record: &str) -> Result<(), mail_auth::Error> {
         use mail_auth::common::{parse::TxtRecordParser, verify::DomainKey};
         let key = DomainKey::parse(record.as_bytes())?;
@@ -395,36 +395,6 @@ pub fn interpret_mx(domain: &str, records: &[(u16, String)]) -> Mx {
     Mx::Hosts(hosts)
 }
 
-/// A DNS server for tests that answers every query with SERVFAIL at once, so temporary failures
-/// can be tested without waiting for timeouts. The test and fuzzing relays resolve through it,
-/// so they never reach the network and an unexpected lookup fails at once instead of hanging.
-/// Not an API (public only for `fuzzing`).
-#[doc(hidden)]
-pub fn servfail_server() -> std::net::SocketAddr {
-    // One per process: every test relay asks for it, and each server is a thread for good.
-    static SERVER: std::sync::OnceLock<std::net::SocketAddr> = std::sync::OnceLock::new();
-    *SERVER.get_or_init(start_servfail_server)
-}
-
-fn start_servfail_server() -> std::net::SocketAddr {
-    let sock = std::net::UdpSocket::bind("127.0.0.1:0").expect("bind a loopback UDP port");
-    let addr = sock.local_addr().expect("a bound socket has an address");
-    std::thread::spawn(move || {
-        let mut buf = [0u8; 1500];
-        while let Ok((n, peer)) = sock.recv_from(&mut buf) {
-            if n < 12 {
-                continue;
-            }
-            // Same id and question; QR (response) and RA set, RCODE 2 (SERVFAIL).
-            let mut resp = buf[..n].to_vec();
-            resp[2] |= 0x80;
-            resp[3] = 0x80 | 2;
-            let _ = sock.send_to(&resp, peer);
-        }
-    });
-    addr
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -530,7 +500,7 @@ mod tests {
     async fn servfail_is_a_temporary_error_for_every_lookup() {
         let dir = std::env::temp_dir();
         let mut cfg = Config::with_domain("a.test", &dir).unwrap();
-        cfg.dns_servers = vec![servfail_server()];
+        cfg.dns_servers = vec![crate::testkit::servfail_server()];
         let dns = Dns::new(&cfg).unwrap();
         let mx = dns.mx("a.test").await.unwrap_err();
         assert!(mx.is_temporary(), "{mx}");

@@ -1,13 +1,14 @@
 //! relaybox: a chatmail relay in one binary.
 //!
-//! Module map (arrows are "uses"; no cycles, except that `update` runs `admin`'s self-test
-//! before it commits an update):
+//! Module map (arrows are "uses"; no cycles):
 //! - `alpn` (ports 80 and 443: TLS, then IMAP, SMTP or HTTPS by ALPN) → `imap`, `smtp`, `web`,
 //!   `admin` (its API is a route of `web`'s router).
 //! - `smtp` → `policy`, `delivery`, `accounts`; `imap` → `store`, `accounts`, `delivery`, `push`;
 //!   `web` (pages, `/new`, `/mxdeliv`) → `delivery`, `accounts`, `store`, `policy`.
 //! - `admin` (set-up wizard, admin API) → `web`, `accounts`, `backup`, `update`, `dns`, `dkim`,
-//!   `acme`, `expiry`.
+//!   `acme`, `expiry`, `selftest`.
+//! - `update` (signed A/B updates) → `selftest` (before it commits a trial boot); `selftest` (one
+//!   message between two fresh addresses) → `accounts`, `delivery`, `store`, `policy`.
 //! - `delivery` → `store`, `policy`, `dkim` (origin check of incoming mail), `dns` (MX), `tls`,
 //!   `push`, `expiry` (quota); `push`, `expiry`, `accounts`, `backup` → `store`.
 //! - `dkim` → `dns`; `acme` → `tls`; `metrics` → `acme` (certificate dates).
@@ -19,6 +20,9 @@
 //! survive a panicking holder), `net` (the accept loop and TLS handshake of every listener),
 //! `http_client` (the outgoing POSTs of push and `/mxdeliv`), `tls::client` (client TLS of every
 //! outgoing connection), `acme::inspect_der` (X.509).
+//!
+//! `testkit` (test relays, the SERVFAIL DNS server, shared test helpers) is built only for tests
+//! and with the `testkit` feature (the fuzz crate); the test hooks of `store` and `dns` with it.
 
 pub mod accounts;
 pub mod acme;
@@ -28,12 +32,11 @@ pub mod backup;
 pub mod clock;
 pub mod config;
 pub mod control;
+pub mod ddns;
 pub mod delivery;
 pub mod dkim;
 pub mod dns;
 pub mod expiry;
-#[doc(hidden)]
-pub mod fuzzing;
 pub mod http_client;
 pub mod imap;
 pub mod io;
@@ -42,11 +45,16 @@ pub mod logbuf;
 pub mod metrics;
 pub mod net;
 pub mod policy;
+pub mod portmap;
 pub mod push;
+pub mod selftest;
 pub mod server;
 pub mod smtp;
 pub mod store;
 pub mod sync;
+#[cfg(any(test, feature = "testkit"))]
+#[doc(hidden)]
+pub mod testkit;
 pub mod tls;
 pub mod update;
 pub mod version;
@@ -73,4 +81,8 @@ pub struct Relay {
     pub conns: Arc<limits::ConnLimiter>,
     /// Memory for message bodies being received.
     pub inflight: Arc<limits::Budget>,
+    /// Dynamic DNS status for the admin page.
+    pub ddns: ddns::Ddns,
+    /// Port mapping on the home router: its outcome, and the public IPv4 address it learnt.
+    pub portmap: portmap::PortMap,
 }

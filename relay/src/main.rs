@@ -282,6 +282,9 @@ fn main() -> anyhow::Result<()> {
                     .collect();
             }
             cfg.admin_ui = wizard;
+            // A dev relay is a developer's or a test's, usually on an IP literal: opening its
+            // ports on the LAN's router would surprise more than help.
+            cfg.port_mapping = config::PortMapping::Off;
             let relay = relaybox::server::build(cfg)?;
             // Only once the ports are bound: a QR that cannot be used yet (or ever, when a port
             // is taken) would only mislead.

@@ -43,6 +43,23 @@ impl Shutdown {
     }
 }
 
+/// A listener on the IPv6 address `addr` that takes IPv6 only (IPV6_V6ONLY), so that an IPv4
+/// listener can have the same port.
+pub fn bind_v6only(addr: std::net::SocketAddr) -> io::Result<tokio::net::TcpListener> {
+    use nix::sys::socket::{setsockopt, sockopt};
+    let s = tokio::net::TcpSocket::new_v6()?;
+    setsockopt(&s, sockopt::Ipv6V6Only, &true).map_err(io::Error::from)?;
+    // as TcpListener::bind does: a restart must not wait for old connections' TIME_WAIT
+    s.set_reuseaddr(true)?;
+    s.bind(addr)?;
+    s.listen(1024)
+}
+
+/// Whether this host has IPv6 at all (a kernel booted with `ipv6.disable=1` has not).
+pub fn ipv6_available() -> bool {
+    std::net::UdpSocket::bind((std::net::Ipv6Addr::LOCALHOST, 0)).is_ok()
+}
+
 static NEXT_CONN: AtomicU64 = AtomicU64::new(1);
 
 /// A process-unique connection id for log spans.

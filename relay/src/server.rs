@@ -57,6 +57,7 @@ pub fn build(cfg: config::Config) -> anyhow::Result<Arc<Relay>> {
             "set-up wizard enabled: a new one-time setup code was written"
         );
     }
+    let portmap = crate::portmap::PortMap::new(cfg.port_mapping);
     Ok(Arc::new(Relay {
         admin,
         accounts: accounts::Accounts::new(cfg.clone(), store.clone(), clock.clone()),
@@ -66,10 +67,12 @@ pub fn build(cfg: config::Config) -> anyhow::Result<Arc<Relay>> {
         store,
         tls,
         acme: crate::acme::Acme::default(),
+        portmap,
         clock,
         shutdown: net::Shutdown::new(),
         conns,
         inflight,
+        ddns: Default::default(),
     }))
 }
 
@@ -118,8 +121,32 @@ pub fn make_private(dir: &std::path::Path) -> std::io::Result<()> {
     fix(dir, &meta)
 }
 
-async fn bind(addr: SocketAddr, what: &str) -> anyhow::Result<TcpListener> {
-    TcpListener::bind(addr).await.map_err(|e| {
+/// Binds `addr`, one of a service's addresses `all`. When the service also listens on IPv4 at
+/// the same port (the default `0.0.0.0` beside `[::]`), the IPv6 socket is IPv6-only: on Linux a
+/// `[::]` socket otherwise takes IPv4 too (bindv6only=0) and collides with the IPv4 one. A lone
+/// `[::]` keeps taking both. `None`: the IPv6 wildcard beside an IPv4 one on a host without
+/// IPv6 (kernel built or booted without it), which must not keep the relay from starting.
+async fn bind_in(
+    addr: SocketAddr,
+    all: &[SocketAddr],
+    what: &str,
+) -> anyhow::Result<Option<TcpListener>> {
+    let v6only = addr.is_ipv6() && all.iter().any(|a| a.is_ipv4() && a.port() == addr.port());
+    let r = if v6only {
+        net::bind_v6only(addr)
+    } else {
+        TcpListener::bind(addr).await
+    };
+    r.map(Some).or_else(|e| {
+        let no_ipv6 = matches!(
+            e.raw_os_error(),
+            Some(code) if code == nix::errno::Errno::EAFNOSUPPORT as i32
+                || code == nix::errno::Errno::EADDRNOTAVAIL as i32
+        );
+        if v6only && no_ipv6 && addr.ip().is_unspecified() {
+            tracing::warn!("not listening on {addr} for {what}: {e} (no IPv6 on this host)");
+            return Ok(None);
+        }
         let hint = if e.kind() == std::io::ErrorKind::PermissionDenied && addr.port() < 1024 {
             " (ports below 1024 need root or CAP_NET_BIND_SERVICE; `relaybox dev --port-offset 10000` avoids them)"
         } else if e.kind() == std::io::ErrorKind::AddrInUse {
@@ -129,7 +156,7 @@ async fn bind(addr: SocketAddr, what: &str) -> anyhow::Result<TcpListener> {
         } else {
             ""
         };
-        anyhow::anyhow!("cannot listen on {addr} for {what}: {e}{hint}")
+        Err(anyhow::anyhow!("cannot listen on {addr} for {what}: {e}{hint}"))
     })
 }
 
@@ -150,7 +177,9 @@ pub async fn run_with(relay: Arc<Relay>, ready: impl FnOnce()) -> anyhow::Result
         (&l.submissions, smtp::Kind::Submissions),
     ] {
         for a in addrs {
-            let listener = bind(*a, &format!("SMTP ({kind:?})")).await?;
+            let Some(listener) = bind_in(*a, addrs, &format!("SMTP ({kind:?})")).await? else {
+                continue;
+            };
             bound.push(format!("smtp/{kind:?}={a}"));
             tasks.spawn(smtp::serve(relay.clone(), listener, kind));
         }
@@ -158,7 +187,9 @@ pub async fn run_with(relay: Arc<Relay>, ready: impl FnOnce()) -> anyhow::Result
     for (addrs, implicit) in [(&l.imap, false), (&l.imaps, true)] {
         for a in addrs {
             let what = if implicit { "IMAPS" } else { "IMAP" };
-            let listener = bind(*a, what).await?;
+            let Some(listener) = bind_in(*a, addrs, what).await? else {
+                continue;
+            };
             bound.push(format!("{}={a}", what.to_lowercase()));
             tasks.spawn(imap::serve(relay.clone(), listener, implicit));
         }
@@ -166,7 +197,9 @@ pub async fn run_with(relay: Arc<Relay>, ready: impl FnOnce()) -> anyhow::Result
     for (addrs, https) in [(&l.http, false), (&l.https, true)] {
         for a in addrs {
             let what = if https { "HTTPS" } else { "HTTP" };
-            let listener = bind(*a, what).await?;
+            let Some(listener) = bind_in(*a, addrs, what).await? else {
+                continue;
+            };
             bound.push(format!("{}={a}", what.to_lowercase()));
             tasks.spawn(crate::alpn::serve(relay.clone(), listener, https));
         }
@@ -183,7 +216,9 @@ pub async fn run_with(relay: Arc<Relay>, ready: impl FnOnce()) -> anyhow::Result
         });
     }
     for a in &l.metrics {
-        let listener = bind(*a, "metrics").await?;
+        let Some(listener) = bind_in(*a, &l.metrics, "metrics").await? else {
+            continue;
+        };
         bound.push(format!("metrics={a}"));
         tasks.spawn(crate::metrics::serve(relay.clone(), listener));
     }
@@ -191,8 +226,12 @@ pub async fn run_with(relay: Arc<Relay>, ready: impl FnOnce()) -> anyhow::Result
     if relay.cfg.is_acme() {
         tokio::spawn(crate::acme::renewal_schedule(relay.clone()));
     }
+    // The router's external IPv4, as port mapping learns it, is the public IPv4 to publish.
+    tokio::spawn(crate::ddns::run(relay.clone(), relay.portmap.public_ipv4()));
     tokio::spawn(relay.delivery.push().clone().run(relay.shutdown.clone()));
     tokio::spawn(relay.delivery.queue().clone().run(relay.shutdown.clone()));
+    // Not one of `tasks`: it ends only after the shutdown, once the router has been told.
+    let portmap = tokio::spawn(crate::portmap::run(relay.clone()));
     tracing::info!(
         domain = %relay.cfg.mail_domain,
         listeners = %bound.join(" "),
@@ -246,6 +285,9 @@ pub async fn run_with(relay: Arc<Relay>, ready: impl FnOnce()) -> anyhow::Result
         while tasks.join_next().await.is_some() {}
     })
     .await;
+    // The router forgets the mappings when told; otherwise they would point at a stopped relay
+    // until their lease runs out.
+    let _ = tokio::time::timeout(Duration::from_secs(5), portmap).await;
     match failure {
         Some(f) => Err(anyhow::anyhow!(f)),
         None => Ok(()),
@@ -359,10 +401,10 @@ mod tests {
             std::fs::Permissions::from_mode(0o644),
         )
         .unwrap();
-        let relay = crate::fuzzing::test_relay(&data, |_| {}).unwrap();
+        let relay = crate::testkit::test_relay(&data, |_| {}).unwrap();
         let a = relay
             .accounts
-            .login(crate::fuzzing::USER, crate::fuzzing::PASS)
+            .login(crate::testkit::USER, crate::testkit::PASS)
             .await
             .unwrap();
         relay
@@ -377,5 +419,94 @@ mod tests {
         assert_eq!(mode(&data), 0o700);
         assert_eq!(mode(&data.join("old").join("file")), 0o600);
         assert_eq!(open_to_others(&data), vec![]);
+    }
+    /// A port free on both the IPv4 and the IPv6 wildcard right now.
+    fn free_dual_port() -> u16 {
+        loop {
+            let v4 = std::net::TcpListener::bind("0.0.0.0:0").unwrap();
+            let port = v4.local_addr().unwrap().port();
+            if crate::net::bind_v6only(std::net::SocketAddr::from(([0u16; 8], port))).is_ok() {
+                return port;
+            }
+        }
+    }
+
+    async fn read_some<S: tokio::io::AsyncRead + Unpin>(s: &mut S) -> String {
+        use tokio::io::AsyncReadExt;
+        let mut buf = vec![0u8; 512];
+        let n = tokio::time::timeout(std::time::Duration::from_secs(10), s.read(&mut buf))
+            .await
+            .expect("an answer within 10 s")
+            .unwrap();
+        String::from_utf8_lossy(&buf[..n]).into_owned()
+    }
+
+    /// With the default dual-stack listeners (`0.0.0.0` and `[::]` on one port), SMTP, IMAPS
+    /// and HTTPS answer on 127.0.0.1 and on ::1. Before, the `[::]` socket also claimed IPv4
+    /// and could not be bound beside the IPv4 one.
+    #[tokio::test]
+    async fn smtp_imaps_and_https_answer_on_ipv4_and_ipv6_loopback() {
+        use tokio::io::AsyncWriteExt;
+        if !crate::net::ipv6_available() {
+            assert!(std::env::var_os("CI").is_none(), "no IPv6 under CI");
+            eprintln!("SKIPPED: this host has no IPv6");
+            return;
+        }
+        let t = tempfile::tempdir().unwrap();
+        let (smtp, imaps, https) = (free_dual_port(), free_dual_port(), free_dual_port());
+        let both = |p: u16| {
+            vec![
+                std::net::SocketAddr::from(([0u8; 4], p)),
+                std::net::SocketAddr::from(([0u16; 8], p)),
+            ]
+        };
+        let relay = crate::testkit::test_relay(t.path(), |c| {
+            let d = crate::config::Listen::default();
+            assert!(d.smtp.iter().any(|a| a.is_ipv6()) && d.smtp.iter().any(|a| a.is_ipv4()));
+            c.listen = crate::config::Listen {
+                smtp: both(smtp),
+                imaps: both(imaps),
+                https: both(https),
+                submission: vec![],
+                submissions: vec![],
+                imap: vec![],
+                http: vec![],
+                metrics: vec![],
+            };
+        })
+        .unwrap();
+        let (tx, rx) = tokio::sync::oneshot::channel();
+        let server = tokio::spawn(super::run_with(relay.clone(), move || {
+            let _ = tx.send(());
+        }));
+        if rx.await.is_err() {
+            panic!("the relay did not start: {:?}", server.await.unwrap());
+        }
+        let tls = crate::tls::client::Connectors::new(None).unwrap();
+        let name =
+            rustls::pki_types::ServerName::IpAddress(std::net::IpAddr::from([127, 0, 0, 1]).into());
+        for ip in [
+            std::net::IpAddr::from([127, 0, 0, 1]),
+            std::net::IpAddr::from(std::net::Ipv6Addr::LOCALHOST),
+        ] {
+            let mut s = tokio::net::TcpStream::connect((ip, smtp)).await.unwrap();
+            let greeting = read_some(&mut s).await;
+            assert!(greeting.starts_with("220 "), "SMTP on {ip}: {greeting}");
+
+            let s = tokio::net::TcpStream::connect((ip, imaps)).await.unwrap();
+            let mut s = tls.smtp_unverified.connect(name.clone(), s).await.unwrap();
+            let greeting = read_some(&mut s).await;
+            assert!(greeting.starts_with("* OK"), "IMAPS on {ip}: {greeting}");
+
+            let s = tokio::net::TcpStream::connect((ip, https)).await.unwrap();
+            let mut s = tls.https_unverified.connect(name.clone(), s).await.unwrap();
+            s.write_all(b"GET / HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
+                .await
+                .unwrap();
+            let answer = read_some(&mut s).await;
+            assert!(answer.starts_with("HTTP/1.1 "), "HTTPS on {ip}: {answer}");
+        }
+        relay.shutdown.trigger();
+        server.await.unwrap().unwrap();
     }
 }

@@ -47,14 +47,9 @@ fn need(name: &str, package: &str) -> Option<PathBuf> {
     found
 }
 
+/// A port free for both UDP and TCP on a loopback address.
 fn free_port(ip: &str) -> u16 {
-    loop {
-        let udp = std::net::UdpSocket::bind((ip, 0)).unwrap();
-        let port = udp.local_addr().unwrap().port();
-        if std::net::TcpListener::bind((ip, port)).is_ok() {
-            return port;
-        }
-    }
+    relaybox::testkit::free_port(ip.parse().unwrap())
 }
 
 fn wait_tcp(addr: SocketAddr, child: &mut Child, what: &str) {

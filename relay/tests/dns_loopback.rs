@@ -33,15 +33,9 @@ fn find_dnsmasq() -> Option<PathBuf> {
         .find(|p| p.is_file())
 }
 
-/// A port free for both UDP and TCP on a loopback address (dnsmasq serves both).
+/// A port free for both UDP and TCP on a loopback address.
 fn free_port(ip: &str) -> u16 {
-    loop {
-        let udp = std::net::UdpSocket::bind((ip, 0)).unwrap();
-        let port = udp.local_addr().unwrap().port();
-        if std::net::TcpListener::bind((ip, port)).is_ok() {
-            return port;
-        }
-    }
+    relaybox::testkit::free_port(ip.parse().unwrap())
 }
 
 /// Starts dnsmasq answering for `.test` from `records` only (anything else in `.test` is
@@ -370,5 +364,42 @@ async fn live_check_asks_the_zones_authoritative_servers_not_the_resolver() {
     assert_eq!(
         report.resolver,
         format!("the authoritative servers ns1.relay.test ({AUTH})")
+    );
+}
+
+/// The check compares the AAAA record with the box's global IPv6 address (and the A record
+/// with its public IPv4 when known): the same address is ok, another one is wrong.
+#[tokio::test]
+async fn live_check_compares_the_aaaa_record_with_the_boxs_address() {
+    use relaybox::dns::check::{check, State};
+    let Some(server) = dnsmasq(&["--host-record=box.test,81.2.69.160,2a01:4f8::7".to_string()])
+    else {
+        return;
+    };
+    let dir = tempfile::tempdir().unwrap();
+    let (cfg, _) = resolver(&server, dir.path(), "box.test");
+    let state = |report: &relaybox::dns::check::Report, rtype: &str| {
+        report
+            .records
+            .iter()
+            .find(|c| c.rtype == rtype)
+            .map(|c| (c.state, c.found.clone()))
+            .unwrap()
+    };
+    let v6 = |s: &str| Some(s.parse().unwrap());
+    let same = relaybox::dns::records::addresses(
+        "box.test",
+        Some("81.2.69.160".parse().unwrap()),
+        v6("2a01:4f8::7"),
+    );
+    let report = check(&cfg, "box.test", &same).await;
+    assert_eq!(state(&report, "AAAA").0, State::Ok, "{report:#?}");
+    assert_eq!(state(&report, "A").0, State::Ok, "{report:#?}");
+    let moved = relaybox::dns::records::addresses("box.test", None, v6("2a01:4f8::8"));
+    let report = check(&cfg, "box.test", &moved).await;
+    assert_eq!(
+        state(&report, "AAAA"),
+        (State::Wrong, vec!["2a01:4f8::7".to_string()]),
+        "{report:#?}"
     );
 }

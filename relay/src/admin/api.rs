@@ -52,6 +52,8 @@ pub enum Endpoint {
     Updates,
     UpdateUpload,
     UpdateInstall,
+    PortMap,
+    PortMapRetry,
 }
 
 impl Endpoint {
@@ -78,6 +80,8 @@ impl Endpoint {
         Endpoint::Updates,
         Endpoint::UpdateUpload,
         Endpoint::UpdateInstall,
+        Endpoint::PortMap,
+        Endpoint::PortMapRetry,
     ];
 
     /// Method and path below [`PREFIX`].
@@ -106,6 +110,8 @@ impl Endpoint {
             Updates => (Method::GET, "update"),
             UpdateUpload => (Method::POST, "update/upload"),
             UpdateInstall => (Method::POST, "update/install"),
+            PortMap => (Method::GET, "portmap"),
+            PortMapRetry => (Method::POST, "portmap/retry"),
         }
     }
 
@@ -393,7 +399,7 @@ async fn run(ep: Endpoint, c: &Call<'_>) -> Result<Response, ApiError> {
         }
         Backup => backup(c),
         Restore => restore(c).await,
-        Test => Ok(ok(super::selftest::self_test(relay).await)),
+        Test => Ok(ok(crate::selftest::self_test(relay).await)),
         Updates => Ok(ok(super::update_api::status(relay))),
         // Handled (streamed) before the body is read as JSON.
         UpdateUpload => Err(bad("the bundle is the request body")),
@@ -404,6 +410,15 @@ async fn run(ep: Endpoint, c: &Call<'_>) -> Result<Response, ApiError> {
             "warnings": crate::logbuf::warnings(crate::logbuf::WARNINGS),
         }))),
         Toggles => toggles(c),
+        PortMap => Ok(ok(json!(relay.portmap.status()))),
+        // Answers once the new attempt is over (a UPnP search and the requests take a few
+        // seconds), so the page can show the outcome at once.
+        PortMapRetry => Ok(ok(json!(
+            relay
+                .portmap
+                .retry(std::time::Duration::from_secs(20))
+                .await
+        ))),
     }
 }
 
@@ -495,7 +510,16 @@ fn save_mode(c: &Call<'_>) -> Result<Response, ApiError> {
 
 fn dns_zone(c: &Call<'_>) -> Result<Response, ApiError> {
     let (domain, dkim) = dns_domain_and_key(c.relay)?;
-    let text = crate::dns::records::zone_text(&domain, &dkim, &mta_sts_id(c.now));
+    let mut text = crate::dns::records::zone_text(&domain, &dkim, &mta_sts_id(c.now));
+    let own = crate::ddns::public_addresses(c.relay);
+    let addresses = crate::dns::records::addresses(&domain, own.ipv4, own.ipv6);
+    if !addresses.is_empty() {
+        text.push_str("\n; This box's public addresses, as it sees them now:\n");
+        for r in addresses {
+            text.push_str(&r.zone_line());
+            text.push('\n');
+        }
+    }
     Ok((
         [
             (
@@ -516,7 +540,13 @@ async fn dns_check(c: &Call<'_>) -> Result<Response, ApiError> {
     let (relay, now) = (c.relay, c.now);
     let cfg = &relay.cfg;
     let (domain, dkim) = dns_domain_and_key(relay)?;
-    let records = crate::dns::records::expected(&domain, &dkim, &mta_sts_id(now));
+    let own = crate::ddns::public_addresses(relay);
+    let mut records = crate::dns::records::addresses(&domain, own.ipv4, own.ipv6);
+    records.extend(crate::dns::records::expected(
+        &domain,
+        &dkim,
+        &mta_sts_id(now),
+    ));
     let (report, outbound) = tokio::join!(
         crate::dns::check::check(cfg, &domain, &records),
         crate::dns::reach::outbound(&cfg.outbound_probes)
@@ -825,8 +855,14 @@ const PORTS: &[(u16, &str, &str)] = &[
 
 fn dns(relay: &Relay, now: i64) -> Result<Value, ApiError> {
     let (domain, dkim) = dns_domain_and_key(relay)?;
-    let records: Vec<Value> = crate::dns::records::expected(&domain, &dkim, &mta_sts_id(now))
+    let own = crate::ddns::public_addresses(relay);
+    let records: Vec<Value> = crate::dns::records::addresses(&domain, own.ipv4, own.ipv6)
         .into_iter()
+        .chain(crate::dns::records::expected(
+            &domain,
+            &dkim,
+            &mta_sts_id(now),
+        ))
         .map(|r| {
             json!({
                 "name": r.name,
@@ -997,6 +1033,7 @@ fn status(relay: &Relay) -> Value {
         "last_expiry": relay.admin.last_expiry(),
         "expiry_time_utc": relay.cfg.expiry_time,
         "last_dns_check": relay.admin.last_dns_check.lock_or_recover().clone(),
+        "ddns": relay.ddns.status(),
         "warnings": crate::logbuf::warnings(10),
         "version": crate::version::long(),
         "os_release": crate::version::os_release(std::path::Path::new("/etc/os-release")),

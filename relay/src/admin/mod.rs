@@ -20,11 +20,9 @@
 //!
 //! Files: `api` is the JSON API behind the pages (`firmware-ui/setup.html`, `admin.html`,
 //! `admin.js`); `throttle` limits login attempts without letting anybody lock the owner out;
-//! `selftest` sends one message between two fresh addresses (the pages' Test button, an update's
-//! trial boot); `upload` reads request bodies within a size limit and a deadline.
+//! `upload` reads request bodies within a size limit and a deadline.
 
 pub mod api;
-pub(crate) mod selftest;
 #[cfg(test)]
 mod tests;
 pub mod throttle;

@@ -1,5 +1,5 @@
 use super::api::{Endpoint, COOKIE, PREFIX};
-use crate::fuzzing::{https_request, test_relay};
+use crate::testkit::{https_request, test_relay};
 use crate::Relay;
 use std::sync::Arc;
 
@@ -528,6 +528,8 @@ async fn status_logs_toggles_and_the_last_expiry_run() {
     assert_eq!(v["maintenance"], false);
     assert!(v["last_expiry"].is_null(), "{v}");
     assert!(v["last_dns_check"].is_null(), "{v}");
+    assert_eq!(v["ddns"]["enabled"], false, "off unless configured: {v}");
+    assert!(v["ddns"]["last_update"].is_null(), "{v}");
     assert!(v["warnings"].is_array(), "{v}");
     assert!(
         v["written_bytes_per_day"].is_null(),
@@ -604,25 +606,10 @@ async fn send(
     mut req: axum::http::Request<axum::body::Body>,
     peer: Option<std::net::SocketAddr>,
 ) -> (u16, axum::http::HeaderMap, Vec<u8>) {
-    use http_body_util::BodyExt;
-    use tower::ServiceExt;
     if let Some(p) = peer {
         req.extensions_mut().insert(crate::web::ClientAddr(p));
     }
-    let resp = crate::alpn::app(relay.clone(), true)
-        .oneshot(req)
-        .await
-        .unwrap();
-    let status = resp.status().as_u16();
-    let headers = resp.headers().clone();
-    let body = resp
-        .into_body()
-        .collect()
-        .await
-        .unwrap()
-        .to_bytes()
-        .to_vec();
-    (status, headers, body)
+    crate::testkit::route(relay, true, req).await.unwrap()
 }
 
 /// A body that sends `first` and then nothing, without ever ending.

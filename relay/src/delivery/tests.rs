@@ -23,7 +23,7 @@ async fn env() -> Env {
     cfg.max_load_1m = 1e9;
     cfg.min_available_memory = crate::config::ByteSize(0);
     cfg.min_free_disk_space = crate::config::ByteSize(0);
-    cfg.dns_servers = vec![crate::dns::servfail_server()];
+    cfg.dns_servers = vec![crate::testkit::servfail_server()];
     let cfg = Arc::new(cfg);
     let dns = Dns::new(&cfg).unwrap();
     let store = Store::open(&dir.path().join("store")).unwrap();
@@ -193,7 +193,7 @@ async fn rcpt_to_loopback_and_private_literals_is_refused() {
     let named = |tune: &dyn Fn(&mut Config)| {
         let dir = tempfile::tempdir().unwrap();
         let mut cfg = Config::with_domain("chat.example.org", dir.path()).unwrap();
-        cfg.dns_servers = vec![crate::dns::servfail_server()];
+        cfg.dns_servers = vec![crate::testkit::servfail_server()];
         tune(&mut cfg);
         // The fixed test key, so no RSA key is generated here.
         let key = Dkim::key_path(&cfg);

@@ -13,7 +13,7 @@ const SPKI_B64: &str = include_str!("../../tests/data/dkim-spki.b64");
 fn setup(domain: &str) -> (tempfile::TempDir, Config) {
     let dir = tempfile::tempdir().unwrap();
     let mut cfg = Config::with_domain(domain, dir.path()).unwrap();
-    cfg.dns_servers = vec![crate::dns::servfail_server()];
+    cfg.dns_servers = vec![crate::testkit::servfail_server()];
     (dir, cfg)
 }
 

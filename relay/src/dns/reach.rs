@@ -72,6 +72,19 @@ pub fn local_addresses() -> Vec<IpAddr> {
     out
 }
 
+/// The first global IPv6 address among `local` (the box's, from [`local_addresses`]): the one
+/// for the AAAA record.
+pub fn global_ipv6(local: &[IpAddr]) -> Option<std::net::Ipv6Addr> {
+    local.iter().find_map(|ip| match ip {
+        IpAddr::V6(v6)
+            if is_public(ip) && !v6.is_multicast() && (v6.segments()[0] & 0xe000) == 0x2000 =>
+        {
+            Some(*v6)
+        }
+        _ => None,
+    })
+}
+
 /// This box's addresses as [`address_verdict`] needs them: [`local_addresses`], plus those of
 /// `found` this box holds. An address is this box's if a socket can be bound to it: that also
 /// covers what the interface list does not show (127.0.0.0/8, addresses on a local route).
@@ -107,7 +120,9 @@ pub struct AddressVerdict {
     pub note: String,
 }
 
-fn is_public(ip: &IpAddr) -> bool {
+/// Reachable from the internet as far as the address itself tells: not private, CGNAT,
+/// loopback, link-local, unique-local or documentation space.
+pub fn is_public(ip: &IpAddr) -> bool {
     match ip {
         IpAddr::V4(v4) => {
             !(v4.is_private()

@@ -123,6 +123,36 @@ pub fn expected(domain: &str, dkim: &impl DkimRecord, mta_sts_id: &str) -> Vec<R
     out
 }
 
+/// The address records the box knows values for: A with its public IPv4 (from the router or
+/// `ddns.ipv4`), AAAA with its own global IPv6. Not part of [`expected`] and `relaybox dns`:
+/// only the running box sees its network.
+pub fn addresses(
+    domain: &str,
+    ipv4: Option<std::net::Ipv4Addr>,
+    ipv6: Option<std::net::Ipv6Addr>,
+) -> Vec<Record> {
+    let d = format!("{}.", domain.trim_end_matches('.'));
+    let mut out = Vec::new();
+    if let Some(ip) = ipv4 {
+        out.push(Record {
+            name: d.clone(),
+            rtype: "A",
+            rdata: ip.to_string(),
+            need: Need::Required,
+        });
+    }
+    if let Some(ip) = ipv6 {
+        // Mail works over IPv4 alone; a wrong AAAA record is still worth a warning.
+        out.push(Record {
+            name: d,
+            rtype: "AAAA",
+            rdata: ip.to_string(),
+            need: Need::Recommended,
+        });
+    }
+    out
+}
+
 /// The records as a zone-file fragment with comments, as `relaybox dns` prints it. Lines that
 /// should not be published yet are commented out.
 pub fn zone_text(domain: &str, dkim: &impl DkimRecord, mta_sts_id: &str) -> String {
@@ -187,6 +217,18 @@ mod tests {
             txt_rdata(&long),
             format!("\"{}\" \"{}\"", "x".repeat(255), "x".repeat(45))
         );
+    }
+
+    #[test]
+    fn address_records_only_for_known_addresses() {
+        assert!(addresses("a.test", None, None).is_empty());
+        let r = addresses("a.test", None, Some("2a01:4f8::7".parse().unwrap()));
+        assert_eq!(
+            r[0].zone_line(),
+            zone_line("a.test.", "AAAA", "2a01:4f8::7")
+        );
+        let r = addresses("a.test", Some("81.2.69.160".parse().unwrap()), None);
+        assert_eq!((r[0].rtype, r[0].need), ("A", Need::Required));
     }
 
     #[test]

@@ -36,8 +36,10 @@ mod tests_limits;
 #[cfg(test)]
 mod tests_net;
 
-/// For the `imap_seqsearch` fuzz target (crate::fuzzing).
+/// For the `imap_seqsearch` fuzz target (crate::testkit).
+#[cfg(any(test, feature = "testkit"))]
 pub(crate) use search::find_ci;
+#[cfg(any(test, feature = "testkit"))]
 pub(crate) use sequence::{resolve_seqs, resolve_uids, Ranges, SetError, MAX_RANGES};
 
 use crate::limits::{Service, Slot};
@@ -185,7 +187,7 @@ async fn run_conn(relay: Arc<Relay>, conn: Conn, implicit_tls: bool, slot: Slot)
 /// One session over any byte stream, for the fuzz targets (`fuzz/`): greeting, then commands
 /// until the client leaves or STARTTLS is accepted (no handshake here; with `tls` the session
 /// behaves as on port 993).
-#[doc(hidden)]
+#[cfg(any(test, feature = "testkit"))]
 pub async fn run_session<S>(relay: Arc<Relay>, tls: bool, stream: S)
 where
     S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin,

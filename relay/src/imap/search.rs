@@ -63,6 +63,7 @@ impl Needle {
 }
 
 /// ASCII case-insensitive substring test (for the fuzz target's comparison with a naive one).
+#[cfg(any(test, feature = "testkit"))]
 pub(crate) fn find_ci(hay: &[u8], needle: &[u8]) -> bool {
     Needle::new(needle).in_raw(hay)
 }

@@ -23,7 +23,7 @@ pub(crate) fn env() -> Env {
 
 pub(crate) fn env_with(tweak: impl FnOnce(&mut Config)) -> Env {
     let dir = tempfile::tempdir().expect("tempdir");
-    let relay = crate::fuzzing::test_relay(dir.path(), tweak).expect("relay");
+    let relay = crate::testkit::test_relay(dir.path(), tweak).expect("relay");
     Env { relay, _dir: dir }
 }
 

@@ -3,7 +3,9 @@
 //! memory only; no I/O.
 
 use super::Reply;
-use governor::clock::{Clock, DefaultClock, FakeRelativeClock};
+#[cfg(any(test, feature = "testkit"))]
+use governor::clock::FakeRelativeClock;
+use governor::clock::{Clock, DefaultClock};
 use governor::middleware::NoOpMiddleware;
 use governor::state::keyed::DefaultKeyedStateStore;
 use governor::{Quota, RateLimiter};
@@ -34,8 +36,9 @@ impl SendLimiter<DefaultClock> {
     }
 }
 
+#[cfg(any(test, feature = "testkit"))]
 impl SendLimiter<FakeRelativeClock> {
-    /// A limiter on a clock the caller moves (tests).
+    /// Test hook: a limiter on a clock the caller moves.
     pub fn with_fake_clock(per_minute: u32, burst: u32, clock: FakeRelativeClock) -> Self {
         SendLimiter {
             limiter: RateLimiter::new(

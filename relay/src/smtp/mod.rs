@@ -5,21 +5,21 @@
 //! session never sees a socket, only a stream, and hands STARTTLS back here for the handshake.
 
 mod data;
-#[cfg(test)]
-mod limit_tests;
 mod path;
-#[cfg(test)]
-mod policy_tests;
-#[cfg(test)]
-mod prop_tests;
-#[cfg(test)]
-mod rcpt_tests;
 mod session;
 mod stream;
 #[cfg(test)]
 mod tests;
 #[cfg(test)]
-mod tls_tests;
+mod tests_limits;
+#[cfg(test)]
+mod tests_policy;
+#[cfg(test)]
+mod tests_prop;
+#[cfg(test)]
+mod tests_rcpt;
+#[cfg(test)]
+mod tests_tls;
 
 use crate::limits::{Service, Slot};
 use crate::net::{next_conn_id, Conn};
@@ -219,7 +219,7 @@ async fn tls_accept(relay: &Relay, tcp: TcpStream, kind: Kind) -> Option<Conn> {
 /// until the client closes, the session ends or STARTTLS is accepted (no handshake here; with
 /// `tls` the session behaves as after one). No pause after failed logins; `timeout` bounds each
 /// read and write.
-#[doc(hidden)]
+#[cfg(any(test, feature = "testkit"))]
 pub async fn run_session<S>(relay: Arc<Relay>, kind: Kind, tls: bool, stream: S, timeout: Duration)
 where
     S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin,

@@ -15,7 +15,7 @@ pub(super) const PASS: &str = "password1";
 pub(super) const RCPT: &str = "rcptuser1@[127.0.0.1]";
 
 pub(super) fn relay_with(dir: &Path, tune: impl FnOnce(&mut Config)) -> Arc<Relay> {
-    crate::fuzzing::test_relay(dir, tune).unwrap()
+    crate::testkit::test_relay(dir, tune).unwrap()
 }
 
 /// A relay with the sender and one recipient account.
@@ -123,15 +123,7 @@ pub(super) async fn started(
 }
 
 /// Bodies in the INBOX of `addr`.
-pub(super) async fn inbox(relay: &Relay, addr: &str) -> Vec<Vec<u8>> {
-    let acc = relay.store.account(addr).unwrap().unwrap();
-    let mbox = relay.store.mailbox(acc.id, "INBOX").unwrap().unwrap();
-    let mut out = Vec::new();
-    for m in relay.store.messages(mbox.id).unwrap() {
-        out.push(relay.store.read_body(m.body_id).await.unwrap());
-    }
-    out
-}
+pub(super) use crate::testkit::inbox;
 
 /// A message that passes the encryption gate unchanged (its Subject is already `[...]`), with
 /// `text` in the MIME preamble, where the gate does not look: so dot-stuffing and size cases can

@@ -158,6 +158,8 @@ impl Store {
     }
 
     /// Test hook: make the next write sequence stop after `point`, leaving disk as a crash would.
+    /// Not in the release binary (there the crash point is always `None`).
+    #[cfg(any(test, feature = "testkit"))]
     pub fn crash_at(&self, point: Option<CrashPoint>) {
         if let Ok(mut c) = self.inner.crash_at.lock() {
             *c = point;
@@ -643,8 +645,13 @@ impl Store {
         }
     }
 
+    /// The crash point `crash_at` set; always `None` without the test kit.
     fn crash_point(&self) -> Option<CrashPoint> {
-        self.inner.crash_at.lock().ok().and_then(|c| *c)
+        if cfg!(any(test, feature = "testkit")) {
+            self.inner.crash_at.lock().ok().and_then(|c| *c)
+        } else {
+            None
+        }
     }
 
     /// Puts a body into `mail/`: written from memory, or a spool adopted. Returns (id, size).

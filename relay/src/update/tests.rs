@@ -727,7 +727,7 @@ async fn update_healthy_tryboot_start_is_committed_through_the_agent() {
     let l = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = l.local_addr().unwrap();
     let d = tempfile::tempdir().unwrap();
-    let relay = crate::fuzzing::test_relay(d.path(), |c| {
+    let relay = crate::testkit::test_relay(d.path(), |c| {
         no_listeners(c);
         c.listen.smtp = vec![addr];
     })
@@ -751,7 +751,7 @@ async fn update_unhealthy_tryboot_start_fails_and_asks_for_the_reboot_back() {
         l.local_addr().unwrap()
     };
     let d = tempfile::tempdir().unwrap();
-    let relay = crate::fuzzing::test_relay(d.path(), |c| {
+    let relay = crate::testkit::test_relay(d.path(), |c| {
         no_listeners(c);
         c.listen.imaps = vec![dead];
         c.update.commit_timeout = crate::config::Seconds(1);
@@ -780,11 +780,11 @@ async fn update_unhealthy_tryboot_start_fails_and_asks_for_the_reboot_back() {
 /// handed to the agent.
 #[tokio::test]
 async fn update_admin_upload_checks_the_bundle_and_shows_its_version() {
-    use crate::fuzzing::https_request;
+    use crate::testkit::https_request;
     let fx = fixture();
     UpdateEnv::set_for_tests(Some(fx.env.clone()));
     let d = tempfile::tempdir().unwrap();
-    let relay = crate::fuzzing::test_relay(d.path(), |c| c.admin_ui = true).unwrap();
+    let relay = crate::testkit::test_relay(d.path(), |c| c.admin_ui = true).unwrap();
     let made = fx.bundle("0.1.1");
     let good = std::fs::read(&made).unwrap();
     std::fs::remove_file(&made).unwrap();

@@ -13,7 +13,7 @@ use tokio::net::{TcpListener, TcpStream};
 use tower::ServiceExt;
 
 fn relay(dir: &std::path::Path) -> Arc<Relay> {
-    crate::fuzzing::test_relay(dir, |_| {}).unwrap()
+    crate::testkit::test_relay(dir, |_| {}).unwrap()
 }
 
 async fn listen(relay: &Arc<Relay>) -> SocketAddr {
@@ -167,20 +167,8 @@ async fn call(
         .extension(super::ClientAddr("192.0.2.7:5555".parse().unwrap()))
         .body(Body::empty())
         .unwrap();
-    let resp = crate::alpn::app(relay.clone(), https)
-        .oneshot(req)
-        .await
-        .unwrap();
-    let status = resp.status();
-    let headers = resp.headers().clone();
-    let body = resp
-        .into_body()
-        .collect()
-        .await
-        .unwrap()
-        .to_bytes()
-        .to_vec();
-    (status, headers, body)
+    let (status, headers, body) = crate::testkit::route(relay, https, req).await.unwrap();
+    (StatusCode::from_u16(status).unwrap(), headers, body)
 }
 
 #[tokio::test]
@@ -233,7 +221,7 @@ async fn new_hands_out_reference_shaped_credentials_and_is_rate_limited() {
 
 /// A relay with an operator certificate (ACME/external mode) for `chat.example.org`.
 fn acme_relay(dir: &std::path::Path) -> Arc<Relay> {
-    let mut cfg = crate::fuzzing::test_config(dir).unwrap();
+    let mut cfg = crate::testkit::test_config(dir).unwrap();
     cfg.mail_domain = "chat.example.org".into();
     let (cert, key) = crate::tls::make_self_signed(&cfg).unwrap();
     std::fs::write(dir.join("c.pem"), cert).unwrap();
@@ -367,7 +355,7 @@ async fn autoconfig_advertises_443_for_imap_and_smtp() {
 #[tokio::test]
 async fn pages_show_the_configuration_and_can_be_overridden() {
     let dir = tempfile::tempdir().unwrap();
-    let relay = crate::fuzzing::test_relay(dir.path(), |c| {
+    let relay = crate::testkit::test_relay(dir.path(), |c| {
         c.max_user_send_per_minute = 42;
         c.max_mailbox_size = crate::config::ByteSize(250 << 20);
         c.max_message_size = 20 << 20;
@@ -452,7 +440,7 @@ async fn http_redirects_to_https_except_acme_challenges_and_mxdeliv_is_https_onl
 #[tokio::test]
 async fn renewed_certificate_is_used_without_restart_on_every_listener() {
     let dir = tempfile::tempdir().unwrap();
-    let mut cfg = crate::fuzzing::test_config(dir.path()).unwrap();
+    let mut cfg = crate::testkit::test_config(dir.path()).unwrap();
     let write = |cfg: &crate::config::Config| {
         let (cert, key) = crate::tls::make_self_signed(cfg).unwrap();
         std::fs::write(dir.path().join("c.pem.tmp"), &cert).unwrap();
@@ -536,7 +524,7 @@ fn inline_code(html: &str) -> Vec<String> {
 async fn pages_carry_security_headers_and_satisfy_their_csp() {
     let dir = tempfile::tempdir().unwrap();
     // The wizard is on (set-up pending), so `/` and `/setup` are the wizard on both ports.
-    let wizard = crate::fuzzing::test_relay(dir.path(), |c| c.admin_ui = true).unwrap();
+    let wizard = crate::testkit::test_relay(dir.path(), |c| c.admin_ui = true).unwrap();
     let dir2 = tempfile::tempdir().unwrap();
     let plain = relay(dir2.path());
     for (relay, https, path) in [
@@ -617,7 +605,7 @@ async fn a_self_signed_invite_is_one_person_and_the_page_can_tell_when_it_was_us
     let get = |path: String| {
         let relay = relay.clone();
         async move {
-            let (status, body) = crate::fuzzing::https_request(&relay, "GET", &path, &[], vec![])
+            let (status, body) = crate::testkit::https_request(&relay, "GET", &path, &[], vec![])
                 .await
                 .unwrap();
             (
@@ -662,7 +650,7 @@ async fn a_self_signed_invite_is_one_person_and_the_page_can_tell_when_it_was_us
     let (status, v) = used(addr, tag).await;
     assert_eq!((status, v["used"].clone()), (200, true.into()), "{v}");
     // The public page names its code's address and tag for its script.
-    let (status, page) = crate::fuzzing::https_request(&relay, "GET", "/", &[], vec![])
+    let (status, page) = crate::testkit::https_request(&relay, "GET", "/", &[], vec![])
         .await
         .unwrap();
     let page = String::from_utf8(page).unwrap();
@@ -687,7 +675,7 @@ async fn favicon_and_invite_script_are_served() {
         ("/invite.js", "text/javascript; charset=utf-8"),
     ] {
         let (status, headers, _) =
-            crate::fuzzing::router_request(&relay, true, "GET", path, &[], vec![])
+            crate::testkit::router_request(&relay, true, "GET", path, &[], vec![])
                 .await
                 .unwrap();
         assert_eq!(status, 200, "{path}");

@@ -180,7 +180,7 @@ async fn receiver(
 ) -> Receiver {
     let dir = tempfile::tempdir().unwrap();
     let domain = domain.to_string();
-    let relay = crate::fuzzing::test_relay(dir.path(), move |cfg| {
+    let relay = crate::testkit::test_relay(dir.path(), move |cfg| {
         cfg.mail_domain = domain;
         if let Some((c, k)) = tls {
             cfg.tls_cert = Some(c);
@@ -207,14 +207,13 @@ async fn receiver(
     }
 }
 
-/// A port on `ip` where nobody listens (bound, then let go).
+/// A port on `ip` where nobody listens.
 fn free_port(ip: [u8; 4]) -> u16 {
-    let l = std::net::TcpListener::bind((IpAddr::from(ip), 0)).unwrap();
-    l.local_addr().unwrap().port()
+    crate::testkit::free_port(IpAddr::from(ip))
 }
 
 fn sender_cfg(dir: &Path, https: u16, smtp: u16) -> Config {
-    let mut cfg = crate::fuzzing::test_config(dir).unwrap();
+    let mut cfg = crate::testkit::test_config(dir).unwrap();
     cfg.outbound_https_port = https;
     cfg.outbound_smtp_port = smtp;
     cfg.allowed_destination_networks = vec![loopback_net()];
@@ -236,9 +235,7 @@ async fn add_user(r: &Relay, addr: &str) {
 }
 
 async fn inbox_len(r: &Relay, addr: &str) -> usize {
-    let acc = r.store.account(addr).unwrap().unwrap();
-    let mbox = r.store.mailbox(acc.id, "INBOX").unwrap().unwrap();
-    r.store.messages(mbox.id).unwrap().len()
+    crate::testkit::inbox(r, addr).await.len()
 }
 
 fn msg(to: &str) -> Arc<[u8]> {
@@ -795,4 +792,29 @@ async fn loopback_destinations_are_never_connected_to_without_the_allowance() {
         )]
     );
     assert_eq!(inbox_len(&rx.relay, "rcptuser1@[127.0.0.12]").await, 0);
+}
+
+/// Outbound connections prefer IPv4 when a host has both kinds of address, whatever order the
+/// addresses came in, and use IPv6 when IPv4 refuses.
+#[tokio::test]
+async fn ipv4_is_preferred_and_ipv6_used_when_ipv4_refuses() {
+    if !crate::net::ipv6_available() {
+        eprintln!("SKIPPED: this host has no IPv6");
+        return;
+    }
+    let v6 = tokio::net::TcpListener::bind("[::1]:0").await.unwrap();
+    let port = v6.local_addr().unwrap().port();
+    let v4 = tokio::net::TcpListener::bind(("127.0.0.1", port)).await;
+    let v6_ip: IpAddr = "::1".parse().unwrap();
+    let v4_ip: IpAddr = "127.0.0.1".parse().unwrap();
+    let mut ips = vec![v6_ip, v4_ip];
+    super::prefer_ipv4(&mut ips);
+    assert_eq!(ips, vec![v4_ip, v6_ip]);
+    if v4.is_ok() {
+        let s = super::connect_tcp(&ips, port, None).await.unwrap();
+        assert!(s.peer_addr().unwrap().is_ipv4());
+    }
+    drop(v4);
+    let s = super::connect_tcp(&ips, port, None).await.unwrap();
+    assert_eq!(s.peer_addr().unwrap().ip(), v6_ip);
 }

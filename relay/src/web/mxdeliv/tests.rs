@@ -20,7 +20,7 @@ const MAX: u64 = 64 * 1024;
 const PKCS1: &str = include_str!("../../../tests/data/dkim-pkcs1.pem");
 
 async fn relay(dir: &Path) -> Arc<Relay> {
-    let relay = crate::fuzzing::test_relay(dir, |cfg| cfg.max_message_size = MAX).unwrap();
+    let relay = crate::testkit::test_relay(dir, |cfg| cfg.max_message_size = MAX).unwrap();
     relay.accounts.login(RCPT, "password1").await.unwrap();
     relay.accounts.login(RCPT2, "password2").await.unwrap();
     relay
@@ -92,15 +92,7 @@ async fn post(relay: &Relay, addr: SocketAddr, headers: &[&str], body: &[u8]) ->
     send(relay, addr, &head, body).await
 }
 
-async fn inbox(relay: &Relay, addr: &str) -> Vec<Vec<u8>> {
-    let acc = relay.store.account(addr).unwrap().unwrap();
-    let mbox = relay.store.mailbox(acc.id, "INBOX").unwrap().unwrap();
-    let mut out = Vec::new();
-    for m in relay.store.messages(mbox.id).unwrap() {
-        out.push(relay.store.read_body(m.body_id).await.unwrap());
-    }
-    out
-}
+use crate::testkit::inbox;
 
 #[tokio::test]
 async fn encrypted_mail_to_a_local_user_lands_in_the_inbox() {
@@ -407,7 +399,7 @@ async fn a_body_past_the_in_flight_budget_is_a_temporary_refusal() {
 #[tokio::test]
 async fn a_large_signed_body_is_spooled_and_stored_without_its_signature() {
     let d = tempfile::tempdir().unwrap();
-    let r = crate::fuzzing::test_relay(d.path(), |cfg| cfg.max_message_size = 4 << 20).unwrap();
+    let r = crate::testkit::test_relay(d.path(), |cfg| cfg.max_message_size = 4 << 20).unwrap();
     r.accounts.login(RCPT, "password1").await.unwrap();
     let addr = listen(&r).await;
     let kd = tempfile::tempdir().unwrap();

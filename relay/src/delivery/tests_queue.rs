@@ -31,7 +31,7 @@ async fn receiver(
     https: SocketAddr,
     web: bool,
 ) -> Receiver {
-    let relay = crate::fuzzing::test_relay(dir, |c| {
+    let relay = crate::testkit::test_relay(dir, |c| {
         c.mail_domain = "[127.0.0.3]".into();
     })
     .unwrap();
@@ -68,15 +68,7 @@ impl Receiver {
     }
 }
 
-async fn inbox(relay: &Relay, addr: &str) -> Vec<Vec<u8>> {
-    let a = relay.store.account(addr).unwrap().unwrap();
-    let mb = relay.store.mailbox(a.id, "INBOX").unwrap().unwrap();
-    let mut out = Vec::new();
-    for m in relay.store.messages(mb.id).unwrap() {
-        out.push(relay.store.read_body(m.body_id).await.unwrap());
-    }
-    out
-}
+use crate::testkit::inbox;
 
 /// The sending relay, with its queue running; `tune` sets retry and lifetime.
 async fn sender(
@@ -85,7 +77,7 @@ async fn sender(
     https: SocketAddr,
     tune: impl FnOnce(&mut Config),
 ) -> Arc<Relay> {
-    let relay = crate::fuzzing::test_relay(dir, |c| {
+    let relay = crate::testkit::test_relay(dir, |c| {
         c.mail_domain = "[127.0.0.2]".into();
         c.outbound_smtp_port = smtp.port();
         c.outbound_https_port = https.port();
@@ -268,7 +260,7 @@ async fn a_restart_resumes_the_queue() {
     // instead of waiting out the hour-long delay.
     let mut tries = 0;
     let tx = loop {
-        let mut cfg = crate::fuzzing::test_config(da.path()).unwrap();
+        let mut cfg = crate::testkit::test_config(da.path()).unwrap();
         cfg.mail_domain = "[127.0.0.2]".into();
         cfg.outbound_smtp_port = smtp.port();
         cfg.outbound_https_port = https.port();

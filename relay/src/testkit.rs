@@ -1,6 +1,9 @@
-//! Entry points for the fuzz targets in `fuzz/` (cargo-fuzz). Not an API: it exists so the
-//! targets can build a relay on a temporary directory and drive the SMTP and IMAP sessions over
-//! an in-memory stream, and reach the pure gate functions.
+//! The test kit: what unit tests and the fuzz targets in `fuzz/` (cargo-fuzz) share. Not an
+//! API, and not in the release binary: built for `cfg(test)` and with the `testkit` feature
+//! (which the fuzz crate enables). It builds a relay on a temporary directory, drives the SMTP
+//! and IMAP sessions over an in-memory stream, reaches the pure gate functions, and holds the
+//! test-only hooks (the SERVFAIL DNS server here; `Store::crash_at` and `Dns::pin_dkim_key`
+//! are compiled only together with this module).
 
 use crate::config::{ByteSize, Config};
 use crate::Relay;
@@ -63,7 +66,7 @@ pub fn test_config(dir: &Path) -> anyhow::Result<Config> {
     cfg.max_load_1m = 1e9;
     cfg.min_available_memory = ByteSize(0);
     cfg.min_free_disk_space = ByteSize(0);
-    cfg.dns_servers = vec![crate::dns::servfail_server()];
+    cfg.dns_servers = vec![servfail_server()];
     Ok(cfg)
 }
 
@@ -187,8 +190,6 @@ pub async fn router_request(
     headers: &[(Vec<u8>, Vec<u8>)],
     body: Vec<u8>,
 ) -> anyhow::Result<(u16, axum::http::HeaderMap, Vec<u8>)> {
-    use http_body_util::BodyExt;
-    use tower::Service;
     let mut req = axum::http::Request::builder().method(method).uri(path);
     for (name, value) in headers {
         if let (Ok(n), Ok(v)) = (
@@ -199,12 +200,52 @@ pub async fn router_request(
         }
     }
     let req = req.body(axum::body::Body::from(body))?;
+    route(relay, https, req).await
+}
+
+/// Passes `req` through the HTTPS (`https`) or plain HTTP router, without a socket, and
+/// collects the whole response: status code, headers and body.
+pub async fn route(
+    relay: &Arc<Relay>,
+    https: bool,
+    req: axum::http::Request<axum::body::Body>,
+) -> anyhow::Result<(u16, axum::http::HeaderMap, Vec<u8>)> {
+    use http_body_util::BodyExt;
+    use tower::Service;
     let mut router = crate::alpn::app(relay.clone(), https);
     let resp = router.call(req).await?;
     let status = resp.status().as_u16();
     let headers = resp.headers().clone();
     let bytes = resp.into_body().collect().await?.to_bytes().to_vec();
     Ok((status, headers, bytes))
+}
+
+/// The bodies of the messages in `addr`'s INBOX, oldest first; the account and its INBOX must
+/// exist.
+pub async fn inbox(relay: &Relay, addr: &str) -> Vec<Vec<u8>> {
+    let acc = relay.store.account(addr).unwrap().expect("account");
+    let mbox = relay
+        .store
+        .mailbox(acc.id, "INBOX")
+        .unwrap()
+        .expect("INBOX");
+    let mut out = Vec::new();
+    for m in relay.store.messages(mbox.id).unwrap() {
+        out.push(relay.store.read_body(m.body_id).await.unwrap());
+    }
+    out
+}
+
+/// A port on `ip` that is free for both TCP and UDP (bound, then let go): for a listener a test
+/// starts later, or for a port where nobody may answer.
+pub fn free_port(ip: std::net::IpAddr) -> u16 {
+    loop {
+        let udp = std::net::UdpSocket::bind((ip, 0)).unwrap();
+        let port = udp.local_addr().unwrap().port();
+        if std::net::TcpListener::bind((ip, port)).is_ok() {
+            return port;
+        }
+    }
 }
 
 /// The setup code of the admin fuzz relay (also in the target's dictionary).
@@ -279,4 +320,32 @@ pub fn split_request(rest: &[u8]) -> (Headers, &[u8]) {
         })
         .collect();
     (headers, body)
+}
+
+/// A DNS server for tests that answers every query with SERVFAIL at once, so temporary failures
+/// can be tested without waiting for timeouts. The test and fuzz relays resolve through it,
+/// so they never reach the network and an unexpected lookup fails at once instead of hanging.
+pub fn servfail_server() -> std::net::SocketAddr {
+    // One per process: every test relay asks for it, and each server is a thread for good.
+    static SERVER: std::sync::OnceLock<std::net::SocketAddr> = std::sync::OnceLock::new();
+    *SERVER.get_or_init(start_servfail_server)
+}
+
+fn start_servfail_server() -> std::net::SocketAddr {
+    let sock = std::net::UdpSocket::bind("127.0.0.1:0").expect("bind a loopback UDP port");
+    let addr = sock.local_addr().expect("a bound socket has an address");
+    std::thread::spawn(move || {
+        let mut buf = [0u8; 1500];
+        while let Ok((n, peer)) = sock.recv_from(&mut buf) {
+            if n < 12 {
+                continue;
+            }
+            // Same id and question; QR (response) and RA set, RCODE 2 (SERVFAIL).
+            let mut resp = buf[..n].to_vec();
+            resp[2] |= 0x80;
+            resp[3] = 0x80 | 2;
+            let _ = sock.send_to(&resp, peer);
+        }
+    });
+    addr
 }

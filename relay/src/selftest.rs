@@ -1,5 +1,6 @@
-//! The self-test of the admin pages (and of an update's trial boot): two fresh addresses, one
-//! message between them through the path SMTP uses, then both removed again.
+//! The self-test: two fresh addresses, one message between them through the path SMTP uses,
+//! then both removed again. Run by the admin pages' Test button and by an update's trial boot
+//! before it commits, so it lives apart from both (`admin` → `update`, never back).
 
 use crate::Relay;
 use serde_json::{json, Value};
@@ -7,7 +8,7 @@ use serde_json::{json, Value};
 /// Makes two fresh addresses, sends a message of the shape the gate accepts from one to the
 /// other through the same delivery path SMTP uses, checks it is in the INBOX, and removes both
 /// again: registration, the gate and the store all answer.
-pub(super) async fn self_test(relay: &Relay) -> Value {
+pub(crate) async fn self_test(relay: &Relay) -> Value {
     let t0 = std::time::Instant::now();
     let mut steps: Vec<String> = Vec::new();
     let result = self_test_steps(relay, &mut steps).await;
@@ -21,6 +22,7 @@ pub(super) async fn self_test(relay: &Relay) -> Value {
     }
 }
 
+/// The steps of [`self_test`], each described in `steps` as it passes.
 pub(crate) async fn self_test_steps(relay: &Relay, steps: &mut Vec<String>) -> Result<(), String> {
     use crate::policy::{Direction, Envelope};
     let cfg = &relay.cfg;
