@@ -139,6 +139,16 @@ enum Mode {
         #[arg(long, default_value_t = 64)]
         parallel: usize,
     },
+    /// Login latency of existing accounts: N logins one after another, spread over accounts
+    /// FIRST..FIRST+ACCOUNTS, in two passes over the same accounts: the first after a server
+    /// start verifies each password hash, the second may be answered from a login cache.
+    /// The TLS connection is set up before the clock starts; only LOGIN is timed.
+    Logins {
+        #[arg(long, default_value_t = 200)]
+        count: u32,
+        #[arg(long, default_value_t = 10_000)]
+        accounts: u32,
+    },
     /// Logs in once (IMAP) with accounts FIRST..FIRST+N, so that create-on-login relays have them.
     Accounts {
         #[arg(long, default_value_t = 10)]
@@ -1005,6 +1015,34 @@ async fn soak(t: Arc<Target>, first: u32, o: SoakOpts) -> Result<Value> {
     }))
 }
 
+async fn logins(t: &Target, first: u32, count: u32, accounts: u32) -> Result<Value> {
+    let accounts = accounts.max(1);
+    let step = (accounts / count.max(1)).max(1);
+    let mut passes = Vec::new();
+    for _ in 0..2 {
+        let mut times = Vec::with_capacity(count as usize);
+        for k in 0..count {
+            let user = t.addr(first + (k * step) % accounts);
+            let mut i = Imap {
+                c: t.connect(t.imap_port).await?,
+                tag: 0,
+                exists: 0,
+            };
+            let greet = read_line(&mut i.c).await?;
+            if !greet.starts_with("* OK") {
+                bail!("IMAP greeting {greet:?}");
+            }
+            let started = Instant::now();
+            i.cmd(&format!("LOGIN \"{user}\" \"{}\"", t.password))
+                .await?;
+            times.push(started.elapsed());
+            i.cmd("LOGOUT").await.ok();
+        }
+        passes.push(stats_ms(times));
+    }
+    Ok(json!({"mode": "logins", "first_login": passes[0], "repeat_login": passes[1]}))
+}
+
 async fn accounts(t: Arc<Target>, first: u32, count: usize) -> Result<Value> {
     let sem = Arc::new(tokio::sync::Semaphore::new(32));
     let started = Instant::now();
@@ -1076,6 +1114,7 @@ fn main() -> Result<()> {
                 until_file,
                 parallel,
             } => idle(t, first, clients, hold, ready_file, until_file, parallel).await,
+            Mode::Logins { count, accounts } => logins(&t, first, count, accounts).await,
             Mode::Accounts { count } => accounts(t, first, count).await,
             Mode::Soak {
                 clients,

@@ -137,64 +137,97 @@ pub async fn run(
     clock: &Clock,
     dry_run: bool,
 ) -> Result<Report, StoreError> {
+    run_paged(store, cfg, clock, dry_run, ACCOUNTS_PER_PAGE).await
+}
+
+async fn run_paged(
+    store: &Store,
+    cfg: &Config,
+    clock: &Clock,
+    dry_run: bool,
+    per_page: usize,
+) -> Result<Report, StoreError> {
     let started = Instant::now();
     let now = clock.now();
     let today = clock.today();
     let mut r = Report::default();
-    for acc in store.accounts()? {
-        r.accounts_total += 1;
-        let boxes = store.mailboxes(acc.id)?;
-        let count: u64 = boxes.iter().map(|b| b.exists as u64).sum();
-        r.messages_total += count;
-        if today - acc.last_login_day > cfg.delete_inactive_users_after as i64 {
-            r.accounts_removed += 1;
-            r.messages_removed += count;
-            r.bytes_removed += acc.used_bytes;
-            if !dry_run {
-                store.delete_account(acc.id).await?;
-                crate::metrics::M.expired_accounts.inc();
-                tracing::info!(addr = %acc.addr, "deleted inactive account");
-            }
-            continue;
-        }
-        for t in &acc.device_tokens {
-            if crate::push::token_valid(t, now) {
-                continue;
-            }
-            r.tokens_removed += 1;
-            if !dry_run {
-                store.remove_device_token(acc.id, &t.token).await?;
-            }
-        }
-        let mut used = acc.used_bytes;
-        for mb in &boxes {
-            let msgs = store.messages(mb.id)?;
-            let victims = expired_messages(cfg, &msgs, now);
-            if victims.is_empty() {
-                continue;
-            }
-            let bytes: u64 = msgs
-                .iter()
-                .filter(|m| victims.contains(&m.uid))
-                .map(|m| m.size)
-                .sum();
-            r.bytes_removed += bytes;
-            used = used.saturating_sub(bytes);
-            if dry_run {
-                r.messages_removed += victims.len() as u64;
-            } else {
-                let n = store.remove_messages(mb.id, victims).await?.len() as u64;
-                crate::metrics::M.expired_messages.add(n);
-                r.messages_removed += n;
-            }
-        }
-        if !dry_run {
-            r.messages_removed += quota_to_target(store, cfg, acc.id, used, now).await?;
+    // A page of accounts at a time, and one mailbox's messages at a time: the run's memory
+    // depends on the largest mailbox, not on the number of accounts or messages.
+    let mut after: Option<String> = None;
+    loop {
+        let page = store.accounts_page(after.as_deref(), per_page)?;
+        let Some(last) = page.last() else { break };
+        after = Some(last.addr.clone());
+        for acc in page {
+            expire_account(store, cfg, acc, now, today, dry_run, &mut r).await?;
         }
     }
     r.elapsed = started.elapsed();
     tracing::info!(dry_run, "{r}");
     Ok(r)
+}
+
+const ACCOUNTS_PER_PAGE: usize = 256;
+
+async fn expire_account(
+    store: &Store,
+    cfg: &Config,
+    acc: crate::store::Account,
+    now: i64,
+    today: i64,
+    dry_run: bool,
+    r: &mut Report,
+) -> Result<(), StoreError> {
+    r.accounts_total += 1;
+    let boxes = store.mailboxes(acc.id)?;
+    let count: u64 = boxes.iter().map(|b| b.exists as u64).sum();
+    r.messages_total += count;
+    if today - acc.last_login_day > cfg.delete_inactive_users_after as i64 {
+        r.accounts_removed += 1;
+        r.messages_removed += count;
+        r.bytes_removed += acc.used_bytes;
+        if !dry_run {
+            store.delete_account(acc.id).await?;
+            crate::metrics::M.expired_accounts.inc();
+            tracing::info!(addr = %acc.addr, "deleted inactive account");
+        }
+        return Ok(());
+    }
+    for t in &acc.device_tokens {
+        if crate::push::token_valid(t, now) {
+            continue;
+        }
+        r.tokens_removed += 1;
+        if !dry_run {
+            store.remove_device_token(acc.id, &t.token).await?;
+        }
+    }
+    let mut used = acc.used_bytes;
+    for mb in &boxes {
+        let msgs = store.messages(mb.id)?;
+        let victims = expired_messages(cfg, &msgs, now);
+        if victims.is_empty() {
+            continue;
+        }
+        let bytes: u64 = msgs
+            .iter()
+            .filter(|m| victims.contains(&m.uid))
+            .map(|m| m.size)
+            .sum();
+        r.bytes_removed += bytes;
+        used = used.saturating_sub(bytes);
+        if dry_run {
+            r.messages_removed += victims.len() as u64;
+        } else {
+            let n = store.remove_messages(mb.id, victims).await?.len() as u64;
+            crate::metrics::M.expired_messages.add(n);
+            r.messages_removed += n;
+        }
+    }
+    if !dry_run {
+        r.messages_removed += quota_to_target(store, cfg, acc.id, used, now).await?;
+    }
+    Ok(())
 }
 
 /// Runs the daily expiry at `expiry_time` (UTC) until shutdown.
@@ -343,6 +376,32 @@ mod tests {
         assert_eq!(r.accounts_removed, 1);
         assert!(store.account("inactive1@x.org").unwrap().is_none());
         assert!(store.account("active001@x.org").unwrap().is_some());
+    }
+
+    #[tokio::test]
+    async fn expiry_walks_accounts_page_by_page_while_deleting() {
+        let d = tempfile::tempdir().unwrap();
+        let c = Config::with_domain("x.org", d.path()).unwrap();
+        let store = Store::open(&d.path().join("store")).unwrap();
+        let clock = Clock::system();
+        for i in 0..7 {
+            store
+                .create_account(&format!("user{i:05}@x.org"), "h", clock.now())
+                .await
+                .unwrap();
+        }
+        clock.advance(100 * 86_400);
+        for i in [1, 4] {
+            let a = store
+                .account(&format!("user{i:05}@x.org"))
+                .unwrap()
+                .unwrap();
+            store.set_last_login_day(a.id, clock.today()).await.unwrap();
+        }
+        // Pages of two, with the page's last account deleted before the next page is read.
+        let r = run_paged(&store, &c, &clock, false, 2).await.unwrap();
+        assert_eq!((r.accounts_total, r.accounts_removed), (7, 5));
+        assert_eq!(store.account_count().unwrap(), 2);
     }
 
     #[tokio::test]

@@ -261,6 +261,22 @@ pub async fn run_with(relay: Arc<Relay>, ready: impl FnOnce()) -> anyhow::Result
     );
     ready();
     let _ = sd_notify::notify(false, &[sd_notify::NotifyState::Ready]);
+    // The crash repair lists every message file, so it runs after the listeners are up instead
+    // of before (store::Store::sweep says why that is safe).
+    let (store, shutdown) = (relay.store.clone(), relay.shutdown.clone());
+    tokio::task::spawn_blocking(move || {
+        let started = std::time::Instant::now();
+        match store.sweep_until(&|| shutdown.is_triggered()) {
+            Ok(Some(r)) => tracing::info!(
+                orphans = r.orphans,
+                missing = r.missing,
+                seconds = started.elapsed().as_secs_f64(),
+                "store swept"
+            ),
+            Ok(None) => tracing::info!("store sweep stopped by the shutdown"),
+            Err(e) => tracing::error!("store sweep failed: {e}"),
+        }
+    });
     spawn_watchdog(&relay);
     crate::update::commit::spawn_watch(relay.clone());
 

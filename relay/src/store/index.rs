@@ -238,6 +238,28 @@ pub(super) fn all_accounts(db: &redb::Database) -> Result<Vec<Account>, StoreErr
     all_records(db, ACCOUNTS)
 }
 
+/// Up to `limit` accounts by address, starting after `after`.
+pub(super) fn accounts_page(
+    db: &redb::Database,
+    after: Option<&str>,
+    limit: usize,
+) -> Result<Vec<Account>, StoreError> {
+    let tx = db.begin_read()?;
+    let t = match tx.open_table(ACCOUNTS) {
+        Ok(t) => t,
+        Err(e) => return missing_table(e).map(|_: Option<()>| Vec::new()),
+    };
+    let mut out = Vec::new();
+    let range = match after {
+        Some(a) => t.range::<&str>((std::ops::Bound::Excluded(a), std::ops::Bound::Unbounded))?,
+        None => t.range::<&str>(..)?,
+    };
+    for r in range.take(limit) {
+        out.push(decode(r?.1.value())?);
+    }
+    Ok(out)
+}
+
 pub(super) fn mailboxes(
     db: &redb::Database,
     account: AccountId,

@@ -3,7 +3,8 @@
 //! Durability rule: a body file is written under `tmp/`, fsynced and renamed into `mail/` before
 //! the index transaction that names it commits; an index entry is removed before its file is
 //! unlinked. So after a crash at any point no index entry points at a missing file, and a file
-//! without an index entry is an orphan that `open` removes (nobody was told it was accepted).
+//! without an index entry is an orphan that `Store::sweep` removes (nobody was told it was
+//! accepted).
 //!
 //! Writes go through one writer thread that batches whatever is waiting into one redb transaction
 //! (group commit): under load, many deliveries share one index fsync. That fsync is of a short
@@ -22,6 +23,7 @@ mod writer;
 pub use index::{Account, DeviceToken, Flags, Mailbox, Message, Queued};
 pub use index::{ANSWERED, DELETED, DRAFT, FLAGGED, SEEN};
 pub use mapped::{Mapped, Received};
+pub use recover::SweepReport;
 pub use spool::{Body, Spool};
 
 use crate::sync::LockExt;
@@ -129,6 +131,8 @@ struct Inner {
     writer: writer::Writer,
     watchers: Mutex<HashMap<MailboxId, watch::Sender<u64>>>,
     next_body: std::sync::atomic::AtomicU64,
+    /// Body ids below this existed when the store opened: the ones [`Store::sweep`] checks.
+    sweep_below: u64,
     crash_at: Arc<Mutex<Option<CrashPoint>>>,
     /// Whether the writer logs batches to `index.wal` (format 2 and later, see `format`).
     logged: Arc<std::sync::atomic::AtomicBool>,
@@ -150,8 +154,9 @@ pub fn normalize_mailbox_name(name: &str) -> String {
 }
 
 impl Store {
-    /// Opens (or creates) the store in `dir`, repairing whatever a crash left: orphan body files
-    /// and leftovers in tmp/ are removed, index entries without a body are dropped.
+    /// Opens (or creates) the store in `dir`. Leftovers in tmp/ are removed; orphan body files
+    /// and index entries without a body are left to [`Store::sweep`], so opening costs the same
+    /// with a thousand messages or a million.
     /// Runs pending format migrations too (`format`; a tryboot start uses `open_deferred`).
     pub fn open(dir: &Path) -> Result<Store, StoreError> {
         let s = Store::open_deferred(dir)?;
@@ -189,6 +194,16 @@ impl Store {
     /// Every account (expiry and metrics walk them; a relay has thousands, not millions).
     pub fn accounts(&self) -> Result<Vec<Account>, StoreError> {
         index::all_accounts(&self.inner.db)
+    }
+
+    /// Up to `limit` accounts in address order, starting after the address `after`: a walk over
+    /// every account that holds one page at a time, and survives deletions on the way.
+    pub fn accounts_page(
+        &self,
+        after: Option<&str>,
+        limit: usize,
+    ) -> Result<Vec<Account>, StoreError> {
+        index::accounts_page(&self.inner.db, after, limit)
     }
 
     /// Deletes an account with all its mailboxes, messages and device tokens.

@@ -85,11 +85,21 @@ pub(super) fn unlink_body(dir: &Path, id: u64) {
     }
 }
 
-/// Body ids of every file under mail/.
-fn scan_bodies(dir: &Path) -> Result<BTreeSet<u64>, StoreError> {
-    let mut out = BTreeSet::new();
+/// Marks in `seen` the body ids below `below` of every file under mail/; ids at or above it are
+/// new since the store opened and not the sweep's business. One bit per id: a million messages
+/// cost 125 KB, where a set of them cost tens of MB.
+/// `None` when `stop` said so between two directories.
+fn scan_bodies_below(
+    dir: &Path,
+    below: u64,
+    stop: &dyn Fn() -> bool,
+) -> Result<Option<Vec<u64>>, StoreError> {
+    let mut seen = vec![0u64; (below / 64 + 1) as usize];
     let mail = dir.join("mail");
     for sub in std::fs::read_dir(&mail).map_err(io_err(&mail))? {
+        if stop() {
+            return Ok(None);
+        }
         let sub = sub.map_err(io_err(&mail))?.path();
         if !sub.is_dir() {
             continue;
@@ -100,12 +110,36 @@ fn scan_bodies(dir: &Path) -> Result<BTreeSet<u64>, StoreError> {
                 .file_name()
                 .to_str()
                 .and_then(|n| u64::from_str_radix(n, 16).ok())
+                .filter(|id| *id < below)
             {
+                seen[(id / 64) as usize] |= 1 << (id % 64);
+            }
+        }
+    }
+    Ok(Some(seen))
+}
+
+/// Body ids of every file under mail/.
+#[cfg(test)]
+fn scan_bodies(dir: &Path) -> Result<BTreeSet<u64>, StoreError> {
+    let mut out = BTreeSet::new();
+    for sub in std::fs::read_dir(dir.join("mail")).map_err(io_err(dir))? {
+        for f in std::fs::read_dir(sub.map_err(io_err(dir))?.path()).map_err(io_err(dir))? {
+            let name = f.map_err(io_err(dir))?.file_name();
+            if let Some(id) = name.to_str().and_then(|n| u64::from_str_radix(n, 16).ok()) {
                 out.insert(id);
             }
         }
     }
     Ok(out)
+}
+
+fn bits(seen: &[u64]) -> impl Iterator<Item = u64> + '_ {
+    seen.iter().enumerate().flat_map(|(i, w)| {
+        (0..64u64)
+            .filter(move |b| w & (1 << b) != 0)
+            .map(move |b| i as u64 * 64 + b)
+    })
 }
 
 pub(super) fn open(dir: &Path) -> Result<Store, StoreError> {
@@ -144,7 +178,7 @@ pub(super) fn open(dir: &Path) -> Result<Store, StoreError> {
     // The log first: files and index are compared against the index as it was at the crash.
     let (mut wal, records) = super::wal::Wal::open(dir)?;
     let seq = super::writer::replay(&db, dir, &mut wal, records)?;
-    let max_id = repair(&db, dir)?;
+    let max_id = highest_body_id(&db, dir)?;
 
     let db = Arc::new(db);
     let crash_at = Arc::new(Mutex::new(None));
@@ -164,51 +198,103 @@ pub(super) fn open(dir: &Path) -> Result<Store, StoreError> {
             writer,
             watchers: Mutex::new(HashMap::new()),
             next_body: AtomicU64::new(max_id + 1),
+            sweep_below: max_id + 1,
             crash_at,
             logged,
         }),
     })
 }
 
-/// Makes files and index agree; returns the highest body id seen, so new ids never collide.
-fn repair(db: &redb::Database, dir: &Path) -> Result<u64, StoreError> {
-    let files = scan_bodies(dir)?;
-    let referenced: BTreeSet<u64> = {
+/// Gap of absent ids after which [`highest_body_id`] stops looking for newer files: a crash leaves
+/// at most the bodies then in flight above the highest committed one, and those were handed out
+/// one after another.
+const PROBE_GAP: u64 = 1024;
+
+/// The highest body id named by the index or found just above it on disk, so new ids never
+/// collide with a file a crash left. Costs one index lookup and about [`PROBE_GAP`] `stat`s,
+/// whatever the number of messages: start-up does not list mail/ (that is [`Store::sweep`]).
+fn highest_body_id(db: &redb::Database, dir: &Path) -> Result<u64, StoreError> {
+    let mut max_id = {
         let txn = redb::ReadableDatabase::begin_read(db)?;
         let t = txn.open_table(BODY_REFS)?;
-        let mut s = BTreeSet::new();
-        for r in t.iter()? {
-            s.insert(r?.0.value());
-        }
-        s
+        let last = t.last()?.map(|(k, _)| k.value());
+        last.unwrap_or(0)
     };
-    let max_id = files
-        .iter()
-        .chain(referenced.iter())
-        .max()
-        .copied()
-        .unwrap_or(0);
-
-    let orphans: Vec<u64> = files.difference(&referenced).copied().collect();
-    for id in &orphans {
-        unlink_body(dir, *id);
-    }
-    if !orphans.is_empty() {
-        tracing::info!(
-            count = orphans.len(),
-            "removed message files nobody was told were accepted"
-        );
-    }
-
-    let missing: BTreeSet<u64> = referenced.difference(&files).copied().collect();
-    if !missing.is_empty() {
-        tracing::warn!(
-            count = missing.len(),
-            "index entries name missing message files; dropping them"
-        );
-        drop_missing(db, &missing)?;
+    let mut id = max_id + 1;
+    while id <= max_id + PROBE_GAP {
+        if body_path(dir, id).exists() {
+            max_id = id;
+        }
+        id += 1;
     }
     Ok(max_id)
+}
+
+/// What a sweep found.
+#[derive(Debug, Default, Clone, PartialEq, Eq)]
+pub struct SweepReport {
+    /// Files no index entry names (a crash between rename and commit, or between an expunge's
+    /// commit and its unlink), removed.
+    pub orphans: u64,
+    /// Index entries whose file is gone, dropped.
+    pub missing: u64,
+}
+
+impl Store {
+    /// Makes files and index agree for every body that existed when the store opened: orphan
+    /// files are removed, index entries without a file dropped. It lists every file under
+    /// mail/, so it is not part of opening; `serve` runs it in the background once the relay
+    /// is up. Safe while the store is in use: ids at or above the opening's high-water mark are
+    /// left alone, files are listed before the index is read (a file unlinked in between was
+    /// already unreferenced), and an id below the mark never gains a reference unless it
+    /// already has one (COPY shares a named body, nothing else reuses old ids).
+    pub fn sweep(&self) -> Result<SweepReport, StoreError> {
+        Ok(self.sweep_until(&|| false)?.unwrap_or_default())
+    }
+
+    /// [`Store::sweep`] that gives up (`None`) as soon as `stop` returns true: a shutdown must
+    /// not wait for it, nor exit under it without closing the index (redb would then check the
+    /// whole index file at the next start).
+    pub fn sweep_until(&self, stop: &dyn Fn() -> bool) -> Result<Option<SweepReport>, StoreError> {
+        let (db, dir, below) = (&self.inner.db, &self.inner.dir, self.inner.sweep_below);
+        let Some(mut seen) = scan_bodies_below(dir, below, stop)? else {
+            return Ok(None);
+        };
+        let mut missing = BTreeSet::new();
+        {
+            let txn = redb::ReadableDatabase::begin_read(db.as_ref())?;
+            let t = txn.open_table(BODY_REFS)?;
+            for r in t.range(..below)? {
+                let id = r?.0.value();
+                let (w, b) = ((id / 64) as usize, 1u64 << (id % 64));
+                if seen[w] & b != 0 {
+                    seen[w] &= !b;
+                } else {
+                    missing.insert(id);
+                }
+            }
+        }
+        let mut report = SweepReport::default();
+        for id in bits(&seen) {
+            unlink_body(dir, id);
+            report.orphans += 1;
+        }
+        if report.orphans > 0 {
+            tracing::info!(
+                count = report.orphans,
+                "removed message files nobody was told were accepted"
+            );
+        }
+        if !missing.is_empty() {
+            tracing::warn!(
+                count = missing.len(),
+                "index entries name missing message files; dropping them"
+            );
+            drop_missing(db, &missing)?;
+            report.missing = missing.len() as u64;
+        }
+        Ok(Some(report))
+    }
 }
 
 /// Removes index entries whose body file is gone (a lost file must not break FETCH forever) and

@@ -12,6 +12,13 @@ async fn store_with_account(dir: &Path) -> (Store, AccountId, MailboxId) {
     (s, a.id, inbox.id)
 }
 
+/// Opens the store again after a (simulated) crash, with the sweep `serve` runs after start-up.
+fn reopen(dir: &Path) -> Store {
+    let s = Store::open(dir).unwrap();
+    s.sweep().unwrap();
+    s
+}
+
 fn body(n: usize) -> Arc<[u8]> {
     format!("From: a@x.org\r\nSubject: {n}\r\n\r\nbody {n}\r\n")
         .into_bytes()
@@ -47,7 +54,7 @@ async fn delivered_message_survives_reopen() {
     let (s, acc, inbox) = store_with_account(d.path()).await;
     s.deliver(&[acc], body(1)).await.unwrap();
     drop(s);
-    let s = Store::open(d.path()).unwrap();
+    let s = reopen(d.path());
     let msgs = s.messages(inbox).unwrap();
     assert_eq!(msgs.len(), 1);
     assert_eq!(msgs[0].uid, 1);
@@ -75,7 +82,7 @@ async fn crash_at_each_delivery_step_reopens_consistent() {
         let r = s.deliver(&[acc], body(2)).await;
         assert!(r.is_err(), "{point:?}: the sender must not hear 250");
         drop(s);
-        let s = Store::open(d.path()).unwrap();
+        let s = reopen(d.path());
         assert_consistent(&s, &[inbox]);
         let n = s.messages(inbox).unwrap().len();
         // A message committed but not acknowledged may stay (at-least-once); an uncommitted one
@@ -110,10 +117,44 @@ async fn crash_after_expunge_commit_removes_the_orphan_file() {
     assert_eq!(s.expunge(inbox, None).await.unwrap(), vec![1]);
     assert_eq!(recover::scan_bodies_for_test(s.dir()).len(), 1);
     drop(s);
-    let s = Store::open(d.path()).unwrap();
+    let s = reopen(d.path());
     assert!(s.messages(inbox).unwrap().is_empty());
     assert_consistent(&s, &[inbox]);
     assert_eq!(s.usage(acc).unwrap(), 0);
+}
+
+#[tokio::test]
+async fn opening_leaves_the_file_listing_to_the_sweep() {
+    let d = tempfile::tempdir().unwrap();
+    let (s, acc, inbox) = store_with_account(d.path()).await;
+    s.deliver(&[acc], body(1)).await.unwrap();
+    s.deliver(&[acc], body(2)).await.unwrap();
+    s.crash_at(Some(CrashPoint::AfterRename));
+    assert!(s.deliver(&[acc], body(3)).await.is_err());
+    let lost = s.messages(inbox).unwrap()[0].body_id;
+    drop(s);
+    std::fs::remove_file(recover::body_path(d.path(), lost)).unwrap();
+    let orphan = *recover::scan_bodies_for_test(d.path()).last().unwrap();
+
+    // Opening does not list mail/: the orphan and the entry without a file are still there,
+    // and the next id is past the orphan all the same.
+    let s = Store::open(d.path()).unwrap();
+    assert!(recover::body_path(d.path(), orphan).exists());
+    assert_eq!(s.messages(inbox).unwrap().len(), 2);
+    s.deliver(&[acc], body(4)).await.unwrap();
+    let new = s.messages(inbox).unwrap().last().unwrap().body_id;
+    assert!(new > orphan, "body id {new} reused the orphan's {orphan}");
+
+    assert_eq!(
+        s.sweep().unwrap(),
+        crate::store::SweepReport {
+            orphans: 1,
+            missing: 1
+        }
+    );
+    assert!(!recover::body_path(d.path(), orphan).exists());
+    assert_eq!(s.messages(inbox).unwrap().len(), 2);
+    assert_consistent(&s, &[inbox]);
 }
 
 #[tokio::test]
@@ -125,7 +166,7 @@ async fn lost_body_file_drops_its_index_entry() {
     let victim = s.messages(inbox).unwrap()[0].body_id;
     drop(s);
     std::fs::remove_file(recover::body_path(d.path(), victim)).unwrap();
-    let s = Store::open(d.path()).unwrap();
+    let s = reopen(d.path());
     let msgs = s.messages(inbox).unwrap();
     assert_eq!(msgs.len(), 1);
     assert_eq!(msgs[0].uid, 2);
@@ -321,7 +362,7 @@ async fn queue_entry_with_local_copy_survives_reopen() {
         .await
         .unwrap();
     drop(s);
-    let s = Store::open(d.path()).unwrap();
+    let s = reopen(d.path());
     let q = s.queued().unwrap();
     assert_eq!(q.len(), 1);
     assert_eq!((q[0].id, &q[0].rcpts, q[0].next_attempt), (id, &rcpts, 100));
@@ -409,7 +450,7 @@ async fn crash_while_queueing_keeps_all_or_nothing() {
             )
             .await;
         drop(s);
-        let s = Store::open(d.path()).unwrap();
+        let s = reopen(d.path());
         let queued = s.queued().unwrap().len();
         let local = s.messages(inbox).unwrap().len();
         assert_eq!(
@@ -457,7 +498,7 @@ async fn update_tryboot_start_leaves_the_store_readable_by_the_old_format() {
     assert_eq!(s.format().unwrap(), cur);
     drop(s);
     // The trial failed: the old version opens it and has both messages.
-    let s = Store::open(d.path()).unwrap();
+    let s = reopen(d.path());
     assert_eq!(s.migrate_to(cur, &[]).unwrap(), cur);
     assert_eq!(s.messages(inbox).unwrap().len(), 2);
     assert_consistent(&s, &[inbox]);
@@ -554,7 +595,7 @@ async fn crash_mid_stream_leaves_no_message_and_no_temp_file() {
     sp.abandon();
     assert_eq!(std::fs::read_dir(d.path().join("tmp")).unwrap().count(), 1);
     drop(s);
-    let s = Store::open(d.path()).unwrap();
+    let s = reopen(d.path());
     assert_eq!(s.messages(inbox).unwrap().len(), 1);
     assert_consistent(&s, &[inbox]);
 }
@@ -580,7 +621,7 @@ async fn crash_at_each_step_of_a_spooled_delivery_reopens_consistent() {
         .await;
         assert!(r.is_err(), "{point:?}: the sender must not hear 250");
         drop(s);
-        let s = Store::open(d.path()).unwrap();
+        let s = reopen(d.path());
         assert_consistent(&s, &[inbox]);
         let n = s.messages(inbox).unwrap().len();
         let expect = if point == CrashPoint::AfterCommit {
