@@ -35,6 +35,25 @@ apt_install() {
 
 have() { command -v "$1" >/dev/null 2>&1; }
 
+# apt_install_quiet PKG...: installs daemons the tests start themselves (postfix, miniupnpd, knot,
+# coturn) without letting the package start its own system instance: a policy-rc.d that refuses
+# every start is in place during the install (and removed after, unless one was there already).
+# Callers mask the package's unit first where a later boot must not start it either.
+apt_install_quiet() {
+    [ "$#" -gt 0 ] || return 0
+    local added_policy=0 rc=0
+    if [ ! -e /usr/sbin/policy-rc.d ]; then
+        printf '#!/bin/sh\nexit 101\n' | as_root tee /usr/sbin/policy-rc.d >/dev/null
+        as_root chmod 755 /usr/sbin/policy-rc.d
+        added_policy=1
+    fi
+    apt_install "$@" || rc=$?
+    if [ "$added_policy" = 1 ]; then
+        as_root rm -f /usr/sbin/policy-rc.d
+    fi
+    return "$rc"
+}
+
 # What building relaybox needs: a C compiler and make (ring builds C/asm), pkg-config,
 # CA certificates and curl (for rustup, only if cargo is missing).
 ensure_build_packages() {

@@ -229,7 +229,7 @@ ensure_knot() {
     [ -x /usr/sbin/knotd ] && return 0
     as_root mkdir -p /etc/systemd/system
     as_root ln -sf /dev/null /etc/systemd/system/knot.service
-    apt_install knot
+    apt_install_quiet knot
 }
 
 ensure_mta_packages() {
@@ -239,18 +239,7 @@ ensure_mta_packages() {
     [ -x /usr/sbin/opendkim-genkey ] || need+=(opendkim-tools)
     [ "${#need[@]}" -gt 0 ] || return 0
     echo "postfix postfix/main_mailer_type select No configuration" | as_root debconf-set-selections
-    local added_policy=0
-    if [ ! -e /usr/sbin/policy-rc.d ]; then
-        printf '#!/bin/sh\nexit 101\n' | as_root tee /usr/sbin/policy-rc.d >/dev/null
-        as_root chmod 755 /usr/sbin/policy-rc.d
-        added_policy=1
-    fi
-    local rc=0
-    apt_install "${need[@]}" || rc=$?
-    if [ "$added_policy" = 1 ]; then
-        as_root rm -f /usr/sbin/policy-rc.d
-    fi
-    return "$rc"
+    apt_install_quiet "${need[@]}"
 }
 
 # miniupnpd (UPnP-IGD and NAT-PMP) and nftables play the home router of the port-mapping test
@@ -267,18 +256,7 @@ ensure_router_packages() {
     if have systemctl; then
         as_root systemctl mask miniupnpd.service >/dev/null 2>&1 || true
     fi
-    local added_policy=0
-    if [ ! -e /usr/sbin/policy-rc.d ]; then
-        printf '#!/bin/sh\nexit 101\n' | as_root tee /usr/sbin/policy-rc.d >/dev/null
-        as_root chmod 755 /usr/sbin/policy-rc.d
-        added_policy=1
-    fi
-    local rc=0
-    apt_install "${need[@]}" || rc=$?
-    if [ "$added_policy" = 1 ]; then
-        as_root rm -f /usr/sbin/policy-rc.d
-    fi
-    return "$rc"
+    apt_install_quiet "${need[@]}"
 }
 
 # coturn brings turnutils_uclient/turnutils_peer for the TURN test. Its own server must not run:
@@ -288,18 +266,7 @@ ensure_coturn() {
     have turnutils_uclient && return 0
     as_root mkdir -p /etc/systemd/system
     as_root ln -sf /dev/null /etc/systemd/system/coturn.service
-    local added_policy=0
-    if [ ! -e /usr/sbin/policy-rc.d ]; then
-        printf '#!/bin/sh\nexit 101\n' | as_root tee /usr/sbin/policy-rc.d >/dev/null
-        as_root chmod 755 /usr/sbin/policy-rc.d
-        added_policy=1
-    fi
-    local rc=0
-    apt_install coturn || rc=$?
-    if [ "$added_policy" = 1 ]; then
-        as_root rm -f /usr/sbin/policy-rc.d
-    fi
-    return "$rc"
+    apt_install_quiet coturn
 }
 
 stage_fmt() {
