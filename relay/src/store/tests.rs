@@ -679,7 +679,7 @@ async fn power_cut_before_checkpoint_replays_the_log_to_the_same_state() {
     copy_dir(d.path(), without_log.path());
     std::fs::remove_file(without_log.path().join("index.wal")).unwrap();
 
-    let r = Store::open(cut.path()).unwrap();
+    let r = reopen(cut.path());
     for mb in [inbox, archive.id] {
         assert_eq!(r.messages(mb).unwrap(), s.messages(mb).unwrap());
         assert_eq!(r.mailbox_by_id(mb).unwrap(), s.mailbox_by_id(mb).unwrap());
@@ -698,7 +698,7 @@ async fn power_cut_before_checkpoint_replays_the_log_to_the_same_state() {
     drop(r);
 
     // Proof that the log carried it: redb's file alone has none of it.
-    let w = Store::open(without_log.path()).unwrap();
+    let w = reopen(without_log.path());
     assert!(w.messages(inbox).unwrap().is_empty());
     assert!(w.mailbox(acc, "Archive").unwrap().is_none());
     assert_consistent(&w, &[inbox]);
