@@ -13,6 +13,9 @@
 //!   `push`, `expiry` (quota); `push`, `expiry`, `accounts`, `backup` → `store`.
 //! - `dkim` → `dns`; `acme` → `tls`; `metrics` → `acme` (certificate dates).
 //! - `calls` (TURN for Delta Chat calls) → `metrics`; `imap` reads its METADATA credentials.
+//! - `portmap` (UPnP-IGD / NAT-PMP on the home router) → `dns` (local addresses); `ddns` (dynamic
+//!   DNS: RFC 2136 or an update URL) → `dns`, `tls`, `http_client`; `server` feeds the public IPv4
+//!   that `portmap` learns to `ddns` and `calls`.
 //!
 //! `policy` is pure (bytes in, verdict out) and never touches the store or a socket. `server`
 //! builds the [`Relay`] and starts every listener; `control` is the local command socket.
