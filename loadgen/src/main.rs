@@ -393,7 +393,8 @@ impl Imap {
         false
     }
 
-    async fn login(t: &Target, user: &str) -> Result<Imap> {
+    /// Connected and greeted, not yet logged in.
+    async fn connect(t: &Target) -> Result<Imap> {
         let mut i = Imap {
             c: t.connect(t.imap_port).await?,
             tag: 0,
@@ -403,6 +404,11 @@ impl Imap {
         if !greet.starts_with("* OK") {
             bail!("IMAP greeting {greet:?}");
         }
+        Ok(i)
+    }
+
+    async fn login(t: &Target, user: &str) -> Result<Imap> {
+        let mut i = Imap::connect(t).await?;
         i.cmd(&format!("LOGIN \"{user}\" \"{}\"", t.password))
             .await?;
         Ok(i)
@@ -1023,15 +1029,7 @@ async fn logins(t: &Target, first: u32, count: u32, accounts: u32) -> Result<Val
         let mut times = Vec::with_capacity(count as usize);
         for k in 0..count {
             let user = t.addr(first + (k * step) % accounts);
-            let mut i = Imap {
-                c: t.connect(t.imap_port).await?,
-                tag: 0,
-                exists: 0,
-            };
-            let greet = read_line(&mut i.c).await?;
-            if !greet.starts_with("* OK") {
-                bail!("IMAP greeting {greet:?}");
-            }
+            let mut i = Imap::connect(t).await?;
             let started = Instant::now();
             i.cmd(&format!("LOGIN \"{user}\" \"{}\"", t.password))
                 .await?;
