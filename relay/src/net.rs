@@ -227,7 +227,7 @@ pub fn public_destination(ip: std::net::IpAddr, literal_relay: bool) -> bool {
                 || v4.is_broadcast()
                 || o[0] == 0
                 || o[0] >= 240;
-            let private = v4.is_private() || (o[0] == 100 && (64..128).contains(&o[1]));
+            let private = v4.is_private() || crate::dns::reach::is_cgnat(&v4);
             !never && (literal_relay || !private)
         }
         IpAddr::V6(v6) => {

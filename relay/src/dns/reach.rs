@@ -120,6 +120,13 @@ pub struct AddressVerdict {
     pub note: String,
 }
 
+/// 100.64.0.0/10, the shared address space of carrier-grade NAT: a provider's many customers
+/// behind one public address, none of them reachable from outside.
+pub fn is_cgnat(v4: &std::net::Ipv4Addr) -> bool {
+    let o = v4.octets();
+    o[0] == 100 && (o[1] & 0xc0) == 64
+}
+
 /// Reachable from the internet as far as the address itself tells: not private, CGNAT,
 /// loopback, link-local, unique-local or documentation space.
 pub fn is_public(ip: &IpAddr) -> bool {
@@ -130,8 +137,8 @@ pub fn is_public(ip: &IpAddr) -> bool {
                 || v4.is_link_local()
                 || v4.is_unspecified()
                 || v4.is_documentation()
-                // 100.64.0.0/10: carrier-grade NAT, not reachable from outside either
-                || (v4.octets()[0] == 100 && (v4.octets()[1] & 0xc0) == 64))
+                // carrier-grade NAT, not reachable from outside either
+                || is_cgnat(v4))
         }
         IpAddr::V6(v6) => {
             let first = v6.segments()[0];

@@ -82,7 +82,7 @@ pub fn classify(ip: Option<Ipv4Addr>) -> Reach {
     let o = ip.octets();
     if ip.is_unspecified() {
         Reach::NoPublicAddress
-    } else if o[0] == 100 && (o[1] & 0xc0) == 64 {
+    } else if crate::dns::reach::is_cgnat(&ip) {
         Reach::Cgnat
     } else if ip.is_private()
         || ip.is_loopback()
