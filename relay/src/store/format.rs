@@ -19,7 +19,11 @@ use redb::ReadableDatabase;
 /// 2: index changes are made durable by `index.wal` (store/wal.rs), redb only at checkpoints. A
 /// format-1 relaybox would ignore the log and lose what redb had not checkpointed, so until the
 /// migration has run the writer commits redb durably, as format 1 does.
-pub const FORMAT: u64 = 2;
+///
+/// 3: bodies up to `INLINE_MAX` are kept in the index (`bodies` table, written through the
+/// log) instead of files. A format-2 relaybox would find no file for them, so until the
+/// migration has run every body is written as a file, as format 2 does.
+pub const FORMAT: u64 = 3;
 const KEY: &str = "store_format";
 
 /// One step: from format `to - 1` to `to`, in one write transaction with the version bump.
@@ -29,13 +33,23 @@ pub struct Migration {
 }
 
 /// The steps up to [`FORMAT`].
-pub const MIGRATIONS: &[Migration] = &[Migration {
-    to: 2,
-    run: |_| Ok(()), // no table changes: the version number alone turns the log on
-}];
+pub const MIGRATIONS: &[Migration] = &[
+    Migration {
+        to: 2,
+        run: |_| Ok(()), // no table changes: the version number alone turns the log on
+    },
+    Migration {
+        to: 3,
+        // `bodies` exists already (every open creates it, and older versions ignore it); the
+        // files stay where they are, read as before.
+        run: |_| Ok(()),
+    },
+];
 
 /// The first format whose index changes go through `index.wal`.
 const LOGGED: u64 = 2;
+/// The first format with small bodies in the index.
+const INLINE: u64 = 3;
 
 impl Store {
     /// The format the store on disk is in.
@@ -76,7 +90,7 @@ impl Store {
             let step = steps.iter().find(|m| m.to == cur + 1).ok_or_else(|| {
                 StoreError::Db(format!("no migration of the store from format {cur}"))
             })?;
-            let txn = self.inner.db.begin_write()?;
+            let txn = super::recover::begin_durable(&self.inner.db)?;
             (step.run)(&txn)?;
             txn.open_table(COUNTERS)?.insert(KEY, step.to)?;
             txn.commit()?;
@@ -88,9 +102,14 @@ impl Store {
     }
 
     fn set_logged(&self, format: u64) {
-        self.inner
-            .logged
-            .store(format >= LOGGED, std::sync::atomic::Ordering::Release);
+        use std::sync::atomic::Ordering;
+        self.inner.logged.store(format >= LOGGED, Ordering::Release);
+        let max = if format >= INLINE {
+            super::INLINE_MAX
+        } else {
+            0
+        };
+        self.inner.inline_max.store(max, Ordering::Release);
     }
 }
 

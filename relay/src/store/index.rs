@@ -18,6 +18,9 @@ pub(super) const MAILBOX_IDS: TableDefinition<u64, (u64, &str)> =
 pub(super) const MESSAGES: TableDefinition<(u64, u32), &[u8]> = TableDefinition::new("messages");
 /// body id → number of index entries naming it (COPY shares bodies)
 pub(super) const BODY_REFS: TableDefinition<u64, u32> = TableDefinition::new("body_refs");
+/// body id → the bytes of a small body (format 3, see `INLINE_MAX` in store/mod.rs); a body id
+/// not here is a file under mail/
+pub(super) const BODIES: TableDefinition<u64, &[u8]> = TableDefinition::new("bodies");
 /// queue id → message waiting for remote delivery
 pub(super) const QUEUE: TableDefinition<u64, &[u8]> = TableDefinition::new("queue");
 /// named counters: next account id, next mailbox id, highest body id handed out
@@ -161,6 +164,17 @@ pub(super) fn queue_entry(db: &redb::Database, id: u64) -> Result<Option<Queued>
         Some(v) => Ok(Some(decode(v.value())?)),
         None => Ok(None),
     }
+}
+
+/// The bytes of a body kept in the index (`None`: it is a file, or gone).
+pub(super) fn inline_body(db: &redb::Database, id: u64) -> Result<Option<Vec<u8>>, StoreError> {
+    let tx = db.begin_read()?;
+    let t = match tx.open_table(BODIES) {
+        Ok(t) => t,
+        Err(e) => return missing_table(e),
+    };
+    let v = t.get(id)?.map(|v| v.value().to_vec());
+    Ok(v)
 }
 
 /// Every record of a table keyed by anything with postcard values, in key order.

@@ -1,6 +1,11 @@
-//! The message store: message bodies are plain files, metadata lives in redb.
+//! The message store: metadata lives in redb; a small message body (up to [`INLINE_MAX`],
+//! format 3 on) too, a larger one is a plain file.
 //!
-//! Durability rule: a body file is written under `tmp/`, fsynced and renamed into `mail/` before
+//! A small body travels in its batch's write-ahead log record and lands in redb's `bodies`
+//! table, so one `fdatasync` covers body and index: no file created, synced and named per
+//! message (three syncs and ~12 KB of writes for a 4 KB message before).
+//!
+//! Durability rule for files: a body file is written under `tmp/`, fsynced and renamed into `mail/` before
 //! the index transaction that names it commits; an index entry is removed before its file is
 //! unlinked. So after a crash at any point no index entry points at a missing file, and a file
 //! without an index entry is an orphan that `Store::sweep` removes (nobody was told it was
@@ -31,6 +36,13 @@ use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 use tokio::sync::watch;
+
+/// Largest body kept in the index. Chatmail traffic is mostly PGP-encrypted text of a few KB
+/// (a delta chat message with no attachment: 2-10 KB), which this covers; images and files
+/// are larger and stay files, written once. Above this size, a second copy of the body (log,
+/// then redb's page at the checkpoint) costs more than the file's own sync saves, and a batch
+/// of 256 such bodies keeps a log record at 16 MiB, within what is held in memory.
+pub const INLINE_MAX: usize = 64 << 10;
 
 pub type AccountId = u64;
 pub type MailboxId = u64;
@@ -136,6 +148,21 @@ struct Inner {
     crash_at: Arc<Mutex<Option<CrashPoint>>>,
     /// Whether the writer logs batches to `index.wal` (format 2 and later, see `format`).
     logged: Arc<std::sync::atomic::AtomicBool>,
+    /// Bodies up to this size go into the index (format 3 and later: 0 before, see `format`).
+    inline_max: std::sync::atomic::AtomicUsize,
+}
+
+/// A body handed to the store: its id and size, and the bytes when it goes into the index.
+struct Put {
+    id: u64,
+    size: u64,
+    inline: Option<writer::PutBody>,
+}
+
+impl Put {
+    fn inline(&mut self) -> Vec<writer::PutBody> {
+        self.inline.take().into_iter().collect()
+    }
 }
 
 /// Cheap to clone; every clone is the same store.
@@ -170,6 +197,15 @@ impl Store {
 
     /// Test hook: make the next write sequence stop after `point`, leaving disk as a crash would.
     /// Not in the release binary (there the crash point is always `None`).
+    /// Test hook: bodies up to `max` bytes go into the index (0: every body is a file, to test
+    /// the file path with small bodies).
+    #[cfg(any(test, feature = "testkit"))]
+    pub fn set_inline_max(&self, max: usize) {
+        self.inner
+            .inline_max
+            .store(max, std::sync::atomic::Ordering::Release);
+    }
+
     #[cfg(any(test, feature = "testkit"))]
     pub fn crash_at(&self, point: Option<CrashPoint>) {
         if let Ok(mut c) = self.inner.crash_at.lock() {
@@ -344,6 +380,9 @@ impl Store {
 
     /// [`Store::read_body`] for code already off the async workers (SEARCH's pool).
     pub fn read_body_blocking(&self, body_id: u64) -> Result<Vec<u8>, StoreError> {
+        if let Some(b) = index::inline_body(&self.inner.db, body_id)? {
+            return Ok(b);
+        }
         let path = self.body_path(body_id);
         std::fs::read(&path).map_err(|source| StoreError::Io { path, source })
     }
@@ -359,6 +398,9 @@ impl Store {
 
     /// [`Store::read_head`] for code already off the async workers.
     pub fn read_head_blocking(&self, body_id: u64, max: usize) -> Result<Vec<u8>, StoreError> {
+        if let Some(b) = index::inline_body(&self.inner.db, body_id)? {
+            return Ok(head_of(b, max));
+        }
         let path = self.body_path(body_id);
         use std::io::Read;
         let err = |source| StoreError::Io {
@@ -428,14 +470,14 @@ impl Store {
         body: Body,
         internal_date: i64,
     ) -> Result<(), StoreError> {
-        let (body_id, size) = self.put_body(body).await?;
-        self.write(writer::Deliver {
+        let mut put = self.put_body(body).await?;
+        let op = writer::Deliver {
             accounts: accounts.to_vec(),
-            body_id,
-            size,
+            body_id: put.id,
+            size: put.size,
             internal_date,
-        })
-        .await
+        };
+        self.write_with(op, put.inline()).await
     }
 
     /// A new message body to write to disk piece by piece as it arrives; see [`Spool`].
@@ -460,17 +502,21 @@ impl Store {
         now: i64,
         local: Option<(&[AccountId], Body)>,
     ) -> Result<u64, StoreError> {
-        let body_id = self.write_body(&data).await?;
+        let mut queued = self.put_body(Body::Bytes(data.clone())).await?;
+        let mut inline = queued.inline();
         let local = match local {
             Some((accounts, body)) => match self.put_body(body).await {
-                Ok((id, size)) => Some(writer::LocalCopy {
-                    accounts: accounts.to_vec(),
-                    body_id: id,
-                    size,
-                    internal_date: now,
-                }),
+                Ok(mut put) => {
+                    inline.extend(put.inline());
+                    Some(writer::LocalCopy {
+                        accounts: accounts.to_vec(),
+                        body_id: put.id,
+                        size: put.size,
+                        internal_date: now,
+                    })
+                }
                 Err(e) => {
-                    recover::unlink_body(&self.inner.dir, body_id);
+                    recover::unlink_body(&self.inner.dir, queued.id);
                     return Err(e);
                 }
             },
@@ -478,7 +524,7 @@ impl Store {
         };
         let entry = Queued {
             id: 0,
-            body_id,
+            body_id: queued.id,
             size: data.len() as u64,
             sender: sender.to_string(),
             rcpts,
@@ -487,7 +533,8 @@ impl Store {
             attempts: 0,
             last_error: String::new(),
         };
-        self.write(writer::Enqueue { entry, local }).await
+        self.write_with(writer::Enqueue { entry, local }, inline)
+            .await
     }
 
     /// Everything waiting in the queue.
@@ -510,22 +557,27 @@ impl Store {
         retry: Option<(i64, String)>,
         bounce: Option<(AccountId, Arc<[u8]>, i64)>,
     ) -> Result<(), StoreError> {
+        let mut inline = Vec::new();
         let bounce = match bounce {
-            Some((account, body, date)) => Some(writer::LocalCopy {
-                accounts: vec![account],
-                body_id: self.write_body(&body).await?,
-                size: body.len() as u64,
-                internal_date: date,
-            }),
+            Some((account, body, date)) => {
+                let mut put = self.put_body(Body::Bytes(body)).await?;
+                inline = put.inline();
+                Some(writer::LocalCopy {
+                    accounts: vec![account],
+                    body_id: put.id,
+                    size: put.size,
+                    internal_date: date,
+                })
+            }
             None => None,
         };
-        self.write(writer::QueueUpdate {
+        let op = writer::QueueUpdate {
             id,
             done,
             retry,
             bounce,
-        })
-        .await
+        };
+        self.write_with(op, inline).await
     }
 
     /// APPEND: stores a message in one mailbox; returns (uidvalidity, uid).
@@ -548,15 +600,15 @@ impl Store {
         internal_date: i64,
         body: Body,
     ) -> Result<(u32, u32), StoreError> {
-        let (body_id, size) = self.put_body(body).await?;
-        self.write(writer::Append {
+        let mut put = self.put_body(body).await?;
+        let op = writer::Append {
             mailbox,
             flags,
-            body_id,
-            size,
+            body_id: put.id,
+            size: put.size,
             internal_date,
-        })
-        .await
+        };
+        self.write_with(op, put.inline()).await
     }
 
     /// STORE: changes the flags of the named UIDs (absent ones are ignored). With
@@ -665,14 +717,27 @@ impl Store {
         }
     }
 
-    /// Puts a body into `mail/`: written from memory, or a spool adopted. Returns (id, size).
-    async fn put_body(&self, body: Body) -> Result<(u64, u64), StoreError> {
+    /// Gives a body its id: a small one goes into the index with the op that names it (the
+    /// writer puts it in), a larger one into `mail/`, written from memory or a spool adopted.
+    async fn put_body(&self, body: Body) -> Result<Put, StoreError> {
         let size = body.len();
-        let id = match body {
-            Body::Bytes(b) => self.write_body(&b).await?,
-            Body::Spooled(s) => s.commit().await?,
+        let max = self
+            .inner
+            .inline_max
+            .load(std::sync::atomic::Ordering::Acquire);
+        let (id, inline) = match body {
+            Body::Bytes(b) if max > 0 && b.len() <= max => {
+                let id = self
+                    .inner
+                    .next_body
+                    .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                let data = b.to_vec();
+                (id, Some(writer::PutBody { id, data }))
+            }
+            Body::Bytes(b) => (self.write_body(&b).await?, None),
+            Body::Spooled(s) => (s.commit().await?, None),
         };
-        Ok((id, size))
+        Ok(Put { id, size, inline })
     }
 
     async fn write_body(&self, data: &Arc<[u8]>) -> Result<u64, StoreError> {
@@ -690,10 +755,29 @@ impl Store {
     }
 
     async fn write<O: writer::WriteOp>(&self, op: O) -> Result<O::Out, StoreError> {
-        let (out, touched) = self.inner.writer.submit(op).await?;
+        self.write_with(op, Vec::new()).await
+    }
+
+    /// [`Store::write`] for an op that brings bodies to keep in the index.
+    async fn write_with<O: writer::WriteOp>(
+        &self,
+        op: O,
+        inline: Vec<writer::PutBody>,
+    ) -> Result<O::Out, StoreError> {
+        let (out, touched) = self.inner.writer.submit(op, inline).await?;
         self.notify(&touched);
         Ok(out)
     }
+}
+
+/// The header of a message (up to and including the blank line), at most `max` bytes.
+fn head_of(mut b: Vec<u8>, max: usize) -> Vec<u8> {
+    let end = memchr::memmem::find(&b, b"\r\n\r\n")
+        .map(|i| i + 4)
+        .or_else(|| memchr::memmem::find(&b, b"\n\n").map(|i| i + 2))
+        .unwrap_or(b.len());
+    b.truncate(end.min(max));
+    b
 }
 
 #[cfg(test)]

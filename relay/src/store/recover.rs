@@ -27,6 +27,16 @@ pub(super) fn tmp_path(dir: &Path, id: u64) -> PathBuf {
     dir.join("tmp").join(format!("{id:016x}"))
 }
 
+/// A write transaction that commits durably with redb's quick repair: the commit records the
+/// allocator state, so opening after a crash loads it instead of walking the whole index
+/// (12 s for 1 M messages). The cost, a few pages per durable commit, is paid only at
+/// checkpoints now that the log makes each batch durable.
+pub(super) fn begin_durable(db: &redb::Database) -> Result<redb::WriteTransaction, StoreError> {
+    let mut txn = db.begin_write()?;
+    txn.set_quick_repair(true);
+    Ok(txn)
+}
+
 pub(super) fn fsync_dir(dir: &Path) -> std::io::Result<()> {
     std::fs::File::open(dir)?.sync_all()
 }
@@ -163,7 +173,7 @@ pub(super) fn open(dir: &Path) -> Result<Store, StoreError> {
     let db_path = dir.join("index.redb");
     let db = redb::Database::create(&db_path)?;
     {
-        let txn = db.begin_write()?;
+        let txn = begin_durable(&db)?;
         // Create every table so that readers never see "table does not exist".
         txn.open_table(index::ACCOUNTS)?;
         txn.open_table(index::ACCOUNT_IDS)?;
@@ -171,6 +181,7 @@ pub(super) fn open(dir: &Path) -> Result<Store, StoreError> {
         txn.open_table(MAILBOX_IDS)?;
         txn.open_table(MESSAGES)?;
         txn.open_table(BODY_REFS)?;
+        txn.open_table(index::BODIES)?;
         txn.open_table(COUNTERS)?;
         txn.open_table(index::QUEUE)?;
         txn.commit()?;
@@ -201,6 +212,7 @@ pub(super) fn open(dir: &Path) -> Result<Store, StoreError> {
             sweep_below: max_id + 1,
             crash_at,
             logged,
+            inline_max: std::sync::atomic::AtomicUsize::new(0),
         }),
     })
 }
@@ -236,7 +248,7 @@ pub struct SweepReport {
     /// Files no index entry names (a crash between rename and commit, or between an expunge's
     /// commit and its unlink), removed.
     pub orphans: u64,
-    /// Index entries whose file is gone, dropped.
+    /// Index entries whose file is gone (and whose body is not in the index), dropped.
     pub missing: u64,
 }
 
@@ -264,12 +276,13 @@ impl Store {
         {
             let txn = redb::ReadableDatabase::begin_read(db.as_ref())?;
             let t = txn.open_table(BODY_REFS)?;
+            let inline = txn.open_table(index::BODIES)?;
             for r in t.range(..below)? {
                 let id = r?.0.value();
                 let (w, b) = ((id / 64) as usize, 1u64 << (id % 64));
                 if seen[w] & b != 0 {
                     seen[w] &= !b;
-                } else {
+                } else if inline.get(id)?.is_none() {
                     missing.insert(id);
                 }
             }
@@ -300,7 +313,7 @@ impl Store {
 /// Removes index entries whose body file is gone (a lost file must not break FETCH forever) and
 /// fixes the mailbox and account counters they contributed to.
 fn drop_missing(db: &redb::Database, missing: &BTreeSet<u64>) -> Result<(), StoreError> {
-    let txn = db.begin_write()?;
+    let txn = begin_durable(db)?;
     let mut gone: Vec<((u64, u32), index::Message)> = Vec::new();
     {
         let t = txn.open_table(MESSAGES)?;
@@ -368,4 +381,13 @@ fn drop_missing(db: &redb::Database, missing: &BTreeSet<u64>) -> Result<(), Stor
 #[cfg(test)]
 pub(super) fn scan_bodies_for_test(dir: &Path) -> BTreeSet<u64> {
     scan_bodies(dir).unwrap_or_default()
+}
+
+/// Ids of the bodies kept in the index.
+#[cfg(test)]
+pub(super) fn inline_bodies_for_test(s: &Store) -> BTreeSet<u64> {
+    let txn = redb::ReadableDatabase::begin_read(s.inner.db.as_ref()).unwrap();
+    let t = txn.open_table(index::BODIES).unwrap();
+    let ids = t.iter().unwrap().map(|r| r.unwrap().0.value()).collect();
+    ids
 }

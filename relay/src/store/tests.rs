@@ -12,6 +12,14 @@ async fn store_with_account(dir: &Path) -> (Store, AccountId, MailboxId) {
     (s, a.id, inbox.id)
 }
 
+/// [`store_with_account`] that writes every body as a file, for the crash points of the file
+/// path (a small body has none: it travels in the log record).
+async fn store_with_files(dir: &Path) -> (Store, AccountId, MailboxId) {
+    let r = store_with_account(dir).await;
+    r.0.set_inline_max(0);
+    r
+}
+
 /// Opens the store again after a (simulated) crash, with the sweep `serve` runs after start-up.
 fn reopen(dir: &Path) -> Store {
     let s = Store::open(dir).unwrap();
@@ -25,14 +33,20 @@ fn body(n: usize) -> Arc<[u8]> {
         .into()
 }
 
-/// Every index entry names an existing file and every file is named by an entry.
+/// Every index entry names an existing body (a file, or one kept in the index) and every body
+/// is named by an entry.
 fn assert_consistent(s: &Store, mailboxes: &[MailboxId]) {
     let files = recover::scan_bodies_for_test(s.dir());
+    let inline = recover::inline_bodies_for_test(s);
+    assert!(
+        files.is_disjoint(&inline),
+        "a body both in a file and inline"
+    );
     let mut named = std::collections::BTreeSet::new();
     for m in mailboxes {
         for msg in s.messages(*m).unwrap() {
             assert!(
-                files.contains(&msg.body_id),
+                files.contains(&msg.body_id) || inline.contains(&msg.body_id),
                 "uid {} names missing body {}",
                 msg.uid,
                 msg.body_id
@@ -40,7 +54,8 @@ fn assert_consistent(s: &Store, mailboxes: &[MailboxId]) {
             named.insert(msg.body_id);
         }
     }
-    assert_eq!(files, named, "orphan files left behind");
+    let stored: std::collections::BTreeSet<u64> = files.union(&inline).copied().collect();
+    assert_eq!(stored, named, "orphan bodies left behind");
     assert_eq!(
         std::fs::read_dir(s.dir().join("tmp")).unwrap().count(),
         0,
@@ -76,7 +91,7 @@ async fn crash_at_each_delivery_step_reopens_consistent() {
         CrashPoint::AfterCommit,
     ] {
         let d = tempfile::tempdir().unwrap();
-        let (s, acc, inbox) = store_with_account(d.path()).await;
+        let (s, acc, inbox) = store_with_files(d.path()).await;
         s.deliver(&[acc], body(1)).await.unwrap();
         s.crash_at(Some(point));
         let r = s.deliver(&[acc], body(2)).await;
@@ -102,7 +117,7 @@ async fn crash_at_each_delivery_step_reopens_consistent() {
 #[tokio::test]
 async fn crash_after_expunge_commit_removes_the_orphan_file() {
     let d = tempfile::tempdir().unwrap();
-    let (s, acc, inbox) = store_with_account(d.path()).await;
+    let (s, acc, inbox) = store_with_files(d.path()).await;
     s.deliver(&[acc], body(1)).await.unwrap();
     s.store_flags(
         inbox,
@@ -126,7 +141,7 @@ async fn crash_after_expunge_commit_removes_the_orphan_file() {
 #[tokio::test]
 async fn opening_leaves_the_file_listing_to_the_sweep() {
     let d = tempfile::tempdir().unwrap();
-    let (s, acc, inbox) = store_with_account(d.path()).await;
+    let (s, acc, inbox) = store_with_files(d.path()).await;
     s.deliver(&[acc], body(1)).await.unwrap();
     s.deliver(&[acc], body(2)).await.unwrap();
     s.crash_at(Some(CrashPoint::AfterRename));
@@ -160,7 +175,7 @@ async fn opening_leaves_the_file_listing_to_the_sweep() {
 #[tokio::test]
 async fn lost_body_file_drops_its_index_entry() {
     let d = tempfile::tempdir().unwrap();
-    let (s, acc, inbox) = store_with_account(d.path()).await;
+    let (s, acc, inbox) = store_with_files(d.path()).await;
     s.deliver(&[acc], body(1)).await.unwrap();
     s.deliver(&[acc], body(2)).await.unwrap();
     let victim = s.messages(inbox).unwrap()[0].body_id;
@@ -331,7 +346,7 @@ async fn read_head_stops_at_the_blank_line() {
 #[tokio::test]
 async fn disk_full_leaves_nothing_half_written() {
     let d = tempfile::tempdir().unwrap();
-    let (s, acc, inbox) = store_with_account(d.path()).await;
+    let (s, acc, inbox) = store_with_files(d.path()).await;
     s.crash_at(Some(CrashPoint::DiskFull));
     let e = s.deliver(&[acc], body(1)).await.unwrap_err();
     assert!(e.is_temporary(), "{e}");
@@ -438,7 +453,7 @@ async fn crash_while_queueing_keeps_all_or_nothing() {
         CrashPoint::AfterCommit,
     ] {
         let d = tempfile::tempdir().unwrap();
-        let (s, acc, inbox) = store_with_account(d.path()).await;
+        let (s, acc, inbox) = store_with_files(d.path()).await;
         s.crash_at(Some(point));
         let r = s
             .enqueue(
@@ -542,7 +557,7 @@ async fn store_format_1_commits_redb_durably_until_migrated_to_the_log() {
     assert_eq!(old.messages(inbox).unwrap().len(), 1);
     drop(old);
 
-    assert_eq!(s.migrate().unwrap(), 2);
+    assert_eq!(s.migrate().unwrap(), format::FORMAT);
     s.deliver(&[a.id], body(2)).await.unwrap();
     assert!(std::fs::metadata(d.path().join("index.wal")).unwrap().len() > 0);
 }
@@ -734,9 +749,10 @@ fn process_write_bytes() -> u64 {
 }
 
 /// Issue 18: one message arriving alone (a Pi's usual day) cost ~55 KB of writes, most of
-/// it the durable redb commit. Needs a process of its own (nextest) and a disk-backed tmp.
+/// it the durable redb commit; then ~12 KB (body file + log page). Target: at most twice the
+/// message. Needs a process of its own (nextest) and a disk-backed tmp.
 #[tokio::test]
-async fn store_a_lone_delivery_writes_under_16_kib() {
+async fn store_a_lone_delivery_writes_under_twice_its_size() {
     if std::env::var("NEXTEST_EXECUTION_MODE").as_deref() != Ok("process-per-test") {
         eprintln!("skipped: /proc/self/io counts other tests' writes outside nextest");
         return;
@@ -760,9 +776,111 @@ async fn store_a_lone_delivery_writes_under_16_kib() {
     let per_msg = (process_write_bytes() - before) / n;
     eprintln!("{per_msg} bytes written per 4700-byte message");
     assert_eq!(s.messages(inbox).unwrap().len(), n as usize);
-    // 44bc739 wrote ~53 KB here; now two body pages and one log page (~12 KB) plus noise.
+    // 44bc739 wrote ~53 KB here, bad33eb ~12 KB (two body-file pages, one log page); now the
+    // body is in the log record: two log pages (redb's copy comes at the checkpoint).
     assert!(
-        per_msg <= 16 * 1024,
+        per_msg <= 2 * 4700,
         "{per_msg} bytes written per 4700-byte message"
     );
+}
+
+/// Format 3: a small body is in the log record of its batch, and a power cut before the
+/// checkpoint (redb's file has none of it) gives it back from the log alone; a large one is a
+/// file as before.
+#[tokio::test]
+async fn power_cut_before_checkpoint_replays_inline_bodies_from_the_log() {
+    let d = tempfile::tempdir().unwrap();
+    let (s, acc, inbox) = store_with_account(d.path()).await;
+    s.crash_at(Some(CrashPoint::BeforeCheckpoint));
+    let large: Arc<[u8]> = [&b"Subject: big\r\n\r\n"[..], &vec![b'x'; INLINE_MAX][..]]
+        .concat()
+        .into();
+    let sent = [body(1), large.clone(), body(3)];
+    for b in &sent {
+        s.deliver(&[acc], b.clone()).await.unwrap();
+    }
+    let drafts = s.create_mailbox(acc, "Drafts").await.unwrap();
+    s.append(drafts.id, Flags::default(), 7, body(4))
+        .await
+        .unwrap();
+    // Only the large body is a file; the small ones were never written anywhere but the log.
+    assert_eq!(recover::scan_bodies_for_test(d.path()).len(), 1);
+    let cut = tempfile::tempdir().unwrap();
+    copy_dir(d.path(), cut.path());
+    drop(s);
+
+    let r = reopen(cut.path());
+    let msgs = r.messages(inbox).unwrap();
+    assert_eq!(msgs.len(), 3);
+    for (m, b) in msgs.iter().zip(&sent) {
+        assert_eq!(r.read_body(m.body_id).await.unwrap(), b.to_vec());
+    }
+    let d4 = r.messages(drafts.id).unwrap();
+    assert_eq!(r.read_body(d4[0].body_id).await.unwrap(), body(4).to_vec());
+    assert_eq!(
+        r.read_head(msgs[0].body_id, 1 << 20).await.unwrap(),
+        b"From: a@x.org\r\nSubject: 1\r\n\r\n".to_vec()
+    );
+    assert_eq!(
+        r.usage(acc).unwrap(),
+        sent.iter()
+            .chain([&body(4)])
+            .map(|b| b.len() as u64)
+            .sum::<u64>()
+    );
+    assert_consistent(&r, &[inbox, drafts.id]);
+    // Expunged, an inline body leaves the index with its message.
+    r.remove_messages(inbox, vec![1, 2, 3]).await.unwrap();
+    assert_consistent(&r, &[inbox, drafts.id]);
+    assert_eq!(recover::inline_bodies_for_test(&r).len(), 1);
+    assert!(recover::scan_bodies_for_test(cut.path()).is_empty());
+}
+
+/// The update rule for format 3: a format-2 relaybox reads bodies from files only, so until
+/// the migration (after the trial boot is committed) every body is still written as a file;
+/// afterwards small ones go into the index and the old files stay readable.
+#[tokio::test]
+async fn store_format_2_writes_body_files_until_migrated_to_inline_bodies() {
+    let d = tempfile::tempdir().unwrap();
+    let s = Store::open_deferred(d.path()).unwrap();
+    assert_eq!(s.migrate_to(2, format::MIGRATIONS).unwrap(), 2);
+    let (a, _) = s
+        .create_account("alice0001@x.org", "$6$x$y", 0)
+        .await
+        .unwrap();
+    let inbox = s.mailbox(a.id, "INBOX").unwrap().unwrap().id;
+    drop(s);
+    // The trial boot of format 3: opened deferred, still format 2.
+    let s = Store::open_deferred(d.path()).unwrap();
+    s.deliver(&[a.id], body(1)).await.unwrap();
+    assert_eq!(recover::scan_bodies_for_test(d.path()).len(), 1);
+    assert!(recover::inline_bodies_for_test(&s).is_empty());
+    assert_eq!(s.migrate().unwrap(), 3);
+    s.deliver(&[a.id], body(2)).await.unwrap();
+    assert_eq!(recover::scan_bodies_for_test(d.path()).len(), 1);
+    assert_eq!(recover::inline_bodies_for_test(&s).len(), 1);
+    drop(s);
+    let s = reopen(d.path());
+    let msgs = s.messages(inbox).unwrap();
+    assert_eq!(msgs.len(), 2);
+    for (m, n) in msgs.iter().zip([1, 2]) {
+        assert_eq!(s.read_body(m.body_id).await.unwrap(), body(n).to_vec());
+    }
+    assert_consistent(&s, &[inbox]);
+}
+
+/// One small message, one sync: the body rides in the log record, so nothing but the log is
+/// synced (before: the body file, the mail/ directory, then the log).
+#[tokio::test]
+async fn store_a_small_delivery_is_one_log_append_and_no_file() {
+    let d = tempfile::tempdir().unwrap();
+    let (s, acc, inbox) = store_with_account(d.path()).await;
+    let wal = d.path().join("index.wal");
+    let before = std::fs::metadata(&wal).unwrap().len();
+    s.deliver(&[acc], vec![b'x'; 4700].into()).await.unwrap();
+    let grew = std::fs::metadata(&wal).unwrap().len() - before;
+    // One record: the body, the op, the frame; padded to the page.
+    assert!((4700..=8192).contains(&grew), "log grew {grew} bytes");
+    assert!(recover::scan_bodies_for_test(d.path()).is_empty());
+    assert_eq!(s.messages(inbox).unwrap().len(), 1);
 }

@@ -16,7 +16,7 @@ mod queue;
 
 pub(super) use account::{AddToken, CreateAccount, DeleteAccount, LastLogin, RemoveToken};
 pub(super) use mailbox::{CreateMailbox, DeleteMailbox, RenameMailbox, Subscribe};
-pub(super) use message::{Append, Copy, Deliver, Expunge, Remove, StoreFlags};
+pub(super) use message::{Append, Copy, Deliver, Expunge, PutBody, Remove, StoreFlags};
 pub(super) use queue::{Enqueue, QueueUpdate};
 
 use super::index::COUNTERS;
@@ -67,6 +67,7 @@ pub(super) enum LoggedOp {
     Copy(Copy),
     Enqueue(Enqueue),
     QueueUpdate(QueueUpdate),
+    PutBody(PutBody),
 }
 
 impl LoggedOp {
@@ -97,6 +98,7 @@ impl LoggedOp {
             LoggedOp::Copy(o) => run(o, txn, eff),
             LoggedOp::Enqueue(o) => run(o, txn, eff),
             LoggedOp::QueueUpdate(o) => run(o, txn, eff),
+            LoggedOp::PutBody(o) => run(o, txn, eff),
         }
     }
 }
@@ -118,7 +120,7 @@ pub(super) fn replay(
     let mut last = durable;
     let pending: Vec<Record> = records.into_iter().filter(|r| r.seq > durable).collect();
     if !pending.is_empty() {
-        let txn = db.begin_write()?;
+        let txn = recover::begin_durable(db)?;
         let mut eff = Effects::default();
         let n = pending.len();
         for rec in pending {
@@ -181,7 +183,10 @@ type Answer<T> = Result<(T, Vec<MailboxId>), StoreError>;
 struct Request<O: WriteOp> {
     op: Option<O>,
     logged: Option<LoggedOp>,
+    /// New body files (unlinked if the op does not commit).
     bodies: Vec<u64>,
+    /// New bodies kept in the index, put in with the op.
+    inline: Vec<PutBody>,
     result: Option<Result<(O::Out, Effects), StoreError>>,
     reply: oneshot::Sender<Answer<O::Out>>,
 }
@@ -194,8 +199,9 @@ trait Job: Send {
     fn apply(&mut self, txn: &WriteTransaction) -> Option<String>;
     /// What the op did if it applied without error.
     fn effects(&self) -> Option<&Effects>;
-    /// The op for the log, if it applied (an op refused with a logical error changed nothing).
-    fn take_logged(&mut self) -> Option<LoggedOp>;
+    /// The op for the log, after the bodies it brought in, if it applied (an op refused with a
+    /// logical error changed nothing).
+    fn take_logged(&mut self) -> Vec<LoggedOp>;
     /// Answers the caller: with `failure` if given, else with the op's result.
     fn reply(self: Box<Self>, failure: Option<StoreError>);
 }
@@ -209,7 +215,24 @@ impl<O: WriteOp> Job for Request<O> {
         let op = self.op.take()?;
         self.logged = Some(op.logged());
         let mut eff = Effects::default();
-        let r = op.apply(txn, &mut eff).map(|out| (out, eff));
+        let r = self
+            .inline
+            .iter()
+            .try_for_each(|b| b.clone().apply(txn, &mut eff))
+            .and_then(|_| op.apply(txn, &mut eff))
+            .map(|out| (out, eff));
+        let r = match r {
+            // Refused: the op changed nothing, and its bodies must not stay either.
+            Err(e) if is_logical(&e) => self
+                .inline
+                .iter()
+                .try_for_each(|b| {
+                    txn.open_table(super::index::BODIES)?.remove(b.id)?;
+                    Ok(())
+                })
+                .and(Err(e)),
+            r => r,
+        };
         let fatal = match &r {
             Err(e) if !is_logical(e) => Some(e.to_string()),
             _ => None,
@@ -225,10 +248,14 @@ impl<O: WriteOp> Job for Request<O> {
         }
     }
 
-    fn take_logged(&mut self) -> Option<LoggedOp> {
+    fn take_logged(&mut self) -> Vec<LoggedOp> {
         match &self.result {
-            Some(Ok(_)) => self.logged.take(),
-            _ => None,
+            Some(Ok(_)) => std::mem::take(&mut self.inline)
+                .into_iter()
+                .map(LoggedOp::PutBody)
+                .chain(self.logged.take())
+                .collect(),
+            _ => Vec::new(),
         }
     }
 
@@ -292,12 +319,16 @@ impl Writer {
         }
     }
 
-    /// Hands `op` to the writer thread; answers its result and the mailboxes it changed once
-    /// the transaction holding it has committed.
-    pub(super) async fn submit<O: WriteOp>(&self, op: O) -> Answer<O::Out> {
+    /// Hands `op` to the writer thread, with the `inline` bodies it names (kept in the index,
+    /// not in files); answers its result and the mailboxes it changed once the transaction
+    /// holding it has committed.
+    pub(super) async fn submit<O: WriteOp>(&self, op: O, inline: Vec<PutBody>) -> Answer<O::Out> {
         let (reply, rx) = oneshot::channel();
+        let mut bodies = op.new_bodies();
+        bodies.retain(|b| !inline.iter().any(|i| i.id == *b));
         let job = Box::new(Request {
-            bodies: op.new_bodies(),
+            bodies,
+            inline,
             op: Some(op),
             logged: None,
             result: None,
@@ -331,9 +362,7 @@ impl Log {
     /// A durable redb commit (it persists every non-durable one before it), then the log
     /// emptied. On failure the log is kept: it still holds what redb may have lost.
     fn checkpoint(&mut self, db: &redb::Database) {
-        let r = db
-            .begin_write()
-            .map_err(StoreError::from)
+        let r = recover::begin_durable(db)
             .and_then(|t| t.commit().map_err(StoreError::from))
             .and_then(|_| self.wal.reset());
         match r {
@@ -431,9 +460,15 @@ fn commit_batch(
         .map(|d| d.as_secs())
         .unwrap_or(0);
     BATCH_NOW.with(|t| t.set(now));
-    let mut txn = match db.begin_write() {
+    let logged = log.on.load(Ordering::Acquire);
+    let begin = if logged {
+        db.begin_write().map_err(StoreError::from)
+    } else {
+        recover::begin_durable(db)
+    };
+    let mut txn = match begin {
         Ok(t) => t,
-        Err(e) => return fail_all(dir, batch, e.into()),
+        Err(e) => return fail_all(dir, batch, e),
     };
     let mut applied: Vec<Box<dyn Job>> = Vec::with_capacity(batch.len());
     let mut jobs = batch.into_iter();
@@ -451,19 +486,19 @@ fn commit_batch(
             return;
         }
     }
-    let ops: Vec<LoggedOp> = applied.iter_mut().filter_map(|j| j.take_logged()).collect();
+    let ops: Vec<LoggedOp> = applied.iter_mut().flat_map(|j| j.take_logged()).collect();
     let wal_before = log.wal.len();
     if ops.is_empty() {
         // Every op was refused before it wrote anything: there is nothing to commit.
         drop(txn);
-    } else if log.on.load(Ordering::Acquire) {
+    } else if logged {
         // The log record is the commit point: redb's own commit below is not synced.
         let rec = Record {
             seq: log.seq + 1,
             now,
             ops,
         };
-        let logged = txn
+        let appended = txn
             .open_table(COUNTERS)
             .map_err(StoreError::from)
             .and_then(|mut t| {
@@ -475,7 +510,7 @@ fn commit_batch(
                     .map_err(|e| StoreError::Db(e.to_string()))
             })
             .and_then(|_| log.wal.append(&rec));
-        if let Err(e) = logged {
+        if let Err(e) = appended {
             let err = e.to_string();
             tracing::error!("index log write failed: {err}");
             drop(txn);

@@ -1,6 +1,6 @@
 //! Ops on the message tables (MESSAGES, BODY_REFS): delivery, APPEND, flags, expunge, copy and
 //! move. A message record names a body file; BODY_REFS counts the records naming each body
-//! (COPY shares it), and the file is unlinked after the commit that drops the last one.
+//! (COPY shares it), and the body is freed (`free_body`) by the commit that drops the last one.
 
 use super::account::{get_account_w, put_account};
 use super::mailbox::{get_mailbox_by_id_w, get_mailbox_w, put_mailbox};
@@ -38,6 +38,19 @@ pub(super) fn drop_ref(txn: &WriteTransaction, body: u64) -> Result<bool, StoreE
         t.insert(body, n - 1)?;
         Ok(false)
     }
+}
+
+/// A body nobody names any more: an inline one leaves the index in this transaction, a file
+/// is unlinked after the commit.
+pub(super) fn free_body(
+    txn: &WriteTransaction,
+    body: u64,
+    eff: &mut Effects,
+) -> Result<(), StoreError> {
+    if txn.open_table(BODIES)?.remove(body)?.is_none() {
+        eff.freed_bodies.push(body);
+    }
+    Ok(())
 }
 
 /// Adds a message to a mailbox (assigning UID and modseq) and keeps the counters right.
@@ -96,7 +109,7 @@ pub(super) fn remove_uids(
         }
         freed_bytes += m.size;
         if drop_ref(txn, m.body_id)? {
-            eff.freed_bodies.push(m.body_id);
+            free_body(txn, m.body_id, eff)?;
         }
         removed.push(uid);
     }
@@ -148,6 +161,29 @@ pub(super) fn deliver_local(
         eff.touched.push(mb.id);
     }
     Ok(())
+}
+
+/// A small body kept in the index (BODIES) instead of a file: it travels in the batch's log
+/// record, so the one `fdatasync` of the log covers body and index. The writer puts it in
+/// just before the op that names it (`Request::apply`), and logs it just before that op.
+#[derive(Clone, serde::Serialize, serde::Deserialize)]
+pub(in crate::store) struct PutBody {
+    pub id: u64,
+    pub data: Vec<u8>,
+}
+
+impl WriteOp for PutBody {
+    fn logged(&self) -> LoggedOp {
+        LoggedOp::PutBody(self.clone())
+    }
+
+    type Out = ();
+
+    fn apply(self, txn: &WriteTransaction, _: &mut Effects) -> Result<(), StoreError> {
+        txn.open_table(BODIES)?
+            .insert(self.id, self.data.as_slice())?;
+        Ok(())
+    }
 }
 
 #[derive(Clone, serde::Serialize, serde::Deserialize)]

@@ -2,7 +2,7 @@
 //! attempt did.
 
 use super::account::account_exists;
-use super::message::{add_ref, deliver_local, drop_ref};
+use super::message::{add_ref, deliver_local, drop_ref, free_body};
 use super::{next_counter, Effects, LocalCopy, LoggedOp, WriteOp};
 use crate::store::index::*;
 use crate::store::StoreError;
@@ -80,7 +80,7 @@ impl WriteOp for QueueUpdate {
         let Some(mut entry) = entry else {
             // Already finished (a duplicate update): report nothing twice.
             if let Some(b) = bounce {
-                eff.freed_bodies.push(b.body_id);
+                free_body(txn, b.body_id, eff)?;
             }
             return Ok(());
         };
@@ -96,13 +96,13 @@ impl WriteOp for QueueUpdate {
             {
                 deliver_local(txn, &b, eff)?;
             }
-            Some(b) => eff.freed_bodies.push(b.body_id),
+            Some(b) => free_body(txn, b.body_id, eff)?,
             None => {}
         }
         if entry.rcpts.is_empty() {
             txn.open_table(QUEUE)?.remove(id)?;
             if drop_ref(txn, entry.body_id)? {
-                eff.freed_bodies.push(entry.body_id);
+                free_body(txn, entry.body_id, eff)?;
             }
         } else {
             if let Some((next, err)) = retry {
