@@ -13,6 +13,7 @@ Bounded: COUNT messages, loopback only.
 from __future__ import annotations
 
 import argparse
+import os
 import imaplib
 import secrets
 import signal
@@ -35,6 +36,14 @@ def write_bytes(pid: int) -> int:
     return -1
 
 
+def dev_written(dev: str | None) -> int:
+    """Bytes the block device `dev` wrote (journal included), after flushing dirty pages."""
+    if not dev:
+        return 0
+    os.sync()
+    return int(Path(f"/sys/block/{dev}/stat").read_text().split()[6]) * 512
+
+
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--bin", required=True)
@@ -42,6 +51,12 @@ def main() -> None:
     ap.add_argument("--count", type=int, default=50)
     ap.add_argument("--pace", type=float, default=0.0,
                     help="seconds between messages (1 = the paced C=1 row of issue 18)")
+    ap.add_argument("--settle", type=float, default=1.0,
+                    help="seconds to wait after the last message before reading the counter (65 takes in "
+                         "the store's first index checkpoint, which runs 60 s after the first message)")
+    ap.add_argument("--blockdev", metavar="NAME",
+                    help="also print what block device NAME (e.g. loop0, holding TMPDIR) wrote per message, "
+                         "journal and metadata included; os.sync() before each reading, so keep the machine quiet")
     ap.add_argument("--strace", metavar="FILE",
                     help="attach strace to the relay while sending; write its summary to FILE")
     args = ap.parse_args()
@@ -67,6 +82,7 @@ def main() -> None:
                 ["strace", "-f", "-c", "-o", args.strace, "-p", str(relay.proc.pid)],
                 stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
             time.sleep(1.0)
+        dev_before = dev_written(args.blockdev)
         before = write_bytes(relay.proc.pid)
         codes: dict = {}
         t0 = time.monotonic()
@@ -80,13 +96,16 @@ def main() -> None:
                 k = str(e)[:80]
                 codes[k] = codes.get(k, 0) + 1
         s.quit()
-        time.sleep(1.0)
+        time.sleep(args.settle)
         after = write_bytes(relay.proc.pid)
+        dev_after = dev_written(args.blockdev)
         if tracer:
             tracer.send_signal(signal.SIGINT)
             tracer.wait(timeout=30)
         print(f"write_bytes: size={len(msg)} count={args.count} "
               f"per_message={(after - before) / args.count:.0f} replies={codes}")
+        if args.blockdev:
+            print(f"{args.blockdev}: device bytes per message={(dev_after - dev_before) / args.count:.0f}")
     finally:
         relay.stop()
 
