@@ -57,6 +57,9 @@ def main() -> None:
     ap.add_argument("--blockdev", metavar="NAME",
                     help="also print what block device NAME (e.g. loop0, holding TMPDIR) wrote per message, "
                          "journal and metadata included; os.sync() before each reading, so keep the machine quiet")
+    ap.add_argument("--fetch-delete", action="store_true",
+                    help="after each message the recipient fetches it and deletes it (IMAP, as Delta Chat does "
+                         "when it deletes from the server after download); its writes are counted too")
     ap.add_argument("--strace", metavar="FILE",
                     help="attach strace to the relay while sending; write its summary to FILE")
     args = ap.parse_args()
@@ -64,8 +67,12 @@ def main() -> None:
     try:
         user = f"{secrets.token_hex(5)[:9]}@[{relay.ip}]"
         im = imaplib.IMAP4_SSL(relay.ip, relay.port("imaps"), ssl_context=insecure(), timeout=30)
-        im.login(user, secrets.token_hex(10))
-        im.logout()
+        pw = secrets.token_hex(10)
+        im.login(user, pw)
+        if args.fetch_delete:
+            im.select("INBOX")
+        else:
+            im.logout()
         sender = "sender@[127.0.0.1]"
         msg = build_message(sender, user, body="x" * 78 + "\r\n", encrypted=True)
         filler = (b"y" * 78 + b"\r\n") * max(0, (args.size - len(msg)) // 80)
@@ -92,10 +99,17 @@ def main() -> None:
             try:
                 s.sendmail(sender, [user], msg)
                 codes[250] = codes.get(250, 0) + 1
+                if args.fetch_delete:
+                    im.noop()
+                    im.uid("FETCH", "1:*", "(BODY.PEEK[])")
+                    im.uid("STORE", "1:*", "+FLAGS.SILENT", "(\\Deleted)")
+                    im.expunge()
             except smtplib.SMTPException as e:
                 k = str(e)[:80]
                 codes[k] = codes.get(k, 0) + 1
         s.quit()
+        if args.fetch_delete:
+            im.logout()
         time.sleep(args.settle)
         after = write_bytes(relay.proc.pid)
         dev_after = dev_written(args.blockdev)
