@@ -130,7 +130,8 @@ pub enum CrashPoint {
     AfterCommit,
     /// Expunge: after the index commit, before the files are unlinked.
     ExpungeAfterCommit,
-    /// The disk fills up half-way through writing a body (ENOSPC).
+    /// The disk fills up half-way through writing a body (ENOSPC): its file, or for a small
+    /// body the log record that carries it.
     DiskFull,
     /// A power cut before the index checkpoint: redb's non-durable commits are lost, only the
     /// write-ahead log has them (the writer never checkpoints, not even when the store closes).

@@ -99,7 +99,9 @@ impl Wal {
 
     /// Appends `rec` and makes it durable. On failure the log is cut back to where it was, so a
     /// batch its callers were told failed is never replayed.
-    pub(super) fn append(&mut self, rec: &Record) -> Result<(), StoreError> {
+    /// With `disk_full` (the `DiskFull` crash point of the tests; for a small body, this is
+    /// where the body is written) the disk fills up half-way through the record.
+    pub(super) fn append(&mut self, rec: &Record, disk_full: bool) -> Result<(), StoreError> {
         let payload =
             postcard::to_stdvec(rec).map_err(|e| StoreError::Db(format!("index log: {e}")))?;
         let mut out = Vec::with_capacity(payload.len() + 8);
@@ -111,10 +113,15 @@ impl Wal {
         if gap >= 8 {
             out.resize(out.len() + gap, 0);
         }
-        let r = self
-            .file
-            .write_all(&out)
-            .and_then(|_| self.file.sync_data());
+        let r = if disk_full {
+            self.file
+                .write_all(&out[..out.len() / 2])
+                .and(Err(std::io::Error::from_raw_os_error(28)))
+        } else {
+            self.file
+                .write_all(&out)
+                .and_then(|_| self.file.sync_data())
+        };
         if let Err(e) = r {
             self.rewind(self.len);
             return Err(io_err(&self.path)(e));
@@ -200,8 +207,8 @@ mod tests {
         {
             let (mut w, r) = Wal::open(dir.path()).unwrap();
             assert!(r.is_empty());
-            w.append(&rec(1)).unwrap();
-            w.append(&rec(2)).unwrap();
+            w.append(&rec(1), false).unwrap();
+            w.append(&rec(2), false).unwrap();
         }
         let p = dir.path().join("index.wal");
         let full = std::fs::read(&p).unwrap();
@@ -213,7 +220,7 @@ mod tests {
         assert_eq!(r.iter().map(|r| r.seq).collect::<Vec<_>>(), vec![1, 2]);
         assert_eq!(std::fs::read(&p).unwrap(), full);
         // A flipped byte in the second record ends the log before it.
-        w.append(&rec(3)).unwrap();
+        w.append(&rec(3), false).unwrap();
         drop(w);
         let mut bad = std::fs::read(&p).unwrap();
         let second = PAGE + 9; // records start on a page: this is in the second one's payload

@@ -509,7 +509,7 @@ fn commit_batch(
                 txn.set_durability(redb::Durability::None)
                     .map_err(|e| StoreError::Db(e.to_string()))
             })
-            .and_then(|_| log.wal.append(&rec));
+            .and_then(|_| log.wal.append(&rec, crash == Some(CrashPoint::DiskFull)));
         if let Err(e) = appended {
             let err = e.to_string();
             tracing::error!("index log write failed: {err}");
