@@ -97,7 +97,7 @@ pub async fn serve(relay: Arc<Relay>, listener: TcpListener, implicit_tls: bool)
 /// Tells a client to go away (over TLS on 993, else it would not understand).
 async fn refuse(tcp: TcpStream, implicit_tls: bool, relay: &Relay, why: &str) {
     let conn = if implicit_tls {
-        match crate::net::accept_tls(&relay.tls.client, tcp, TLS_HANDSHAKE_TIMEOUT).await {
+        match crate::net::accept_lean_tls(&relay.tls.client_config, tcp, TLS_HANDSHAKE_TIMEOUT).await {
             Ok(conn) => conn,
             Err(_) => return,
         }
@@ -142,7 +142,7 @@ pub async fn serve_tls(
 async fn connection(relay: Arc<Relay>, tcp: TcpStream, implicit_tls: bool, slot: Slot) {
     let _ = tcp.set_nodelay(true);
     let conn = if implicit_tls {
-        match crate::net::accept_tls(&relay.tls.client, tcp, TLS_HANDSHAKE_TIMEOUT).await {
+        match crate::net::accept_lean_tls(&relay.tls.client_config, tcp, TLS_HANDSHAKE_TIMEOUT).await {
             Ok(conn) => conn,
             Err(e) => {
                 tracing::debug!("TLS handshake {e}");
@@ -169,7 +169,7 @@ async fn run_conn(relay: Arc<Relay>, conn: Conn, implicit_tls: bool, slot: Slot)
                 let Conn::Plain(tcp) = io.into_inner() else {
                     return;
                 };
-                match crate::net::accept_tls(&relay.tls.client, tcp, TLS_HANDSHAKE_TIMEOUT).await {
+                match crate::net::accept_lean_tls(&relay.tls.client_config, tcp, TLS_HANDSHAKE_TIMEOUT).await {
                     Ok(conn) => io = io::Framed::new(conn),
                     Err(e) => {
                         tracing::debug!("STARTTLS handshake {e}");
