@@ -178,14 +178,18 @@ impl Conn {
         !matches!(self, Conn::Plain(_))
     }
 
-    /// The client's address; IPv4 clients of a dual-stack listener as IPv4.
-    pub fn peer_ip(&self) -> Option<std::net::IpAddr> {
-        let tcp = match self {
+    /// The socket underneath.
+    pub fn tcp(&self) -> &TcpStream {
+        match self {
             Conn::Plain(s) => s,
             Conn::Tls(s) => s.get_ref().0,
             Conn::Lean(s) => s.tcp(),
-        };
-        tcp.peer_addr().ok().map(|a| a.ip().to_canonical())
+        }
+    }
+
+    /// The client's address; IPv4 clients of a dual-stack listener as IPv4.
+    pub fn peer_ip(&self) -> Option<std::net::IpAddr> {
+        self.tcp().peer_addr().ok().map(|a| a.ip().to_canonical())
     }
 }
 

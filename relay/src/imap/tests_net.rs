@@ -272,7 +272,10 @@ fn an_idle_tls_connection_holds_little_heap() {
         // Heap only, so below what idle-mem.sh sees as RSS (allocator overhead, fragmentation).
         // Debug build: 9 854 bytes with tokio-rustls (4 KB of it rustls' record buffer, kept
         // for the connection's life), 5 790 with `LeanTls`.
-        assert!(per_conn <= 6500, "an IDLE connection holds {per_conn} bytes");
+        assert!(
+            per_conn <= 6500,
+            "an IDLE connection holds {per_conn} bytes"
+        );
         eprintln!("an IDLE connection holds {per_conn} bytes of heap");
     });
 }

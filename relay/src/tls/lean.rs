@@ -269,9 +269,7 @@ impl LeanTls {
                 }
                 // Early data is off in our configs; any other state is from a newer rustls.
                 Ok(other) => {
-                    return Err(io::Error::other(format!(
-                        "unexpected TLS state {other:?}"
-                    )))
+                    return Err(io::Error::other(format!("unexpected TLS state {other:?}")))
                 }
             };
             self.incoming.drain(..discard);
@@ -468,12 +466,8 @@ impl AsyncWrite for LeanTls {
         let this = self.get_mut();
         if !this.closing && this.failed.is_none() {
             this.closing = true;
-            loop {
-                match this.drive(Some(App::CloseNotify)) {
-                    Ok(Step::Data) => continue,
-                    _ => break,
-                }
-            }
+            // Decrypted input met on the way is kept for the reader; errors end in the send.
+            while let Ok(Step::Data) = this.drive(Some(App::CloseNotify)) {}
         }
         ready!(this.poll_send(cx))?;
         Pin::new(&mut this.tcp).poll_shutdown(cx)

@@ -42,13 +42,12 @@ fn connector(
 ) -> TlsConnector {
     let mut roots = rustls::RootCertStore::empty();
     roots.add(pki.configs.chain[0].clone()).unwrap();
-    let mut cfg = ClientConfig::builder_with_provider(Arc::new(
-        rustls::crypto::ring::default_provider(),
-    ))
-    .with_protocol_versions(versions)
-    .unwrap()
-    .with_root_certificates(roots)
-    .with_no_client_auth();
+    let mut cfg =
+        ClientConfig::builder_with_provider(Arc::new(rustls::crypto::ring::default_provider()))
+            .with_protocol_versions(versions)
+            .unwrap()
+            .with_root_certificates(roots)
+            .with_no_client_auth();
     cfg.alpn_protocols = alpn.iter().map(|p| p.to_vec()).collect();
     TlsConnector::from(Arc::new(cfg))
 }
@@ -113,10 +112,7 @@ impl AsyncWrite for Trickle {
     fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
         Pin::new(&mut self.0).poll_flush(cx)
     }
-    fn poll_shutdown(
-        mut self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-    ) -> Poll<std::io::Result<()>> {
+    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
         Pin::new(&mut self.0).poll_shutdown(cx)
     }
 }
@@ -128,7 +124,10 @@ async fn tls13_with_alpn_then_data_both_ways() {
     let conn = connector(&pki, &tls13(), &[b"imap"]);
     let (mut c, mut s) = handshake(pki.configs.client_config.clone(), &conn, c, s).await;
     assert_eq!(s.alpn_protocol(), Some(&b"imap"[..]));
-    assert_eq!(c.get_ref().1.protocol_version(), Some(ProtocolVersion::TLSv1_3));
+    assert_eq!(
+        c.get_ref().1.protocol_version(),
+        Some(ProtocolVersion::TLSv1_3)
+    );
     s.write_all(b"* OK hello\r\n").await.unwrap();
     s.flush().await.unwrap();
     let mut got = [0u8; 12];
@@ -147,7 +146,10 @@ async fn tls12_works_where_the_config_allows_it() {
     let (c, s) = pair().await;
     let conn = connector(&pki, &[&rustls::version::TLS12], &[]);
     let (mut c, mut s) = handshake(pki.configs.https_config.clone(), &conn, c, s).await;
-    assert_eq!(c.get_ref().1.protocol_version(), Some(ProtocolVersion::TLSv1_2));
+    assert_eq!(
+        c.get_ref().1.protocol_version(),
+        Some(ProtocolVersion::TLSv1_2)
+    );
     c.write_all(b"ping").await.unwrap();
     c.flush().await.unwrap();
     let mut got = [0u8; 4];
@@ -267,13 +269,17 @@ async fn close_notify_both_ways() {
 async fn garbage_instead_of_a_client_hello_is_a_clean_error() {
     let pki = pki();
     let (mut c, s) = pair().await;
-    c.write_all(b"GET / HTTP/1.1\r\nHost: x\r\n\r\n").await.unwrap();
+    c.write_all(b"GET / HTTP/1.1\r\nHost: x\r\n\r\n")
+        .await
+        .unwrap();
     let r = LeanTls::accept(pki.configs.client_config.clone(), s, Vec::new()).await;
     let e = r.err().expect("no TLS");
     assert_eq!(e.kind(), std::io::ErrorKind::InvalidData, "{e}");
     // A hello cut short is an end, not a hang.
     let (mut c, s) = pair().await;
-    c.write_all(&[0x16, 0x03, 0x01, 0x02, 0x00, 0x01]).await.unwrap();
+    c.write_all(&[0x16, 0x03, 0x01, 0x02, 0x00, 0x01])
+        .await
+        .unwrap();
     drop(c);
     let r = LeanTls::accept(pki.configs.client_config.clone(), s, Vec::new()).await;
     assert_eq!(r.err().unwrap().kind(), std::io::ErrorKind::UnexpectedEof);
