@@ -6,6 +6,8 @@
 //! protocols, and so the admin API can build on `web` without `web` importing it.
 
 use crate::limits::Service;
+use crate::net::Conn;
+use crate::tls::lean::LeanTls;
 use crate::web::ClientAddr;
 use crate::Relay;
 use axum::routing::any;
@@ -62,14 +64,16 @@ pub async fn serve(relay: Arc<Relay>, listener: TcpListener, https: bool) {
                 drop(slot);
                 return;
             }
-            let tls = match crate::net::handshake(HANDSHAKE_TIMEOUT, accept_443(&relay, tcp)).await
-            {
-                Ok(x) => x,
-                Err(e) => {
-                    tracing::debug!(%peer, "TLS handshake on 443 {e}");
-                    return;
-                }
-            };
+            let tls =
+                match crate::net::handshake(HANDSHAKE_TIMEOUT, Box::pin(accept_443(&relay, tcp)))
+                    .await
+                {
+                    Ok(x) => x,
+                    Err(e) => {
+                        tracing::debug!(%peer, "TLS handshake on 443 {e}");
+                        return;
+                    }
+                };
             match tls.1 {
                 Alpn::Imap => {
                     let slot = match slot.switch(Service::Imap, peer.ip(), true) {
@@ -101,29 +105,74 @@ pub async fn serve(relay: Arc<Relay>, listener: TcpListener, https: bool) {
 }
 
 /// The handshake on 443. A ClientHello that offers `imap` or `smtp` gets the mail clients'
-/// config (TLS 1.3 only, as on 993/465); anything else the HTTPS config. The protocol the
-/// handshake agreed on picks the service.
-async fn accept_443(
-    relay: &Relay,
-    tcp: TcpStream,
-) -> std::io::Result<(tokio_rustls::server::TlsStream<TcpStream>, Alpn)> {
+/// config (TLS 1.3 only, as on 993/465) and a [`LeanTls`] stream, as on 993, since IMAP clients
+/// stay for days; anything else the HTTPS config on tokio-rustls. The protocol the handshake
+/// agreed on picks the service.
+async fn accept_443(relay: &Relay, tcp: TcpStream) -> std::io::Result<(Conn, Alpn)> {
     let _ = tcp.set_nodelay(true);
-    let start =
-        tokio_rustls::LazyConfigAcceptor::new(rustls::server::Acceptor::default(), tcp).await?;
-    let mail = start
+    let (hello, seen) = read_client_hello(&tcp).await?;
+    let mail = hello
         .client_hello()
         .alpn()
         .is_some_and(|mut l| l.any(|p| p == b"imap" || p == b"smtp"));
-    let config = if mail {
-        relay.tls.client_config.clone()
+    let (conn, alpn) = if mail {
+        drop(hello);
+        // The ClientHello is read again, from the bytes kept, by the stream's own handshake.
+        let tls = LeanTls::accept(relay.tls.client_config.clone(), tcp, seen).await?;
+        let alpn = tls.alpn_protocol().map(<[u8]>::to_vec);
+        (Conn::Lean(Box::new(tls)), alpn)
     } else {
-        relay.tls.https_config.clone()
+        let tls = tokio_rustls::StartHandshake::from_parts(hello, tcp)
+            .into_stream(relay.tls.https_config.clone())
+            .await?;
+        let alpn = tls.get_ref().1.alpn_protocol().map(<[u8]>::to_vec);
+        (Conn::Tls(Box::new(tls)), alpn)
     };
-    let tls = start.into_stream(config).await?;
-    let alpn = match tls.get_ref().1.alpn_protocol() {
+    let alpn = match alpn.as_deref() {
         Some(b"imap") => Alpn::Imap,
         Some(b"smtp") => Alpn::Smtp,
         _ => Alpn::Http,
     };
-    Ok((tls, alpn))
+    Ok((conn, alpn))
+}
+
+/// Reads from `tcp` until rustls has the whole ClientHello; returns it with every byte read, for
+/// a handshake that starts over from them.
+async fn read_client_hello(
+    tcp: &TcpStream,
+) -> std::io::Result<(rustls::server::Accepted, Vec<u8>)> {
+    use std::io::{Error, ErrorKind};
+    // rustls refuses a ClientHello above 64 KiB itself; this only bounds what a peer that sends
+    // no hello at all can make us keep.
+    const MAX_HELLO: usize = 70 * 1024;
+    let mut acceptor = rustls::server::Acceptor::default();
+    let mut seen = Vec::new();
+    loop {
+        tcp.readable().await?;
+        seen.reserve(4096);
+        let start = seen.len();
+        match tcp.try_read_buf(&mut seen) {
+            Ok(0) => return Err(ErrorKind::UnexpectedEof.into()),
+            Ok(_) => {}
+            Err(e) if e.kind() == ErrorKind::WouldBlock => continue,
+            Err(e) => return Err(e),
+        }
+        let mut fresh = &seen[start..];
+        while !fresh.is_empty() {
+            if acceptor.read_tls(&mut fresh)? == 0 {
+                break;
+            }
+        }
+        match acceptor.accept() {
+            Ok(Some(hello)) => return Ok((hello, seen)),
+            Ok(None) if seen.len() < MAX_HELLO => {}
+            Ok(None) => return Err(Error::new(ErrorKind::InvalidData, "ClientHello too long")),
+            Err((e, mut alert)) => {
+                let mut out = Vec::new();
+                let _ = alert.write_all(&mut out);
+                let _ = tcp.try_write(&out);
+                return Err(Error::new(ErrorKind::InvalidData, e));
+            }
+        }
+    }
 }

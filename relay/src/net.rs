@@ -2,6 +2,7 @@
 //! every listener uses, connection ids, and a stream type that is either plain TCP (before
 //! STARTTLS) or TLS.
 
+use crate::tls::lean::LeanTls;
 use std::io;
 use std::pin::Pin;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -150,25 +151,45 @@ pub async fn accept_tls(
         .map(|s| Conn::Tls(Box::new(s)))
 }
 
+/// The server side of TLS on `tcp` with `config`, within `timeout`, as a [`LeanTls`] stream: for
+/// the connections that wait for days (IMAP), since it frees its buffers whenever they are empty.
+pub async fn accept_lean_tls(
+    config: &std::sync::Arc<rustls::ServerConfig>,
+    tcp: TcpStream,
+    timeout: Duration,
+) -> Result<Conn, HandshakeError> {
+    // Boxed for the same reason as in `accept_tls`.
+    let accept = Box::pin(LeanTls::accept(config.clone(), tcp, Vec::new()));
+    handshake(timeout, accept)
+        .await
+        .map(|s| Conn::Lean(Box::new(s)))
+}
+
 /// A client connection: plain until STARTTLS, then TLS. Boxed TLS keeps the enum small, which
 /// matters with thousands of idle IMAP connections.
 pub enum Conn {
     Plain(TcpStream),
     Tls(Box<TlsStream<TcpStream>>),
+    Lean(Box<LeanTls>),
 }
 
 impl Conn {
     pub fn is_tls(&self) -> bool {
-        matches!(self, Conn::Tls(_))
+        !matches!(self, Conn::Plain(_))
+    }
+
+    /// The socket underneath.
+    pub fn tcp(&self) -> &TcpStream {
+        match self {
+            Conn::Plain(s) => s,
+            Conn::Tls(s) => s.get_ref().0,
+            Conn::Lean(s) => s.tcp(),
+        }
     }
 
     /// The client's address; IPv4 clients of a dual-stack listener as IPv4.
     pub fn peer_ip(&self) -> Option<std::net::IpAddr> {
-        let tcp = match self {
-            Conn::Plain(s) => s,
-            Conn::Tls(s) => s.get_ref().0,
-        };
-        tcp.peer_addr().ok().map(|a| a.ip().to_canonical())
+        self.tcp().peer_addr().ok().map(|a| a.ip().to_canonical())
     }
 }
 
@@ -181,6 +202,7 @@ impl AsyncRead for Conn {
         match self.get_mut() {
             Conn::Plain(s) => Pin::new(s).poll_read(cx, buf),
             Conn::Tls(s) => Pin::new(s.as_mut()).poll_read(cx, buf),
+            Conn::Lean(s) => Pin::new(s.as_mut()).poll_read(cx, buf),
         }
     }
 }
@@ -194,18 +216,21 @@ impl AsyncWrite for Conn {
         match self.get_mut() {
             Conn::Plain(s) => Pin::new(s).poll_write(cx, buf),
             Conn::Tls(s) => Pin::new(s.as_mut()).poll_write(cx, buf),
+            Conn::Lean(s) => Pin::new(s.as_mut()).poll_write(cx, buf),
         }
     }
     fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
         match self.get_mut() {
             Conn::Plain(s) => Pin::new(s).poll_flush(cx),
             Conn::Tls(s) => Pin::new(s.as_mut()).poll_flush(cx),
+            Conn::Lean(s) => Pin::new(s.as_mut()).poll_flush(cx),
         }
     }
     fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
         match self.get_mut() {
             Conn::Plain(s) => Pin::new(s).poll_shutdown(cx),
             Conn::Tls(s) => Pin::new(s.as_mut()).poll_shutdown(cx),
+            Conn::Lean(s) => Pin::new(s.as_mut()).poll_shutdown(cx),
         }
     }
 }

@@ -2,6 +2,7 @@
 //! rustls configs each listener uses. Only the `ring` provider is used.
 
 pub mod client;
+pub mod lean;
 
 use crate::config::Config;
 use crate::sync::LockExt;

@@ -97,7 +97,9 @@ pub async fn serve(relay: Arc<Relay>, listener: TcpListener, implicit_tls: bool)
 /// Tells a client to go away (over TLS on 993, else it would not understand).
 async fn refuse(tcp: TcpStream, implicit_tls: bool, relay: &Relay, why: &str) {
     let conn = if implicit_tls {
-        match crate::net::accept_tls(&relay.tls.client, tcp, TLS_HANDSHAKE_TIMEOUT).await {
+        match crate::net::accept_lean_tls(&relay.tls.client_config, tcp, TLS_HANDSHAKE_TIMEOUT)
+            .await
+        {
             Ok(conn) => conn,
             Err(_) => return,
         }
@@ -111,15 +113,11 @@ async fn refuse(tcp: TcpStream, implicit_tls: bool, relay: &Relay, why: &str) {
 
 /// A session on a TLS stream that another listener terminated: port 443 with ALPN `imap`.
 /// Behaves as on 993 (implicit TLS); the caller took the IMAP `slot`.
-pub async fn serve_tls(
-    relay: Arc<Relay>,
-    tls: tokio_rustls::server::TlsStream<TcpStream>,
-    slot: Slot,
-) {
+pub async fn serve_tls(relay: Arc<Relay>, tls: Conn, slot: Slot) {
     let span = tracing::info_span!(
         "imap",
         conn = next_conn_id(),
-        peer = ?tls.get_ref().0.peer_addr().ok(),
+        peer = ?tls.tcp().peer_addr().ok(),
         alpn = true,
         user = tracing::field::Empty
     );
@@ -127,12 +125,12 @@ pub async fn serve_tls(
         tracing::debug!("connected (443, ALPN imap)");
         if relay.admin.maintenance() {
             tracing::info!("in maintenance: connection turned away");
-            let mut io = io::Framed::new(Conn::Tls(Box::new(tls)));
+            let mut io = io::Framed::new(tls);
             let _ = io.send(&bye("In maintenance, try again later")).await;
             io.shutdown().await;
             return;
         }
-        run_conn(relay, Conn::Tls(Box::new(tls)), true, slot).await;
+        run_conn(relay, tls, true, slot).await;
         tracing::debug!("disconnected");
     }
     .instrument(span)
@@ -142,7 +140,9 @@ pub async fn serve_tls(
 async fn connection(relay: Arc<Relay>, tcp: TcpStream, implicit_tls: bool, slot: Slot) {
     let _ = tcp.set_nodelay(true);
     let conn = if implicit_tls {
-        match crate::net::accept_tls(&relay.tls.client, tcp, TLS_HANDSHAKE_TIMEOUT).await {
+        match crate::net::accept_lean_tls(&relay.tls.client_config, tcp, TLS_HANDSHAKE_TIMEOUT)
+            .await
+        {
             Ok(conn) => conn,
             Err(e) => {
                 tracing::debug!("TLS handshake {e}");
@@ -169,7 +169,13 @@ async fn run_conn(relay: Arc<Relay>, conn: Conn, implicit_tls: bool, slot: Slot)
                 let Conn::Plain(tcp) = io.into_inner() else {
                     return;
                 };
-                match crate::net::accept_tls(&relay.tls.client, tcp, TLS_HANDSHAKE_TIMEOUT).await {
+                match crate::net::accept_lean_tls(
+                    &relay.tls.client_config,
+                    tcp,
+                    TLS_HANDSHAKE_TIMEOUT,
+                )
+                .await
+                {
                     Ok(conn) => io = io::Framed::new(conn),
                     Err(e) => {
                         tracing::debug!("STARTTLS handshake {e}");

@@ -125,12 +125,8 @@ async fn refuse(relay: &Relay, tcp: TcpStream, kind: Kind, text: &str) {
 
 /// A submissions session (as on 465) on a TLS stream another listener terminated: port 443
 /// with ALPN `smtp`.
-pub async fn serve_tls(
-    relay: Arc<Relay>,
-    tls: tokio_rustls::server::TlsStream<TcpStream>,
-    slot: Slot,
-) {
-    let peer = tls.get_ref().0.peer_addr().ok();
+pub async fn serve_tls(relay: Arc<Relay>, tls: Conn, slot: Slot) {
+    let peer = tls.tcp().peer_addr().ok();
     let span = tracing::info_span!("smtp", conn = next_conn_id(), ?peer, kind = ?Kind::Submissions, alpn = true);
     async move {
         tracing::debug!("connected (443, ALPN smtp)");
@@ -139,15 +135,7 @@ pub async fn serve_tls(
             tracing::info!("in maintenance: connection turned away");
             return;
         }
-        run_conn(
-            relay,
-            Conn::Tls(Box::new(tls)),
-            Kind::Submissions,
-            true,
-            Limits::default(),
-            slot,
-        )
-        .await
+        run_conn(relay, tls, Kind::Submissions, true, Limits::default(), slot).await
     }
     .instrument(span)
     .await
