@@ -8,11 +8,13 @@
 # default all, 600 s each. With --runs N each target stops after N executions instead (and after
 # SECONDS_PER_TARGET too, if one is given).
 #
-# The long run (release procedure, issue 14): at least 10 million executions per target, e.g.
-#   nice -n 10 scripts/fuzz.sh --runs 10000000 >fuzz-long.log 2>&1 &
-# The session targets (smtp_command, imap_command, mxdeliv) do a few hundred to a few thousand
-# executions per second, so that takes hours per target; run it in the background and read
-# the "executions per target" table at the end of the log. A time bound instead:
+# The long run (release procedure, issue 14): at least 10 million executions per target,
+# detached so that it outlives the shell, fastest targets first (fuzz/README.md):
+#   setsid nohup nice -n 5 scripts/fuzz.sh --runs 10000000 imap_seqsearch gate smtp_command \
+#       mxdeliv imap_command http_admin >fuzz-long.log 2>&1 &
+# The session and HTTP targets do a few hundred to a few thousand executions per second, so
+# that takes hours per target; read the "executions per target" table at the end of the log
+# (each target's progress is in the file its "== fuzzing" line names). A time bound instead:
 #   scripts/fuzz.sh 14400          # 4 h per target
 # Report the table (and any crash) in the release note.
 # Installs cargo-fuzz if it is missing, builds every target, seeds fuzz/corpus/<target> from
@@ -32,12 +34,15 @@ if [ "${1:-}" = "--runs" ]; then
     runs=${2:?--runs needs a number}
     shift 2
 fi
-if [ -n "$runs" ]; then
-    secs=${1:-0}
+# The seconds are optional: a first argument that is not a number is already a target.
+if [[ ${1:-} =~ ^[0-9]+$ ]]; then
+    secs=$1
+    shift
+elif [ -n "$runs" ]; then
+    secs=0
 else
-    secs=${1:-600}
+    secs=600
 fi
-shift || true
 targets=("$@")
 if [ ${#targets[@]} -eq 0 ]; then
     targets=(smtp_command imap_command gate mxdeliv imap_seqsearch http_admin)
@@ -65,6 +70,16 @@ base=${TMPDIR:-/tmp}
 if [ -d /dev/shm ] && [ -w /dev/shm ]; then base=/dev/shm; fi
 work=$(mktemp -d "$base/relaybox-fuzz.XXXXXX")
 trap 'rm -rf "$work"' EXIT
+
+# Run copies of the binaries just built (what `cargo fuzz run` would run, without its rebuild):
+# a run of several hours then fuzzes the code as it was when it started, even if the tree is
+# edited and rebuilt meanwhile.
+triple=$(rustc -vV | sed -n 's/^host: //p')
+built=${CARGO_TARGET_DIR:-$root/fuzz/target}/$triple/release
+mkdir -p "$work/bin"
+for t in "${targets[@]}"; do
+    cp "$built/$t" "$work/bin/$t"
+done
 
 seed() {
     local t=$1 dir=fuzz/corpus/$1
@@ -108,19 +123,21 @@ seed() {
     done
 }
 
-declare -A execs
+declare -A execs took
 failed=()
 for t in "${targets[@]}"; do
     seed "$t"
     mkdir -p "fuzz/artifacts/$t"
     log="$work/$t.log"
-    echo "== fuzzing $t for ${runs:+$runs runs, }${secs} s (0: no time limit)"
+    echo "== fuzzing $t for ${runs:+$runs runs, }${secs} s (0: no time limit); progress in $log"
+    t0=$(date +%s)
     set +e
-    TMPDIR="$work" cargo fuzz run --sanitizer none "$t" "fuzz/corpus/$t" -- \
+    TMPDIR="$work" "$work/bin/$t" -artifact_prefix="fuzz/artifacts/$t/" \
         "${limits[@]}" -timeout=30 -print_final_stats=1 \
-        -dict="fuzz/dict/$t.dict" >"$log" 2>&1
+        -dict="fuzz/dict/$t.dict" "fuzz/corpus/$t" >"$log" 2>&1
     rc=$?
     set -e
+    took[$t]=$(($(date +%s) - t0))
     grep -E '^(#[0-9]+.*(DONE|NEW|pulse))|Done [0-9]+ runs|ERROR|panicked|SUMMARY|Test unit written' "$log" |
         tail -n 8 || true
     n=$(sed -n 's/^stat::number_of_executed_units: *\([0-9]*\).*/\1/p' "$log" | tail -n 1)
@@ -137,8 +154,10 @@ for t in "${targets[@]}"; do
 done
 
 echo "== executions per target (${runs:+$runs runs or }${secs} s each)"
+printf '  %-14s %12s %8s %8s\n' target executions seconds exec/s
 for t in "${targets[@]}"; do
-    printf '  %-14s %s\n' "$t" "${execs[$t]}"
+    printf '  %-14s %12s %8s %8s\n' "$t" "${execs[$t]}" "${took[$t]}" \
+        "$((execs[$t] / (took[$t] > 0 ? took[$t] : 1)))"
 done
 if [ ${#failed[@]} -ne 0 ]; then
     echo "== CRASH in: ${failed[*]} (inputs in fuzz/artifacts/)"

@@ -6,7 +6,7 @@
 #![no_main]
 
 use libfuzzer_sys::fuzz_target;
-use relaybox::testkit::{env, https_request, reset, split_request};
+use relaybox::testkit::{env, reset, split_request};
 
 fuzz_target!(|data: &[u8]| {
     let Some((&mode, rest)) = data.split_first() else {
@@ -17,7 +17,8 @@ fuzz_target!(|data: &[u8]| {
     let env = env();
     env.rt.block_on(async {
         reset(&env.relay).await.expect("reset");
-        let (status, _) = https_request(&env.relay, method, "/mxdeliv", &headers, body.to_vec())
+        let (status, _, _) = env
+            .router_request(true, method, "/mxdeliv", &headers, body.to_vec())
             .await
             .expect("request");
         assert!(

@@ -103,6 +103,27 @@ async fn relay_with(dir: &Path, tune: impl FnOnce(&mut Config)) -> anyhow::Resul
 pub struct FuzzEnv {
     pub rt: tokio::runtime::Runtime,
     pub relay: Arc<Relay>,
+    /// The plain HTTP and the HTTPS router, built on first use: `alpn::serve` also builds its
+    /// router once and serves every connection with it, and building one per input cost the
+    /// HTTP targets more than the request itself.
+    routers: [std::sync::OnceLock<axum::Router>; 2],
+}
+
+impl FuzzEnv {
+    /// [`router_request`] through this environment's router for `https`.
+    pub async fn router_request(
+        &self,
+        https: bool,
+        method: &str,
+        path: &str,
+        headers: &[(Vec<u8>, Vec<u8>)],
+        body: Vec<u8>,
+    ) -> anyhow::Result<(u16, axum::http::HeaderMap, Vec<u8>)> {
+        let router = self.routers[usize::from(https)]
+            .get_or_init(|| crate::alpn::app(self.relay.clone(), https))
+            .clone();
+        call(router, request(method, path, headers, body)?).await
+    }
 }
 
 /// The one [`FuzzEnv`] of this process.
@@ -129,7 +150,11 @@ fn new_env(
     let _ = std::fs::remove_dir_all(&dir);
     std::fs::create_dir_all(&dir).expect("fuzz data directory");
     let relay = rt.block_on(make(&dir)).expect("relay");
-    FuzzEnv { rt, relay }
+    FuzzEnv {
+        rt,
+        relay,
+        routers: Default::default(),
+    }
 }
 
 /// Brings the store back to the state `relay` left it in: only `USER` and `RCPT`, each with an
@@ -190,6 +215,16 @@ pub async fn router_request(
     headers: &[(Vec<u8>, Vec<u8>)],
     body: Vec<u8>,
 ) -> anyhow::Result<(u16, axum::http::HeaderMap, Vec<u8>)> {
+    route(relay, https, request(method, path, headers, body)?).await
+}
+
+/// The request [`router_request`] sends.
+fn request(
+    method: &str,
+    path: &str,
+    headers: &[(Vec<u8>, Vec<u8>)],
+    body: Vec<u8>,
+) -> anyhow::Result<axum::http::Request<axum::body::Body>> {
     let mut req = axum::http::Request::builder().method(method).uri(path);
     for (name, value) in headers {
         if let (Ok(n), Ok(v)) = (
@@ -199,8 +234,7 @@ pub async fn router_request(
             req = req.header(n, v);
         }
     }
-    let req = req.body(axum::body::Body::from(body))?;
-    route(relay, https, req).await
+    Ok(req.body(axum::body::Body::from(body))?)
 }
 
 /// Passes `req` through the HTTPS (`https`) or plain HTTP router, without a socket, and
@@ -210,9 +244,16 @@ pub async fn route(
     https: bool,
     req: axum::http::Request<axum::body::Body>,
 ) -> anyhow::Result<(u16, axum::http::HeaderMap, Vec<u8>)> {
+    call(crate::alpn::app(relay.clone(), https), req).await
+}
+
+/// `req` through `router`, the whole response collected.
+async fn call(
+    mut router: axum::Router,
+    req: axum::http::Request<axum::body::Body>,
+) -> anyhow::Result<(u16, axum::http::HeaderMap, Vec<u8>)> {
     use http_body_util::BodyExt;
     use tower::Service;
-    let mut router = crate::alpn::app(relay.clone(), https);
     let resp = router.call(req).await?;
     let status = resp.status().as_u16();
     let headers = resp.headers().clone();
