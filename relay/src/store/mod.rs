@@ -450,17 +450,18 @@ impl Store {
 
     // ---- outbound queue ------------------------------------------------------------------
 
-    /// Queues `data` (the signed message) from `sender` for the remote `rcpts`, together with a
-    /// local copy for `local` accounts if given. Returns the queue id once both are durable.
+    /// Queues `data` (the signed message, in memory or spooled) from `sender` for the remote
+    /// `rcpts`, together with a local copy for `local` accounts if given. Returns the queue id
+    /// once both are durable.
     pub async fn enqueue(
         &self,
         sender: &str,
         rcpts: Vec<String>,
-        data: Arc<[u8]>,
+        data: Body,
         now: i64,
         local: Option<(&[AccountId], Body)>,
     ) -> Result<u64, StoreError> {
-        let body_id = self.write_body(&data).await?;
+        let (body_id, size) = self.put_body(data).await?;
         let local = match local {
             Some((accounts, body)) => match self.put_body(body).await {
                 Ok((id, size)) => Some(writer::LocalCopy {
@@ -479,7 +480,7 @@ impl Store {
         let entry = Queued {
             id: 0,
             body_id,
-            size: data.len() as u64,
+            size,
             sender: sender.to_string(),
             rcpts,
             created: now,
