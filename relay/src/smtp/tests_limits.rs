@@ -316,8 +316,8 @@ async fn large_submission_is_spooled_and_stored_as_cleaned() {
 /// Outgoing mail past `SPILL` is cleaned and signed from its spool (only the header is
 /// rewritten; the signed copy for remote recipients is the new header, then the spooled body
 /// copied file to file), so, like incoming mail, it needs about `SPILL` of the budget (the
-/// share grows in doubling steps, to 2 × `SPILL` at most): three parallel submissions, each
-/// bigger than the whole budget, are all taken.
+/// share grows in doubling steps, to 2 × `SPILL` at most): three parallel submissions whose
+/// sizes add up to far more than the budget are all taken.
 #[tokio::test]
 async fn large_outgoing_mail_needs_no_budget_for_the_whole_message() {
     const N: usize = 3;
@@ -325,8 +325,9 @@ async fn large_outgoing_mail_needs_no_budget_for_the_whole_message() {
     const REMOTE: &str = "bob@example.org";
     let d = tempfile::tempdir().unwrap();
     let r = relay_with(d.path(), |c| {
-        c.max_message_size = 3_000_000;
-        c.max_inflight_message_memory = ByteSize(1_600_000);
+        // The budget is never less than the size limit.
+        c.max_message_size = 1_800_000;
+        c.max_inflight_message_memory = ByteSize(1_800_000);
     });
     r.accounts.login(USER, PASS).await.unwrap();
     r.accounts.login(RCPT, "password2").await.unwrap();
@@ -376,7 +377,7 @@ async fn large_outgoing_mail_needs_no_budget_for_the_whole_message() {
 
 /// The signed copy of a large submission (made from the spool: new header, DKIM signature
 /// over it and the mapped body, then the body copied file to file) verifies at the receiver,
-/// and a message bigger than the whole in-flight budget gets there.
+/// and it is taken with less in-flight budget left than its size.
 #[tokio::test]
 async fn large_outgoing_mail_is_signed_from_its_spool_and_verifies() {
     use base64::Engine;
@@ -385,14 +386,17 @@ async fn large_outgoing_mail_is_signed_from_its_spool_and_verifies() {
     let d = tempfile::tempdir().unwrap();
     let mut cfg = crate::testkit::test_config(d.path()).unwrap();
     cfg.mail_domain = "a.test".into();
-    cfg.max_message_size = 4_000_000;
-    cfg.max_inflight_message_memory = ByteSize(1_000_000);
+    cfg.max_message_size = 2_000_000;
+    cfg.max_inflight_message_memory = ByteSize(2_000_000);
     let key = crate::dkim::Dkim::key_path(&cfg);
     std::fs::create_dir_all(key.parent().unwrap()).unwrap();
     std::fs::write(&key, include_str!("../../tests/data/dkim-pkcs1.pem")).unwrap();
     let r = crate::server::build(cfg).unwrap();
     r.accounts.login(FROM, PASS).await.unwrap();
     r.accounts.login(LOCAL, "password2").await.unwrap();
+    // Others hold half of the budget: less than the message, more than it needs.
+    let mut others = r.inflight.hold();
+    assert!(others.grow(1_000_000, 1_000_000));
     let (mut c, _task) = start(&r, Kind::Submissions, true);
     assert!(c.reply().await.unwrap().starts_with("220 "));
     assert!(c.cmd("EHLO client").await.starts_with("250"));
