@@ -58,6 +58,8 @@ enum CopyError {
     Sign(#[from] crate::dkim::DkimError),
     #[error(transparent)]
     Store(#[from] crate::store::StoreError),
+    #[error("the spool is shorter than the message body")]
+    Layout,
 }
 
 /// A domain we could deliver to: a DNS name or an address literal.
@@ -379,7 +381,10 @@ impl Delivery {
             let whole = [head, rest].concat();
             return Ok(Body::Bytes(self.dkim.sign(&whole)?.into()));
         };
-        let offset = spool.len() - rest.len() as u64;
+        let offset = spool
+            .len()
+            .checked_sub(rest.len() as u64)
+            .ok_or(CopyError::Layout)?;
         let view = spool.received(head.to_vec(), offset)?;
         let signature = self.dkim.signature(&view)?.unwrap_or_default();
         drop(view);

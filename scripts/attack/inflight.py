@@ -19,6 +19,7 @@ from __future__ import annotations
 import argparse
 import base64
 import imaplib
+import re
 import secrets
 import smtplib
 import threading
@@ -95,7 +96,8 @@ def sender(relay: Relay, rcpts: list, size: int, held: threading.Barrier, finish
         finish.wait(timeout=300)
         sock.sendall(tail + b".\r\n")
         code, _msg = s.getreply()
-        out[i] = f"{code} {_msg.decode(errors='replace')[:60]}"
+        # Without the queue id, so that equal replies count together.
+        out[i] = re.sub(r"queued as \d+", "queued", f"{code} {_msg.decode(errors='replace')[:60]}")
         s.close()
     except Exception as e:  # noqa: BLE001 - the summary counts failures
         out[i] = type(e).__name__
@@ -113,6 +115,8 @@ def main() -> None:
     ap.add_argument("--hold", type=float, default=3.0, help="seconds to hold the bodies")
     ap.add_argument("--outgoing", action="store_true",
                     help="submit on 465 as a logged-in user, to a local and a remote recipient")
+    ap.add_argument("--local-only", action="store_true",
+                    help="with --outgoing: no remote recipient (no signed copy, no queue attempt)")
     args = ap.parse_args()
     relay = Relay(args.bin, settings=OUTGOING_SETTINGS if args.outgoing else "")
     try:
@@ -128,7 +132,7 @@ def main() -> None:
         login = None
         if args.outgoing:
             login = account()
-            rcpts = [user, "remote@[127.0.0.254]"]
+            rcpts = [user] if args.local_only else [user, "remote@[127.0.0.254]"]
         time.sleep(0.5)
         before = relay.status("VmRSS")
         anon_peak = [relay.status("RssAnon")]
@@ -166,7 +170,7 @@ def main() -> None:
         codes: dict = {}
         for c in out:
             codes[c] = codes.get(c, 0) + 1
-        mode = "outgoing" if args.outgoing else "incoming"
+        mode = ("outgoing-local" if args.local_only else "outgoing") if args.outgoing else "incoming"
         print(f"inflight: {mode} senders={args.senders} size={args.size_mb}MB "
               f"rss_before={before // 1024}MB rss_held={during // 1024}MB "
               f"rss_peak={peak // 1024}MB anon_peak={anon_peak[0] // 1024}MB growth={(during - before) // 1024}MB "
