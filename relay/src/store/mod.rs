@@ -342,6 +342,27 @@ impl Store {
             .map_err(|_| StoreError::Closed)?
     }
 
+    /// A stored body mapped read-only instead of read: the queue hands large signed copies to
+    /// the transport so, without a heap copy per delivery attempt. Stored bodies are never
+    /// written or truncated, only unlinked, which leaves a mapping intact.
+    pub async fn map_body(&self, body_id: u64) -> Result<Received, StoreError> {
+        let path = self.body_path(body_id);
+        tokio::task::spawn_blocking(move || {
+            let io = |source| StoreError::Io {
+                path: path.clone(),
+                source,
+            };
+            let file = std::fs::File::open(&path).map_err(io)?;
+            let len = file.metadata().map_err(io)?.len();
+            Ok(match Mapped::new(&[], &file, 0, len).map_err(io)? {
+                Some(m) => Received::Mapped(m),
+                None => Received::Heap(Vec::new()),
+            })
+        })
+        .await
+        .map_err(|_| StoreError::Closed)?
+    }
+
     /// [`Store::read_body`] for code already off the async workers (SEARCH's pool).
     pub fn read_body_blocking(&self, body_id: u64) -> Result<Vec<u8>, StoreError> {
         let path = self.body_path(body_id);
