@@ -51,6 +51,17 @@ pub fn quota_exceeded(rcpt: &str) -> Reply {
     )
 }
 
+/// Why the signed copy of an outgoing message could not be made.
+#[derive(Debug, thiserror::Error)]
+enum CopyError {
+    #[error(transparent)]
+    Sign(#[from] crate::dkim::DkimError),
+    #[error(transparent)]
+    Store(#[from] crate::store::StoreError),
+    #[error("the spool is shorter than the message body")]
+    Layout,
+}
+
 /// A domain we could deliver to: a DNS name or an address literal.
 fn valid_remote_domain(domain: &str) -> bool {
     if domain.starts_with('[') {
@@ -203,9 +214,19 @@ impl Delivery {
             tracing::info!(reply = %r, "message refused by policy");
             return r;
         }
-        // What `check_outgoing` hands back; incoming mail passes unchanged, without a copy.
-        let cleaned = (dir == Direction::Outgoing).then(|| policy::headers::clean_outgoing(data));
-        let data: &[u8] = cleaned.as_deref().unwrap_or(data);
+        // What `check_outgoing` hands back, as `head` then `rest`; incoming mail passes
+        // unchanged, without a copy. The cleanup rewrites only the header, so a spooled
+        // message has just its header rewritten here: its body stays on disk (`rest` is the
+        // mapped body), and the spool already holds the cleaned header in its local form.
+        let split = spool.as_ref().and_then(|_| spooler::header_end(data));
+        let (head, rest): (std::borrow::Cow<[u8]>, &[u8]) = match (dir, split) {
+            (Direction::Incoming, _) => (data.into(), &[]),
+            (Direction::Outgoing, Some(n)) => (
+                policy::headers::clean_outgoing(&data[..n]).into(),
+                &data[n..],
+            ),
+            (Direction::Outgoing, None) => (policy::headers::clean_outgoing(data).into(), &[]),
+        };
         if dir == Direction::Incoming {
             // Origin check (reference §3.5 step 7) only after the gate: unencrypted mail is
             // refused without any DNS lookup (filtermail#69), and a spoofer cannot make us query
@@ -244,12 +265,12 @@ impl Delivery {
             Some(s) => {
                 debug_assert_eq!(
                     s.len(),
-                    policy::prepare_local_delivery(data).len() as u64,
+                    (policy::prepare_local_delivery(&head).len() + rest.len()) as u64,
                     "the spool holds the local copy"
                 );
                 Body::Spooled(s)
             }
-            None => Body::Bytes(policy::prepare_local_delivery(data).into()),
+            None => Body::Bytes(policy::prepare_local_delivery(&head).into()),
         };
         for id in &local {
             match self.fits(*id, body.len()).await {
@@ -273,7 +294,7 @@ impl Delivery {
             }
         }
         if !remote.is_empty() {
-            return self.enqueue(env, &local, body, data, remote).await;
+            return self.enqueue(env, &local, body, (&head, rest), remote).await;
         }
         match self
             .store
@@ -294,23 +315,23 @@ impl Delivery {
         }
     }
 
-    /// Signs the message and queues it for `remote`, with the local copy in the same
-    /// transaction; `250` once both are on disk.
+    /// Signs the message (`head` then `rest`, as cleaned) and queues it for `remote`, with the
+    /// local copy in the same transaction; `250` once both are on disk.
     async fn enqueue(
         &self,
         env: &Envelope,
         local: &[AccountId],
-        local_body: Body,
-        data: &[u8],
+        mut local_body: Body,
+        (head, rest): (&[u8], &[u8]),
         remote: Vec<String>,
     ) -> Reply {
-        let signed: Arc<[u8]> = match self.dkim.sign(data) {
+        let signed = match self.signed_copy(&mut local_body, head, rest).await {
             Ok(s) => {
                 M.dkim_signed.inc();
-                s.into()
+                s
             }
             Err(e) => {
-                tracing::error!("DKIM signing failed: {e}");
+                tracing::error!("cannot make the signed copy: {e}");
                 return Reply::new(451, "4.3.0 Local error while signing, try again later");
             }
         };
@@ -342,6 +363,33 @@ impl Delivery {
                 policy::codes::NOT_STORED.reply()
             }
         }
+    }
+
+    /// The copy for remote recipients: the DKIM signature, `head`, then `rest`. A spooled
+    /// message (`local_body`, which holds the local header and then the body) is signed over
+    /// the new header and its mapped body, and the copy is written as header + the spool's
+    /// body bytes, file to file: no heap copy of the body, so that outgoing mail needs no more
+    /// of the in-flight budget than incoming mail.
+    async fn signed_copy(
+        &self,
+        local_body: &mut Body,
+        head: &[u8],
+        rest: &[u8],
+    ) -> Result<Body, CopyError> {
+        let Body::Spooled(spool) = local_body else {
+            debug_assert!(rest.is_empty(), "only a spooled message is split");
+            let whole = [head, rest].concat();
+            return Ok(Body::Bytes(self.dkim.sign(&whole)?.into()));
+        };
+        let offset = spool
+            .len()
+            .checked_sub(rest.len() as u64)
+            .ok_or(CopyError::Layout)?;
+        let view = spool.received(head.to_vec(), offset)?;
+        let signature = self.dkim.signature(&view)?.unwrap_or_default();
+        drop(view);
+        let head = [signature.as_bytes(), head].concat();
+        Ok(Body::Spooled(spool.splice(head, offset).await?))
     }
 
     /// Mailboxes past 75 % of their quota are cut back to 70 % (reference §8) without making the

@@ -158,8 +158,21 @@ impl Dkim {
     /// The message with a `DKIM-Signature:` header in front (`d=<mail_domain>`,
     /// `c=relaxed/simple`). IP-literal relays return it unchanged.
     pub fn sign(&self, message: &[u8]) -> Result<Vec<u8>, DkimError> {
-        let Some(key) = &self.key else {
+        let Some(header) = self.signature(message)? else {
             return Ok(message.to_vec());
+        };
+        let mut out = Vec::with_capacity(header.len() + message.len());
+        out.extend_from_slice(header.as_bytes());
+        out.extend_from_slice(message);
+        Ok(out)
+    }
+
+    /// The `DKIM-Signature:` header (with its CRLF) that [`Dkim::sign`] puts in front of
+    /// `message`, without copying the message; `None` for IP-literal relays. For a spooled
+    /// message `message` is a mapped view, and the caller writes the header before the file.
+    pub fn signature(&self, message: &[u8]) -> Result<Option<String>, DkimError> {
+        let Some(key) = &self.key else {
+            return Ok(None);
         };
         let parsed = AuthenticatedMessage::parse(message)
             .ok_or_else(|| DkimError::Sign("the message has no header".into()))?;
@@ -172,11 +185,7 @@ impl Dkim {
             .body_canonicalization(Canonicalization::Simple)
             .sign(message)
             .map_err(|e| DkimError::Sign(e.to_string()))?;
-        let header = signature.to_header();
-        let mut out = Vec::with_capacity(header.len() + message.len());
-        out.extend_from_slice(header.as_bytes());
-        out.extend_from_slice(message);
-        Ok(out)
+        Ok(Some(signature.to_header()))
     }
 
     /// The TXT record data publishing the key, as the reference writes it; `None` for

@@ -251,8 +251,8 @@ impl Queue {
     /// One delivery attempt for every remaining recipient of `e`; returns its schedule
     /// afterwards (`None`: it has left the queue).
     async fn attempt(&self, e: Queued) -> Option<Due> {
-        let body: Arc<[u8]> = match self.store.read_body(e.body_id).await {
-            Ok(b) => b.into(),
+        let body = match self.store.map_body(e.body_id).await {
+            Ok(b) => bytes::Bytes::from_owner(b),
             Err(err) => {
                 tracing::error!(queue_id = e.id, "cannot read a queued message: {err}");
                 let retry = (

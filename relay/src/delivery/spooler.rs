@@ -60,9 +60,10 @@ impl Spooler {
         }
     }
 
-    /// Whether the body has gone to disk.
-    pub fn is_spooling(&self) -> bool {
-        self.spool.is_some()
+    /// Whether the spool holds the message as received, because its header did not end
+    /// within [`HEAD_MAX`] (then nothing is adopted, and outgoing mail is rewritten whole).
+    pub fn is_raw(&self) -> bool {
+        self.raw
     }
 
     /// Takes the bytes in `buf` (the message so far, or what came since the last call) to disk

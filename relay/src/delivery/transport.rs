@@ -77,7 +77,7 @@ impl Transport {
         domain: &str,
         sender: &str,
         rcpts: &[String],
-        message: Arc<[u8]>,
+        message: bytes::Bytes,
     ) -> Vec<Reply> {
         if rcpts.is_empty() {
             return Vec::new();
@@ -132,7 +132,7 @@ impl Transport {
         domain: &str,
         sender: &str,
         rcpts: &[String],
-        message: &Arc<[u8]>,
+        message: &bytes::Bytes,
     ) -> Vec<Reply> {
         let n = rcpts.len();
         // Addresses go into SMTP command lines and HTTP headers: refuse any that could break out.
@@ -225,7 +225,7 @@ impl Transport {
         host: &str,
         sender: &str,
         rcpts: &[String],
-        message: &Arc<[u8]>,
+        message: &bytes::Bytes,
         results: &mut [Option<Reply>],
     ) -> Result<(), Unreachable> {
         let ips = match self.dns.ips(host).await {

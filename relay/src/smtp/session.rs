@@ -520,14 +520,13 @@ impl Session {
     }
 
     /// Memory a message of `size` bytes (0: not declared) holds while it is received and
-    /// checked. Past `SPILL` bytes a body goes to disk and the checks map it, so incoming mail
-    /// holds at most `SPILL`; outgoing mail is copied whole for the header cleanup and the
-    /// DKIM signature.
+    /// checked: past `SPILL` bytes a body goes to disk, and the checks, the outgoing header
+    /// cleanup and the DKIM signature map it or rewrite only its header, so any message holds
+    /// at most `SPILL` (outgoing too, unless its header is too long to split off; see `data`).
     fn memory_need(&self, size: u64) -> u64 {
-        match (size, self.direction()) {
-            (0, _) => SPILL as u64,
-            (n, Direction::Incoming) => n.min(SPILL as u64),
-            (n, Direction::Outgoing) => n,
+        match size {
+            0 => SPILL as u64,
+            n => n.min(SPILL as u64),
         }
     }
 
@@ -643,9 +642,10 @@ impl Session {
             }
         };
         let busy = || codes::BUSY.reply();
-        // Outgoing mail is copied whole for the cleanup and the signature (`memory_need`).
+        // A header too long to split off (`Spooler::is_raw`) leaves outgoing mail to be
+        // cleaned and signed whole in memory: only then is its whole size charged.
         let dir = self.direction();
-        if spooler.is_spooling() && dir == Direction::Outgoing && !held.grow(size, limit) {
+        if spooler.is_raw() && dir == Direction::Outgoing && !held.grow(size, limit) {
             tracing::warn!(
                 size,
                 in_flight = self.relay.inflight.used(),

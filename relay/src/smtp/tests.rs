@@ -85,7 +85,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Client<S> {
 }
 
 /// A session over a duplex pipe; `tls` says whether it runs as if TLS were already up.
-fn start(
+pub(super) fn start(
     relay: &Arc<Relay>,
     kind: Kind,
     tls: bool,

@@ -1,7 +1,7 @@
 //! The limits a client cannot talk its way around: the login deadline on submission, the
 //! overall DATA deadline, the in-flight memory budget, and the per-IP connection cap.
 
-use super::tests::{inbox, message, relay, relay_with, started, PASS, RCPT, USER};
+use super::tests::{inbox, message, relay, relay_with, start, started, PASS, RCPT, USER};
 use super::*;
 use crate::config::ByteSize;
 use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
@@ -311,4 +311,144 @@ async fn large_submission_is_spooled_and_stored_as_cleaned() {
     ));
     assert_eq!(inbox(&r, RCPT).await, vec![expect.clone()]);
     assert!(!String::from_utf8_lossy(&expect).contains("X-Mailer"));
+}
+
+/// Outgoing mail past `SPILL` is cleaned and signed from its spool (only the header is
+/// rewritten; the signed copy for remote recipients is the new header, then the spooled body
+/// copied file to file), so, like incoming mail, it needs about `SPILL` of the budget (the
+/// share grows in doubling steps, to 2 × `SPILL` at most): three parallel submissions whose
+/// sizes add up to far more than the budget are all taken.
+#[tokio::test]
+async fn large_outgoing_mail_needs_no_budget_for_the_whole_message() {
+    const N: usize = 3;
+    const SPILL: u64 = 256 * 1024;
+    const REMOTE: &str = "bob@example.org";
+    let d = tempfile::tempdir().unwrap();
+    let r = relay_with(d.path(), |c| {
+        // The budget is never less than the size limit.
+        c.max_message_size = 1_800_000;
+        c.max_inflight_message_memory = ByteSize(1_800_000);
+    });
+    r.accounts.login(USER, PASS).await.unwrap();
+    r.accounts.login(RCPT, "password2").await.unwrap();
+    let msg = message(USER, &filler(1_700_000));
+    let msg = msg.replacen("\r\n", "\r\nX-Mailer: leaky 1.0\r\n", 1);
+    let cut = msg.len() - 100;
+    let mut clients = Vec::new();
+    for _ in 0..N {
+        let mut c = started(&r, Kind::Submissions, true).await;
+        c.login().await;
+        let mail = format!("MAIL FROM:<{USER}> SIZE={}", msg.len());
+        assert_eq!(c.cmd(&mail).await, "250 2.1.0 Ok");
+        assert_eq!(c.cmd(&format!("RCPT TO:<{RCPT}>")).await, "250 2.1.5 Ok");
+        assert_eq!(c.cmd(&format!("RCPT TO:<{REMOTE}>")).await, "250 2.1.5 Ok");
+        assert!(c.cmd("DATA").await.starts_with("354 "));
+        c.send(&msg.as_bytes()[..cut]).await;
+        clients.push(c);
+    }
+    let used = r.inflight.used();
+    assert!(
+        used <= N as u64 * 2 * SPILL,
+        "{N} submissions hold {used} bytes"
+    );
+    for c in &mut clients {
+        c.send(&msg.as_bytes()[cut..]).await;
+        let reply = c.cmd(".").await;
+        assert!(reply.starts_with("250 2.0.0 OK queued as "), "{reply}");
+    }
+    assert_eq!(r.inflight.used(), 0);
+    let cleaned = crate::policy::headers::clean_outgoing(msg.as_bytes());
+    let local = crate::policy::prepare_local_delivery(&cleaned);
+    assert_eq!(inbox(&r, RCPT).await, vec![local; N]);
+    // An IP-literal relay does not sign: the remote copy is the cleaned message.
+    let queued = r.store.queued().unwrap();
+    assert_eq!(queued.len(), N);
+    for q in queued {
+        assert_eq!(r.store.read_body(q.body_id).await.unwrap(), cleaned);
+        assert_eq!(q.size, cleaned.len() as u64);
+    }
+    assert_eq!(
+        std::fs::read_dir(r.store.dir().join("tmp"))
+            .unwrap()
+            .count(),
+        0
+    );
+}
+
+/// The signed copy of a large submission (made from the spool: new header, DKIM signature
+/// over it and the mapped body, then the body copied file to file) verifies at the receiver,
+/// and it is taken with less in-flight budget left than its size.
+#[tokio::test]
+async fn large_outgoing_mail_is_signed_from_its_spool_and_verifies() {
+    use base64::Engine;
+    const FROM: &str = "abcdefghi@a.test";
+    const LOCAL: &str = "rcptuser1@a.test";
+    let d = tempfile::tempdir().unwrap();
+    let mut cfg = crate::testkit::test_config(d.path()).unwrap();
+    cfg.mail_domain = "a.test".into();
+    cfg.max_message_size = 2_000_000;
+    cfg.max_inflight_message_memory = ByteSize(2_000_000);
+    let key = crate::dkim::Dkim::key_path(&cfg);
+    std::fs::create_dir_all(key.parent().unwrap()).unwrap();
+    std::fs::write(&key, include_str!("../../tests/data/dkim-pkcs1.pem")).unwrap();
+    let r = crate::server::build(cfg).unwrap();
+    r.accounts.login(FROM, PASS).await.unwrap();
+    r.accounts.login(LOCAL, "password2").await.unwrap();
+    // Others hold half of the budget: less than the message, more than it needs.
+    let mut others = r.inflight.hold();
+    assert!(others.grow(1_000_000, 1_000_000));
+    let (mut c, _task) = start(&r, Kind::Submissions, true);
+    assert!(c.reply().await.unwrap().starts_with("220 "));
+    assert!(c.cmd("EHLO client").await.starts_with("250"));
+    let auth = base64::engine::general_purpose::STANDARD.encode(format!("\0{FROM}\0{PASS}"));
+    assert!(c
+        .cmd(&format!("AUTH PLAIN {auth}"))
+        .await
+        .starts_with("235 "));
+    let msg = message(FROM, &filler(1_500_000));
+    let msg = msg.replacen(
+        "\r\n",
+        "\r\nReceived: from [192.0.2.7]\r\nX-Mailer: m\r\n",
+        1,
+    );
+    assert_eq!(c.cmd(&format!("MAIL FROM:<{FROM}>")).await, "250 2.1.0 Ok");
+    assert_eq!(c.cmd(&format!("RCPT TO:<{LOCAL}>")).await, "250 2.1.5 Ok");
+    assert_eq!(c.cmd("RCPT TO:<bob@b.test>").await, "250 2.1.5 Ok");
+    assert!(c.cmd("DATA").await.starts_with("354 "));
+    c.send(msg.as_bytes()).await;
+    let reply = c.cmd(".").await;
+    assert!(reply.starts_with("250 2.0.0 OK queued as "), "{reply}");
+
+    let cleaned = crate::policy::headers::clean_outgoing(msg.as_bytes());
+    let queued = r.store.queued().unwrap();
+    assert_eq!(queued.len(), 1);
+    let signed = r.store.read_body(queued[0].body_id).await.unwrap();
+    assert!(signed.starts_with(b"DKIM-Signature: "));
+    assert!(
+        signed.ends_with(&cleaned),
+        "the signature, then the cleaned message"
+    );
+    assert!(signed.len() > 1_500_000);
+    // The receiver's origin check, with the published key.
+    let rd = tempfile::tempdir().unwrap();
+    let mut rcfg = crate::config::Config::with_domain("rcv.test", rd.path()).unwrap();
+    rcfg.dns_servers = vec![crate::testkit::servfail_server()];
+    let dns = crate::dns::Dns::new(&rcfg).unwrap();
+    let dkim = crate::dkim::Dkim::load(&r.cfg).unwrap();
+    dns.pin_dkim_key(&dkim.record_name(), &dkim.txt_record().unwrap())
+        .unwrap();
+    let peer = Some(std::net::IpAddr::from([192, 0, 2, 1]));
+    let verified = crate::dkim::verify_origin(&dns, &rcfg, peer, &signed).await;
+    assert_eq!(verified, Ok(()));
+    // A changed body byte fails it: the signature covers the spooled body.
+    let mut tampered = signed.clone();
+    let at = tampered.len() - 2_000;
+    tampered[at] ^= 1;
+    assert!(crate::dkim::verify_origin(&dns, &rcfg, peer, &tampered)
+        .await
+        .is_err());
+    assert_eq!(
+        inbox(&r, LOCAL).await,
+        vec![crate::policy::prepare_local_delivery(&cleaned)]
+    );
 }

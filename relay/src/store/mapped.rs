@@ -113,6 +113,12 @@ impl std::ops::Deref for Mapped {
     }
 }
 
+impl AsRef<[u8]> for Mapped {
+    fn as_ref(&self) -> &[u8] {
+        self
+    }
+}
+
 impl Drop for Mapped {
     fn drop(&mut self) {
         // SAFETY: the range `new` reserved, no longer borrowed (`deref` borrows `self`).
@@ -120,10 +126,17 @@ impl Drop for Mapped {
     }
 }
 
-/// A message for the checks: in memory (small ones), or [`Mapped`] from its spool.
+/// A message for the checks: in memory (small ones), or [`Mapped`] from its spool. Also a
+/// stored body mapped for the outbound transport ([`crate::store::Store::map_body`]).
 pub enum Received {
     Heap(Vec<u8>),
     Mapped(Mapped),
+}
+
+impl AsRef<[u8]> for Received {
+    fn as_ref(&self) -> &[u8] {
+        self
+    }
 }
 
 impl std::ops::Deref for Received {

@@ -379,6 +379,32 @@ impl Store {
             .map_err(|_| StoreError::Closed)?
     }
 
+    /// A stored body mapped read-only instead of read: the queue hands large signed copies to
+    /// the transport so, without a heap copy per delivery attempt. Stored bodies are never
+    /// written or truncated, only unlinked, which leaves a mapping intact.
+    pub async fn map_body(&self, body_id: u64) -> Result<Received, StoreError> {
+        let path = self.body_path(body_id);
+        let db = self.inner.db.clone();
+        tokio::task::spawn_blocking(move || {
+            // Small bodies live in the index, not in a file (store format 3).
+            if let Some(b) = index::inline_body(&db, body_id)? {
+                return Ok(Received::Heap(b));
+            }
+            let io = |source| StoreError::Io {
+                path: path.clone(),
+                source,
+            };
+            let file = std::fs::File::open(&path).map_err(io)?;
+            let len = file.metadata().map_err(io)?.len();
+            Ok(match Mapped::new(&[], &file, 0, len).map_err(io)? {
+                Some(m) => Received::Mapped(m),
+                None => Received::Heap(Vec::new()),
+            })
+        })
+        .await
+        .map_err(|_| StoreError::Closed)?
+    }
+
     /// [`Store::read_body`] for code already off the async workers (SEARCH's pool).
     pub fn read_body_blocking(&self, body_id: u64) -> Result<Vec<u8>, StoreError> {
         if let Some(b) = index::inline_body(&self.inner.db, body_id)? {
@@ -493,17 +519,18 @@ impl Store {
 
     // ---- outbound queue ------------------------------------------------------------------
 
-    /// Queues `data` (the signed message) from `sender` for the remote `rcpts`, together with a
-    /// local copy for `local` accounts if given. Returns the queue id once both are durable.
+    /// Queues `data` (the signed message, in memory or spooled) from `sender` for the remote
+    /// `rcpts`, together with a local copy for `local` accounts if given. Returns the queue id
+    /// once both are durable.
     pub async fn enqueue(
         &self,
         sender: &str,
         rcpts: Vec<String>,
-        data: Arc<[u8]>,
+        data: Body,
         now: i64,
         local: Option<(&[AccountId], Body)>,
     ) -> Result<u64, StoreError> {
-        let mut queued = self.put_body(Body::Bytes(data.clone())).await?;
+        let mut queued = self.put_body(data).await?;
         let mut inline = queued.inline();
         let local = match local {
             Some((accounts, body)) => match self.put_body(body).await {
@@ -526,7 +553,7 @@ impl Store {
         let entry = Queued {
             id: 0,
             body_id: queued.id,
-            size: data.len() as u64,
+            size: queued.size,
             sender: sender.to_string(),
             rcpts,
             created: now,

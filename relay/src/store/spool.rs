@@ -120,6 +120,40 @@ impl Spool {
         }
     }
 
+    /// A new spool holding `head` and then this spool's bytes from `offset` on: the signed
+    /// copy of outgoing mail, a new header before the spooled body. The body goes file to file
+    /// (`copy_file_range` where the file system has it, else through std's 8 KiB buffer), never
+    /// through a buffer of the message's size.
+    pub async fn splice(&mut self, head: Vec<u8>, offset: u64) -> Result<Spool, StoreError> {
+        let mut out = Spool::create(&self.store).await?;
+        let mut dst = out.file.take().ok_or(StoreError::Closed)?;
+        let n = self.len.saturating_sub(offset);
+        let head_len = head.len() as u64;
+        let crash = self.store.crash_point();
+        let dst = self
+            .with_file(move |src| {
+                use std::io::{Read, Seek, SeekFrom};
+                if crash == Some(CrashPoint::DiskFull) {
+                    dst.write_all(&head[..head.len() / 2])?;
+                    return Err(std::io::Error::from_raw_os_error(28));
+                }
+                dst.write_all(&head)?;
+                src.seek(SeekFrom::Start(offset))?;
+                let copied = std::io::copy(&mut (&*src).take(n), &mut dst);
+                // Later writes to this spool append, wherever the copy stopped.
+                src.seek(SeekFrom::End(0))?;
+                if copied? != n {
+                    return Err(std::io::ErrorKind::UnexpectedEof.into());
+                }
+                Ok(dst)
+            })
+            .await?;
+        out.file = Some(dst);
+        out.len = head_len + n;
+        SPOOLED.fetch_add(out.len, Ordering::Relaxed);
+        Ok(out)
+    }
+
     /// Makes the file durable and moves it into `mail/`; returns its body id. The directory
     /// fsync that makes the rename durable is the writer's, once per batch, as for every body.
     pub(super) async fn commit(mut self) -> Result<u64, StoreError> {

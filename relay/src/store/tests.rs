@@ -396,7 +396,7 @@ async fn queue_entry_with_local_copy_survives_reopen() {
         .enqueue(
             "alice0001@x.org",
             rcpts.clone(),
-            body(1),
+            body(1).into(),
             100,
             Some((&[acc], body(2).into())),
         )
@@ -429,7 +429,7 @@ async fn queue_update_reports_each_recipient_once() {
         "carol0001@c.test".to_string(),
     ];
     let id = s
-        .enqueue("alice0001@x.org", rcpts, body(1), 100, None)
+        .enqueue("alice0001@x.org", rcpts, body(1).into(), 100, None)
         .await
         .unwrap();
     // bob delivered, carol deferred
@@ -485,7 +485,7 @@ async fn crash_while_queueing_keeps_all_or_nothing() {
             .enqueue(
                 "alice0001@x.org",
                 vec!["bob000001@b.test".into()],
-                body(1),
+                body(1).into(),
                 1,
                 Some((&[acc], body(2).into())),
             )
@@ -671,6 +671,83 @@ async fn crash_at_each_step_of_a_spooled_delivery_reopens_consistent() {
             1
         };
         assert_eq!(n, expect, "{point:?}");
+    }
+}
+
+/// The signed copy of a large outgoing message is a second spool made from the first (a new
+/// header, then the first one's body bytes, file to file); queued with the first as the local
+/// copy, both are kept or neither at every crash point, and only a durable pair is answered.
+#[tokio::test]
+async fn crash_while_queueing_a_spliced_copy_keeps_all_or_nothing() {
+    for point in [
+        None,
+        Some(CrashPoint::DiskFull),
+        Some(CrashPoint::AfterTmpWrite),
+        Some(CrashPoint::AfterRename),
+        Some(CrashPoint::AfterCommit),
+    ] {
+        let d = tempfile::tempdir().unwrap();
+        let (s, acc, inbox) = store_with_account(d.path()).await;
+        let local_head = b"From: a@x.org\r\n\r\n".to_vec();
+        // Past what one copy_file_range call or std's fallback buffer moves at once.
+        let b = body(4).repeat(20_000);
+        let mut sp = s.spool().await.unwrap();
+        sp.write(local_head.clone()).await.unwrap();
+        sp.write(b.to_vec()).await.unwrap();
+        s.crash_at(point);
+        let r = async {
+            let signed = sp
+                .splice(
+                    b"Sig: x\r\nFrom: a@x.org\r\n\r\n".to_vec(),
+                    local_head.len() as u64,
+                )
+                .await?;
+            s.enqueue(
+                "alice0001@x.org",
+                vec!["bob000001@b.test".into()],
+                Body::Spooled(signed),
+                1,
+                Some((&[acc], Body::Spooled(sp))),
+            )
+            .await
+        }
+        .await;
+        s.crash_at(None);
+        if point.is_none() {
+            let q = s.queued().unwrap();
+            let queued = s.read_body(q[0].body_id).await.unwrap();
+            let expect = [&b"Sig: x\r\nFrom: a@x.org\r\n\r\n"[..], &b[..]].concat();
+            assert_eq!(queued, expect);
+            assert_eq!(q[0].size, queued.len() as u64);
+            let m = s.messages(inbox).unwrap();
+            let local = s.read_body(m[0].body_id).await.unwrap();
+            assert_eq!(local, [&local_head[..], &b[..]].concat());
+        }
+        drop(s);
+        let s = reopen(d.path());
+        let queue = s.queued().unwrap();
+        let msgs = s.messages(inbox).unwrap();
+        let (queued, local) = (queue.len(), msgs.len());
+        assert_eq!(
+            queued, local,
+            "{point:?}: queue entry and local copy go together"
+        );
+        // Every file is named by the queue or the mailbox, and every name has its file.
+        let named: std::collections::BTreeSet<u64> = queue
+            .iter()
+            .map(|q| q.body_id)
+            .chain(msgs.iter().map(|m| m.body_id))
+            .collect();
+        assert_eq!(recover::scan_bodies_for_test(s.dir()), named, "{point:?}");
+        match point {
+            None | Some(CrashPoint::AfterCommit) => assert_eq!(queued, 1, "{point:?}"),
+            Some(_) => {
+                assert!(r.is_err(), "{point:?}: the sender must not hear 250");
+                assert_eq!(queued, 0, "{point:?}: never acknowledged, so not kept");
+            }
+        }
+        assert_eq!(named.len(), queued * 2, "{point:?}: two files per entry");
+        assert_eq!(std::fs::read_dir(d.path().join("tmp")).unwrap().count(), 0);
     }
 }
 

@@ -10,7 +10,7 @@ use hyper::StatusCode;
 use rustls::pki_types::ServerName;
 use std::collections::HashMap;
 use std::net::IpAddr;
-use std::sync::{Arc, Mutex};
+use std::sync::Mutex;
 use std::time::{Duration, Instant};
 use tokio_rustls::TlsConnector;
 
@@ -71,7 +71,7 @@ pub struct Request<'a> {
     pub server_name: ServerName<'static>,
     pub sender: &'a str,
     pub rcpts: &'a [&'a str],
-    pub message: &'a Arc<[u8]>,
+    pub message: &'a Bytes,
 }
 
 impl Pool {
@@ -183,7 +183,7 @@ async fn exchange(mut s: Sender, req: &Request<'_>) -> Result<(Outcome, Option<S
     for r in req.rcpts {
         b = b.header("X-MAIL-TO", *r);
     }
-    let body = Full::new(Bytes::from_owner(req.message.clone()));
+    let body = Full::new(req.message.clone());
     let request = b
         .body(body)
         .map_err(|e| format!("cannot build the request: {e}"))?;

@@ -124,40 +124,63 @@ fn truncate(s: &str) -> String {
 
 /// The message as DATA sends it: every line ending made CRLF (bare LF and bare CR alike, so
 /// that no receiver sees a line end we did not mean), lines that start with `.` get another
-/// one (RFC 5321 §4.5.2), and the terminating `.` line.
+/// one (RFC 5321 §4.5.2), and the terminating `.` line. Sending uses [`DotStuffer`]; this is
+/// the whole-message form the tests compare it with.
+#[cfg(test)]
 pub fn dot_stuff(msg: &[u8]) -> Vec<u8> {
     let mut out = Vec::with_capacity(msg.len() + msg.len() / 50 + 8);
-    let mut at_line_start = true;
-    let mut i = 0;
-    while i < msg.len() {
-        let b = msg[i];
-        if at_line_start && b == b'.' {
-            out.push(b'.');
-        }
-        match b {
-            b'\r' => {
-                out.extend_from_slice(b"\r\n");
-                if msg.get(i + 1) == Some(&b'\n') {
-                    i += 1;
-                }
-                at_line_start = true;
-            }
-            b'\n' => {
-                out.extend_from_slice(b"\r\n");
-                at_line_start = true;
-            }
-            _ => {
-                out.push(b);
-                at_line_start = false;
-            }
-        }
-        i += 1;
-    }
-    if !at_line_start {
-        out.extend_from_slice(b"\r\n");
-    }
-    out.extend_from_slice(b".\r\n");
+    let mut stuffer = DotStuffer::default();
+    stuffer.push(msg, &mut out);
+    stuffer.finish(&mut out);
     out
+}
+
+/// The message as DATA sends it, piece by piece: every line ending made CRLF (bare LF and
+/// bare CR alike, so that no receiver sees a line end we did not mean), lines that start with
+/// `.` get another one (RFC 5321 §4.5.2), and the terminating `.` line; a large message is
+/// sent without a stuffed copy of the whole of it.
+#[derive(Debug, Default)]
+pub struct DotStuffer {
+    /// The last byte was neither CR nor LF.
+    mid_line: bool,
+    /// The last byte was a CR (already sent as CRLF): an LF right after it is part of it.
+    after_cr: bool,
+}
+
+impl DotStuffer {
+    pub fn push(&mut self, msg: &[u8], out: &mut Vec<u8>) {
+        for &b in msg {
+            if std::mem::take(&mut self.after_cr) && b == b'\n' {
+                continue;
+            }
+            if !self.mid_line && b == b'.' {
+                out.push(b'.');
+            }
+            match b {
+                b'\r' => {
+                    out.extend_from_slice(b"\r\n");
+                    self.after_cr = true;
+                    self.mid_line = false;
+                }
+                b'\n' => {
+                    out.extend_from_slice(b"\r\n");
+                    self.mid_line = false;
+                }
+                _ => {
+                    out.push(b);
+                    self.mid_line = true;
+                }
+            }
+        }
+    }
+
+    /// The end of the last line, if it had none, and the terminating `.` line.
+    pub fn finish(self, out: &mut Vec<u8>) {
+        if self.mid_line {
+            out.extend_from_slice(b"\r\n");
+        }
+        out.extend_from_slice(b".\r\n");
+    }
 }
 
 /// A stream with a read buffer for replies.
@@ -298,7 +321,16 @@ pub async fn deliver(tcp: TcpStream, s: Session<'_>) -> Result<Vec<Reply>, Strin
         c.quit().await;
         return Ok(replies);
     }
-    c.write(&dot_stuff(s.message)).await?;
+    let mut stuffer = DotStuffer::default();
+    let mut buf = Vec::with_capacity(WRITE_CHUNK + WRITE_CHUNK / 8);
+    for piece in s.message.chunks(WRITE_CHUNK) {
+        buf.clear();
+        stuffer.push(piece, &mut buf);
+        c.write(&buf).await?;
+    }
+    buf.clear();
+    stuffer.finish(&mut buf);
+    c.write(&buf).await?;
     let r = c.read_reply().await?;
     let fin = if r.is_positive() {
         Reply::new(250, "OK (SMTP)")

@@ -238,7 +238,7 @@ async fn inbox_len(r: &Relay, addr: &str) -> usize {
     crate::testkit::inbox(r, addr).await.len()
 }
 
-fn msg(to: &str) -> Arc<[u8]> {
+fn msg(to: &str) -> bytes::Bytes {
     testmsg::encrypted(SENDER, to).into()
 }
 
@@ -335,7 +335,7 @@ async fn unknown_and_mixed_recipients_get_their_own_answers_over_https() {
     assert_eq!(replies[1], Reply::new(250, "OK (HTTPS)"));
     assert_eq!(inbox_len(&rx.relay, a).await, 1);
     // Refused at the gate: plain text is a final 523 for the one recipient.
-    let plain: Arc<[u8]> = testmsg::plain(SENDER, a).into();
+    let plain: bytes::Bytes = testmsg::plain(SENDER, a).into();
     let replies = t.deliver("[127.0.0.2]", SENDER, &rcpts[1..2], plain).await;
     assert_eq!(codes(&replies), vec![523], "{replies:?}");
     // None of this made the host look like one without /mxdeliv.
@@ -356,7 +356,7 @@ async fn without_https_smtp_delivers_and_the_host_is_remembered() {
     assert_eq!(inbox_len(&rx.relay, a).await, 1);
     assert!(t.is_https_unsupported("[127.0.0.3]"));
     // Next time straight to SMTP; a refusal at DATA (plain text) is the remote's reply as is.
-    let plain: Arc<[u8]> = testmsg::plain(SENDER, a).into();
+    let plain: bytes::Bytes = testmsg::plain(SENDER, a).into();
     let replies = t.deliver("[127.0.0.3]", "", &rcpts[..1], plain).await;
     assert_eq!(codes(&replies), vec![523], "{replies:?}");
     // Only unknown recipients: no DATA at all.
@@ -761,6 +761,23 @@ mod props {
             let normalized = String::from_utf8(msg.clone()).unwrap().replace("\r\n", "\n").replace('\r', "\n").replace('\n', "\r\n");
             let normalized = if normalized.is_empty() || normalized.ends_with("\r\n") { normalized } else { normalized + "\r\n" };
             prop_assert_eq!(back, normalized);
+        }
+
+        /// Stuffed piece by piece (as a large message is sent), split anywhere, even between
+        /// a CR and its LF, the data is the same as stuffed whole.
+        #[test]
+        fn dot_stuffing_in_pieces_is_the_same(msg in proptest::collection::vec(prop_oneof![Just(b'.'), Just(b'\r'), Just(b'\n'), Just(b'a')], 0..200), cuts in proptest::collection::vec(0usize..200, 0..4)) {
+            let mut cuts: Vec<usize> = cuts.into_iter().map(|c| c.min(msg.len())).collect();
+            cuts.sort_unstable();
+            let mut stuffer = super::super::smtp::DotStuffer::default();
+            let mut out = Vec::new();
+            let mut from = 0;
+            for c in cuts.into_iter().chain([msg.len()]) {
+                stuffer.push(&msg[from..c], &mut out);
+                from = c;
+            }
+            stuffer.finish(&mut out);
+            prop_assert_eq!(out, dot_stuff(&msg));
         }
     }
 }
