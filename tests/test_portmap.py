@@ -426,6 +426,21 @@ def test_carrier_grade_nat_is_reported(home):
     assert net.stop_relay() == 0
 
 
+def stun_binding(ext: str) -> bool:
+    """Whether a STUN Binding request (RFC 5389) to `ext`:3478 gets a Binding success answer."""
+    tid = os.urandom(12)
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
+        s.settimeout(1)
+        for _ in range(3):
+            s.sendto(b"\x00\x01\x00\x00\x21\x12\xa4\x42" + tid, (ext, 3478))
+            try:
+                b = s.recv(1500)
+            except TimeoutError:
+                continue
+            return b[:2] == b"\x01\x01" and b[8:20] == tid
+    return False
+
+
 class UpdateServer:
     """A dynamic DNS provider's update URL (dyndns2 style) on the internet side: records every
     request and answers `good <ip>`."""
@@ -483,6 +498,10 @@ def test_no_router_support_is_reported_and_retry_finds_the_router(home):
         net.start_router()
         browser_check(net, data, "portmap-test-password-1")
         assert provider.requests == ["/nic/update?hostname=relay.test&myip=81.2.69.2"]
+        # TURN restarted to announce the router's address, and answers through the UDP mapping
+        net.wait_log(r"TURN restarted")
+        assert in_ns(net.inet, stun_binding, net.ext), net.relay_log.read_text()[-3000:]
+        assert "for TURN" not in net.relay_log.read_text()
         want = {p: f"{LAN_RELAY}:{p}" for p in PORTS}
         want |= {f"{p}/udp": f"{LAN_RELAY}:{p}" for p in TURN_PORTS}
         assert net.mappings() == want

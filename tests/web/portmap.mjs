@@ -14,8 +14,8 @@ const args = JSON.parse(process.argv[2]);
 const { result, step, shot } = run(args);
 
 // The panel alone (the pages are long): scrolled to the top of the window.
-async function panelShot(pg, file) {
-  await pg.evaluate(() => document.querySelector("#portmap-note").previousElementSibling.scrollIntoView({ block: "start" }));
+async function panelShot(pg, file, note = "#portmap-note") {
+  await pg.evaluate((n) => document.querySelector(n).previousElementSibling.scrollIntoView({ block: "start" }), note);
   await pg.screenshot({ path: file });
 }
 
@@ -61,6 +61,7 @@ try {
   result.after_facts = await page.textContent("#portmap-facts");
   result.after_ddns = await ddns(page);
   await panelShot(page, path.join(args.shots, "wizard-mapped.png"));
+  await panelShot(page, path.join(args.shots, "wizard-ddns.png"), "#ddns-note");
   result.overflow = await page.evaluate(() => document.documentElement.scrollWidth - document.documentElement.clientWidth);
 
   // Set-up finished (an admin password): the admin page on HTTPS shows the same.
@@ -78,6 +79,7 @@ try {
   result.admin_ddns = await ddns(page);
   result.admin_status = await page.textContent("#status");
   await panelShot(page, path.join(args.shots, "admin-mapped.png"));
+  await panelShot(page, path.join(args.shots, "admin-ddns.png"), "#ddns-note");
   result.admin_overflow = await page.evaluate(() => document.documentElement.scrollWidth - document.documentElement.clientWidth);
   result.ok = true;
 } catch (e) {
