@@ -216,6 +216,7 @@ async function loadDns() {
   }
   $("hairpin").textContent = d.hairpin;
   loadPortmap().catch((e) => showError(e.message));
+  loadDdns().catch((e) => showError(e.message));
 }
 
 // Automatic port mapping (relay/src/portmap/): the router's answer per port, and what its
@@ -238,20 +239,42 @@ function showPortmap(s) {
   if (s.external_ipv4) facts.push("external address: " + s.external_ipv4);
   if (s.checked) facts.push("checked " + new Date(s.checked * 1000).toLocaleTimeString());
   $("portmap-facts").textContent = facts.join("; ");
-  const body = $("portmap").tBodies[0];
+  fillPorts($("portmap"), s.ports);
+  // IPv6 needs no forward, only a way through the router's firewall (PCP pinholes).
+  $("ipv6-note").textContent = s.ipv6_note || "";
+  $("ipv6-note").className = s.ipv6_router ? "ok" : "";
+  fillPorts($("pinholes"), s.pinholes || []);
+  $("pinholes").hidden = !(s.pinholes && s.pinholes.length);
+  $("portmap-retry").hidden = s.state === "off" || s.state === "nothing_to_map";
+  return working;
+}
+
+function fillPorts(table, ports) {
+  const body = table.tBodies[0];
   body.textContent = "";
-  for (const p of s.ports) {
+  // TURN's relay range is a hundred UDP ports: neighbours with the same outcome share a row.
+  const rows = [];
+  for (const p of ports) {
+    const last = rows[rows.length - 1];
+    if (last && p.protocol === "udp" && last.protocol === "udp" && p.service === last.service &&
+        p.result === last.result && p.detail === last.detail && p.external === last.last + 1) {
+      last.last = p.external;
+    } else {
+      rows.push(Object.assign({ last: p.external }, p));
+    }
+  }
+  for (const p of rows) {
     const tr = body.insertRow();
-    tr.dataset.port = p.external;
+    const udp = p.protocol === "udp" ? "/udp" : "";
+    tr.dataset.port = (p.last !== p.external ? p.external + "-" + p.last : p.external) + udp;
     tr.dataset.result = p.result;
-    tr.insertCell().textContent = p.external + (p.internal !== p.external ? " → " + p.internal : "");
+    tr.insertCell().textContent = (p.last !== p.external ? p.external + "–" + p.last : p.external) + udp +
+      (p.internal !== p.external ? " → " + p.internal : "");
     tr.insertCell().textContent = p.service;
     const r = tr.insertCell();
     r.textContent = PORTMAP_RESULT[p.result] + (p.detail ? ": " + p.detail : "");
     r.className = p.result === "mapped" ? "ok" : "error";
   }
-  $("portmap-retry").hidden = s.state === "off" || s.state === "nothing_to_map";
-  return working;
 }
 
 async function loadPortmap() {
@@ -267,8 +290,65 @@ function portmapButton() {
   button("portmap-retry", async () => {
     $("portmap-note").textContent = "Asking the router…";
     // A round already under way: follow it instead.
-    if (showPortmap(await api("POST", "portmap/retry"))) await loadPortmap();
+    const s = await api("POST", "portmap/retry");
+    if (showPortmap(s)) await loadPortmap();
+    // A new external address from the router makes dynamic DNS check at once.
+    await followDdns(s.checked || Math.floor(Date.now() / 1000));
   });
+}
+
+// Dynamic DNS (relay/src/ddns/): the last update, the addresses published, what the server or
+// provider said, and when the next check is due. In the wizard's DNS step and on the admin page.
+function showDdns(d) {
+  const note = $("ddns-note");
+  if (!note) return;
+  const when = (t) => (t ? new Date(t * 1000).toLocaleString() : "—");
+  const u = d.last_update;
+  note.className = u ? (u.ok ? "ok" : "error") : "";
+  if (!d.enabled) {
+    note.textContent = "Off: set an update URL or an RFC 2136 server under [ddns] in the config, and the relay keeps the A/AAAA records at this box's public addresses.";
+  } else if (d.note) {
+    note.textContent = "Off: " + d.note + ".";
+  } else if (!u) {
+    note.textContent = d.last_check ? "No public address known yet: nothing to publish." : "Not checked yet.";
+  } else {
+    note.textContent = u.ok ? "The records were updated." : "The last update failed; it is tried again at the next check.";
+  }
+  const body = $("ddns").tBodies[0];
+  body.textContent = "";
+  if (!d.enabled || d.note) return;
+  const now = [d.current.ipv4, d.current.ipv6].filter((a) => a).join(", ");
+  const rows = [
+    ["last-update", "Last update", u ? when(u.at) + (u.ok ? "" : " (failed)") : "none yet"],
+    ["published", "Addresses published", d.last_success ? d.last_success.addresses : "none yet"],
+    ["result", "Result", u ? u.result : "—"],
+    ["current", "Public addresses now", now || "none known"],
+    ["next-check", "Next check", when(d.next_check)],
+  ];
+  for (const [key, k, v] of rows) {
+    const tr = body.insertRow();
+    tr.dataset.key = key;
+    tr.insertCell().textContent = k;
+    const c = tr.insertCell();
+    c.textContent = v;
+    if (key === "result" && u) c.className = u.ok ? "ok" : "error";
+  }
+}
+
+async function loadDdns() {
+  if ($("ddns-note")) showDdns(await api("GET", "ddns"));
+}
+
+// Follows the check dynamic DNS makes after `since` (Unix time) until its update is over.
+async function followDdns(since) {
+  if (!$("ddns-note")) return;
+  for (let i = 0; i < 15; i++) {
+    const d = await api("GET", "ddns");
+    showDdns(d);
+    if (!d.enabled || d.note) return;
+    if (d.last_check >= since && d.last_update && d.last_update.at >= d.last_check) return;
+    await sleep(1000);
+  }
 }
 
 async function certStatus() {
@@ -530,6 +610,7 @@ async function showAdmin() {
   $("welcome").hidden = !location.search.includes("welcome");
   await Promise.all([loadStatus(), loadSettings()]);
   loadPortmap().catch((e) => showError(e.message));
+  loadDdns().catch((e) => showError(e.message));
 }
 
 function adminPage() {

@@ -20,6 +20,8 @@ leaves the machine.
 from __future__ import annotations
 
 import ctypes
+import http.server
+import ipaddress
 import json
 import os
 import re
@@ -30,6 +32,7 @@ import ssl
 import subprocess
 import threading
 import time
+import urllib.parse
 import urllib.request
 from http.cookiejar import CookieJar
 from pathlib import Path
@@ -42,6 +45,11 @@ MINIUPNPD = "/usr/sbin/miniupnpd"
 WEB = REPO / "tests" / "web"
 LAN_ROUTER, LAN_RELAY = "192.168.77.1", "192.168.77.2"
 PORTS = [443, 25, 465, 587, 993, 143, 80]
+# IPv6 (documentation prefix, only inside the namespaces): internet side, LAN, the relay.
+INET6, LAN6 = "2001:db8:69::", "2001:db8:77::"
+RELAY6 = f"{LAN6}2"
+# TURN's server port and the relay range the tests configure (49152-49161).
+TURN_PORTS = [3478, *range(49152, 49162)]
 
 pytestmark = [
     pytest.mark.skipif(os.geteuid() != 0, reason="network namespaces need root"),
@@ -111,15 +119,18 @@ table inet filter {
 class HomeNet:
     """Three namespaces, the router's nftables and miniupnpd; removed by `close`."""
 
-    def __init__(self, tmp: Path, ext_net: str, upnp=True, natpmp=True, deny_ports=(), run_router=True):
+    def __init__(self, tmp: Path, ext_net: str, upnp=True, natpmp=True, deny_ports=(), run_router=True, ipv6=False):
         tag = f"{os.getpid() % 100000}-{int(time.monotonic() * 1000) % 100000}"
         self.inet, self.router, self.lan = f"rbx-i{tag}", f"rbx-r{tag}", f"rbx-l{tag}"
         self.tmp, self.ext = tmp, f"{ext_net}.2"
         self.miniupnpd: subprocess.Popen | None = None
         self.relay: subprocess.Popen | None = None
         self.router_log = tmp / "miniupnpd.log"
+        self.ipv6 = ipv6
         try:
             self._build(ext_net)
+            if ipv6:
+                self._build6()
             if run_router:
                 self.start_router(upnp, natpmp, deny_ports)
         except BaseException:
@@ -148,6 +159,21 @@ class HomeNet:
         rules.write_text(NFT_RULES)
         sh("ip", "netns", "exec", self.router, "nft", "-f", str(rules))
 
+    def _build6(self) -> None:
+        """Routed IPv6 (no NAT): the LAN prefix reaches the internet namespace through the
+        router, whose firewall (the same inet table) drops what comes in unasked."""
+        for ns, dev, addr in [
+            (self.inet, "up0", f"{INET6}1/64"),
+            (self.router, "wan0", f"{INET6}2/64"),
+            (self.router, "lan0", f"{LAN6}1/64"),
+            (self.lan, "eth0", f"{RELAY6}/64"),
+        ]:
+            # nodad: usable at once (duplicate address detection would hold it tentative ~1 s)
+            sh("ip", "-n", ns, "-6", "addr", "add", addr, "dev", dev, "nodad")
+        sh("ip", "-n", self.lan, "-6", "route", "add", "default", "via", f"{LAN6}1")
+        sh("ip", "-n", self.inet, "-6", "route", "add", f"{LAN6}/64", "via", f"{INET6}2")
+        sh("ip", "netns", "exec", self.router, "sysctl", "-qw", "net.ipv6.conf.all.forwarding=1")
+
     def start_router(self, upnp=True, natpmp=True, deny_ports=()) -> None:
         """miniupnpd on the router (without it the router speaks neither UPnP nor NAT-PMP)."""
         tmp = self.tmp
@@ -164,6 +190,7 @@ class HomeNet:
             "upnp_nat_chain=prerouting_miniupnpd",
             "upnp_nat_postrouting_chain=postrouting_miniupnpd",
             "uuid=3bd2c9a5-7c2f-4f5e-9a1b-2c7d1e0f4a11",
+            *([f"ext_ifname6=wan0", f"ipv6_listening_ip={LAN6}1"] if self.ipv6 else []),
             *[f"deny {p} 0.0.0.0/0 0-65535" for p in deny_ports],
             "allow 0-65535 192.168.77.0/24 0-65535",
             "deny 0-65535 0.0.0.0/0 0-65535",
@@ -181,20 +208,31 @@ class HomeNet:
             assert time.monotonic() < deadline, "miniupnpd did not start: " + self.router_log.read_text()
             time.sleep(0.05)
 
-    def mappings(self) -> dict[int, str]:
-        """The router's forwards: external port → internal `ip:port`."""
+    def mappings(self) -> dict:
+        """The router's forwards: external port (TCP) or "port/udp" → internal `ip:port`."""
         out = sh("ip", "netns", "exec", self.router, "nft", "list", "chain", "inet", "filter", "prerouting_miniupnpd")
-        return {int(p): to for p, to in re.findall(r"dport (\d+) dnat ip to (\S+)", out)}
+        # the IPv4 header's protocol byte (bit 72): 0x6 TCP, 0x11 UDP
+        rules = re.findall(r"@nh,72,8 0x([0-9a-f]+) th dport (\d+) dnat ip to (\S+)", out)
+        return {(int(p) if proto == "6" else f"{p}/udp"): to for proto, p, to in rules}
 
-    def start_relay(self, admin_ui=False) -> Path:
+    def pinholes(self) -> dict:
+        """The router's IPv6 pinholes: port (TCP) or "port/udp" → the address let through."""
+        out = sh("ip", "netns", "exec", self.router, "nft", "list", "chain", "inet", "filter", "miniupnpd")
+        # miniupnpd writes raw matches: destination address at bit 192 of the IPv6 header,
+        # next header (6 TCP, 0x11 UDP) at bit 48
+        rules = re.findall(r"th dport (\d+) @nh,192,128 0x([0-9a-f]{32}) @nh,48,8 0x([0-9a-f]+)", out)
+        return {(int(p) if proto == "6" else f"{p}/udp"): str(ipaddress.IPv6Address(int(to, 16)))
+                for p, to, proto in rules}
+
+    def start_relay(self, admin_ui=False, domain=None, extra="") -> Path:
         data = self.tmp / "data"
         cfg = self.tmp / "relay.toml"
         cfg.write_text(
-            f'mail_domain = "[{self.ext}]"\n'
+            f'mail_domain = "{domain or f"[{self.ext}]"}"\n'
             f'data_dir = "{data}"\n'
             'port_mapping = "auto"\n'
             "outbound_probes = []\n"
-            f"admin_ui = {'true' if admin_ui else 'false'}\n"
+            f"admin_ui = {'true' if admin_ui else 'false'}\n" + extra
         )
         self.relay_log = self.tmp / "relay.log"
         with open(self.relay_log, "wb") as log:
@@ -315,25 +353,59 @@ def test_ports_are_mapped_reachable_and_removed_at_shutdown(home):
 
 def test_refused_ports_and_natpmp_only_router_are_reported(home):
     """A router with UPnP off speaks NAT-PMP only, and refuses port 25 (many routers keep some
-    ports for themselves): the relay maps the rest through NAT-PMP and reports 25 as refused."""
+    ports for themselves): the relay maps the rest through NAT-PMP and reports 25 as refused.
+    TURN is on: its UDP ports are mapped with NAT-PMP's UDP request."""
     net = home(ext_net="81.2.69", upnp=False, deny_ports=[25])
-    data = net.start_relay(admin_ui=True)
+    data = net.start_relay(admin_ui=True, extra='turn = true\nturn_relay_ports = "49152-49153"\n')
     line = net.wait_log(r"port mapping router=.*")
     assert "NAT-PMP at 192.168.77.1" in line, line
     want = {p: f"{LAN_RELAY}:{p}" for p in PORTS if p != 25}
+    want |= {f"{p}/udp": f"{LAN_RELAY}:{p}" for p in TURN_PORTS[:3]}
     assert net.mappings() == want, line
     s = in_ns(net.lan, admin_api, data, "portmap")
-    by_port = {p["external"]: p for p in s["ports"]}
+    by_port = {p["external"]: p for p in s["ports"] if p["protocol"] == "tcp"}
+    udp = {p["external"]: p["result"] for p in s["ports"] if p["protocol"] == "udp"}
+    assert udp == {p: "mapped" for p in TURN_PORTS[:3]}, s
     assert by_port[25]["result"] == "refused_by_router", s
     # miniupnpd's NAT-PMP answers a denied port with another free one (26); mail needs 25, so
     # the relay gives that back (it is not in the router's list above) and says why.
     assert "offered port 26 instead" in by_port[25]["detail"], s
-    assert all(by_port[p]["result"] == "mapped" for p in want), s
+    assert all(by_port[p]["result"] == "mapped" for p in want if isinstance(p, int)), s
     assert s["external_ipv4"] == net.ext and s["reach"] == "public", s
     # NAT-PMP forwards like UPnP does
     assert in_ns(net.inet, imaps_banner, net.ext).startswith("* OK")
     assert net.stop_relay() == 0
     assert net.mappings() == {}
+
+
+def test_ipv6_pinholes_are_opened_with_pcp(home):
+    """The router routes IPv6 and its firewall drops what comes in unasked. The relay asks it
+    over PCP (RFC 6887) to let the ports through to the box's IPv6 address: afterwards IMAPS
+    answers on that address from the internet, and at shutdown the pinholes are closed."""
+    net = home(ext_net="81.2.69", ipv6=True)
+
+    def imaps6(timeout=5) -> str:
+        with _tls_ctx().wrap_socket(socket.create_connection((RELAY6, 993), timeout=timeout)) as s:
+            return s.recv(200).decode(errors="replace")
+
+    # the router's firewall: nothing gets in (dropped, so a timeout rather than a refusal)
+    with pytest.raises((socket.timeout, TimeoutError)):
+        in_ns(net.inet, imaps6, 1)
+    data = net.start_relay(admin_ui=True)
+    line = net.wait_log(r"IPv6 pinholes router=.*")
+    assert f"PCP at {LAN6}1" in line and RELAY6 in line, line
+    s = in_ns(net.lan, admin_api, data, "portmap")
+    assert s["ipv6"] == RELAY6 and s["ipv6_router"] == f"PCP at {LAN6}1", s
+    holes = {p["external"]: p for p in s["pinholes"]}
+    assert set(holes) == set(PORTS), s
+    opened = [p for p, h in holes.items() if h["result"] == "mapped"]
+    assert net.pinholes() == {p: RELAY6 for p in opened}, s
+    assert 993 in opened, s
+    assert in_ns(net.inet, imaps6).startswith("* OK")
+    assert net.stop_relay() == 0
+    assert "IPv6 pinholes removed" in net.relay_log.read_text()
+    assert net.pinholes() == {}
+    print("pinholes:", {p: (h["result"], h["detail"]) for p, h in holes.items()})
 
 
 def test_carrier_grade_nat_is_reported(home):
@@ -354,33 +426,101 @@ def test_carrier_grade_nat_is_reported(home):
     assert net.stop_relay() == 0
 
 
+def stun_binding(ext: str) -> bool:
+    """Whether a STUN Binding request (RFC 5389) to `ext`:3478 gets a Binding success answer."""
+    tid = os.urandom(12)
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
+        s.settimeout(1)
+        for _ in range(3):
+            s.sendto(b"\x00\x01\x00\x00\x21\x12\xa4\x42" + tid, (ext, 3478))
+            try:
+                b = s.recv(1500)
+            except TimeoutError:
+                continue
+            return b[:2] == b"\x01\x01" and b[8:20] == tid
+    return False
+
+
+class UpdateServer:
+    """A dynamic DNS provider's update URL (dyndns2 style) on the internet side: records every
+    request and answers `good <ip>`."""
+
+    def __init__(self, ns: str, addr: str):
+        self.requests: list[str] = []
+        seen = self.requests
+
+        class Handler(http.server.BaseHTTPRequestHandler):
+            def do_GET(self):
+                seen.append(self.path)
+                ip = urllib.parse.parse_qs(urllib.parse.urlsplit(self.path).query).get("myip", [""])[0]
+                body = f"good {ip}".encode()
+                self.send_response(200)
+                self.send_header("Content-Length", str(len(body)))
+                self.end_headers()
+                self.wfile.write(body)
+
+            def log_message(self, *a):
+                pass
+
+        # Bound inside the namespace; the socket stays there whichever thread serves it.
+        self.server = in_ns(ns, lambda: http.server.ThreadingHTTPServer((addr, 0), Handler))
+        self.url = f"http://{addr}:{self.server.server_address[1]}"
+        threading.Thread(target=self.server.serve_forever, daemon=True).start()
+
+    def close(self) -> None:
+        self.server.shutdown()
+        self.server.server_close()
+
+
 def test_no_router_support_is_reported_and_retry_finds_the_router(home):
     """With nothing answering UPnP or NAT-PMP every port says "no router support"; once the
-    router speaks, "Retry" on the admin page maps them (Chromium)."""
+    router speaks, "Retry" in the wizard's DNS step maps them, TURN's UDP ports included, and
+    the router's public address reaches dynamic DNS, whose update the wizard and the admin page
+    show (Chromium)."""
     net = home(ext_net="81.2.69", run_router=False)
-    data = net.start_relay(admin_ui=True)
-    net.wait_log(r"port mapping router=.*")
-    s = in_ns(net.lan, admin_api, data, "portmap")
-    assert s["router"] is None, s
-    assert {p["result"] for p in s["ports"]} == {"no_router_support"}, s
-    assert "No router support" in s["note"], s
-    # The router's owner switches UPnP on.
-    net.start_router()
-    # Set-up finished (an admin password), so the admin page on HTTPS is where the result is.
-    password = "portmap-test-password-1"
-    in_ns(net.lan, admin_api, data, "password", "POST", {"password": password})
-    browser_check(net, password)
-    assert net.mappings() == {p: f"{LAN_RELAY}:{p}" for p in PORTS}
-    assert net.stop_relay() == 0
-    assert net.mappings() == {}
+    provider = UpdateServer(net.inet, "81.2.69.1")
+    try:
+        data = net.start_relay(admin_ui=True, domain="relay.test", extra=(
+            'turn_relay_ports = "49152-49161"\n'
+            "[ddns]\n"
+            f'update_url = "{provider.url}/nic/update?hostname={{domain}}&myip={{ip}}"\n'
+            "ipv6 = false\n"
+        ))
+        net.wait_log(r"port mapping router=.*")
+        s = in_ns(net.lan, admin_api, data, "portmap")
+        assert s["router"] is None, s
+        assert {p["result"] for p in s["ports"]} == {"no_router_support"}, s
+        assert "No router support" in s["note"], s
+        d = in_ns(net.lan, admin_api, data, "ddns")
+        assert d["enabled"] and d["last_update"] is None and d["next_check"], d
+        assert provider.requests == []
+        # The router's owner switches UPnP on.
+        net.start_router()
+        browser_check(net, data, "portmap-test-password-1")
+        assert provider.requests == ["/nic/update?hostname=relay.test&myip=81.2.69.2"]
+        # TURN restarted to announce the router's address, and answers through the UDP mapping
+        net.wait_log(r"TURN restarted")
+        assert in_ns(net.inet, stun_binding, net.ext), net.relay_log.read_text()[-3000:]
+        assert "for TURN" not in net.relay_log.read_text()
+        want = {p: f"{LAN_RELAY}:{p}" for p in PORTS}
+        want |= {f"{p}/udp": f"{LAN_RELAY}:{p}" for p in TURN_PORTS}
+        assert net.mappings() == want
+        assert net.stop_relay() == 0
+        assert net.mappings() == {}
+    finally:
+        provider.close()
 
 
-def browser_check(net: HomeNet, password: str) -> None:
+def browser_check(net: HomeNet, data: Path, password: str) -> None:
     if not (WEB / "node_modules" / "playwright-core").exists() or not shutil.which("node"):
         pytest.fail("playwright-core or node missing: run `scripts/test.sh setup`")
     shots = artifacts_dir() / "portmap"
     args = {
+        "http": f"http://{LAN_RELAY}",
         "https": f"https://{LAN_RELAY}",
+        "code": (data / "setup-code").read_text().strip(),
+        "domain": "relay.test",
+        "ext": net.ext,
         "password": password,
         "shots": str(shots),
     }
@@ -390,9 +530,21 @@ def browser_check(net: HomeNet, password: str) -> None:
     )
     assert r.returncode == 0, r.stdout + r.stderr
     res = json.loads(r.stdout.strip().splitlines()[-1])
-    assert res["ok"], res
+    assert res["ok"], (res.get("error"), res)
+    mapped = {str(p): "mapped" for p in PORTS} | {"3478/udp": "mapped", "49152-49161/udp": "mapped"}
     assert set(res["before"].values()) == {"no_router_support"}, res
-    assert res["after"] == {str(p): "mapped" for p in PORTS}, res
+    assert set(res["before"]) == set(mapped), res
     assert "no router support" in res["before_text"], res
+    assert res["before_ddns"]["note"].startswith("No public address known yet"), res
+    assert res["before_ddns"]["rows"]["last-update"] == "none yet", res
+    assert res["after"] == mapped, res
     assert "81.2.69.2" in res["after_facts"], res
-    assert res["overflow"] <= 0, res
+    for page in ("after_ddns", "admin_ddns"):
+        d = res[page]
+        assert d["note"] == "The records were updated.", res
+        assert d["rows"]["published"] == "81.2.69.2", res
+        assert d["rows"]["result"] == "update URL (81.2.69.1): good 81.2.69.2", res
+        assert d["rows"]["last-update"] != "none yet" and d["rows"]["next-check"] != "—", res
+    assert res["admin"] == mapped, res
+    assert "updated" in res["admin_status"] and "good 81.2.69.2" in res["admin_status"], res
+    assert res["overflow"] <= 0 and res["admin_overflow"] <= 0, res

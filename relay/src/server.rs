@@ -401,7 +401,18 @@ async fn follow_public_address(
                 // clients allocate again.
                 let _ = server.close().await;
                 tracing::info!(%ip, "TURN restarted to announce the router's public address");
-                match crate::calls::server::start(&relay.cfg, turn, relay.clock.clone(), Some(ip.into())).await {
+                // close() only asks the server's read loop to end; the socket is free once it
+                // has (a few milliseconds). Until then the new bind fails with "in use".
+                let start = || crate::calls::server::start(&relay.cfg, turn, relay.clock.clone(), Some(ip.into()));
+                let mut started = start().await;
+                for _ in 0..20 {
+                    if started.is_ok() {
+                        break;
+                    }
+                    tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+                    started = start().await;
+                }
+                match started {
                     Ok(s) => server = s,
                     Err(e) => {
                         turn.set_serving(false);

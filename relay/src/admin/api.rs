@@ -54,6 +54,7 @@ pub enum Endpoint {
     UpdateInstall,
     PortMap,
     PortMapRetry,
+    Ddns,
 }
 
 impl Endpoint {
@@ -82,6 +83,7 @@ impl Endpoint {
         Endpoint::UpdateInstall,
         Endpoint::PortMap,
         Endpoint::PortMapRetry,
+        Endpoint::Ddns,
     ];
 
     /// Method and path below [`PREFIX`].
@@ -112,6 +114,7 @@ impl Endpoint {
             UpdateInstall => (Method::POST, "update/install"),
             PortMap => (Method::GET, "portmap"),
             PortMapRetry => (Method::POST, "portmap/retry"),
+            Ddns => (Method::GET, "ddns"),
         }
     }
 
@@ -411,6 +414,7 @@ async fn run(ep: Endpoint, c: &Call<'_>) -> Result<Response, ApiError> {
         }))),
         Toggles => toggles(c),
         PortMap => Ok(ok(json!(relay.portmap.status()))),
+        Ddns => Ok(ok(json!(relay.ddns.status()))),
         // Answers once the new attempt is over (a UPnP search and the requests take a few
         // seconds), so the page can show the outcome at once.
         PortMapRetry => Ok(ok(json!(

@@ -53,6 +53,9 @@ pub struct Status {
     /// What the last check saw.
     pub current: Addresses,
     pub last_check: Option<i64>,
+    /// When the next check is due at the latest (Unix time); a new router address brings it
+    /// forward.
+    pub next_check: Option<i64>,
     pub last_update: Option<Attempt>,
     pub last_success: Option<Attempt>,
     /// Why dynamic DNS does nothing although configured (an IP-literal domain).
@@ -71,28 +74,29 @@ impl Ddns {
     }
 }
 
-/// The public addresses now: the configured or router-reported IPv4 if it is public, and the
-/// box's global IPv6 if `ddns.ipv6` is on.
-pub fn current(cfg: &DdnsConfig, router_v4: Option<Ipv4Addr>, local: &[IpAddr]) -> Addresses {
+/// The public addresses now: the configured or router-reported IPv4 if it is public, and
+/// `box_ipv6` (the box's stable global IPv6, [`crate::dns::reach::public_ipv6`]) if `ddns.ipv6`
+/// is on.
+pub fn current(
+    cfg: &DdnsConfig,
+    router_v4: Option<Ipv4Addr>,
+    box_ipv6: Option<Ipv6Addr>,
+) -> Addresses {
     let ipv4 = cfg
         .ipv4
         .or(router_v4)
         .filter(|ip| crate::dns::reach::is_public(&IpAddr::V4(*ip)));
-    let ipv6 = if cfg.ipv6 {
-        crate::dns::reach::global_ipv6(local)
-    } else {
-        None
-    };
+    let ipv6 = box_ipv6.filter(|_| cfg.ipv6);
     Addresses { ipv4, ipv6 }
 }
 
 /// The public addresses for the DNS step's A/AAAA records: the IPv4 the last DDNS check saw
-/// or `ddns.ipv4`, and the box's global IPv6.
+/// or `ddns.ipv4`, and the box's stable global IPv6.
 pub fn public_addresses(relay: &Relay) -> Addresses {
     let seen = relay.ddns.status().current;
     Addresses {
         ipv4: seen.ipv4.or(relay.cfg.ddns.ipv4),
-        ipv6: crate::dns::reach::global_ipv6(&crate::dns::reach::local_addresses()),
+        ipv6: crate::dns::reach::public_ipv6(&crate::dns::reach::local_addresses()),
     }
 }
 
@@ -207,7 +211,7 @@ pub async fn run(relay: Arc<Relay>, mut router_v4: watch::Receiver<Option<Ipv4Ad
         let want = current(
             cfg,
             *router_v4.borrow_and_update(),
-            &crate::dns::reach::local_addresses(),
+            crate::dns::reach::public_ipv6(&crate::dns::reach::local_addresses()),
         );
         let now = relay.clock.now();
         let changed = Addresses {
@@ -242,6 +246,8 @@ pub async fn run(relay: Arc<Relay>, mut router_v4: watch::Receiver<Option<Ipv4Ad
             }
             s.last_update = Some(attempt);
         }
+        relay.ddns.status.lock_or_recover().next_check =
+            Some(relay.clock.now().saturating_add_unsigned(cfg.interval.0));
         let tick = tokio::time::sleep(std::time::Duration::from_secs(cfg.interval.0));
         tokio::select! {
             _ = tick => {}

@@ -85,6 +85,81 @@ pub fn global_ipv6(local: &[IpAddr]) -> Option<std::net::Ipv6Addr> {
     })
 }
 
+/// One line of `/proc/net/if_inet6`: an IPv6 address of this box with the kernel's flags.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Inet6 {
+    pub addr: std::net::Ipv6Addr,
+    /// `IFA_F_*`, but only the low 8 bits: the kernel prints `(u8) flags`, so
+    /// `IFA_F_MANAGETEMPADDR` (0x100) and `IFA_F_STABLE_PRIVACY` (0x800) are not in the file.
+    pub flags: u8,
+    pub ifname: String,
+}
+
+/// `IFA_F_*` from `<linux/if_addr.h>` that fit into the file's 8 bits.
+const IFA_F_TEMPORARY: u8 = 0x01;
+const IFA_F_DADFAILED: u8 = 0x08;
+const IFA_F_DEPRECATED: u8 = 0x20;
+const IFA_F_TENTATIVE: u8 = 0x40;
+const IFA_F_PERMANENT: u8 = 0x80;
+
+/// The lines of `/proc/net/if_inet6` (`address ifindex prefixlen scope flags name`, hex
+/// fields); lines that do not read are left out.
+pub fn parse_if_inet6(text: &str) -> Vec<Inet6> {
+    let mut out = Vec::new();
+    for line in text.lines() {
+        let f: Vec<&str> = line.split_whitespace().collect();
+        if f.len() < 6 || f[0].len() != 32 {
+            continue;
+        }
+        let (Ok(bits), Ok(flags)) = (u128::from_str_radix(f[0], 16), u8::from_str_radix(f[4], 16))
+        else {
+            continue;
+        };
+        out.push(Inet6 {
+            addr: std::net::Ipv6Addr::from(bits),
+            flags,
+            ifname: f[5].to_string(),
+        });
+    }
+    out
+}
+
+/// The global IPv6 address to publish (AAAA, dynamic DNS, the DNS check) among `addrs`: one
+/// that outlives the day. Temporary (privacy, RFC 8981) addresses change daily and are not
+/// accepted on for long after, deprecated ones are on their way out, tentative or failed ones
+/// do not work yet or at all. Of the rest, an address set by hand (permanent) comes first, then
+/// an EUI-64 one (from the MAC address), then any other SLAAC address (stable-privacy, RFC
+/// 7217, or the `mngtmpaddr` base of the temporary ones; the file cannot tell them apart).
+pub fn stable_global_ipv6(addrs: &[Inet6]) -> Option<std::net::Ipv6Addr> {
+    let unusable = IFA_F_TEMPORARY | IFA_F_DEPRECATED | IFA_F_TENTATIVE | IFA_F_DADFAILED;
+    let rank = |a: &Inet6| {
+        let s = a.addr.segments();
+        let eui64 = (s[5] & 0xff) == 0xff && (s[6] >> 8) == 0xfe;
+        if a.flags & IFA_F_PERMANENT != 0 {
+            0
+        } else if eui64 {
+            1
+        } else {
+            2
+        }
+    };
+    addrs
+        .iter()
+        .filter(|a| a.flags & unusable == 0)
+        .filter(|a| global_ipv6(&[IpAddr::V6(a.addr)]).is_some())
+        .min_by_key(|a| rank(a))
+        .map(|a| a.addr)
+}
+
+/// This box's IPv6 address for the AAAA record: [`stable_global_ipv6`] over
+/// `/proc/net/if_inet6`, or the first global one among `local` where that file cannot be read.
+pub fn public_ipv6(local: &[IpAddr]) -> Option<std::net::Ipv6Addr> {
+    match std::fs::read_to_string("/proc/net/if_inet6") {
+        Ok(text) => stable_global_ipv6(&parse_if_inet6(&text)),
+        Err(_) => global_ipv6(local),
+    }
+}
+
 /// This box's addresses as [`address_verdict`] needs them: [`local_addresses`], plus those of
 /// `found` this box holds. An address is this box's if a socket can be bound to it: that also
 /// covers what the interface list does not show (127.0.0.0/8, addresses on a local route).
@@ -227,6 +302,77 @@ mod tests {
         assert!(
             n.contains("router's public address") && n.contains("192.168.1.20"),
             "{n}"
+        );
+    }
+
+    /// What `/proc/net/if_inet6` shows on a box with SLAAC privacy extensions on
+    /// (`ip -6 addr` of a Raspberry Pi on a home network), written as the kernel writes it.
+    const IF_INET6: &str = "\
+2a0204000b1c7a3c6c2e9d4f11aa03e1 02 40 00 01     eth0
+2a0204000b1c7a3c4d5e6f7a8b9c0d1e 02 40 00 00     eth0
+2a0204000b1c7a3cba27ebfffe123456 02 40 00 20     eth0
+fe80000000000000ba27ebfffe123456 02 40 20 80     eth0
+fd000000000000000000000000000002 02 40 00 80     eth0
+00000000000000000000000000000001 01 80 10 80       lo
+";
+
+    #[test]
+    fn proc_if_inet6_is_parsed() {
+        let a = parse_if_inet6(IF_INET6);
+        assert_eq!(a.len(), 6);
+        assert_eq!(
+            a[0].addr,
+            "2a02:400:b1c:7a3c:6c2e:9d4f:11aa:3e1"
+                .parse::<std::net::Ipv6Addr>()
+                .unwrap()
+        );
+        assert_eq!((a[0].flags, a[0].ifname.as_str()), (0x01, "eth0"));
+        assert_eq!((a[5].flags, a[5].ifname.as_str()), (0x80, "lo"));
+        assert!(parse_if_inet6("garbage\nzz 01 02\n").is_empty());
+        // this machine's own file reads too (every line there is well-formed)
+        if let Ok(t) = std::fs::read_to_string("/proc/net/if_inet6") {
+            assert_eq!(parse_if_inet6(&t).len(), t.lines().count(), "{t}");
+        }
+    }
+
+    #[test]
+    fn the_published_ipv6_address_is_a_stable_one() {
+        let v6 = |s: &str| s.parse::<std::net::Ipv6Addr>().unwrap();
+        let a = parse_if_inet6(IF_INET6);
+        // the temporary one (first in the file) and the deprecated EUI-64 one are passed over
+        assert_eq!(
+            stable_global_ipv6(&a),
+            Some(v6("2a02:400:b1c:7a3c:4d5e:6f7a:8b9c:d1e"))
+        );
+        let ent = |s: &str, flags| Inet6 {
+            addr: v6(s),
+            flags,
+            ifname: "eth0".into(),
+        };
+        let stable_privacy = ent("2001:db8:1::4d5e:6f7a:8b9c:d1e", 0);
+        let eui64 = ent("2001:db8:1::ba27:ebff:fe12:3456", 0);
+        let by_hand = ent("2001:db8:1::25", IFA_F_PERMANENT);
+        let temporary = ent("2001:db8:1::6c2e:9d4f:11aa:3e1", IFA_F_TEMPORARY);
+        let pick = |l: &[&Inet6]| {
+            let l: Vec<Inet6> = l.iter().map(|a| (*a).clone()).collect();
+            stable_global_ipv6(&l)
+        };
+        assert_eq!(
+            pick(&[&temporary, &stable_privacy, &eui64]),
+            Some(eui64.addr)
+        );
+        assert_eq!(pick(&[&temporary, &eui64, &by_hand]), Some(by_hand.addr));
+        assert_eq!(
+            pick(&[&temporary, &stable_privacy]),
+            Some(stable_privacy.addr)
+        );
+        // only a temporary or a tentative address: none to publish
+        let tentative = ent("2001:db8:1::7", IFA_F_TENTATIVE);
+        assert_eq!(pick(&[&temporary, &tentative]), None);
+        // unique-local and link-local addresses are never published
+        assert_eq!(
+            pick(&[&ent("fd00::2", IFA_F_PERMANENT), &ent("fe80::1", 0)]),
+            None
         );
     }
 

@@ -3,11 +3,14 @@
 //! turned into an [`Outcome`] here and judged in [`super::plan`] and [`super`].
 
 use super::natpmp;
+use super::pcp;
 use super::plan::{Target, LEASE_SECS};
+use super::Protocol;
 use igd_next::aio::tokio::Tokio;
 use igd_next::aio::Gateway;
 use igd_next::{AddPortError, PortMappingProtocol, SearchOptions};
 use std::net::{IpAddr, Ipv4Addr, SocketAddr, SocketAddrV4};
+use std::sync::Mutex;
 use std::time::Duration;
 use tokio::net::UdpSocket;
 
@@ -25,6 +28,20 @@ const DESCRIPTION: &str = "relaybox";
 pub enum Router {
     Upnp(Gateway<Tokio>),
     NatPmp(SocketAddrV4),
+    Pcp(Pcp),
+}
+
+/// A PCP server (RFC 6887): an IPv4 router that speaks neither UPnP nor NAT-PMP, or the IPv6
+/// router whose firewall takes pinholes.
+pub struct Pcp {
+    pub at: SocketAddr,
+    /// This box's address, the requests' source and client address.
+    pub client: IpAddr,
+    /// Makes each port's mapping nonce, the same across renewals within one run (a server
+    /// refuses to change a mapping asked for with another nonce).
+    key: [u8; 8],
+    /// The external address of the last granted mapping: PCP tells it only there.
+    external: Mutex<Option<IpAddr>>,
 }
 
 /// What became of one port.
@@ -42,6 +59,7 @@ impl Router {
         match self {
             Router::Upnp(g) => format!("UPnP-IGD at {}", g.addr.ip()),
             Router::NatPmp(a) => format!("NAT-PMP at {}", a.ip()),
+            Router::Pcp(p) => format!("PCP at {}", p.at.ip()),
         }
     }
 
@@ -49,17 +67,15 @@ impl Router {
         match self {
             Router::Upnp(g) => g.addr.ip(),
             Router::NatPmp(a) => IpAddr::V4(*a.ip()),
+            Router::Pcp(p) => p.at.ip(),
         }
     }
 
     /// This box's address on the router's side: where the mappings must point.
     pub async fn local_address(&self) -> Option<Ipv4Addr> {
-        let s = UdpSocket::bind((Ipv4Addr::UNSPECIFIED, 0)).await.ok()?;
-        // connect() on UDP sends nothing; it only picks the route and so the source address.
-        s.connect((self.gateway_ip(), 9)).await.ok()?;
-        match s.local_addr().ok()?.ip() {
-            IpAddr::V4(v4) if !v4.is_unspecified() => Some(v4),
-            _ => None,
+        match local_address_towards(self.gateway_ip()).await? {
+            IpAddr::V4(v4) => Some(v4),
+            IpAddr::V6(_) => None,
         }
     }
 
@@ -90,6 +106,11 @@ impl Router {
                     r => Err(r.describe()),
                 }
             }
+            // Called after the mappings: their answers carried it.
+            Router::Pcp(p) => match *p.external.lock().unwrap_or_else(|e| e.into_inner()) {
+                Some(IpAddr::V4(v4)) => Ok(v4),
+                _ => Err("the router granted no mapping, which is where PCP tells it".into()),
+            },
         }
     }
 
@@ -97,9 +118,11 @@ impl Router {
     pub async fn map(&self, local: Ipv4Addr, t: &Target) -> Outcome {
         match self {
             Router::Upnp(g) => upnp_map(g, local, t).await,
+            Router::Pcp(p) => p.map(t, LEASE_SECS).await,
             Router::NatPmp(gw) => {
-                let req = natpmp::map_tcp_request(t.internal, t.external, LEASE_SECS);
-                match natpmp_call(*gw, local, &req, natpmp::parse_map_tcp).await {
+                let req = natpmp::map_request(t.protocol, t.internal, t.external, LEASE_SECS);
+                let parse = |b: &[u8]| natpmp::parse_map(t.protocol, b);
+                match natpmp_call(*gw, local, &req, parse).await {
                     Err(e) => Outcome::Refused(e),
                     Ok(m) if m.result != natpmp::ResultCode::Success => {
                         Outcome::Refused(m.result.describe())
@@ -124,13 +147,17 @@ impl Router {
     pub async fn unmap(&self, local: Ipv4Addr, t: &Target) {
         let r = match self {
             Router::Upnp(g) => g
-                .remove_port(PortMappingProtocol::TCP, t.external)
+                .remove_port(igd_protocol(t.protocol), t.external)
                 .await
                 .map_err(|e| e.to_string()),
+            Router::Pcp(p) => {
+                p.unmap(t).await;
+                Ok(())
+            }
             Router::NatPmp(gw) => {
                 // RFC 6886 §3.4: lifetime 0 and external port 0 delete the mapping.
-                let req = natpmp::map_tcp_request(t.internal, 0, 0);
-                natpmp_call(*gw, local, &req, natpmp::parse_map_tcp)
+                let req = natpmp::map_request(t.protocol, t.internal, 0, 0);
+                natpmp_call(*gw, local, &req, |b| natpmp::parse_map(t.protocol, b))
                     .await
                     .and_then(|m| match m.result {
                         natpmp::ResultCode::Success => Ok(()),
@@ -144,9 +171,84 @@ impl Router {
     }
 }
 
-/// Looks for a UPnP-IGD router (SSDP multicast), then for NAT-PMP on the default gateway.
-/// `Err` says what was tried, for the "no router support" verdict.
-pub async fn find(gateway: Option<Ipv4Addr>) -> Result<Router, String> {
+impl Pcp {
+    /// Asks `at` whether it speaks PCP (ANNOUNCE), from `client`. `key`: see [`Pcp`].
+    pub async fn find(at: SocketAddr, client: IpAddr, key: [u8; 8]) -> Result<Pcp, String> {
+        let req = pcp::announce_request(client);
+        match udp_call(at, client, &req, pcp::parse_announce).await? {
+            pcp::ResultCode::Success => Ok(Pcp {
+                at,
+                client,
+                key,
+                external: Mutex::new(None),
+            }),
+            r => Err(r.describe()),
+        }
+    }
+
+    fn request(&self, t: &Target, lifetime: u32) -> pcp::Map {
+        let mut nonce = [0u8; 12];
+        nonce[..8].copy_from_slice(&self.key);
+        nonce[8] = t.protocol as u8;
+        nonce[9..11].copy_from_slice(&t.internal.to_be_bytes());
+        pcp::Map {
+            nonce,
+            protocol: t.protocol,
+            client: self.client,
+            internal_port: t.internal,
+            external_port: t.external,
+            // IPv4: any external address of the NAT; IPv6: a pinhole to this very address.
+            external: match self.client {
+                IpAddr::V4(_) => IpAddr::V4(Ipv4Addr::UNSPECIFIED),
+                v6 => v6,
+            },
+            lifetime,
+        }
+    }
+
+    /// Asks for `t` (a NAT forward, or for an IPv6 client a pinhole) for `lifetime` seconds.
+    pub async fn map(&self, t: &Target, lifetime: u32) -> Outcome {
+        let m = self.request(t, lifetime);
+        let req = pcp::map_request(&m);
+        match udp_call(self.at, self.client, &req, |b| pcp::parse_map(b, &m.nonce)).await {
+            Err(e) => Outcome::Refused(e),
+            Ok(a) if a.result != pcp::ResultCode::Success => Outcome::Refused(a.result.describe()),
+            Ok(a) if a.external_port != t.external => {
+                // PREFER_FAILURE asked for the port or nothing; a server that ignored it gets
+                // the other port back.
+                self.unmap(t).await;
+                Outcome::Refused(format!(
+                    "the router offered port {} instead (the port is taken or not allowed)",
+                    a.external_port
+                ))
+            }
+            Ok(a) => {
+                *self.external.lock().unwrap_or_else(|e| e.into_inner()) = Some(a.external);
+                Outcome::Mapped(a.lifetime)
+            }
+        }
+    }
+
+    /// Removes a mapping made by [`Pcp::map`] (lifetime 0, same nonce); failures only logged.
+    pub async fn unmap(&self, t: &Target) {
+        let m = self.request(t, 0);
+        let req = pcp::map_request(&m);
+        let r = udp_call(self.at, self.client, &req, |b| pcp::parse_map(b, &m.nonce))
+            .await
+            .and_then(|a| match a.result {
+                pcp::ResultCode::Success => Ok(()),
+                r => Err(r.describe()),
+            });
+        if let Err(e) = r {
+            tracing::warn!(port = t.external, at = %self.at, "could not remove the PCP mapping: {e}");
+        }
+    }
+}
+
+/// Looks for a UPnP-IGD router (SSDP multicast), then for NAT-PMP on the default gateway, then
+/// for PCP there (a PCP-only router answers NAT-PMP with "unsupported version" or not at all).
+/// `Err` says what was tried, for the "no router support" verdict. `key`: see [`Pcp`].
+pub async fn find(gateway: Option<Ipv4Addr>, key: [u8; 8]) -> Result<Router, String> {
     let mut opts = SearchOptions::default();
     opts.timeout = Some(UPNP_SEARCH);
     opts.single_search_timeout = Some(UPNP_SEARCH);
@@ -160,7 +262,7 @@ pub async fn find(gateway: Option<Ipv4Addr>) -> Result<Router, String> {
         ));
     };
     let at = SocketAddrV4::new(gw, natpmp::PORT);
-    match natpmp_call(
+    let natpmp = match natpmp_call(
         at,
         Ipv4Addr::UNSPECIFIED,
         &natpmp::external_address_request(),
@@ -168,12 +270,41 @@ pub async fn find(gateway: Option<Ipv4Addr>) -> Result<Router, String> {
     )
     .await
     {
-        // Any well-formed answer means NAT-PMP is there, even a refusal (it then says why).
-        Ok(_) => Ok(Router::NatPmp(at)),
-        Err(e) => Err(format!(
-            "no UPnP router answered ({upnp}) and the gateway {gw} does not answer NAT-PMP ({e})"
+        // Any well-formed answer means NAT-PMP is there, even a refusal (it then says why),
+        // except "unsupported version" from a server that speaks only PCP.
+        Ok(a) if a.result != natpmp::ResultCode::UnsupportedVersion => {
+            return Ok(Router::NatPmp(at))
+        }
+        Ok(a) => a.result.describe(),
+        Err(e) => e,
+    };
+    let client = match local_address_towards(IpAddr::V4(gw)).await {
+        Some(IpAddr::V4(v4)) => v4,
+        _ => {
+            return Err(format!(
+                "no UPnP router answered ({upnp}) and there is no route to {gw}"
+            ))
+        }
+    };
+    match Pcp::find(SocketAddr::from(at), IpAddr::V4(client), key).await {
+        Ok(p) => Ok(Router::Pcp(p)),
+        Err(pcp) => Err(format!(
+            "no UPnP router answered ({upnp}) and the gateway {gw} answers neither NAT-PMP \
+             ({natpmp}) nor PCP ({pcp})"
         )),
     }
+}
+
+/// The source address this box uses towards `to`.
+pub async fn local_address_towards(to: IpAddr) -> Option<IpAddr> {
+    let any: IpAddr = match to {
+        IpAddr::V4(_) => Ipv4Addr::UNSPECIFIED.into(),
+        IpAddr::V6(_) => std::net::Ipv6Addr::UNSPECIFIED.into(),
+    };
+    let s = UdpSocket::bind((any, 0)).await.ok()?;
+    // connect() on UDP sends nothing; it only picks the route and so the source address.
+    s.connect((to, 9)).await.ok()?;
+    Some(s.local_addr().ok()?.ip()).filter(|ip| !ip.is_unspecified())
 }
 
 /// Whether a failed GetExternalIPAddress was an answer with an empty address, which igd-next
@@ -183,9 +314,16 @@ fn upnp_empty_address(error: &str) -> bool {
         || error.contains("<NewExternalIPAddress/>")
 }
 
+fn igd_protocol(p: Protocol) -> PortMappingProtocol {
+    match p {
+        Protocol::Tcp => PortMappingProtocol::TCP,
+        Protocol::Udp => PortMappingProtocol::UDP,
+    }
+}
+
 async fn upnp_map(g: &Gateway<Tokio>, local: Ipv4Addr, t: &Target) -> Outcome {
     let to = SocketAddr::from((local, t.internal));
-    let add = |lease| g.add_port(PortMappingProtocol::TCP, t.external, to, lease, DESCRIPTION);
+    let add = |lease| g.add_port(igd_protocol(t.protocol), t.external, to, lease, DESCRIPTION);
     let r = match add(LEASE_SECS).await {
         // IGDv1 routers may take only permanent mappings; those are removed at shutdown.
         Err(AddPortError::OnlyPermanentLeasesSupported) => add(0).await.map(|_| 0),
@@ -215,6 +353,17 @@ async fn natpmp_call<T>(
     req: &[u8],
     parse: impl Fn(&[u8]) -> Result<T, natpmp::ParseError>,
 ) -> Result<T, String> {
+    udp_call(SocketAddr::from(gw), IpAddr::V4(from), req, parse).await
+}
+
+/// Sends `req` to a NAT-PMP or PCP server from `from` and waits for a matching answer,
+/// resending with doubling waits (RFC 6886 §3.1, RFC 6887 §8.1.1, both shortened).
+async fn udp_call<T, E: std::fmt::Display>(
+    gw: SocketAddr,
+    from: IpAddr,
+    req: &[u8],
+    parse: impl Fn(&[u8]) -> Result<T, E>,
+) -> Result<T, String> {
     let s = UdpSocket::bind((from, 0))
         .await
         .map_err(|e| format!("cannot open a UDP socket: {e}"))?;
@@ -223,7 +372,7 @@ async fn natpmp_call<T>(
         .map_err(|e| format!("cannot reach {gw}: {e}"))?;
     let mut wait = NATPMP_FIRST_WAIT;
     let mut last = "no answer".to_string();
-    let mut buf = [0u8; 64];
+    let mut buf = vec![0u8; pcp::MAX_MESSAGE];
     for _ in 0..NATPMP_TRIES {
         s.send(req)
             .await

@@ -9,14 +9,15 @@
 
 pub mod client;
 pub mod natpmp;
+pub mod pcp;
 pub mod plan;
 
 use crate::config::PortMapping;
 use crate::Relay;
-use client::{Outcome, Router};
+use client::{Outcome, Pcp, Router};
 use plan::{Reach, Target};
 use serde::Serialize;
-use std::net::Ipv4Addr;
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr, SocketAddrV6};
 use std::sync::Arc;
 use std::time::Duration;
 use tokio::sync::{watch, Notify};
@@ -26,6 +27,23 @@ use tokio::sync::{watch, Notify};
 const RETRY_UNMAPPED: Duration = Duration::from_secs(10 * 60);
 /// Removing the mappings at shutdown may take this long at most.
 const REMOVE_TIMEOUT: Duration = Duration::from_secs(3);
+
+/// What a port carries: the mail and web listeners TCP, TURN UDP.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Protocol {
+    Tcp,
+    Udp,
+}
+
+impl Protocol {
+    fn suffix(self) -> &'static str {
+        match self {
+            Protocol::Tcp => "",
+            Protocol::Udp => "/udp",
+        }
+    }
+}
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
 #[serde(rename_all = "snake_case")]
@@ -51,6 +69,7 @@ pub enum PortResult {
 #[derive(Debug, Clone, Serialize)]
 pub struct PortStatus {
     pub service: &'static str,
+    pub protocol: Protocol,
     /// The router's port.
     pub external: u16,
     /// The relay's port it forwards to.
@@ -75,6 +94,15 @@ pub struct Status {
     pub ports: Vec<PortStatus>,
     /// When the last attempt ended (Unix time).
     pub checked: Option<i64>,
+    /// IPv6: this box's stable global address, which needs no forward, only a way through the
+    /// router's firewall.
+    pub ipv6: Option<Ipv6Addr>,
+    /// "PCP at fe80::1%2" when the IPv6 router takes pinholes.
+    pub ipv6_router: Option<String>,
+    /// For people: what was done for IPv6.
+    pub ipv6_note: String,
+    /// The IPv6 firewall pinholes, per port.
+    pub pinholes: Vec<PortStatus>,
 }
 
 impl Status {
@@ -96,6 +124,10 @@ impl Status {
             note: note.to_string(),
             ports: Vec::new(),
             checked: None,
+            ipv6: None,
+            ipv6_router: None,
+            ipv6_note: String::new(),
+            pinholes: Vec::new(),
         }
     }
 }
@@ -168,6 +200,12 @@ struct Held {
     mapped: Vec<(Target, u32)>,
 }
 
+/// The IPv6 pinholes open right now.
+struct Held6 {
+    pcp: Pcp,
+    mapped: Vec<(Target, u32)>,
+}
+
 /// Maps, renews and finally removes the ports; ends after removing them once the relay shuts
 /// down. The server waits for that (bounded) before it exits.
 pub async fn run(relay: Arc<Relay>) {
@@ -175,7 +213,14 @@ pub async fn run(relay: Arc<Relay>) {
     if relay.cfg.port_mapping == PortMapping::Off {
         return;
     }
-    let targets = plan::targets(&relay.cfg.listen);
+    let mut targets = plan::targets(&relay.cfg.listen);
+    if relay.cfg.turn_enabled() {
+        targets.extend(plan::turn_targets(
+            crate::calls::server::listen_ip(&relay.cfg),
+            relay.cfg.turn_port,
+            relay.cfg.turn_relay_ports,
+        ));
+    }
     if targets.is_empty() {
         let mut s = Status::initial(PortMapping::Auto);
         s.state = State::NothingToMap;
@@ -185,15 +230,28 @@ pub async fn run(relay: Arc<Relay>) {
         pm.publish(s);
         return;
     }
+    // PCP mapping nonces: one key per run, so renewals match and a restart starts afresh.
+    let key: [u8; 8] = rand::random();
     let mut held: Option<Held> = None;
+    let mut held6: Option<Held6> = None;
     loop {
         pm.status.send_modify(|s| s.state = State::Working);
         // A shutdown does not wait for a round in progress (a slow router can take 10 s a
         // request); what it mapped runs out with its lease, and what was held is removed below.
-        let (status, now_held) = tokio::select! {
-            r = attempt(&targets, relay.clock.now()) => r,
+        let round = async {
+            let (mut status, now_held) = attempt(&targets, relay.clock.now(), key).await;
+            let now_held6 = attempt6(&targets, key, &mut status).await;
+            (status, now_held, now_held6)
+        };
+        let (status, now_held, now_held6) = tokio::select! {
+            r = round => r,
             _ = relay.shutdown.wait() => break,
         };
+        if let Some(old) = held6.take() {
+            if now_held6.as_ref().map(|h| h.pcp.at) != Some(old.pcp.at) {
+                remove6(&old).await;
+            }
+        }
         // A different router (or none) now: the old one's mappings are given back.
         if let Some(old) = held.take() {
             let same = now_held
@@ -203,33 +261,35 @@ pub async fn run(relay: Arc<Relay>) {
                 remove(&old).await;
             }
         }
-        let wait = match now_held.as_ref() {
-            Some(h) if !h.mapped.is_empty() => h
-                .mapped
-                .iter()
-                .map(|(_, lease)| plan::renew_after(*lease))
-                .min()
-                .unwrap_or(RETRY_UNMAPPED),
-            _ => RETRY_UNMAPPED,
-        };
+        let wait = now_held
+            .iter()
+            .flat_map(|h| &h.mapped)
+            .chain(now_held6.iter().flat_map(|h| &h.mapped))
+            .map(|(_, lease)| plan::renew_after(*lease))
+            .min()
+            .unwrap_or(RETRY_UNMAPPED);
         log_outcome(&status);
         pm.publish(status);
         held = now_held.filter(|h| !h.mapped.is_empty());
+        held6 = now_held6.filter(|h| !h.mapped.is_empty());
         tokio::select! {
             _ = tokio::time::sleep(wait) => {}
             _ = pm.retry.notified() => {}
             _ = relay.shutdown.wait() => break,
         }
     }
-    if let Some(h) = held {
-        if tokio::time::timeout(REMOVE_TIMEOUT, remove(&h))
-            .await
-            .is_err()
-        {
-            tracing::warn!("the router did not confirm the removal of every port mapping in time");
-        } else {
+    let both = async {
+        if let Some(h) = &held {
+            remove(h).await;
             tracing::info!(router = %h.router.describe(), "port mappings removed");
         }
+        if let Some(h) = &held6 {
+            remove6(h).await;
+            tracing::info!(router = %h.pcp.at, "IPv6 pinholes removed");
+        }
+    };
+    if tokio::time::timeout(REMOVE_TIMEOUT, both).await.is_err() {
+        tracing::warn!("the router did not confirm the removal of every port mapping in time");
     }
 }
 
@@ -239,11 +299,17 @@ async fn remove(h: &Held) {
     }
 }
 
+async fn remove6(h: &Held6) {
+    for (t, _) in &h.mapped {
+        h.pcp.unmap(t).await;
+    }
+}
+
 fn log_outcome(s: &Status) {
     let ports: Vec<String> = s
         .ports
         .iter()
-        .map(|p| format!("{}:{:?}", p.external, p.result))
+        .map(|p| format!("{}{}:{:?}", p.external, p.protocol.suffix(), p.result))
         .collect();
     tracing::info!(
         router = s.router.as_deref().unwrap_or("none"),
@@ -252,15 +318,84 @@ fn log_outcome(s: &Status) {
         ports = %ports.join(" "),
         "port mapping"
     );
+    if s.ipv6.is_some() {
+        let pinholes: Vec<String> = s
+            .pinholes
+            .iter()
+            .map(|p| format!("{}{}:{:?}", p.external, p.protocol.suffix(), p.result))
+            .collect();
+        tracing::info!(
+            router = s.ipv6_router.as_deref().unwrap_or("none"),
+            address = ?s.ipv6,
+            pinholes = %pinholes.join(" "),
+            "IPv6 pinholes"
+        );
+    }
 }
 
-/// One round: find the router, learn its external address, ask for every port.
-async fn attempt(targets: &[Target], now: i64) -> (Status, Option<Held>) {
+/// The IPv6 part of a round: with a stable global address and an IPv6 router that speaks PCP,
+/// a pinhole per port; what happened goes into `s`.
+async fn attempt6(targets: &[Target], key: [u8; 8], s: &mut Status) -> Option<Held6> {
+    s.ipv6 = crate::dns::reach::public_ipv6(&crate::dns::reach::local_addresses());
+    let Some(v6) = s.ipv6 else {
+        s.ipv6_note = "This box has no global IPv6 address.".into();
+        return None;
+    };
+    let route = std::fs::read_to_string("/proc/net/ipv6_route").unwrap_or_default();
+    let Some((gw, dev)) = plan::default_gateway6(&route) else {
+        s.ipv6_note = format!("This box has the IPv6 address {v6} but no IPv6 router.");
+        return None;
+    };
+    // A link-local router address is only meaningful with its interface.
+    let scope = if (gw.segments()[0] & 0xffc0) == 0xfe80 {
+        nix::net::if_::if_nametoindex(dev.as_str()).unwrap_or(0)
+    } else {
+        0
+    };
+    let at = SocketAddr::V6(SocketAddrV6::new(gw, natpmp::PORT, 0, scope));
+    let pcp = match Pcp::find(at, IpAddr::V6(v6), key).await {
+        Ok(p) => p,
+        Err(e) => {
+            s.ipv6_note = format!(
+                "The IPv6 router {gw} does not answer PCP ({e}). If its firewall blocks \
+                 connections from the internet (most do), allow the ports below to {v6} in its \
+                 settings."
+            );
+            return None;
+        }
+    };
+    s.ipv6_router = Some(format!("PCP at {gw}"));
+    let mut mapped = Vec::new();
+    for t in plan::pinhole_targets(targets) {
+        let ps = match pcp.map(&t, plan::LEASE_SECS).await {
+            Outcome::Mapped(lease) => {
+                mapped.push((t.clone(), lease));
+                port_status(&t, PortResult::Mapped, format!("lease {lease} s"))
+            }
+            Outcome::Refused(why) => port_status(&t, PortResult::RefusedByRouter, why),
+        };
+        s.pinholes.push(ps);
+    }
+    let opened = s
+        .pinholes
+        .iter()
+        .filter(|p| p.result == PortResult::Mapped)
+        .count();
+    s.ipv6_note = format!(
+        "The IPv6 router's firewall lets {opened} of {} ports through to {v6}: point the AAAA \
+         record there.",
+        s.pinholes.len()
+    );
+    Some(Held6 { pcp, mapped })
+}
+
+/// One round: find the router, ask for every port, learn its external address.
+async fn attempt(targets: &[Target], now: i64, key: [u8; 8]) -> (Status, Option<Held>) {
     let route = std::fs::read_to_string("/proc/net/route").unwrap_or_default();
     let mut s = Status::initial(PortMapping::Auto);
     s.state = State::Done;
     s.checked = Some(now);
-    let router = match client::find(plan::default_gateway(&route)).await {
+    let router = match client::find(plan::default_gateway(&route), key).await {
         Ok(r) => r,
         Err(why) => {
             s.note = format!(
@@ -284,14 +419,6 @@ async fn attempt(targets: &[Target], now: i64) -> (Status, Option<Held>) {
         return (s, None);
     };
     s.local_ipv4 = Some(local);
-    let external = router.external_address().await;
-    let ext = external.as_ref().ok().copied();
-    s.external_ipv4 = ext.filter(|a| !a.is_unspecified());
-    s.reach = plan::classify(ext);
-    s.note = match &external {
-        Err(e) => format!("The router did not tell its external address: {e}."),
-        Ok(_) => plan::reach_note(s.reach, ext),
-    };
     let mut mapped = Vec::new();
     for t in targets {
         // A listener bound to one address can only be forwarded to that address.
@@ -310,6 +437,15 @@ async fn attempt(targets: &[Target], now: i64) -> (Status, Option<Held>) {
         };
         s.ports.push(ps);
     }
+    // Asked after the mappings: a PCP router tells it only in its answers to them.
+    let external = router.external_address().await;
+    let ext = external.as_ref().ok().copied();
+    s.external_ipv4 = ext.filter(|a| !a.is_unspecified());
+    s.reach = plan::classify(ext);
+    s.note = match &external {
+        Err(e) => format!("The router did not tell its external address: {e}."),
+        Ok(_) => plan::reach_note(s.reach, ext),
+    };
     (
         s,
         Some(Held {
@@ -323,6 +459,7 @@ async fn attempt(targets: &[Target], now: i64) -> (Status, Option<Held>) {
 fn port_status(t: &Target, result: PortResult, detail: String) -> PortStatus {
     PortStatus {
         service: t.service,
+        protocol: t.protocol,
         external: t.external,
         internal: t.internal,
         result,

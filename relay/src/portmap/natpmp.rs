@@ -2,6 +2,7 @@
 //! messages over UDP port 5351 of the default gateway, small enough that a parser with its own
 //! tests is less to keep than another dependency.
 
+use super::Protocol;
 use std::net::Ipv4Addr;
 
 /// The port a NAT-PMP gateway listens on.
@@ -9,7 +10,15 @@ pub const PORT: u16 = 5351;
 
 const VERSION: u8 = 0;
 const OP_EXTERNAL: u8 = 0;
+const OP_MAP_UDP: u8 = 1;
 const OP_MAP_TCP: u8 = 2;
+
+fn map_opcode(p: Protocol) -> u8 {
+    match p {
+        Protocol::Udp => OP_MAP_UDP,
+        Protocol::Tcp => OP_MAP_TCP,
+    }
+}
 /// Responses carry the request's opcode plus 128.
 const RESPONSE: u8 = 128;
 
@@ -77,7 +86,7 @@ pub struct ExternalAddress {
     pub address: Ipv4Addr,
 }
 
-/// The answer to [`map_tcp_request`].
+/// The answer to [`map_request`].
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Mapping {
     pub result: ResultCode,
@@ -95,10 +104,15 @@ pub fn external_address_request() -> [u8; 2] {
 
 /// Asks for `external_port` on the gateway to reach `internal_port` of the asking host for
 /// `lifetime` seconds; a lifetime of 0 removes the mapping.
-pub fn map_tcp_request(internal_port: u16, external_port: u16, lifetime: u32) -> [u8; 12] {
+pub fn map_request(
+    protocol: Protocol,
+    internal_port: u16,
+    external_port: u16,
+    lifetime: u32,
+) -> [u8; 12] {
     let mut b = [0u8; 12];
     b[0] = VERSION;
-    b[1] = OP_MAP_TCP;
+    b[1] = map_opcode(protocol);
     b[4..6].copy_from_slice(&internal_port.to_be_bytes());
     b[6..8].copy_from_slice(&external_port.to_be_bytes());
     b[8..12].copy_from_slice(&lifetime.to_be_bytes());
@@ -141,8 +155,9 @@ pub fn parse_external_address(b: &[u8]) -> Result<ExternalAddress, ParseError> {
     })
 }
 
-pub fn parse_map_tcp(b: &[u8]) -> Result<Mapping, ParseError> {
-    let (result, epoch) = header(b, OP_MAP_TCP, 16)?;
+/// The answer to a [`map_request`] for `protocol`.
+pub fn parse_map(protocol: Protocol, b: &[u8]) -> Result<Mapping, ParseError> {
+    let (result, epoch) = header(b, map_opcode(protocol), 16)?;
     let (internal_port, external_port, lifetime) = if b.len() >= 16 {
         (
             u16::from_be_bytes([b[8], b[9]]),
@@ -169,11 +184,16 @@ mod tests {
     fn requests_have_the_rfc_layout() {
         assert_eq!(external_address_request(), [0, 0]);
         assert_eq!(
-            map_tcp_request(10443, 443, 3600),
+            map_request(Protocol::Tcp, 10443, 443, 3600),
             [0, 2, 0, 0, 0x28, 0xCB, 0x01, 0xBB, 0, 0, 0x0E, 0x10]
         );
+        // UDP (TURN) has opcode 1
+        assert_eq!(
+            map_request(Protocol::Udp, 3478, 3478, 3600)[..8],
+            [0, 1, 0, 0, 0x0D, 0x96, 0x0D, 0x96]
+        );
         // removal: lifetime 0 (and RFC 6886 §3.4 wants the external port 0 too; the caller decides)
-        assert_eq!(&map_tcp_request(25, 0, 0)[8..], &[0, 0, 0, 0]);
+        assert_eq!(&map_request(Protocol::Tcp, 25, 0, 0)[8..], &[0, 0, 0, 0]);
     }
 
     #[test]
@@ -194,7 +214,7 @@ mod tests {
         let b = [
             0, 130, 0, 0, 0, 0, 0, 7, 0x28, 0xCB, 0x7A, 0x69, 0, 0, 0x07, 0x08,
         ];
-        let m = parse_map_tcp(&b).unwrap();
+        let m = parse_map(Protocol::Tcp, &b).unwrap();
         assert_eq!(m.result, ResultCode::Success);
         assert_eq!((m.epoch, m.internal_port), (7, 10443));
         assert_eq!((m.external_port, m.lifetime), (31337, 1800));
@@ -203,23 +223,25 @@ mod tests {
     #[test]
     fn refusals_are_results_not_parse_errors() {
         // A refusal may come as the header alone.
-        let m = parse_map_tcp(&[0, 130, 0, 2, 0, 0, 0, 1]).unwrap();
+        let m = parse_map(Protocol::Tcp, &[0, 130, 0, 2, 0, 0, 0, 1]).unwrap();
         assert_eq!(m.result, ResultCode::NotAuthorized);
         assert!(m.result.describe().contains("refused"));
         let a = parse_external_address(&[0, 128, 0, 3, 0, 0, 0, 1]).unwrap();
         assert_eq!(a.result, ResultCode::NetworkFailure);
         assert_eq!(
-            parse_map_tcp(&[0, 130, 0, 9, 0, 0, 0, 1]).unwrap().result,
+            parse_map(Protocol::Tcp, &[0, 130, 0, 9, 0, 0, 0, 1])
+                .unwrap()
+                .result,
             ResultCode::Other(9)
         );
     }
 
     #[test]
     fn malformed_answers_are_errors() {
-        assert_eq!(parse_map_tcp(&[]), Err(ParseError::Length(0)));
+        assert_eq!(parse_map(Protocol::Tcp, &[]), Err(ParseError::Length(0)));
         // success, but cut short
         assert_eq!(
-            parse_map_tcp(&[0, 130, 0, 0, 0, 0, 0, 1, 0, 25]),
+            parse_map(Protocol::Tcp, &[0, 130, 0, 0, 0, 0, 0, 1, 0, 25]),
             Err(ParseError::Length(10))
         );
         assert_eq!(
@@ -227,12 +249,14 @@ mod tests {
             Err(ParseError::Version(2))
         );
         // an answer to another request (UDP mapping) is not ours
+        let udp = [0, 129, 0, 0, 0, 0, 0, 1, 0, 25, 0, 25, 0, 0, 0, 1];
         assert_eq!(
-            parse_map_tcp(&[0, 129, 0, 0, 0, 0, 0, 1, 0, 25, 0, 25, 0, 0, 0, 1]),
+            parse_map(Protocol::Tcp, &udp),
             Err(ParseError::Opcode {
                 got: 129,
                 want: 130
             })
         );
+        assert_eq!(parse_map(Protocol::Udp, &udp).unwrap().external_port, 25);
     }
 }

@@ -2,7 +2,8 @@
 //! the listeners, what the router's external address says about reachability, and when to
 //! renew.
 
-use crate::config::Listen;
+use super::Protocol;
+use crate::config::{Listen, PortRange};
 use serde::Serialize;
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::time::Duration;
@@ -15,6 +16,7 @@ pub const LEASE_SECS: u32 = 3600;
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 pub struct Target {
     pub service: &'static str,
+    pub protocol: Protocol,
     pub external: u16,
     pub internal: u16,
     /// The listener's own address when it is bound to one (the mapping must point there),
@@ -50,6 +52,7 @@ pub fn targets(l: &Listen) -> Vec<Target> {
         if let Some((internal, bound)) = usable {
             out.push(Target {
                 service,
+                protocol: Protocol::Tcp,
                 external,
                 internal,
                 bound,
@@ -57,6 +60,30 @@ pub fn targets(l: &Listen) -> Vec<Target> {
         }
     }
     out
+}
+
+/// TURN's UDP ports, for a relay that serves TURN on `listen_ip` (see
+/// `calls::server::listen_ip`): the server port, then every relay port. UPnP-IGD, NAT-PMP and
+/// PCP map single ports only, so a range costs one request per port; the relay range is kept
+/// small for that reason (100 ports by default). The ports are the same outside and in: the
+/// TURN server announces its relay ports as they are.
+pub fn turn_targets(listen_ip: IpAddr, port: u16, relay: PortRange) -> Vec<Target> {
+    let bound = match listen_ip {
+        IpAddr::V4(v4) if v4.is_unspecified() => None,
+        IpAddr::V4(v4) if !v4.is_loopback() => Some(v4),
+        IpAddr::V6(v6) if v6.is_unspecified() => None,
+        _ => return Vec::new(),
+    };
+    let one = |service, p| Target {
+        service,
+        protocol: Protocol::Udp,
+        external: p,
+        internal: p,
+        bound,
+    };
+    std::iter::once(one("TURN (Delta Chat calls)", port))
+        .chain((relay.0..=relay.1).map(|p| one("TURN relay (call media)", p)))
+        .collect()
 }
 
 /// What the router's external address says about reaching this box from the internet.
@@ -161,6 +188,39 @@ pub fn default_gateway(proc_net_route: &str) -> Option<Ipv4Addr> {
     None
 }
 
+/// The IPv6 default router from `/proc/net/ipv6_route`'s text, with its interface's name (a
+/// link-local router address needs it): where the PCP server for IPv6 pinholes is asked.
+pub fn default_gateway6(proc_net_ipv6_route: &str) -> Option<(std::net::Ipv6Addr, String)> {
+    for line in proc_net_ipv6_route.lines() {
+        // dest dest_len src src_len next_hop metric refcnt use flags ifname
+        let f: Vec<&str> = line.split_whitespace().collect();
+        if f.len() < 10 || f[1] != "00" || u128::from_str_radix(f[0], 16).ok() != Some(0) {
+            continue;
+        }
+        let (Ok(hop), Ok(flags)) = (
+            u128::from_str_radix(f[4], 16),
+            u32::from_str_radix(f[8], 16),
+        ) else {
+            continue;
+        };
+        // RTF_UP | RTF_GATEWAY, and not the "unreachable" default the kernel keeps on lo
+        if flags & 0x3 == 0x3 && hop != 0 {
+            return Some((std::net::Ipv6Addr::from(hop), f[9].to_string()));
+        }
+    }
+    None
+}
+
+/// The ports to open in an IPv6 firewall: the same ones, where the listener takes IPv6 on its
+/// standard port (a pinhole lets through, it does not translate ports).
+pub fn pinhole_targets(targets: &[Target]) -> Vec<Target> {
+    targets
+        .iter()
+        .filter(|t| t.bound.is_none() && t.internal == t.external)
+        .cloned()
+        .collect()
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -173,7 +233,7 @@ mod tests {
         assert_eq!(ext, vec![443, 25, 465, 587, 993, 143, 80]);
         assert!(t
             .iter()
-            .all(|t| t.external == t.internal && t.bound.is_none()));
+            .all(|t| t.external == t.internal && t.bound.is_none() && t.protocol == Protocol::Tcp));
 
         // dev relays on loopback have nothing a router could forward to
         let lo = Listen::standard("127.0.0.1".parse().unwrap(), 10000).unwrap();
@@ -188,6 +248,31 @@ mod tests {
         assert_eq!(t[0].internal, 10443);
         assert_eq!(t[0].bound, Some(Ipv4Addr::new(192, 168, 1, 20)));
         assert!(!t.iter().any(|t| t.external == 143));
+    }
+
+    #[test]
+    fn turn_ports_are_mapped_as_udp_the_server_port_first() {
+        let t = turn_targets("0.0.0.0".parse().unwrap(), 3478, PortRange(49152, 49251));
+        assert_eq!(t.len(), 101);
+        assert!(t
+            .iter()
+            .all(|t| t.protocol == Protocol::Udp && t.external == t.internal && t.bound.is_none()));
+        assert_eq!(
+            (t[0].external, t[1].external, t[100].external),
+            (3478, 49152, 49251)
+        );
+        let on = turn_targets(
+            "192.168.1.20".parse().unwrap(),
+            3478,
+            PortRange(50000, 50001),
+        );
+        assert_eq!(on.len(), 3);
+        assert_eq!(on[2].bound, Some(Ipv4Addr::new(192, 168, 1, 20)));
+        // TURN on loopback (a dev relay): nothing a router could forward to
+        assert_eq!(
+            turn_targets("127.0.0.1".parse().unwrap(), 3478, PortRange(50000, 50001)),
+            vec![]
+        );
     }
 
     #[test]
@@ -213,6 +298,27 @@ mod tests {
         assert_eq!(renew_after(3600), Duration::from_secs(1800));
         assert_eq!(renew_after(10), Duration::from_secs(30));
         assert_eq!(renew_after(0), Duration::from_secs(1200));
+    }
+
+    #[test]
+    fn ipv6_default_router_is_read_from_the_route_table() {
+        // as a box on a home network has it (router advertisement: link-local next hop)
+        let t = "\
+2a0204000b1c7a3c0000000000000000 40 00000000000000000000000000000000 00 00000000000000000000000000000000 00000100 00000001 00000000 00040001     eth0
+00000000000000000000000000000000 00 00000000000000000000000000000000 00 fe80000000000000020c29fffe3d4e5f 00000400 00000002 00000000 00450003     eth0
+00000000000000000000000000000000 00 00000000000000000000000000000000 00 00000000000000000000000000000000 ffffffff 00000001 00000000 00200200       lo
+";
+        let (gw, dev) = default_gateway6(t).unwrap();
+        assert_eq!(
+            gw,
+            "fe80::20c:29ff:fe3d:4e5f"
+                .parse::<std::net::Ipv6Addr>()
+                .unwrap()
+        );
+        assert_eq!(dev, "eth0");
+        // only the kernel's unreachable default: no router
+        assert_eq!(default_gateway6(t.lines().nth(2).unwrap()), None);
+        assert_eq!(default_gateway6(""), None);
     }
 
     #[test]
