@@ -98,11 +98,6 @@ impl IrohRelay {
     pub fn announcement(&self) -> Option<String> {
         self.running.get().map(|_| self.url.clone())
     }
-
-    /// Clients connected now (for tests and the admin page).
-    pub fn clients(&self) -> i64 {
-        M.iroh_clients.get()
-    }
 }
 
 /// `https://<domain>` (with the HTTPS port of a `relaybox dev` offset), or `http://<host>` with
