@@ -60,7 +60,11 @@ pub async fn serve(relay: Arc<Relay>, listener: TcpListener, https: bool) {
             http.timer(TokioTimer::new())
                 .header_read_timeout(crate::web::mxdeliv::READ_TIMEOUT);
             if !https {
-                let _ = http.serve_connection(TokioIo::new(tcp), svc).await;
+                // Upgrades: the iroh relay's `/relay` (`calls::iroh`).
+                let _ = http
+                    .serve_connection(TokioIo::new(tcp), svc)
+                    .with_upgrades()
+                    .await;
                 drop(slot);
                 return;
             }
@@ -96,7 +100,10 @@ pub async fn serve(relay: Arc<Relay>, listener: TcpListener, https: bool) {
                     crate::smtp::serve_tls(relay, tls.0, slot).await;
                 }
                 Alpn::Http => {
-                    let _ = http.serve_connection(TokioIo::new(tls.0), svc).await;
+                    let _ = http
+                        .serve_connection(TokioIo::new(tls.0), svc)
+                        .with_upgrades()
+                        .await;
                     drop(slot);
                 }
             }

@@ -42,7 +42,7 @@ fn access_hint(e: &std::io::Error) -> &'static str {
 
 /// A byte count written as `500M`, `1G`, `200K`, `30B` or a bare number of bytes. Units are binary
 /// (K = 1024), matching the reference's `parse_size_mb`, which treats `M` as MiB.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Default)]
 pub struct ByteSize(pub u64);
 
 impl ByteSize {
@@ -487,10 +487,20 @@ pub struct Config {
     /// more drops the least recently set. Every token costs a POST per incoming message.
     #[serde(default = "d_push_max_tokens")]
     pub push_max_tokens: usize,
-    /// The iroh relay URL announced to clients (METADATA `/shared/vendor/deltachat/irohrelay`);
-    /// unset: NIL, clients use their default.
+    /// Another iroh relay's URL to announce (METADATA `/shared/vendor/deltachat/irohrelay`)
+    /// instead of serving one here, as in the reference.
     #[serde(default)]
     pub iroh_relay: Option<String>,
+    /// Serve an iroh relay (webxdc realtime) on our HTTP(S) front at `/relay`, `/ping`,
+    /// `/generate_204` and announce it. Unset: on unless `iroh_relay` names another one.
+    #[serde(default)]
+    pub iroh_relay_enabled: Option<bool>,
+    /// Most iroh relay clients (app instances with a realtime channel open) at once.
+    #[serde(default = "d_iroh_relay_max_clients")]
+    pub iroh_relay_max_clients: usize,
+    /// Bytes per second the iroh relay reads from one client; 0: no limit (the reference's).
+    #[serde(default)]
+    pub iroh_relay_client_rate: ByteSize,
     /// The TURN server announced to clients (METADATA `/shared/vendor/deltachat/turn`), in the
     /// reference's form `host:port:username:password`; unset: NIL.
     #[serde(default)]
@@ -617,6 +627,9 @@ pub enum TlsMode {
     Acme,
 }
 
+fn d_iroh_relay_max_clients() -> usize {
+    500
+}
 fn d_turn_port() -> u16 {
     3478
 }
@@ -941,6 +954,19 @@ impl Config {
                     .into(),
             );
         }
+        if self.iroh_relay_enabled == Some(true) && self.iroh_relay.is_some() {
+            return invalid(
+                "iroh_relay_enabled",
+                "iroh_relay_enabled = true serves an iroh relay here, iroh_relay announces another one: keep one"
+                    .into(),
+            );
+        }
+        if self.iroh_relay_enabled() && self.iroh_relay_max_clients == 0 {
+            return invalid(
+                "iroh_relay_max_clients",
+                "must be at least 1 (or set iroh_relay_enabled = false)".into(),
+            );
+        }
         if self.turn_enabled() {
             if self.turn_port == 0 {
                 return invalid("turn_port", "must be a port from 1 to 65535".into());
@@ -1018,6 +1044,11 @@ impl Config {
     pub fn turn_enabled(&self) -> bool {
         self.turn
             .unwrap_or(!self.is_ip_literal() && self.turn_server.is_none())
+    }
+
+    /// Whether this relay serves an iroh relay itself (see `iroh_relay_enabled`).
+    pub fn iroh_relay_enabled(&self) -> bool {
+        self.iroh_relay_enabled.unwrap_or(self.iroh_relay.is_none())
     }
 
     /// True when certificates come from an ACME CA.
@@ -1308,6 +1339,32 @@ mod tests {
             .unwrap_err()
             .to_string();
         assert!(e.contains("dkim_selector"), "{e}");
+    }
+
+    #[test]
+    fn iroh_relay_keys() {
+        let c = parse("mail_domain = \"a.org\"").unwrap();
+        assert!(c.iroh_relay_enabled());
+        assert_eq!(c.iroh_relay_max_clients, 500);
+        assert_eq!(c.iroh_relay_client_rate, ByteSize(0));
+        // IP literals too, as in the reference (announced over http://, see calls::iroh).
+        assert!(parse("mail_domain = \"[192.0.2.1]\"")
+            .unwrap()
+            .iroh_relay_enabled());
+        let other = parse("mail_domain = \"a.org\"\niroh_relay = \"https://i.a.org\"").unwrap();
+        assert!(!other.iroh_relay_enabled());
+        let off = parse("mail_domain = \"a.org\"\niroh_relay_enabled = false").unwrap();
+        assert!(!off.iroh_relay_enabled());
+        let e = parse(
+            "mail_domain = \"a.org\"\niroh_relay = \"https://i.a.org\"\niroh_relay_enabled = true",
+        )
+        .unwrap_err()
+        .to_string();
+        assert!(e.contains("iroh_relay_enabled"), "{e}");
+        let e = parse("mail_domain = \"a.org\"\niroh_relay_max_clients = 0")
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("iroh_relay_max_clients"), "{e}");
     }
 
     #[test]

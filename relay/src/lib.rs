@@ -90,6 +90,8 @@ pub struct Relay {
     pub ddns: ddns::Ddns,
     /// TURN for calls, when this relay serves it (credentials for METADATA).
     pub turn: Option<calls::Turn>,
+    /// The iroh relay (webxdc realtime), when this relay serves it.
+    pub iroh: Option<calls::iroh::IrohRelay>,
     /// Port mapping on the home router: its outcome, and the public IPv4 address it learnt.
     pub portmap: portmap::PortMap,
 }

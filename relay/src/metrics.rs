@@ -106,6 +106,12 @@ pub struct Metrics {
     pub turn_refused: Counter,
     pub turn_relayed_bytes: Counter,
     pub turn_dropped_bytes: Counter,
+    /// iroh relay (webxdc realtime): clients connected now and so far, refused over
+    /// `iroh_relay_max_clients`, and bytes through the relay connections (both directions).
+    pub iroh_clients: Gauge,
+    pub iroh_connections: Counter,
+    pub iroh_refused: Counter,
+    pub iroh_relayed_bytes: Counter,
 }
 
 /// The process's metrics.
@@ -145,6 +151,10 @@ impl Metrics {
             turn_refused: Counter::new(),
             turn_relayed_bytes: Counter::new(),
             turn_dropped_bytes: Counter::new(),
+            iroh_clients: Gauge::new(),
+            iroh_connections: Counter::new(),
+            iroh_refused: Counter::new(),
+            iroh_relayed_bytes: Counter::new(),
         }
     }
 }
@@ -477,6 +487,30 @@ pub fn render(m: &Metrics, s: &Snapshot) -> String {
         "turn_dropped_bytes",
         "Bytes TURN dropped over the per-allocation rate.",
         &m.turn_dropped_bytes,
+    );
+    gauge(
+        o,
+        "iroh_relay_clients",
+        "iroh relay clients connected.",
+        m.iroh_clients.get(),
+    );
+    counter(
+        o,
+        "iroh_relay_connections",
+        "iroh relay client connections made.",
+        &m.iroh_connections,
+    );
+    counter(
+        o,
+        "iroh_relay_refused",
+        "iroh relay clients refused over iroh_relay_max_clients.",
+        &m.iroh_refused,
+    );
+    counter(
+        o,
+        "iroh_relay_relayed_bytes",
+        "Bytes through iroh relay client connections, both directions.",
+        &m.iroh_relayed_bytes,
     );
     if let Some(w) = s.written_bytes {
         gauge(

@@ -61,6 +61,7 @@ pub fn build(cfg: config::Config) -> anyhow::Result<Arc<Relay>> {
     let portmap = crate::portmap::PortMap::new(cfg.port_mapping);
     Ok(Arc::new(Relay {
         turn,
+        iroh: crate::calls::iroh::IrohRelay::open(&cfg),
         admin,
         accounts: accounts::Accounts::new(cfg.clone(), store.clone(), clock.clone()),
         delivery,
@@ -242,6 +243,15 @@ pub async fn run_with(relay: Arc<Relay>, ready: impl FnOnce()) -> anyhow::Result
                 turn.set_serving(false);
                 tracing::error!("{e:#}; calls will use the clients' other TURN servers");
             }
+        }
+    }
+    if let Some(iroh) = &relay.iroh {
+        // Like TURN, optional: without it nothing is announced and mail goes on.
+        match iroh.start(&relay.cfg).await {
+            Ok(backend) => bound.push(format!("iroh-relay={backend}")),
+            Err(e) => tracing::error!(
+                "cannot start the iroh relay: {e:#}; realtime channels will use the clients' default relays"
+            ),
         }
     }
     tokio::spawn(crate::expiry::schedule(relay.clone()));

@@ -7,6 +7,7 @@
 //! survive restarts (core keeps them until fewer than 12 h remain). Anyone holding a valid pair
 //! can allocate; the limits in [`server`] bound what that costs.
 
+pub mod iroh;
 pub mod server;
 
 use crate::config::Config;

@@ -42,7 +42,10 @@ impl Session {
             "/shared/vendor/deltachat/maxsmtprecipients" => {
                 Some(cfg.max_smtp_recipients.to_string())
             }
-            "/shared/vendor/deltachat/irohrelay" => cfg.iroh_relay.clone(),
+            "/shared/vendor/deltachat/irohrelay" => match &self.relay.iroh {
+                Some(i) => i.announcement(),
+                None => cfg.iroh_relay.clone(),
+            },
             "/shared/vendor/deltachat/turn" => match &self.relay.turn {
                 Some(t) => t.announcement(self.relay.clock.now()),
                 None => cfg.turn_server.clone(),

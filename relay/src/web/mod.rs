@@ -65,6 +65,15 @@ pub fn router(relay: Arc<Relay>, https: bool, admin_api: MethodRouter<Web>) -> R
         axum::middleware::map_response(
             move |r: Response| async move { security_headers(r, https) },
         );
+    // The iroh relay: over HTTPS, and over plain HTTP where that is what is announced (a
+    // self-signed certificate, which iroh cannot be told to accept; see `calls::iroh`).
+    let admin = if https || serves_plain_iroh(&state) {
+        crate::calls::iroh::PATHS
+            .iter()
+            .fold(admin, |r, p| r.route(p, any(iroh_relay)))
+    } else {
+        admin
+    };
     if !https {
         return admin
             .route("/", get(pages::page_or_wizard))
@@ -104,6 +113,17 @@ pub fn router(relay: Arc<Relay>, https: bool, admin_api: MethodRouter<Web>) -> R
         .fallback(reference_names)
         .with_state(state)
         .layer(headers)
+}
+
+fn serves_plain_iroh(w: &Web) -> bool {
+    w.relay.iroh.is_some() && w.relay.cfg.is_self_signed()
+}
+
+async fn iroh_relay(State(w): State<Web>, req: axum::extract::Request) -> Response {
+    match &w.relay.iroh {
+        Some(iroh) => crate::calls::iroh::proxy(iroh, req).await,
+        None => (StatusCode::NOT_FOUND, "Not Found").into_response(),
+    }
 }
 
 /// What every page may load: only our own scripts, styles and images, no inline script or
