@@ -366,9 +366,10 @@ impl Session {
                     self.refuse(io, &head, done).await
                 }
                 Frame::Busy(head) => {
-                    // RFC 5530: a temporary failure the client should retry later.
+                    // The code issue 14 asks for; not registered (RFC 5530's UNAVAILABLE is the
+                    // nearest), so a client that does not know it still sees a plain NO.
                     let done =
-                        Done::no("Server busy, try again later").code(other_code("UNAVAILABLE"));
+                        Done::no("Server busy, try again later").code(other_code("TRYLATER"));
                     self.refuse(io, &head, done).await
                 }
             };

@@ -72,7 +72,7 @@ async fn append_past_the_in_flight_budget_gets_no_and_the_budget_comes_back() {
     b.send(b"b1 APPEND INBOX {20000}\r\n").await;
     assert_eq!(
         b.line().await,
-        "b1 NO [UNAVAILABLE] Server busy, try again later"
+        "b1 NO [TRYLATER] Server busy, try again later"
     );
 
     a.send(&vec![b'x'; 40_000]).await;
