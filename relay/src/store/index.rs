@@ -21,6 +21,9 @@ pub(super) const BODY_REFS: TableDefinition<u64, u32> = TableDefinition::new("bo
 /// body id → the bytes of a small body (format 3, see `INLINE_MAX` in store/mod.rs); a body id
 /// not here is a file under mail/
 pub(super) const BODIES: TableDefinition<u64, &[u8]> = TableDefinition::new("bodies");
+/// The keys of BODIES alone: redb keeps a value in the leaf beside its key, so asking BODIES
+/// whether a body is inline reads the body. The sweep asks this for every body without a file.
+pub(super) const INLINE_IDS: TableDefinition<u64, ()> = TableDefinition::new("inline_ids");
 /// queue id → message waiting for remote delivery
 pub(super) const QUEUE: TableDefinition<u64, &[u8]> = TableDefinition::new("queue");
 /// named counters: next account id, next mailbox id, highest body id handed out

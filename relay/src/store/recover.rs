@@ -171,7 +171,9 @@ pub(super) fn open(dir: &Path) -> Result<Store, StoreError> {
     }
 
     let db_path = dir.join("index.redb");
-    let db = redb::Database::create(&db_path)?;
+    let db = redb::Database::builder()
+        .set_cache_size(INDEX_CACHE_BYTES)
+        .create(&db_path)?;
     {
         let txn = begin_durable(&db)?;
         // Create every table so that readers never see "table does not exist".
@@ -182,6 +184,7 @@ pub(super) fn open(dir: &Path) -> Result<Store, StoreError> {
         txn.open_table(MESSAGES)?;
         txn.open_table(BODY_REFS)?;
         txn.open_table(index::BODIES)?;
+        txn.open_table(index::INLINE_IDS)?;
         txn.open_table(COUNTERS)?;
         txn.open_table(index::QUEUE)?;
         txn.commit()?;
@@ -189,6 +192,7 @@ pub(super) fn open(dir: &Path) -> Result<Store, StoreError> {
     // The log first: files and index are compared against the index as it was at the crash.
     let (mut wal, records) = super::wal::Wal::open(dir)?;
     let seq = super::writer::replay(&db, dir, &mut wal, records)?;
+    index_inline_ids(&db)?;
     let max_id = highest_body_id(&db, dir)?;
 
     let db = Arc::new(db);
@@ -225,6 +229,40 @@ const PROBE_GAP: u64 = 1024;
 /// The highest body id named by the index or found just above it on disk, so new ids never
 /// collide with a file a crash left. Costs one index lookup and about [`PROBE_GAP`] `stat`s,
 /// whatever the number of messages: start-up does not list mail/ (that is [`Store::sweep`]).
+/// redb's page cache is heap, and its default (1 GiB) is the whole memory of a small Pi. With
+/// small bodies inside the index, every FETCH would fill it; reads past it come from the kernel's
+/// page cache, which the kernel can take back.
+const INDEX_CACHE_BYTES: usize = 32 << 20;
+
+/// Fills INLINE_IDS from BODIES when they disagree: a store written before INLINE_IDS existed
+/// (format 3 of 2026-12-07) has inline bodies without ids. Reads every inline body once.
+fn index_inline_ids(db: &redb::Database) -> Result<(), StoreError> {
+    use redb::ReadableTableMetadata;
+    let (bodies, ids) = {
+        let txn = redb::ReadableDatabase::begin_read(db)?;
+        let bodies = txn.open_table(index::BODIES)?.len()?;
+        let ids = txn.open_table(index::INLINE_IDS)?.len()?;
+        (bodies, ids)
+    };
+    if bodies == ids {
+        return Ok(());
+    }
+    tracing::info!(
+        bodies,
+        "indexing the ids of the bodies kept in the index (once)"
+    );
+    let txn = begin_durable(db)?;
+    {
+        let mut ids = txn.open_table(index::INLINE_IDS)?;
+        ids.retain(|_, _| false)?;
+        for r in txn.open_table(index::BODIES)?.iter()? {
+            ids.insert(r?.0.value(), ())?;
+        }
+    }
+    txn.commit()?;
+    Ok(())
+}
+
 fn highest_body_id(db: &redb::Database, dir: &Path) -> Result<u64, StoreError> {
     let mut max_id = {
         let txn = redb::ReadableDatabase::begin_read(db)?;
@@ -276,7 +314,7 @@ impl Store {
         {
             let txn = redb::ReadableDatabase::begin_read(db.as_ref())?;
             let t = txn.open_table(BODY_REFS)?;
-            let inline = txn.open_table(index::BODIES)?;
+            let inline = txn.open_table(index::INLINE_IDS)?;
             for r in t.range(..below)? {
                 let id = r?.0.value();
                 let (w, b) = ((id / 64) as usize, 1u64 << (id % 64));
@@ -390,4 +428,16 @@ pub(super) fn inline_bodies_for_test(s: &Store) -> BTreeSet<u64> {
     let t = txn.open_table(index::BODIES).unwrap();
     let ids = t.iter().unwrap().map(|r| r.unwrap().0.value()).collect();
     ids
+}
+
+/// Empties INLINE_IDS, as in a store written before it existed.
+#[cfg(test)]
+pub(super) fn clear_inline_ids_for_test(dir: &Path) {
+    let db = redb::Database::create(dir.join("index.redb")).unwrap();
+    let txn = db.begin_write().unwrap();
+    txn.open_table(index::INLINE_IDS)
+        .unwrap()
+        .retain(|_, _| false)
+        .unwrap();
+    txn.commit().unwrap();
 }

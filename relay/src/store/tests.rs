@@ -987,3 +987,98 @@ async fn store_a_small_delivery_is_one_log_append_and_no_file() {
     assert!(recover::scan_bodies_for_test(d.path()).is_empty());
     assert_eq!(s.messages(inbox).unwrap().len(), 1);
 }
+
+/// Bytes this process read through read()/pread() so far (page cache hits included).
+fn rchar() -> u64 {
+    let io = std::fs::read_to_string("/proc/self/io").unwrap();
+    io.lines()
+        .find_map(|l| l.strip_prefix("rchar: "))
+        .unwrap()
+        .parse()
+        .unwrap()
+}
+
+fn vm_rss_kib() -> u64 {
+    let status = std::fs::read_to_string("/proc/self/status").unwrap();
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmRSS:"))
+        .unwrap()
+        .trim()
+        .trim_end_matches(" kB")
+        .parse()
+        .unwrap()
+}
+
+/// [`store_with_inline_bodies`] made and closed on a runtime of its own, so that no task holds
+/// the store open when the test opens it again.
+fn closed_store_with_inline_bodies(dir: &Path, count: usize) -> MailboxId {
+    let dir = dir.to_owned();
+    std::thread::spawn(move || {
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap();
+        rt.block_on(async { store_with_inline_bodies(&dir, count).await.1 })
+    })
+    .join()
+    .unwrap()
+}
+
+async fn store_with_inline_bodies(dir: &Path, count: usize) -> (Store, MailboxId) {
+    let (s, acc, inbox) = store_with_account(dir).await;
+    let big: Arc<[u8]> = [&b"Subject: s\r\n\r\n"[..], &vec![b'x'; 60_000][..]]
+        .concat()
+        .into();
+    for _ in 0..count {
+        s.deliver(&[acc], big.clone()).await.unwrap();
+    }
+    assert!(recover::scan_bodies_for_test(dir).is_empty());
+    (s, inbox)
+}
+
+/// A store full of small bodies, opened again: the sweep after the start tells inline bodies from
+/// lost files without reading them (that would pull every small message through redb's cache at
+/// each start), and reading every body (a client downloading its mailbox) leaves redb's cache,
+/// which is heap, bounded (its default is 1 GiB, the whole memory of a small Pi). 60 MB of bodies,
+/// more than the cache holds, so that the debug build's walk of the file at open cannot have
+/// left them all cached for the sweep.
+#[tokio::test]
+async fn small_bodies_neither_swept_nor_read_into_an_unbounded_cache() {
+    let d = tempfile::tempdir().unwrap();
+    let inbox = closed_store_with_inline_bodies(d.path(), 1000);
+    let rss_before = vm_rss_kib();
+    let r = Store::open(d.path()).unwrap();
+    let before = rchar();
+    assert_eq!(r.sweep().unwrap(), SweepReport::default());
+    let read = rchar() - before;
+    assert!(
+        read < 1_000_000,
+        "the sweep read {read} bytes of 60 MB of inline bodies"
+    );
+    let msgs = r.messages(inbox).unwrap();
+    assert_eq!(msgs.len(), 1000);
+    for m in &msgs {
+        assert_eq!(r.read_body_blocking(m.body_id).unwrap().len(), 60_014);
+    }
+    let grown = vm_rss_kib().saturating_sub(rss_before);
+    assert!(
+        grown < 45 << 10,
+        "RSS grew {grown} KiB opening and reading 60 MB of inline bodies"
+    );
+}
+
+/// A format-3 store written before INLINE_IDS existed gets the ids at its next start, so its
+/// sweep does not take the inline bodies for lost files.
+#[tokio::test]
+async fn inline_ids_are_rebuilt_for_a_store_that_lacks_them() {
+    let d = tempfile::tempdir().unwrap();
+    let inbox = closed_store_with_inline_bodies(d.path(), 5);
+    recover::clear_inline_ids_for_test(d.path());
+    let r = Store::open(d.path()).unwrap();
+    assert_eq!(r.sweep().unwrap(), SweepReport::default());
+    let msgs = r.messages(inbox).unwrap();
+    assert_eq!(msgs.len(), 5);
+    assert_eq!(r.read_body(msgs[4].body_id).await.unwrap().len(), 60_014);
+    assert_consistent(&r, &[inbox]);
+}

@@ -228,6 +228,7 @@ impl<O: WriteOp> Job for Request<O> {
                 .iter()
                 .try_for_each(|b| {
                     txn.open_table(super::index::BODIES)?.remove(b.id)?;
+                    txn.open_table(super::index::INLINE_IDS)?.remove(b.id)?;
                     Ok(())
                 })
                 .and(Err(e)),

@@ -49,6 +49,8 @@ pub(super) fn free_body(
 ) -> Result<(), StoreError> {
     if txn.open_table(BODIES)?.remove(body)?.is_none() {
         eff.freed_bodies.push(body);
+    } else {
+        txn.open_table(INLINE_IDS)?.remove(body)?;
     }
     Ok(())
 }
@@ -182,6 +184,7 @@ impl WriteOp for PutBody {
     fn apply(self, txn: &WriteTransaction, _: &mut Effects) -> Result<(), StoreError> {
         txn.open_table(BODIES)?
             .insert(self.id, self.data.as_slice())?;
+        txn.open_table(INLINE_IDS)?.insert(self.id, ())?;
         Ok(())
     }
 }
