@@ -23,6 +23,7 @@ import subprocess
 import sys
 import time
 import urllib.parse
+import urllib.request
 from pathlib import Path
 
 import pytest
@@ -125,6 +126,23 @@ class Relay:
             f"&ih={self.ip}&ip={self.port('imaps')}&is=ssl"
             f"&sh={self.ip}&sp={self.port('submissions')}&ss=ssl&ic=3"
         )
+
+    # --- observation -----------------------------------------------------------------------
+
+    def metrics(self) -> dict[str, float]:
+        """The metrics endpoint's samples by their exposition name (labels included as printed)."""
+        with urllib.request.urlopen(f"http://{self.ip}:{self.port('metrics')}/metrics", timeout=10) as r:
+            text = r.read().decode()
+        out = {}
+        for line in text.splitlines():
+            if line and not line.startswith("#"):
+                k, v = line.rsplit(" ", 1)
+                out[k] = float(v)
+        return out
+
+    def rss_kib(self) -> int:
+        status = Path(f"/proc/{self.proc.pid}/status").read_text()
+        return int(re.search(r"VmRSS:\s+(\d+) kB", status).group(1))
 
     # --- process ---------------------------------------------------------------------------
 

@@ -29,22 +29,6 @@ imaplib.Commands.setdefault("GETMETADATA", ("AUTH", "SELECTED"))
 TIMEOUT = 60
 
 
-def metrics(relay) -> dict[str, float]:
-    with urllib.request.urlopen(f"http://{relay.ip}:{relay.port('metrics')}/metrics", timeout=10) as r:
-        text = r.read().decode()
-    out = {}
-    for line in text.splitlines():
-        if line and not line.startswith("#"):
-            k, v = line.rsplit(" ", 1)
-            out[k] = float(v)
-    return out
-
-
-def rss_kib(relay) -> int:
-    status = open(f"/proc/{relay.proc.pid}/status").read()
-    return int(re.search(r"VmRSS:\s+(\d+) kB", status).group(1))
-
-
 def metadata_irohrelay(relay) -> str | None:
     addr, password = relay.new_credentials()
     conn = mailhelpers.imap_login(relay, addr, password)
@@ -108,8 +92,8 @@ def test_two_cores_exchange_realtime_data_through_our_relay(relay, acmaker, dc_e
     alice, bob = acmaker.new_accounts(["alice", "bob"])
     for ac in (alice, bob):
         ac.set_config("webxdc_realtime_enabled", "1")
-    before = metrics(relay)
-    rss_before = rss_kib(relay)
+    before = relay.metrics()
+    rss_before = relay.rss_kib()
 
     app = tmp_path / "realtime.xdc"
     app.write_bytes(_xdc())
@@ -134,8 +118,8 @@ def test_two_cores_exchange_realtime_data_through_our_relay(relay, acmaker, dc_e
             assert bytes(ev.data) == big
             break
 
-    after = metrics(relay)
-    rss_after = rss_kib(relay)
+    after = relay.metrics()
+    rss_after = relay.rss_kib()
     connected = after["relaybox_iroh_relay_clients"]
     made = after["relaybox_iroh_relay_connections_total"] - before["relaybox_iroh_relay_connections_total"]
     relayed = after["relaybox_iroh_relay_relayed_bytes_total"] - before["relaybox_iroh_relay_relayed_bytes_total"]

@@ -207,6 +207,10 @@ def test_token_from_delta_chat_triggers_push(relay, push_service, dc, dc_events)
             AccountMaker.configure_from_qr(ac, relay.dclogin_url(addr, pw))()
             acmaker.created.append(ac)
             ac.start_io()
+        # Core skips what is already in INBOX at its first fetch: bob must have fetched once
+        # before alice sends, or "wake up bob" may arrive first and never be shown.
+        for ac in (alice, bob):
+            ac._rpc.wait_for_all_work_done(ac.id)
         bob_addr, bob_pw = creds[bob.id]
         token = "openpgp:" + mailhelpers.random_password(40)
         set_token(relay, bob_addr, bob_pw, token)

@@ -13,8 +13,6 @@ import shutil
 import socket
 import subprocess
 import time
-import urllib.request
-from pathlib import Path
 
 import pytest
 
@@ -86,20 +84,6 @@ class TurnRelay(Relay):
         import conftest
 
         return [str(conftest.RELAYBOX_BIN), "serve", "--config", str(self.config_path)]
-
-    def metrics(self) -> dict[str, float]:
-        with urllib.request.urlopen(f"http://{self.ip}:{self.port('metrics')}/metrics", timeout=10) as r:
-            text = r.read().decode()
-        out = {}
-        for line in text.splitlines():
-            if line and not line.startswith("#"):
-                k, v = line.rsplit(" ", 1)
-                out[k] = float(v)
-        return out
-
-    def rss_kib(self) -> int:
-        status = Path(f"/proc/{self.proc.pid}/status").read_text()
-        return int(re.search(r"VmRSS:\s+(\d+) kB", status).group(1))
 
 
 @pytest.fixture(scope="module")
