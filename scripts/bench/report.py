@@ -51,6 +51,13 @@ for size in (4096, 102400):
             lambda r, k=k: r[k]["delivered_per_s"], lower=False)
         row(f"throughput {size // 1024} KB", f"C={c} submit p99", "ms",
             lambda r, k=k: r[k]["submit_latency"]["p99_ms"])
+def base(r, m, kind):
+    """The memory the clients of row m are counted from: the stack just before they came
+    (results since 2026-12-07), else the stack idle after its start (older results, which
+    count the caches the rows before filled as the clients' cost)."""
+    return r[m].get(f"before_{kind}_kib", r["mem-idle"][f"{kind}_kib"])
+
+
 row("memory", "idle RSS (sum)", "MiB", lambda r: r["mem-idle"]["rss_kib"] / 1024)
 row("memory", "idle PSS (sum)", "MiB", lambda r: r["mem-idle"]["pss_kib"] / 1024)
 row("memory", "idle processes", "", lambda r: r["mem-idle"]["procs"])
@@ -61,10 +68,12 @@ for n in idle_counts:
     row("memory", f"{n} IDLE: processes", "", lambda r, m=m: r[m]["settled_procs"])
     row("memory", f"{n} IDLE: PSS before settling", "MiB", lambda r, m=m: r[m]["pss_kib"] / 1024)
     row("memory", f"{n} IDLE: connections established", "", lambda r, k=k: r[k]["established"], lower=False)
+    row("memory", f"{n} IDLE: RSS before the clients", "MiB",
+        lambda r, m=m: base(r, m, "rss") / 1024)
     row("memory", f"{n} IDLE: PSS per connection", "KiB",
-        lambda r, m=m, k=k: (r[m]["settled_pss_kib"] - r["mem-idle"]["pss_kib"]) / r[k]["established"])
+        lambda r, m=m, k=k: (r[m]["settled_pss_kib"] - base(r, m, "pss")) / r[k]["established"])
     row("memory", f"{n} IDLE: RSS per connection", "KiB",
-        lambda r, m=m, k=k: (r[m]["settled_rss_kib"] - r["mem-idle"]["rss_kib"]) / r[k]["established"])
+        lambda r, m=m, k=k: (r[m]["settled_rss_kib"] - base(r, m, "rss")) / r[k]["established"])
 for size in (4096, 102400):
     row("disk writes", f"{size // 1024} KB: write_bytes/msg", "KiB",
         lambda r, s=size: r[f"diskio-{s}"]["write_bytes"] / r[f"disk-{s}"]["delivered"] / 1024)
