@@ -226,9 +226,6 @@ pub(super) fn open(dir: &Path) -> Result<Store, StoreError> {
 /// one after another.
 const PROBE_GAP: u64 = 1024;
 
-/// The highest body id named by the index or found just above it on disk, so new ids never
-/// collide with a file a crash left. Costs one index lookup and about [`PROBE_GAP`] `stat`s,
-/// whatever the number of messages: start-up does not list mail/ (that is [`Store::sweep`]).
 /// redb's page cache is heap, and its default (1 GiB) is the whole memory of a small Pi. With
 /// small bodies inside the index, every FETCH would fill it; reads past it come from the kernel's
 /// page cache, which the kernel can take back.
@@ -263,6 +260,9 @@ fn index_inline_ids(db: &redb::Database) -> Result<(), StoreError> {
     Ok(())
 }
 
+/// The highest body id named by the index or found just above it on disk, so new ids never
+/// collide with a file a crash left. Costs one index lookup and about [`PROBE_GAP`] `stat`s,
+/// whatever the number of messages: start-up does not list mail/ (that is [`Store::sweep`]).
 fn highest_body_id(db: &redb::Database, dir: &Path) -> Result<u64, StoreError> {
     let mut max_id = {
         let txn = redb::ReadableDatabase::begin_read(db)?;
