@@ -9,6 +9,7 @@ import os
 import random
 import shutil
 import signal
+import smtplib
 import socket
 import ssl
 import subprocess
@@ -32,14 +33,30 @@ def _free(ip: str, offset: int) -> bool:
     return True
 
 
+# For the benchmark scripts that drive the relay with loadgen: no rate, load or space limit may
+# refuse the load (as scripts/bench/run.sh configures it).
+LOADGEN_SETTINGS = """max_user_send_per_minute = 10000000
+max_user_send_burst_size = 10000000
+max_load_1m = 1000.0
+max_new_accounts_per_ip_per_hour = 0
+min_available_memory = "1M"
+min_free_disk_space = "1M"
+"""
+
+
+def pick_address() -> tuple[str, int]:
+    """A loopback address and port offset where every relay port is free."""
+    rng = random.Random()
+    for _ in range(200):
+        ip, offset = f"127.0.0.{rng.randint(2, 250)}", rng.randrange(20000, 56000, 10)
+        if _free(ip, offset):
+            break
+    return ip, offset
+
+
 class Relay:
     def __init__(self, binary: str, nofile: int | None = None, settings: str = ""):
-        rng = random.Random()
-        for _ in range(200):
-            self.ip = f"127.0.0.{rng.randint(2, 250)}"
-            self.offset = rng.randrange(20000, 56000, 10)
-            if _free(self.ip, self.offset):
-                break
+        self.ip, self.offset = pick_address()
         self.dir = Path(tempfile.mkdtemp(prefix="relaybox-attack-"))
         (self.dir / "data").mkdir()
         if settings:
@@ -89,3 +106,19 @@ def insecure() -> ssl.SSLContext:
     ctx.check_hostname = False
     ctx.verify_mode = ssl.CERT_NONE
     return ctx
+
+
+def padded(msg: bytes, size: int) -> bytes:
+    """`msg` with filler lines put in front of its body until it is about `size` bytes."""
+    filler = (b"y" * 78 + b"\r\n") * max(0, (size - len(msg)) // 80)
+    head, body = msg.split(b"\r\n\r\n", 1)
+    return head + b"\r\n\r\n" + filler + body
+
+
+def mx_connection(relay: Relay) -> smtplib.SMTP:
+    """An SMTP connection to the relay's port 25 after STARTTLS, as another relay would open it."""
+    s = smtplib.SMTP(relay.ip, relay.port("smtp"), timeout=60, source_address=("127.0.0.1", 0))
+    s.ehlo("mx.example.org")
+    s.starttls(context=insecure())
+    s.ehlo("mx.example.org")
+    return s

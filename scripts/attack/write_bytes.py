@@ -23,7 +23,7 @@ import sys
 import time
 from pathlib import Path
 
-from _relay import Relay, insecure
+from _relay import Relay, insecure, mx_connection, padded
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "tests"))
 from mailhelpers import build_message  # noqa: E402
@@ -74,14 +74,8 @@ def main() -> None:
         else:
             im.logout()
         sender = "sender@[127.0.0.1]"
-        msg = build_message(sender, user, body="x" * 78 + "\r\n", encrypted=True)
-        filler = (b"y" * 78 + b"\r\n") * max(0, (args.size - len(msg)) // 80)
-        head, body = msg.split(b"\r\n\r\n", 1)
-        msg = head + b"\r\n\r\n" + filler + body
-        s = smtplib.SMTP(relay.ip, relay.port("smtp"), timeout=60, source_address=("127.0.0.1", 0))
-        s.ehlo("mx.example.org")
-        s.starttls(context=insecure())
-        s.ehlo("mx.example.org")
+        msg = padded(build_message(sender, user, body="x" * 78 + "\r\n", encrypted=True), args.size)
+        s = mx_connection(relay)
         time.sleep(1.0)
         tracer = None
         if args.strace:

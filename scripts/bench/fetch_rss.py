@@ -16,7 +16,6 @@ from __future__ import annotations
 import argparse
 import imaplib
 import secrets
-import smtplib
 import subprocess
 import sys
 import time
@@ -24,7 +23,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "attack"))
 sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "tests"))
-from _relay import Relay, insecure  # noqa: E402
+from _relay import Relay, insecure, mx_connection, padded  # noqa: E402
 from mailhelpers import build_message  # noqa: E402
 
 
@@ -42,14 +41,8 @@ def main() -> None:
         im.login(user, pw)
         im.logout()
         sender = "sender@[127.0.0.1]"
-        msg = build_message(sender, user, body="x" * 78 + "\r\n", encrypted=True)
-        filler = (b"y" * 78 + b"\r\n") * max(0, (args.size - len(msg)) // 80)
-        head, body = msg.split(b"\r\n\r\n", 1)
-        msg = head + b"\r\n\r\n" + filler + body
-        s = smtplib.SMTP(relay.ip, relay.port("smtp"), timeout=60, source_address=("127.0.0.1", 0))
-        s.ehlo("mx.example.org")
-        s.starttls(context=insecure())
-        s.ehlo("mx.example.org")
+        msg = padded(build_message(sender, user, body="x" * 78 + "\r\n", encrypted=True), args.size)
+        s = mx_connection(relay)
         t0 = time.monotonic()
         for _ in range(args.count):
             s.sendmail(sender, [user], msg)

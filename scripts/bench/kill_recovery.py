@@ -14,35 +14,19 @@ from __future__ import annotations
 
 import argparse
 import os
-import random
 import shutil
 import signal
-import socket
 import subprocess
+import sys
 import tempfile
 import time
 from pathlib import Path
 
-SETTINGS = """max_user_send_per_minute = 10000000
-max_user_send_burst_size = 10000000
-max_load_1m = 1000.0
-max_new_accounts_per_ip_per_hour = 0
-min_available_memory = "1M"
-min_free_disk_space = "1M"
-max_mailbox_size = "100G"
-"""
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "attack"))
+from _relay import LOADGEN_SETTINGS, pick_address  # noqa: E402
 
-
-def free(ip: str, offset: int) -> bool:
-    for p in (25, 80, 143, 443, 465, 587, 993, 9464):
-        s = socket.socket()
-        try:
-            s.bind((ip, p + offset))
-        except OSError:
-            return False
-        finally:
-            s.close()
-    return True
+# The loadgen settings, and a mailbox large enough for the whole fill.
+SETTINGS = LOADGEN_SETTINGS + 'max_mailbox_size = "100G"\n'
 
 
 def start(binary: str, ip: str, offset: int, data: Path, log: Path) -> tuple[subprocess.Popen, float]:
@@ -76,11 +60,7 @@ def main() -> None:
     ap.add_argument("--clients", type=int, default=32)
     ap.add_argument("--size", type=int, default=2048)
     args = ap.parse_args()
-    rng = random.Random()
-    while True:
-        ip, offset = f"127.0.0.{rng.randint(2, 250)}", rng.randrange(20000, 56000, 10)
-        if free(ip, offset):
-            break
+    ip, offset = pick_address()
     work = Path(tempfile.mkdtemp(prefix="relaybox-killrec-"))
     data, log = work / "data", work / "stderr.log"
     data.mkdir()

@@ -20,17 +20,7 @@ import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "attack"))
-from _relay import Relay  # noqa: E402
-
-
-# As scripts/bench/run.sh: the load generator must not hit a rate or load limit.
-SETTINGS = """max_user_send_per_minute = 10000000
-max_user_send_burst_size = 10000000
-max_load_1m = 1000.0
-max_new_accounts_per_ip_per_hour = 0
-min_available_memory = "1M"
-min_free_disk_space = "1M"
-"""
+from _relay import LOADGEN_SETTINGS, Relay  # noqa: E402
 
 
 def io(pid: int) -> int:
@@ -50,7 +40,7 @@ def main() -> None:
     ap.add_argument("--duration", type=float, default=10)
     ap.add_argument("--strace", metavar="FILE", help="strace -c -f the relay during the run into FILE")
     args = ap.parse_args()
-    relay = Relay(args.bin, settings=SETTINGS)
+    relay = Relay(args.bin, settings=LOADGEN_SETTINGS)
     try:
         smtp, imap = relay.port("submissions"), relay.port("imaps")
         base = [args.loadgen, "--host", relay.ip, "--smtp-port", str(smtp), "--imap-port", str(imap),
