@@ -25,6 +25,29 @@ const FAVICON: &str = include_str!("../../../firmware-ui/favicon.svg");
 /// Placeholders whose values are markup, not text.
 const RAW: &[&str] = &["qr_svg"];
 
+/// Placeholders that need an invite: in self-signed mode a fresh account's credentials, and
+/// the QR code (the mask search makes it the dearest value by far). Made only for a template
+/// that uses one: the wizard, info and privacy pages do not (an operator's override may).
+const INVITE: &[&str] = &[
+    "invite_url",
+    "invite_addr",
+    "invite_tag",
+    "invite_note",
+    "qr_svg",
+];
+
+/// The keys of the `{{key}}` placeholders in `template`, as [`render`] reads them.
+fn placeholders(template: &str) -> impl Iterator<Item = &str> {
+    let mut rest = template;
+    std::iter::from_fn(move || {
+        let start = rest.find("{{")?;
+        let after = &rest[start + 2..];
+        let end = after.find("}}")?;
+        rest = &after[end + 2..];
+        Some(after[..end].trim())
+    })
+}
+
 /// A template: the operator's `<data_dir>/www/<name>` if it is there, else the built-in one.
 async fn template(cfg: &Config, name: &str, builtin: &'static str) -> String {
     let path = cfg.data_dir.join("www").join(name);
@@ -86,29 +109,11 @@ fn or_unset(s: &str) -> String {
     }
 }
 
-/// Every placeholder the templates may use.
-pub fn values(cfg: &Config) -> Vec<(&'static str, String)> {
-    let invite = super::new::invite(cfg);
-    let qr_svg = super::qr::inline_svg(&invite.url);
-    let invite_tag = invite
-        .addr
-        .as_deref()
-        .map(super::new::invite_tag)
-        .unwrap_or_default();
-    let invite_note = if invite.addr.is_some() {
-        "One QR code is one person: it holds one new address and its password. \
-         As soon as somebody has used it, a new code appears here for the next person."
-    } else {
-        "Everyone who scans this code gets an address of their own."
-    };
-    vec![
+/// Every placeholder `template` may use (the invite's only if it uses one of them).
+pub fn values(cfg: &Config, template: &str) -> Vec<(&'static str, String)> {
+    let mut values = vec![
         ("domain", cfg.mail_domain.clone()),
         ("origin", super::https_origin(cfg)),
-        ("invite_url", invite.url),
-        ("invite_addr", invite.addr.unwrap_or_default()),
-        ("invite_tag", invite_tag),
-        ("invite_note", invite_note.into()),
-        ("qr_svg", qr_svg),
         (
             "mode",
             if cfg.is_self_signed() {
@@ -137,6 +142,33 @@ pub fn values(cfg: &Config) -> Vec<(&'static str, String)> {
         ("privacy_postal", or_unset(&cfg.privacy_postal)),
         ("privacy_pdo", or_unset(&cfg.privacy_pdo)),
         ("privacy_supervisor", or_unset(&cfg.privacy_supervisor)),
+    ];
+    if placeholders(template).any(|k| INVITE.contains(&k)) {
+        values.extend(invite_values(cfg));
+    }
+    values
+}
+
+fn invite_values(cfg: &Config) -> [(&'static str, String); 5] {
+    let invite = super::new::invite(cfg);
+    let qr_svg = super::qr::inline_svg(&invite.url);
+    let invite_tag = invite
+        .addr
+        .as_deref()
+        .map(super::new::invite_tag)
+        .unwrap_or_default();
+    let invite_note = if invite.addr.is_some() {
+        "One QR code is one person: it holds one new address and its password. \
+         As soon as somebody has used it, a new code appears here for the next person."
+    } else {
+        "Everyone who scans this code gets an address of their own."
+    };
+    [
+        ("invite_url", invite.url),
+        ("invite_addr", invite.addr.unwrap_or_default()),
+        ("invite_tag", invite_tag),
+        ("invite_note", invite_note.into()),
+        ("qr_svg", qr_svg),
     ]
 }
 
@@ -150,7 +182,7 @@ pub async fn page(State(w): State<Web>, uri: Uri) -> Response {
     let t = template(cfg, name, builtin).await;
     (
         [(header::CACHE_CONTROL, "no-store")],
-        Html(render(&t, &values(cfg))),
+        Html(render(&t, &values(cfg, &t))),
     )
         .into_response()
 }
@@ -171,7 +203,7 @@ async fn wizard_html(w: &Web) -> Response {
     let t = template(&w.relay.cfg, "setup.html", SETUP).await;
     (
         [(header::CACHE_CONTROL, "no-store")],
-        Html(render(&t, &values(&w.relay.cfg))),
+        Html(render(&t, &values(&w.relay.cfg, &t))),
     )
         .into_response()
 }
@@ -192,7 +224,7 @@ pub async fn admin_page(state: State<Web>, uri: Uri) -> Response {
     let t = template(&w.relay.cfg, "admin.html", ADMIN).await;
     (
         [(header::CACHE_CONTROL, "no-store")],
-        Html(render(&t, &values(&w.relay.cfg))),
+        Html(render(&t, &values(&w.relay.cfg, &t))),
     )
         .into_response()
 }

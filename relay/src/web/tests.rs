@@ -407,6 +407,50 @@ async fn pages_show_the_configuration_and_can_be_overridden() {
         String::from_utf8(info).unwrap(),
         "<p>ours: [127.0.0.1] {{unknown}}</p>"
     );
+    // An override may show the invite too.
+    std::fs::write(dir.path().join("www/info.html"), "<p>{{ qr_svg }}</p>").unwrap();
+    let (_, _, info) = call(&relay, true, "GET", "/info.html").await;
+    assert!(String::from_utf8(info).unwrap().starts_with("<p><svg"));
+}
+
+/// A page that shows no invite does not make one: in self-signed mode that is a fresh account's
+/// credentials and a QR code, the dearest part of a page (the wizard is loaded on every step).
+#[tokio::test]
+async fn only_a_page_that_shows_the_invite_makes_one() {
+    let dir = tempfile::tempdir().unwrap();
+    let relay = relay(dir.path());
+    let keys = |t: &str| -> Vec<&'static str> {
+        super::pages::values(&relay.cfg, t)
+            .into_iter()
+            .map(|(k, _)| k)
+            .collect()
+    };
+    for page in [
+        include_str!("../../../firmware-ui/setup.html"),
+        include_str!("../../../firmware-ui/info.html"),
+        include_str!("../../../firmware-ui/privacy.html"),
+        "{{domain}} {{qr_svg",
+    ] {
+        let keys = keys(page);
+        assert!(keys.contains(&"domain"));
+        assert!(!keys.contains(&"qr_svg") && !keys.contains(&"invite_url"));
+    }
+    for page in [
+        include_str!("../../../firmware-ui/index.html"),
+        include_str!("../../../firmware-ui/admin.html"),
+        "{{ invite_tag }}",
+    ] {
+        let keys = keys(page);
+        for k in [
+            "invite_url",
+            "invite_addr",
+            "invite_tag",
+            "invite_note",
+            "qr_svg",
+        ] {
+            assert!(keys.contains(&k), "{k}");
+        }
+    }
 }
 
 #[tokio::test]
