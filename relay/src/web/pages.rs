@@ -36,16 +36,27 @@ const INVITE: &[&str] = &[
     "qr_svg",
 ];
 
-/// The keys of the `{{key}}` placeholders in `template`, as [`render`] reads them.
-fn placeholders(template: &str) -> impl Iterator<Item = &str> {
-    let mut rest = template;
+/// `template` cut at its `{{key}}` placeholders: the text before each one with the placeholder
+/// (as written, and its trimmed key), then the rest, which has none (an unclosed `{{` is text).
+fn pieces(template: &str) -> impl Iterator<Item = (&str, Option<(&str, &str)>)> {
+    let mut rest = Some(template);
     std::iter::from_fn(move || {
-        let start = rest.find("{{")?;
-        let after = &rest[start + 2..];
-        let end = after.find("}}")?;
-        rest = &after[end + 2..];
-        Some(after[..end].trim())
+        let r = rest.take()?;
+        let Some((start, end)) = r
+            .find("{{")
+            .and_then(|start| Some((start, r[start + 2..].find("}}")?)))
+        else {
+            return Some((r, None));
+        };
+        let whole = &r[start..start + 2 + end + 2];
+        rest = Some(&r[start + whole.len()..]);
+        Some((&r[..start], Some((whole, whole[2..whole.len() - 2].trim()))))
     })
+}
+
+/// The keys of the placeholders in `template`.
+fn placeholders(template: &str) -> impl Iterator<Item = &str> {
+    pieces(template).filter_map(|(_, p)| p.map(|(_, key)| key))
 }
 
 /// A template: the operator's `<data_dir>/www/<name>` if it is there, else the built-in one.
@@ -65,23 +76,17 @@ async fn template(cfg: &Config, name: &str, builtin: &'static str) -> String {
 /// Replaces `{{key}}` by its value (escaped unless the key is in [`RAW`]).
 pub fn render(template: &str, values: &[(&str, String)]) -> String {
     let mut out = String::with_capacity(template.len() + 4096);
-    let mut rest = template;
-    while let Some(start) = rest.find("{{") {
-        out.push_str(&rest[..start]);
-        let after = &rest[start + 2..];
-        let Some(end) = after.find("}}") else {
-            out.push_str(&rest[start..]);
-            return out;
+    for (text, placeholder) in pieces(template) {
+        out.push_str(text);
+        let Some((whole, key)) = placeholder else {
+            continue;
         };
-        let key = after[..end].trim();
         match values.iter().find(|(k, _)| *k == key) {
             Some((k, v)) if RAW.contains(k) => out.push_str(v),
             Some((_, v)) => out.push_str(&super::html_escape(v)),
-            None => out.push_str(&rest[start..start + 2 + end + 2]),
+            None => out.push_str(whole),
         }
-        rest = &after[end + 2..];
     }
-    out.push_str(rest);
     out
 }
 
